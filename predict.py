@@ -1,0 +1,146 @@
+"""Cog surface of the SDXL predictor: input declarations, one call into `sdxl`, outputs.
+
+`cog build` reads this file statically, so every choice, bound and default below is a literal.
+They equal the tables in `sdxl/config.py` (tests/test_predict_surface.py checks it).
+"""
+
+from typing import List, Optional
+
+from cog import BaseRunner, Input, Path
+
+from sdxl.config import Runtime
+from sdxl.generate import generate
+from sdxl.outputs import OutputWriter
+from sdxl.pipelines import load_models
+from sdxl.request import Request
+
+SCHEDULERS = [
+    "DDIM",
+    "DPMSolverMultistep",
+    "HeunDiscrete",
+    "KarrasDPM",
+    "K_EULER_ANCESTRAL",
+    "K_EULER",
+    "PNDM",
+]
+REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+TIMESTEP_SPACINGS = ["linspace", "leading", "trailing"]
+OUTPUT_FORMATS = ["png", "webp", "jpg"]
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        """Load base and refiner once; every request shares them."""
+        self.models = load_models(Runtime.from_env())
+        self.outputs = OutputWriter()
+
+    def run(
+        self,
+        prompt: str = Input(
+            description="Input prompt", default="An astronaut riding a rainbow unicorn"
+        ),
+        negative_prompt: str = Input(
+            description="Things the image should not show (empty: none)", default=""
+        ),
+        prompt_2: Optional[str] = Input(
+            description="Prompt for the second text encoder (blank: same as prompt)",
+            default=None,
+        ),
+        negative_prompt_2: Optional[str] = Input(
+            description="Negative prompt for text encoder 2 (blank: same as negative_prompt)",
+            default=None,
+        ),
+        image: Optional[Path] = Input(
+            description="Input image for img2img or inpaint mode; the output takes its size",
+            default=None,
+        ),
+        mask: Optional[Path] = Input(
+            description="Input mask for inpaint mode. Black areas are kept, white areas repainted",
+            default=None,
+        ),
+        width: int = Input(
+            description="Width of the output image (multiple of 8; ignored with an image)",
+            default=1024,
+            ge=256,
+            le=2048,
+        ),
+        height: int = Input(
+            description="Height of the output image (multiple of 8; ignored with an image)",
+            default=1024,
+            ge=256,
+            le=2048,
+        ),
+        num_outputs: int = Input(description="Number of images to output", default=1, ge=1, le=4),
+        scheduler: str = Input(description="Scheduler", default="K_EULER", choices=SCHEDULERS),
+        num_inference_steps: int = Input(
+            description="Number of denoising steps", default=50, ge=1, le=500
+        ),
+        guidance_scale: float = Input(
+            description="Scale for classifier-free guidance", default=7.5, ge=0, le=50
+        ),
+        guidance_scale_refiner: Optional[float] = Input(
+            description="Guidance scale of the refiner (blank: same as guidance_scale)",
+            default=None,
+            ge=0,
+            le=50,
+        ),
+        prompt_strength: float = Input(
+            description="Prompt strength for img2img / inpaint. 1.0 replaces the image fully",
+            default=0.8,
+            ge=0,
+            le=1,
+        ),
+        seed: Optional[int] = Input(
+            description="Random seed (blank: random). Image i of a batch uses seed + i",
+            default=None,
+            ge=0,
+            le=4294967295,
+        ),
+        refine: str = Input(
+            description="Which refine style to use", default="no_refiner", choices=REFINE_MODES
+        ),
+        high_noise_frac: float = Input(
+            description="For expert_ensemble_refiner, the fraction of noise the base removes",
+            default=0.8,
+            ge=0,
+            le=1,
+        ),
+        refine_steps: Optional[int] = Input(
+            description="For base_image_refiner, refiner steps run (blank: num_inference_steps)",
+            default=None,
+            ge=1,
+            le=500,
+        ),
+        timestep_spacing: Optional[str] = Input(
+            description="Timestep spacing (blank: the scheduler config's own)",
+            default=None,
+            choices=TIMESTEP_SPACINGS,
+        ),
+        apply_watermark: bool = Input(
+            description="Apply the invisible SDXL watermark to the outputs", default=True
+        ),
+        lora_scale: float = Input(
+            description="LoRA additive scale (only with trained weights)", default=0.6, ge=0, le=1
+        ),
+        replicate_weights: Optional[str] = Input(
+            description="Replicate LoRA weights to use (URL of a trained-weights tar)",
+            default=None,
+        ),
+        disable_safety_checker: bool = Input(
+            description="Disable the safety checker for generated images", default=False
+        ),
+        output_format: str = Input(
+            description="Format of the output images", default="png", choices=OUTPUT_FORMATS
+        ),
+        output_quality: int = Input(
+            description="Quality of webp / jpg outputs (ignored for png)", default=80, ge=1, le=100
+        ),
+    ) -> List[Path]:
+        inputs = dict(locals())
+        del inputs["self"]
+        result = generate(self.models, Request(**inputs))
+        self.record_metric("seeds", result.seeds)
+        self.record_metric("mode", result.mode)
+        self.record_metric("refine", refine)
+        paths = self.outputs.write(result, output_format, output_quality)
+        return [Path(p) for p in paths]

@@ -1,0 +1,3 @@
+from sdxl.cli import main
+
+raise SystemExit(main())

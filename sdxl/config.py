@@ -1,0 +1,101 @@
+"""The tables every other module reads: input specs, limits, layout, runtime settings.
+
+Each option is declared once, here. `predict.py` repeats the Cog inputs as literals because
+`cog build` reads it statically; `tests/test_predict_surface.py` keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Weights layout under SDXL_WEIGHTS_DIR.
+BASE_DIR = "base"
+REFINER_DIR = "refiner"
+DEFAULT_WEIGHTS_DIR = "weights"
+
+# Sizes: multiples of 8 (the VAE's downscale), within these bounds.
+SIZE_MULTIPLE = 8
+MIN_SIDE = 256
+MAX_SIDE = 2048
+MAX_PIXELS = 2048 * 2048  # about 4 megapixels
+MAX_PROMPT_CHARS = 10_000  # far beyond what any encoder reads; bounds request size
+MAX_SEED = 2**32 - 1
+
+# base_image_refiner: the refiner re-noises the base's result to this strength.
+BASE_IMAGE_REFINER_STRENGTH = 0.3
+
+SCHEDULERS = (
+    "DDIM",
+    "DPMSolverMultistep",
+    "HeunDiscrete",
+    "KarrasDPM",
+    "K_EULER_ANCESTRAL",
+    "K_EULER",
+    "PNDM",
+)
+REFINE_MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+OUTPUT_FORMATS = ("png", "webp", "jpg")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of the Cog predictor: its default, bounds and choices."""
+
+    default: Any = None
+    ge: float | None = None
+    le: float | None = None
+    choices: tuple | None = None
+
+
+# The Cog predictor's inputs, in the order of predict.py. Names, defaults and choices follow
+# Replicate's stability-ai/sdxl; bounds are at least as wide as its bounds.
+COG_INPUTS: dict[str, InputSpec] = {
+    "prompt": InputSpec("An astronaut riding a rainbow unicorn"),
+    "negative_prompt": InputSpec(""),
+    "prompt_2": InputSpec(None),
+    "negative_prompt_2": InputSpec(None),
+    "image": InputSpec(None),
+    "mask": InputSpec(None),
+    "width": InputSpec(1024, MIN_SIDE, MAX_SIDE),
+    "height": InputSpec(1024, MIN_SIDE, MAX_SIDE),
+    "num_outputs": InputSpec(1, 1, 4),
+    "scheduler": InputSpec("K_EULER", choices=SCHEDULERS),
+    "num_inference_steps": InputSpec(50, 1, 500),
+    "guidance_scale": InputSpec(7.5, 0, 50),
+    "guidance_scale_refiner": InputSpec(None, 0, 50),
+    "prompt_strength": InputSpec(0.8, 0, 1),
+    "seed": InputSpec(None, 0, MAX_SEED),
+    "refine": InputSpec("no_refiner", choices=REFINE_MODES),
+    "high_noise_frac": InputSpec(0.8, 0, 1),
+    "refine_steps": InputSpec(None, 1, 500),
+    "timestep_spacing": InputSpec(None, choices=TIMESTEP_SPACINGS),
+    "apply_watermark": InputSpec(True),
+    "lora_scale": InputSpec(0.6, 0, 1),
+    "replicate_weights": InputSpec(None),
+    "disable_safety_checker": InputSpec(False),
+    "output_format": InputSpec("png", choices=OUTPUT_FORMATS),
+    "output_quality": InputSpec(80, 1, 100),
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Process-wide settings, read from the environment once at setup()."""
+
+    weights_dir: Path
+    dtype: str  # one of DTYPES
+
+    @classmethod
+    def from_env(cls) -> Runtime:
+        dtype = os.environ.get("SDXL_DTYPE", "auto")
+        if dtype not in DTYPES:
+            raise ValueError(
+                f"SDXL_DTYPE={dtype!r} is not supported; use one of {', '.join(DTYPES)}"
+            )
+        weights = Path(os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR))
+        return cls(weights_dir=weights, dtype=dtype)

@@ -1,0 +1,186 @@
+"""Request in, images out. No Cog import: the Cog predictor and the REST API both call this."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
+from sdxl.images import fit_image, fit_mask, keep_unmasked, load_image
+from sdxl.pipelines import Models
+from sdxl.request import InputError, Request, check_inputs
+from sdxl.schedulers import StepPlan, StepPlanError, make_scheduler, plan_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    seeds: list[int]
+    mode: str
+    plan: StepPlan
+    parameters: dict = field(default_factory=dict)  # what was used, for image metadata
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The decoded image and mask at the output size (None for text to image)."""
+
+    image: Image.Image | None
+    mask: Image.Image | None
+    width: int
+    height: int
+
+
+def prepare(models: Models, req: Request) -> tuple[Request, _Inputs, StepPlan]:
+    """Validate everything and decode the inputs; raises InputError before any denoising."""
+    check_inputs(req)
+    inputs = _decode_inputs(req)
+    try:
+        plan = plan_steps(
+            req.scheduler,
+            models.scheduler_config("base"),
+            models.scheduler_config("refiner"),
+            steps=req.num_inference_steps,
+            spacing=req.timestep_spacing,
+            strength=None if req.image is None else req.prompt_strength,
+            refine=req.refine,
+            high_noise_frac=req.high_noise_frac,
+            refine_steps=req.refine_steps,
+            refine_strength=BASE_IMAGE_REFINER_STRENGTH,
+        )
+    except StepPlanError as err:
+        raise InputError(str(err)) from err
+    return req.with_seed(), inputs, plan
+
+
+def generate(models: Models, req: Request, on_step=None) -> Result:
+    """Run one request end to end and return PIL images (not yet encoded)."""
+    req, inputs, plan = prepare(models, req)
+    seeds = req.seeds()
+    log.info(
+        "mode=%s refine=%s seeds=%s base steps=%d refiner steps=%d",
+        req.mode,
+        req.refine,
+        seeds,
+        plan.base_steps,
+        plan.refiner_steps,
+    )
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    images = _denoise(models, req, inputs, plan, generators, on_step)
+    if inputs.mask is not None:
+        images = [keep_unmasked(img, inputs.image, inputs.mask) for img in images]
+    return Result(images, seeds, req.mode, plan, parameters=_parameters(req, inputs, plan))
+
+
+def _decode_inputs(req: Request) -> _Inputs:
+    if req.image is None:
+        return _Inputs(None, None, req.width, req.height)
+    image = fit_image(load_image(req.image, "image"), "image")
+    mask = None
+    if req.mask is not None:
+        mask = fit_mask(load_image(req.mask, "mask"), image.size)
+    return _Inputs(image, mask, image.width, image.height)
+
+
+def _prompts(req: Request, for_refiner: bool) -> dict[str, Any]:
+    """Prompt arguments. An empty negative prompt means none, so SDXL's zeros apply.
+
+    The refiner has only the second text encoder; it reads `prompt_2` where given.
+    """
+    negative = None if req.negative_prompt == "" else req.negative_prompt
+    if for_refiner:
+        prompt = req.prompt if req.prompt_2 is None else req.prompt_2
+        if req.negative_prompt_2 is not None:
+            negative = req.negative_prompt_2
+        return {"prompt": prompt, "negative_prompt": negative}
+    return {
+        "prompt": req.prompt,
+        "prompt_2": req.prompt_2,
+        "negative_prompt": negative,
+        "negative_prompt_2": req.negative_prompt_2,
+    }
+
+
+def _denoise(models, req, inputs, plan, generators, on_step) -> list[Image.Image]:
+    refine = req.refine != "no_refiner"
+    base = models.pipeline(req.mode, _scheduler(models, req, "base"))
+    kwargs: dict[str, Any] = {
+        **_prompts(req, for_refiner=False),
+        "num_inference_steps": req.num_inference_steps,
+        "guidance_scale": req.guidance_scale,
+        "num_images_per_prompt": req.num_outputs,
+        "generator": generators,
+        "output_type": "latent" if refine else "pil",
+        "callback_on_step_end": _progress("base", plan.base_steps, on_step),
+    }
+    if req.mode == "txt2img":
+        kwargs.update(width=inputs.width, height=inputs.height)
+    else:
+        kwargs.update(image=inputs.image, strength=req.prompt_strength)
+    if req.mode == "inpaint":
+        kwargs.update(mask_image=inputs.mask, width=inputs.width, height=inputs.height)
+    if req.refine == "expert_ensemble_refiner":
+        kwargs["denoising_end"] = req.high_noise_frac
+    output = base(**kwargs).images
+    if not refine:
+        return output
+    return _refine(models, req, plan, output, generators, on_step)
+
+
+def _refine(models, req, plan, latents, generators, on_step) -> list[Image.Image]:
+    refiner = models.pipeline("refiner", _scheduler(models, req, "refiner"))
+    guidance = (
+        req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
+    )
+    kwargs: dict[str, Any] = {
+        **_prompts(req, for_refiner=True),
+        "image": latents,
+        "num_inference_steps": plan.refiner_schedule,
+        "guidance_scale": guidance,
+        "generator": generators,
+        "callback_on_step_end": _progress("refiner", plan.refiner_steps, on_step),
+    }
+    if req.refine == "expert_ensemble_refiner":
+        kwargs["denoising_start"] = req.high_noise_frac
+    else:
+        kwargs["strength"] = BASE_IMAGE_REFINER_STRENGTH
+    return refiner(**kwargs).images
+
+
+def _scheduler(models: Models, req: Request, stage: str):
+    return make_scheduler(req.scheduler, models.scheduler_config(stage), req.timestep_spacing)
+
+
+def _progress(stage: str, total: int, on_step):
+    """A diffusers step-end callback that logs each step and forwards it to `on_step`."""
+
+    def callback(pipe, index, timestep, tensors):
+        log.info("%s step %d/%d (t=%d)", stage, index + 1, total, int(timestep))
+        if on_step is not None:
+            on_step(stage, index + 1, total)
+        return tensors
+
+    return callback
+
+
+def _parameters(req: Request, inputs: _Inputs, plan: StepPlan) -> dict:
+    params = {
+        name: getattr(req, name)
+        for name in req.__dataclass_fields__
+        if name not in ("image", "mask", "replicate_weights")
+    }
+    params.update(
+        mode=req.mode,
+        width=inputs.width,
+        height=inputs.height,
+        base_steps=plan.base_steps,
+        refiner_steps=plan.refiner_steps,
+        model="stable-diffusion-xl-1.0",
+    )
+    return params

@@ -1,0 +1,142 @@
+"""A generation request, checked before any work starts (like diffusers' `check_inputs`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdxl.config import (
+    COG_INPUTS,
+    MAX_PIXELS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    SIZE_MULTIPLE,
+)
+
+
+def _default(name: str):
+    return dataclasses.field(default=COG_INPUTS[name].default)
+
+
+class InputError(ValueError):
+    """A request that cannot run as given. The message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one prediction needs; defaults are those of the Cog predictor."""
+
+    prompt: str = _default("prompt")
+    negative_prompt: str = _default("negative_prompt")
+    prompt_2: str | None = _default("prompt_2")
+    negative_prompt_2: str | None = _default("negative_prompt_2")
+    image: Path | None = _default("image")
+    mask: Path | None = _default("mask")
+    width: int = _default("width")
+    height: int = _default("height")
+    num_outputs: int = _default("num_outputs")
+    scheduler: str = _default("scheduler")
+    num_inference_steps: int = _default("num_inference_steps")
+    guidance_scale: float = _default("guidance_scale")
+    guidance_scale_refiner: float | None = _default("guidance_scale_refiner")
+    prompt_strength: float = _default("prompt_strength")
+    seed: int | None = _default("seed")
+    refine: str = _default("refine")
+    high_noise_frac: float = _default("high_noise_frac")
+    refine_steps: int | None = _default("refine_steps")
+    timestep_spacing: str | None = _default("timestep_spacing")
+    apply_watermark: bool = _default("apply_watermark")
+    lora_scale: float = _default("lora_scale")
+    replicate_weights: str | None = _default("replicate_weights")
+    disable_safety_checker: bool = _default("disable_safety_checker")
+    output_format: str = _default("output_format")
+    output_quality: int = _default("output_quality")
+
+    @property
+    def mode(self) -> str:
+        if self.image is None:
+            return "txt2img"
+        return "img2img" if self.mask is None else "inpaint"
+
+    def with_seed(self) -> Request:
+        """This request with a concrete seed: the given one, or a random 32-bit one."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(MAX_SEED + 1))
+
+    def seeds(self) -> list[int]:
+        """One seed per image: `seed + i`, so image i can be made again alone."""
+        if self.seed is None:
+            raise ValueError("resolve the seed first (Request.with_seed)")
+        return [self.seed + i for i in range(self.num_outputs)]
+
+
+_STRINGS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+_INTS = ("width", "height", "num_outputs", "num_inference_steps", "seed", "refine_steps")
+_INTS += ("output_quality",)
+_FLOATS = ("guidance_scale", "guidance_scale_refiner", "prompt_strength", "high_noise_frac")
+_FLOATS += ("lora_scale",)
+_BOOLS = ("apply_watermark", "disable_safety_checker")
+
+
+def check_inputs(req: Request) -> None:
+    """Raise InputError for the first problem found, before anything is loaded or run."""
+    _check_types(req)
+    for name, spec in COG_INPUTS.items():
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if spec.choices is not None and value not in spec.choices:
+            raise InputError(
+                f"{name}={value!r} is not supported; choose one of {list(spec.choices)}"
+            )
+        if spec.ge is not None and not spec.ge <= value <= spec.le:
+            raise InputError(f"{name}={value!r} is out of range; use {spec.ge}..{spec.le}")
+    for name in _STRINGS:
+        text = getattr(req, name)
+        if text is not None and len(text) > MAX_PROMPT_CHARS:
+            raise InputError(f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if req.mask is not None and req.image is None:
+        raise InputError("mask was given without image; inpainting needs both (or drop the mask)")
+    if req.image is None:
+        _check_size(req.width, req.height)
+    if req.refine == "expert_ensemble_refiner" and not 0 < req.high_noise_frac < 1:
+        raise InputError(
+            f"high_noise_frac={req.high_noise_frac} leaves one expert nothing to do; use a value "
+            "strictly between 0 and 1 with expert_ensemble_refiner, or refine=no_refiner"
+        )
+    if req.replicate_weights is not None:
+        raise InputError("replicate_weights is not supported by this build yet; leave it empty")
+
+
+def _check_types(req: Request) -> None:
+    for names, kind, label in (
+        (_STRINGS, str, "a string"),
+        (_INTS, int, "an integer"),
+        (_FLOATS, (int, float), "a number"),
+        (_BOOLS, bool, "true or false"),
+    ):
+        for name in names:
+            value = getattr(req, name)
+            wrong_bool = isinstance(value, bool) and kind is not bool
+            if value is not None and (wrong_bool or not isinstance(value, kind)):
+                raise InputError(f"{name}={value!r} must be {label}")
+    if req.prompt is None:
+        raise InputError("prompt must be a string")
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value % SIZE_MULTIPLE:
+            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            raise InputError(
+                f"{name}={value} is not a multiple of {SIZE_MULTIPLE}; "
+                f"use {lower} or {lower + SIZE_MULTIPLE}"
+            )
+    if width * height > MAX_PIXELS:
+        raise InputError(
+            f"width x height = {width}x{height} is {width * height} pixels; "
+            f"the limit is {MAX_PIXELS}; lower width or height"
+        )

@@ -1,0 +1,49 @@
+"""Shared fixtures: the tiny weights, built once per session with the project's own command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("weights")
+    subprocess.run(
+        [sys.executable, "-m", "sdxl", "weights", "tiny", str(root)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def models(tiny_weights):
+    from sdxl.config import Runtime
+    from sdxl.pipelines import load_models
+
+    return load_models(Runtime(weights_dir=tiny_weights, dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_weights):
+    """diffusers' own SDXL pipelines over the tiny weights, composed without `sdxl`."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_weights / "base", add_watermarker=False)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_weights / "refiner",
+        text_encoder_2=base.text_encoder_2,
+        vae=base.vae,
+        tokenizer_2=base.tokenizer_2,
+        add_watermarker=False,
+    )
+    return base, refiner

@@ -1,0 +1,207 @@
+"""End to end on the tiny model: the product's pixels equal diffusers' own pipelines'."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import (
+    REFERENCE_SCHEDULERS,
+    assert_same_image,
+    generator,
+    half_mask,
+    pixels,
+    reference_scheduler,
+    save,
+    smooth_image,
+    with_scheduler,
+)
+from PIL import Image
+
+from sdxl.generate import generate
+from sdxl.request import Request
+
+SIZE = 256
+STEPS = 4
+
+
+def run(models, **kwargs) -> list[Image.Image]:
+    args = {"prompt": "a photo of a cat", "width": SIZE, "height": SIZE}
+    args.update(num_inference_steps=STEPS, seed=7)
+    args.update(kwargs)
+    return generate(models, Request(**args)).images
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SCHEDULERS))
+def test_txt2img_each_scheduler(models, reference, name):
+    base, _ = reference
+    pipe = with_scheduler(base, reference_scheduler(base, name))
+    expected = pipe(
+        prompt="a photo of a cat",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=generator(7),
+    ).images[0]
+    (got,) = run(models, scheduler=name)
+    assert_same_image(got, expected)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_timestep_spacing(models, reference, spacing):
+    base, _ = reference
+    pipe = with_scheduler(base, reference_scheduler(base, "DDIM", timestep_spacing=spacing))
+    expected = pipe(
+        prompt="a photo of a cat",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=generator(7),
+    ).images[0]
+    (got,) = run(models, scheduler="DDIM", timestep_spacing=spacing)
+    assert_same_image(got, expected)
+
+
+def test_prompt_2_and_negative_prompts(models, reference):
+    base, _ = reference
+    expected = base(
+        prompt="a photo of a cat",
+        prompt_2="a dog",
+        negative_prompt="blurry",
+        negative_prompt_2="ugly",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=generator(7),
+    ).images[0]
+    kwargs = dict(prompt_2="a dog", negative_prompt="blurry", negative_prompt_2="ugly")
+    (got,) = run(models, guidance_scale=5.0, **kwargs)
+    assert_same_image(got, expected)
+    (without_2,) = run(models, guidance_scale=5.0, negative_prompt="blurry")
+    assert np.abs(pixels(without_2) - pixels(got)).max() > 0, "prompt_2 had no effect"
+
+
+def test_img2img(models, reference, tmp_path):
+    base, _ = reference
+    source = smooth_image(320, 256)
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    img2img = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    expected = img2img(
+        prompt="a photo of a cat",
+        image=source,
+        strength=0.6,
+        num_inference_steps=STEPS * 2,
+        guidance_scale=7.5,
+        generator=generator(7),
+    ).images[0]
+    (got,) = run(
+        models,
+        image=save(source, tmp_path, "in.png"),
+        prompt_strength=0.6,
+        num_inference_steps=STEPS * 2,
+    )
+    assert got.size == (320, 256)
+    assert_same_image(got, expected)
+
+
+def _paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image) -> np.ndarray:
+    """Expected composite: the original wherever the mask is black."""
+    keep = np.asarray(mask) < 128
+    out = pixels(generated).copy()
+    out[keep] = pixels(original)[keep]
+    return out
+
+
+def test_inpaint_equals_diffusers_outside_feather_and_keeps_black(models, reference, tmp_path):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    base, _ = reference
+    source, mask = smooth_image(SIZE, SIZE), half_mask(SIZE, SIZE)
+    inpaint = StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
+    raw = inpaint(
+        prompt="a photo of a cat",
+        image=source,
+        mask_image=mask,
+        strength=0.9,
+        guidance_scale=7.5,
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS * 2,
+        generator=generator(7),
+    ).images[0]
+    (got,) = run(
+        models,
+        image=save(source, tmp_path, "in.png"),
+        mask=save(mask, tmp_path, "mask.png"),
+        prompt_strength=0.9,
+        num_inference_steps=STEPS * 2,
+    )
+    expected = _paste_back(raw, source, mask)
+    got_px = pixels(got)
+    keep = np.asarray(mask) < 128
+    assert (got_px[keep] == pixels(source)[keep]).all(), "kept pixels changed"
+    interior = np.zeros_like(keep)
+    interior[:, SIZE // 2 + 8 :] = True  # beyond the feathered seam
+    assert (got_px[interior] == expected[interior]).all()
+
+
+def test_expert_ensemble(models, reference):
+    base, refiner = reference
+    latents = base(
+        prompt="a photo of a cat",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=10,
+        denoising_end=0.7,
+        guidance_scale=7.5,
+        output_type="latent",
+        generator=(g := generator(7)),
+    ).images
+    expected = refiner(
+        prompt="a photo of a cat",
+        image=latents,
+        num_inference_steps=10,
+        denoising_start=0.7,
+        guidance_scale=7.5,
+        generator=g,
+    ).images[0]
+    (got,) = run(
+        models, refine="expert_ensemble_refiner", high_noise_frac=0.7, num_inference_steps=10
+    )
+    assert_same_image(got, expected)
+
+
+def test_base_image_refiner_runs_refine_steps(models, reference):
+    base, refiner = reference
+    latents = base(
+        prompt="a photo of a cat",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        output_type="latent",
+        generator=(g := generator(7)),
+    ).images
+    # 3 refiner steps at strength 0.3 means a schedule of 10: int(10 * 0.3) == 3.
+    expected = refiner(
+        prompt="a photo of a cat",
+        image=latents,
+        num_inference_steps=10,
+        strength=0.3,
+        generator=g,
+        guidance_scale=3.0,
+    ).images[0]
+    (got,) = run(models, refine="base_image_refiner", refine_steps=3, guidance_scale_refiner=3.0)
+    assert_same_image(got, expected)
+
+
+def test_batch_image_equals_its_seed_alone(models):
+    batch = run(models, num_outputs=3, seed=100)
+    assert len(batch) == 3
+    for i, img in enumerate(batch):
+        (alone,) = run(models, seed=100 + i)
+        assert_same_image(img, alone, tolerance=2)
+    assert np.abs(pixels(batch[0]) - pixels(batch[1])).max() > 10, "batch images are identical"
