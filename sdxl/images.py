@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
 from sdxl.config import MAX_PIXELS, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
+from sdxl.errors import InputError
 
 # Refuse decompression bombs outright: anything far beyond what we could ever use.
 Image.MAX_IMAGE_PIXELS = 64 * MAX_PIXELS
@@ -21,7 +22,7 @@ EXTENSIONS = {"png": "png", "webp": "webp", "jpg": "jpg"}
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputError):
     """An input image or mask that cannot be used; the message names the input."""
 
 

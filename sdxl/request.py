@@ -14,14 +14,11 @@ from sdxl.config import (
     MAX_SEED,
     SIZE_MULTIPLE,
 )
+from sdxl.errors import InputError
 
 
 def _default(name: str):
     return dataclasses.field(default=COG_INPUTS[name].default)
-
-
-class InputError(ValueError):
-    """A request that cannot run as given. The message names the input and the fix."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,8 @@ def check_inputs(req: Request) -> None:
         if value is None:
             continue
         if spec.choices is not None and value not in spec.choices:
-            raise InputError(
-                f"{name}={value!r} is not supported; choose one of {list(spec.choices)}"
-            )
+            choices = ", ".join(spec.choices)
+            raise InputError(f"{name}={value!r} is not supported; choose one of: {choices}")
         if spec.ge is not None and not spec.ge <= value <= spec.le:
             raise InputError(f"{name}={value!r} is out of range; use {spec.ge}..{spec.le}")
     for name in _STRINGS:
