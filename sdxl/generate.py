@@ -141,6 +141,7 @@ def _refine(models, req, plan, latents, generators, on_step) -> list[Image.Image
     kwargs: dict[str, Any] = {
         **_prompts(req, for_refiner=True),
         "image": latents,
+        "num_images_per_prompt": req.num_outputs,
         "num_inference_steps": plan.refiner_schedule,
         "guidance_scale": guidance,
         "generator": generators,

@@ -198,10 +198,11 @@ def test_base_image_refiner_runs_refine_steps(models, reference):
     assert_same_image(got, expected)
 
 
-def test_batch_image_equals_its_seed_alone(models):
-    batch = run(models, num_outputs=3, seed=100)
+@pytest.mark.parametrize("refine", ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"])
+def test_batch_image_equals_its_seed_alone(models, refine):
+    batch = run(models, num_outputs=3, seed=100, refine=refine, refine_steps=2)
     assert len(batch) == 3
     for i, img in enumerate(batch):
-        (alone,) = run(models, seed=100 + i)
+        (alone,) = run(models, seed=100 + i, refine=refine, refine_steps=2)
         assert_same_image(img, alone, tolerance=2)
     assert np.abs(pixels(batch[0]) - pixels(batch[1])).max() > 10, "batch images are identical"
