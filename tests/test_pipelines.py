@@ -105,3 +105,11 @@ def test_bfloat16_load(tiny_weights):
     assert models.base.unet.dtype == torch.bfloat16
     assert models.refiner.unet.dtype == torch.bfloat16
     assert models.refiner.vae is models.base.vae
+
+
+def test_tiny_layout_is_the_download_layout(tiny_weights):
+    """The tiny builder writes exactly the files `weights download` puts in place."""
+    from sdxl.download import MANIFEST
+
+    written = {str(p.relative_to(tiny_weights)) for p in tiny_weights.rglob("*") if p.is_file()}
+    assert written == {entry.local for entry in MANIFEST}
