@@ -4,11 +4,14 @@
 They equal the tables in `sdxl/config.py` (tests/test_predict_surface.py checks it).
 """
 
+import pathlib
 from typing import List, Optional
 
 from cog import BaseRunner, Input, Path
 
+from sdxl import logs
 from sdxl.config import Runtime
+from sdxl.errors import InputError
 from sdxl.generate import generate
 from sdxl.outputs import OutputWriter
 from sdxl.pipelines import load_models
@@ -31,6 +34,7 @@ OUTPUT_FORMATS = ["png", "webp", "jpg"]
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load base and refiner once; every request shares them."""
+        logs.configure()
         self.models = load_models(Runtime.from_env())
         self.outputs = OutputWriter()
 
@@ -138,9 +142,18 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
+        for name in ("image", "mask"):
+            _require_upload(name, inputs[name])
         result = generate(self.models, Request(**inputs))
         self.record_metric("seeds", result.seeds)
         self.record_metric("mode", result.mode)
         self.record_metric("refine", refine)
         paths = self.outputs.write(result, output_format, output_quality)
         return [Path(p) for p in paths]
+
+
+def _require_upload(name: str, value: object) -> None:
+    """Cog hands uploads and URL downloads over as Paths, but a bare string as given: refuse
+    it, so a request can never make the server read one of its own files."""
+    if value is not None and not isinstance(value, pathlib.Path):
+        raise InputError(f"{name} must be a file upload, an http(s) URL or a data URI")

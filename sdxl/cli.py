@@ -1,4 +1,4 @@
-"""`python -m sdxl ...`: weights management (and, later, serving)."""
+"""`python -m sdxl ...`: weights, the Cog server and a `cog predict` stand-in, the REST API."""
 
 from __future__ import annotations
 
@@ -31,6 +31,34 @@ def _weights_download(args: argparse.Namespace) -> int:
     return download_main(args.dir)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from sdxl.serve import serve
+
+    return serve(args.host, args.port, upload_url=args.upload_url)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sdxl.client import ClientError, predict
+
+    try:
+        return predict(args.input, Path(args.output))
+    except ClientError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from sdxl.schema import main as schema_main
+
+    return schema_main(["--check"] if args.check else [])
+
+
+def _api(args: argparse.Namespace) -> int:
+    from sdxl.rest.server import main as api_main
+
+    return api_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdxl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = what.add_parser("tiny", help="build a tiny random-weight SDXL for tests, offline")
     tiny.add_argument("dir", help="weights root to write base/ and refiner/ into")
     tiny.set_defaults(func=_weights_tiny)
+
+    serve = commands.add_parser("serve", help="run Cog's prediction server for predict.py")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--upload-url", default=None, help="PUT outputs here (as on Replicate)")
+    serve.set_defaults(func=_serve)
+
+    predict = commands.add_parser("predict", help="one prediction through the server")
+    predict.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
+    predict.add_argument("-o", "--output", default="outputs", help="folder for the outputs")
+    predict.set_defaults(func=_predict)
+
+    schema = commands.add_parser("schema", help="write .cog/openapi_schema.json")
+    schema.add_argument("--check", action="store_true", help="fail if the file is stale")
+    schema.set_defaults(func=_schema)
+
+    api = commands.add_parser("api", help="the REST API (POST /v1/images/...)", add_help=False)
+    api.add_argument("rest", nargs=argparse.REMAINDER)
+    api.set_defaults(func=_api)
     return parser
 
 

@@ -35,8 +35,9 @@ def load_image(path: Path | str, name: str) -> Image.Image:
                 img.load()
                 img = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        detail = str(err).replace(str(path), name)  # the server's temp path means nothing
         raise ImageInputError(
-            f"{name}: {Path(path).name} is not a readable image ({err}); send a PNG, JPEG or WebP"
+            f"{name} is not a readable image ({detail}); send a PNG, JPEG or WebP"
         ) from err
     except Image.DecompressionBombError as err:
         raise ImageInputError(f"{name}: image too large to decode ({err})") from err

@@ -70,8 +70,8 @@ def _run(models, **kwargs):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"not an image at all", "image: in.png is not a readable image"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image: in.png is not a readable image"),
+        (b"not an image at all", "image is not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image is not a readable image"),
     ],
 )
 def test_unreadable_image(models, tmp_path, content, expected):
@@ -85,7 +85,7 @@ def test_truncated_png(models, tmp_path):
     good = save(smooth_image(256, 256), tmp_path, "good.png").read_bytes()
     path = tmp_path / "in.png"
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(InputError, match="image: in.png is not a readable image"):
+    with pytest.raises(InputError, match="image is not a readable image"):
         _run(models, image=path)
 
 
