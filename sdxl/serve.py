@@ -11,6 +11,7 @@ Everything else (paths, headers, status codes, bodies) passes through unchanged.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -29,6 +30,7 @@ PREDICTOR = "predict.py:Predictor"
 MAX_BODY = 64 * 1024 * 1024  # data URIs of two 4-megapixel PNGs fit comfortably
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "content-length"}
 FILE_SCHEMES = ("http://", "https://", "data:")
+STARTING = json.dumps({"status": "STARTING"}).encode()
 _INT = re.compile(r"[+-]?\d{1,19}")
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
 
@@ -49,6 +51,19 @@ def _number(text: str, kind: str):
     if kind == "number" and _FLOAT.fullmatch(text):
         return float(text)
     return None
+
+
+def _valid_data_uri(uri: str) -> bool:
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        return False
+    if not header.endswith(";base64"):
+        return True  # percent-encoded payload
+    try:
+        base64.b64decode(payload, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 class RequestRefused(ValueError):
@@ -78,6 +93,8 @@ def rewrite_input(body: bytes, kinds: dict[str, str]) -> bytes:
                     name,
                     f"{name} must be an http(s) URL or a data URI; server paths are not read",
                 )
+            if value.startswith("data:") and not _valid_data_uri(value):
+                raise RequestRefused(name, f"{name} is not a valid data URI (bad base64?)")
         elif kind in ("integer", "number") and isinstance(value, str):
             number = _number(value, kind)
             if number is not None:
@@ -133,6 +150,9 @@ def make_handler(upstream_port: int, kinds: dict[str, str]):
                 response = upstream.getresponse()
                 self._reply(response.status, response.getheaders(), response.read())
             except OSError as err:
+                if self.path == "/health-check":  # coglet not listening yet: still starting
+                    self._reply(200, [("Content-Type", "application/json")], STARTING)
+                    return
                 message = json.dumps({"detail": f"prediction server unavailable: {err}"})
                 self._reply(502, [("Content-Type", "application/json")], message.encode())
             finally:
