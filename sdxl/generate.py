@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdxl import prompts
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.images import fit_image, fit_mask, keep_unmasked, load_image
 from sdxl.pipelines import Models
@@ -88,30 +89,35 @@ def _decode_inputs(req: Request) -> _Inputs:
     return _Inputs(image, mask, image.width, image.height)
 
 
-def _prompts(req: Request, for_refiner: bool) -> dict[str, Any]:
-    """Prompt arguments. An empty negative prompt means none, so SDXL's zeros apply.
-
-    The refiner has only the second text encoder; it reads `prompt_2` where given.
-    """
+def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
+    """Prompt arguments for one stage. An empty negative prompt means none, so SDXL's zeros
+    apply; the refiner has only the second text encoder and reads `prompt_2` where given.
+    Prompts past 77 tokens are encoded in chunks (sdxl.prompts) instead of being cut."""
     negative = None if req.negative_prompt == "" else req.negative_prompt
     if for_refiner:
         prompt = req.prompt if req.prompt_2 is None else req.prompt_2
         if req.negative_prompt_2 is not None:
             negative = req.negative_prompt_2
-        return {"prompt": prompt, "negative_prompt": negative}
-    return {
-        "prompt": req.prompt,
-        "prompt_2": req.prompt_2,
-        "negative_prompt": negative,
-        "negative_prompt_2": req.negative_prompt_2,
-    }
+        args = {"prompt": prompt, "negative_prompt": negative}
+    else:
+        args = {
+            "prompt": req.prompt,
+            "prompt_2": req.prompt_2,
+            "negative_prompt": negative,
+            "negative_prompt_2": req.negative_prompt_2,
+        }
+    texts = prompts.stage_texts(
+        pipe, args["prompt"], args.get("prompt_2"), negative, args.get("negative_prompt_2")
+    )
+    embeds = prompts.encode(pipe, texts, zero_negative=pipe.config.force_zeros_for_empty_prompt)
+    return args if embeds is None else embeds
 
 
 def _denoise(models, req, inputs, plan, generators, on_step) -> list[Image.Image]:
     refine = req.refine != "no_refiner"
     base = models.pipeline(req.mode, _scheduler(models, req, "base"))
     kwargs: dict[str, Any] = {
-        **_prompts(req, for_refiner=False),
+        **_prompt_kwargs(base, req, for_refiner=False),
         "num_inference_steps": req.num_inference_steps,
         "guidance_scale": req.guidance_scale,
         "num_images_per_prompt": req.num_outputs,
@@ -139,7 +145,7 @@ def _refine(models, req, plan, latents, generators, on_step) -> list[Image.Image
         req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
     )
     kwargs: dict[str, Any] = {
-        **_prompts(req, for_refiner=True),
+        **_prompt_kwargs(refiner, req, for_refiner=True),
         "image": latents,
         "num_images_per_prompt": req.num_outputs,
         "num_inference_steps": plan.refiner_schedule,
