@@ -29,6 +29,26 @@ SCHEDULERS = [
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 TIMESTEP_SPACINGS = ["linspace", "leading", "trailing"]
 OUTPUT_FORMATS = ["png", "webp", "jpg"]
+STYLES = [
+    "3d-model",
+    "analog-film",
+    "anime",
+    "cinematic",
+    "comic-book",
+    "craft-clay",
+    "digital-art",
+    "enhance",
+    "fantasy-art",
+    "isometric",
+    "line-art",
+    "low-poly",
+    "neon-punk",
+    "origami",
+    "photographic",
+    "pixel-art",
+    "texture",
+]
+ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
 class Predictor(BaseRunner):
@@ -54,6 +74,11 @@ class Predictor(BaseRunner):
             description="Negative prompt for text encoder 2 (blank: same as negative_prompt)",
             default=None,
         ),
+        style_selected: Optional[str] = Input(
+            description="Style preset: wraps the prompt in a template, adds a negative prompt",
+            default=None,
+            choices=STYLES,
+        ),
         image: Optional[Path] = Input(
             description="Input image for img2img or inpaint mode; the output takes its size",
             default=None,
@@ -73,6 +98,11 @@ class Predictor(BaseRunner):
             default=1024,
             ge=256,
             le=2048,
+        ),
+        aspect_ratio: Optional[str] = Input(
+            description="SDXL trained resolution by aspect ratio; overrides width and height",
+            default=None,
+            choices=ASPECT_RATIOS,
         ),
         num_outputs: int = Input(description="Number of images to output", default=1, ge=1, le=4),
         scheduler: str = Input(description="Scheduler", default="K_EULER", choices=SCHEDULERS),

@@ -6,6 +6,7 @@ Each option is declared once, here. `predict.py` repeats the Cog inputs as liter
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,23 @@ TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 OUTPUT_FORMATS = ("png", "webp", "jpg")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
+# Style presets live in one data file (prompt template + negative prompt), ours.
+STYLES_FILE = Path(__file__).with_name("styles.json")
+STYLES: dict[str, dict[str, str]] = json.loads(STYLES_FILE.read_text())
+
+# SDXL's trained resolutions: aspect ratio -> (width, height).
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+    "4:3": (1152, 896),
+    "3:4": (896, 1152),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "21:9": (1536, 640),
+    "9:21": (640, 1536),
+}
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -59,10 +77,12 @@ COG_INPUTS: dict[str, InputSpec] = {
     "negative_prompt": InputSpec(""),
     "prompt_2": InputSpec(None),
     "negative_prompt_2": InputSpec(None),
+    "style_selected": InputSpec(None, choices=tuple(STYLES)),
     "image": InputSpec(None),
     "mask": InputSpec(None),
     "width": InputSpec(1024, MIN_SIDE, MAX_SIDE),
     "height": InputSpec(1024, MIN_SIDE, MAX_SIDE),
+    "aspect_ratio": InputSpec(None, choices=tuple(ASPECT_RATIOS)),
     "num_outputs": InputSpec(1, 1, 4),
     "scheduler": InputSpec("K_EULER", choices=SCHEDULERS),
     "num_inference_steps": InputSpec(50, 1, 500),

@@ -13,6 +13,7 @@ from sdxl import prompts
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.images import fit_image, fit_mask, keep_unmasked, load_image
 from sdxl.pipelines import Models
+from sdxl.presets import apply_presets
 from sdxl.request import InputError, Request, check_inputs
 from sdxl.schedulers import StepPlan, StepPlanError, make_scheduler, plan_steps
 
@@ -41,6 +42,7 @@ class _Inputs:
 def prepare(models: Models, req: Request) -> tuple[Request, _Inputs, StepPlan]:
     """Validate everything and decode the inputs; raises InputError before any denoising."""
     check_inputs(req)
+    req = apply_presets(req)
     inputs = _decode_inputs(req)
     try:
         plan = plan_steps(

@@ -29,10 +29,12 @@ class Request:
     negative_prompt: str = _default("negative_prompt")
     prompt_2: str | None = _default("prompt_2")
     negative_prompt_2: str | None = _default("negative_prompt_2")
+    style_selected: str | None = _default("style_selected")
     image: Path | None = _default("image")
     mask: Path | None = _default("mask")
     width: int = _default("width")
     height: int = _default("height")
+    aspect_ratio: str | None = _default("aspect_ratio")
     num_outputs: int = _default("num_outputs")
     scheduler: str = _default("scheduler")
     num_inference_steps: int = _default("num_inference_steps")
@@ -71,6 +73,8 @@ class Request:
 
 
 _STRINGS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+_CHOICES = ("style_selected", "aspect_ratio", "scheduler", "refine", "timestep_spacing")
+_CHOICES += ("output_format",)
 _INTS = ("width", "height", "num_outputs", "num_inference_steps", "seed", "refine_steps")
 _INTS += ("output_quality",)
 _FLOATS = ("guidance_scale", "guidance_scale_refiner", "prompt_strength", "high_noise_frac")
@@ -96,7 +100,7 @@ def check_inputs(req: Request) -> None:
             raise InputError(f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
     if req.mask is not None and req.image is None:
         raise InputError("mask was given without image; inpainting needs both (or drop the mask)")
-    if req.image is None:
+    if req.image is None and req.aspect_ratio is None:
         _check_size(req.width, req.height)
     if req.refine == "expert_ensemble_refiner" and not 0 < req.high_noise_frac < 1:
         raise InputError(
@@ -113,6 +117,7 @@ def _check_types(req: Request) -> None:
         (_INTS, int, "an integer"),
         (_FLOATS, (int, float), "a number"),
         (_BOOLS, bool, "true or false"),
+        (_CHOICES, str, "a string"),
     ):
         for name in names:
             value = getattr(req, name)

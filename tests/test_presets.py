@@ -1,0 +1,87 @@
+"""Style presets and aspect ratios: what they do to a request, and end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import assert_same_image, generator, save, smooth_image
+
+from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
+from sdxl.generate import generate
+from sdxl.presets import apply_presets
+from sdxl.request import InputError, Request, check_inputs
+
+USUAL_SDXL_STYLES = {
+    "cinematic",
+    "photographic",
+    "anime",
+    "digital-art",
+    "comic-book",
+    "fantasy-art",
+    "analog-film",
+    "neon-punk",
+    "isometric",
+    "low-poly",
+    "origami",
+    "line-art",
+    "craft-clay",
+    "3d-model",
+    "pixel-art",
+    "enhance",
+}
+
+
+def test_style_file_has_the_usual_set_with_templates():
+    styles = json.loads(STYLES_FILE.read_text())
+    assert set(styles) >= USUAL_SDXL_STYLES
+    for name, style in styles.items():
+        assert "{prompt}" in style["prompt"], name
+        assert style["negative_prompt"], name
+
+
+def test_style_wraps_prompt_and_prepends_negative():
+    req = apply_presets(Request(prompt="a cat", negative_prompt="text", style_selected="anime"))
+    assert req.prompt == STYLES["anime"]["prompt"].replace("{prompt}", "a cat")
+    assert req.negative_prompt == STYLES["anime"]["negative_prompt"] + ", text"
+    assert req.prompt_2 is None
+
+
+def test_unknown_style_and_ratio_are_named():
+    with pytest.raises(InputError, match="style_selected='vaporwave' is not supported"):
+        check_inputs(Request(style_selected="vaporwave"))
+    with pytest.raises(InputError, match="aspect_ratio='5:4' is not supported; choose one of: 1:1"):
+        check_inputs(Request(aspect_ratio="5:4"))
+
+
+@pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
+def test_aspect_ratio_sets_trained_resolution(ratio):
+    req = apply_presets(Request(aspect_ratio=ratio, width=512, height=512))
+    assert (req.width, req.height) == ASPECT_RATIOS[ratio]
+    check_inputs(req)
+
+
+def test_styled_generation_equals_diffusers_with_templated_prompt(models, reference):
+    base, _ = reference
+    style = STYLES["cinematic"]
+    expected = base(
+        prompt=style["prompt"].replace("{prompt}", "a cat"),
+        negative_prompt=style["negative_prompt"],
+        width=256,
+        height=256,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        generator=generator(4),
+    ).images[0]
+    req = Request(prompt="a cat", style_selected="cinematic", width=256, height=256)
+    result = generate(models, Request(**{**req.__dict__, "num_inference_steps": 3, "seed": 4}))
+    assert_same_image(result.images[0], expected)
+    assert result.parameters["style_selected"] == "cinematic"
+
+
+def test_aspect_ratio_end_to_end_and_ignored_with_image(models, tmp_path):
+    req = Request(prompt="a cat", aspect_ratio="21:9", num_inference_steps=1, seed=1)
+    assert generate(models, req).images[0].size == (1536, 640)
+    image = save(smooth_image(320, 256), tmp_path, "in.png")
+    with_image = Request(**{**req.__dict__, "image": image, "prompt_strength": 1.0})
+    assert generate(models, with_image).images[0].size == (320, 256)
