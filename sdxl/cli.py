@@ -53,12 +53,6 @@ def _schema(args: argparse.Namespace) -> int:
     return schema_main(["--check"] if args.check else [])
 
 
-def _api(args: argparse.Namespace) -> int:
-    from sdxl.rest.server import main as api_main
-
-    return api_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdxl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,13 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
     schema.set_defaults(func=_schema)
 
-    api = commands.add_parser("api", help="the REST API (POST /v1/images/...)", add_help=False)
-    api.add_argument("rest", nargs=argparse.REMAINDER)
-    api.set_defaults(func=_api)
+    # `api` takes its own options (see sdxl.rest.server); main() hands them over untouched.
+    commands.add_parser("api", help="the REST API: POST /v1/images/stable-diffusion-xl/generate")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["api"]:
+        from sdxl.rest.server import main as api_main
+
+        return api_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -1,0 +1,394 @@
+"""The REST API's pure pieces: parameter mapping, tables, seed_image decoding, keys, queue."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from sdxl.config import SCHEDULERS, STYLES
+from sdxl.rest.auth import ApiKeys, bearer_token, load_api_keys
+from sdxl.rest.encode import encode_image
+from sdxl.rest.errors import (
+    InvalidInput,
+    allowed_range,
+    field_of,
+    format_validation_errors,
+    translate_engine_message,
+)
+from sdxl.rest.params import to_engine_request
+from sdxl.rest.schema import GenerateRequest
+from sdxl.rest.seed_image import decode_seed_image, seed_image_file
+from sdxl.rest.settings import Settings, SettingsError
+from sdxl.rest.tables import SCHEDULER_ALIASES
+from sdxl.rest.worker import QueueFullError, WorkQueue
+
+# The scheduler names the DataCrunch document lists, spelled as it spells them.
+DOCUMENTED_SCHEDULERS = {
+    "DDIM",
+    "K_EULER",
+    "EulerA",
+    "DPMSolverMultistep",
+    "KarrasDPM",
+    "PNDM",
+    "HeunDiscrete",
+}
+
+
+def body(**fields) -> GenerateRequest:
+    return GenerateRequest.model_validate({"prompt": "A cat with a hat", **fields})
+
+
+def png_bytes(width=32, height=24, fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 90)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# ---- parameter mapping ----
+
+
+def test_defaults_are_datacrunchs():
+    req = to_engine_request(body())
+    assert (req.width, req.height) == (1024, 1024)
+    assert req.num_inference_steps == 50
+    assert req.guidance_scale == 4.0
+    assert req.num_outputs == 1
+    assert req.seed == 42
+    assert req.scheduler == "DDIM"
+    assert req.timestep_spacing == "linspace"
+    assert req.guidance_scale_refiner == 1.0
+    assert req.refine == "no_refiner"
+    assert req.negative_prompt == ""
+    assert req.image is None
+    assert req.disable_safety_checker is False
+
+
+def test_every_documented_field_is_in_the_schema():
+    documented = (
+        "prompt height width num_inference_steps guidance_scale num_images_per_prompt seed "
+        "negative_prompt seed_image strength scheduler timestep_spacing guidance_scale_refiner "
+        "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
+        "aspect_ratio lora_id lora_name safety_filter"
+    ).split()
+    assert set(GenerateRequest.model_fields) == {*documented, "output_format"}
+
+
+def test_names_map_to_the_engine():
+    req = to_engine_request(
+        body(
+            num_images_per_prompt=3,
+            strength=0.55,
+            negative_prompt="blurry",
+            num_inference_steps=12,
+            guidance_scale=6.5,
+            seed=7,
+            safety_filter=False,
+        )
+    )
+    assert req.num_outputs == 3
+    assert req.prompt_strength == 0.55
+    assert req.negative_prompt == "blurry"
+    assert (req.num_inference_steps, req.guidance_scale, req.seed) == (12, 6.5, 7)
+    assert req.disable_safety_checker is True
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.35])
+def test_ensemble_maps_refiner_ratio_to_the_bases_share(ratio):
+    req = to_engine_request(body(is_ensemble=True, refiner_ratio=ratio))
+    assert req.refine == "expert_ensemble_refiner"
+    assert req.high_noise_frac == pytest.approx(1 - ratio)
+
+
+def test_refiner_runs_num_inference_steps_refiner_steps():
+    req = to_engine_request(
+        body(refiner=True, num_inference_steps_refiner=10, guidance_scale_refiner=4)
+    )
+    assert req.refine == "base_image_refiner"
+    assert req.refine_steps == 10
+    assert req.guidance_scale_refiner == 4
+
+
+def test_ensemble_and_refiner_together_is_an_error_naming_both():
+    with pytest.raises(InvalidInput) as info:
+        to_engine_request(body(is_ensemble=True, refiner=True))
+    assert info.value.field == "is_ensemble"
+    assert "is_ensemble=true" in info.value.message and "refiner=true" in info.value.message
+
+
+def test_scheduler_aliases_cover_the_document_and_the_engine():
+    assert set(SCHEDULER_ALIASES) == DOCUMENTED_SCHEDULERS
+    assert set(SCHEDULER_ALIASES.values()) == set(SCHEDULERS)
+    assert to_engine_request(body(scheduler="EulerA")).scheduler == "K_EULER_ANCESTRAL"
+
+
+@pytest.mark.parametrize(("field", "value"), [("lora_id", "abc"), ("lora_name", "offset")])
+def test_lora_is_refused_not_ignored(field, value):
+    with pytest.raises(InvalidInput) as info:
+        to_engine_request(body(**{field: value}))
+    assert info.value.field == field
+    assert "not available in this build" in info.value.message
+    assert repr(value) in info.value.message
+
+
+def test_style_goes_to_the_engine():
+    style = sorted(STYLES)[0]
+    assert to_engine_request(body(style_selected=style)).style_selected == style
+    assert to_engine_request(body()).style_selected is None
+
+
+def test_unknown_style_lists_the_styles():
+    (item,) = errors_of(prompt="x", style_selected="no-such-style")
+    assert item["field"] == "style_selected"
+    assert "style_selected='no-such-style' is not supported" in item["msg"]
+    assert repr(sorted(STYLES)[0]) in item["msg"]
+
+
+# ---- aspect ratios ----
+
+
+def test_aspect_ratio_sets_the_size():
+    req = to_engine_request(body(aspect_ratio="16:9"))
+    assert (req.width, req.height) == (1344, 768)
+    assert req.aspect_ratio == "16:9"
+    req = to_engine_request(body(aspect_ratio="9:21", width=640, height=1536))
+    assert (req.width, req.height) == (640, 1536)
+
+
+def test_aspect_ratio_with_a_different_size_is_an_error():
+    with pytest.raises(InvalidInput) as info:
+        to_engine_request(body(aspect_ratio="16:9", height=1024))
+    assert info.value.field == "height"
+    assert "16:9" in info.value.message and "height=1024" in info.value.message
+
+
+# ---- schema errors ----
+
+
+def errors_of(**fields) -> list[dict]:
+    with pytest.raises(ValidationError) as info:
+        GenerateRequest.model_validate(fields)
+    return format_validation_errors(
+        [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
+    )
+
+
+def test_unknown_field_suggests_the_right_spelling():
+    (item,) = errors_of(prompt="x", num_inference_step=4)
+    assert item["field"] == "num_inference_step"
+    assert "did you mean 'num_inference_steps'" in item["msg"]
+
+
+def test_range_error_names_value_and_range():
+    (item,) = errors_of(prompt="x", strength=2.0)
+    assert item["msg"] == "strength=2.0 is out of range; use a value from 0.05 to 1"
+    (item,) = errors_of(prompt="x", refiner_ratio=1.0)
+    assert "refiner_ratio=1.0" in item["msg"] and "less than 1" in item["msg"]
+
+
+def test_no_coercion_of_strings():
+    (item,) = errors_of(prompt="x", seed="42")
+    assert item["field"] == "seed" and "must be an integer" in item["msg"]
+    (item,) = errors_of(prompt="x", refiner="true")
+    assert "true or false" in item["msg"]
+
+
+def test_missing_prompt():
+    (item,) = errors_of()
+    assert item["msg"].startswith("prompt is required")
+
+
+def test_allowed_range_reads_the_schema():
+    assert allowed_range("num_inference_steps") == "a value from 1 to 500"
+    assert allowed_range("width") == "a value from 256 to 2048"
+
+
+# ---- engine messages ----
+
+
+def test_engine_messages_use_rest_names_and_values():
+    text = translate_engine_message(
+        "with num_inference_steps=2 and high_noise_frac=0.9 the refiner would run no step (and "
+        "with an input image, prompt_strength must exceed 1 - high_noise_frac); raise "
+        "num_inference_steps or move high_noise_frac"
+    )
+    assert "refiner_ratio=0.1 " in text
+    assert "strength must exceed refiner_ratio" in text
+    assert "high_noise_frac" not in text and "prompt_strength" not in text
+    assert field_of(text) == "num_inference_steps"
+
+
+def test_engine_image_message_names_seed_image_and_hides_the_path():
+    text = translate_engine_message(
+        "image: sdxl-seed-image-x1 is not a readable image "
+        "(cannot identify '/tmp/sdxl-seed-image-x1')",
+        {"/tmp/sdxl-seed-image-x1": "seed_image", "sdxl-seed-image-x1": "it"},
+    )
+    assert text.startswith("seed_image: it is not a readable image")
+    assert "/tmp" not in text
+    assert field_of(text) == "seed_image"
+
+
+# ---- seed_image ----
+
+
+def test_raw_base64_decodes():
+    raw = png_bytes()
+    assert decode_seed_image(base64.b64encode(raw).decode()) == raw
+
+
+def test_data_uri_decodes():
+    raw = png_bytes(fmt="JPEG")
+    uri = "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+    assert decode_seed_image(uri) == raw
+
+
+def test_wrapped_lines_and_missing_padding_are_accepted():
+    raw = png_bytes(33, 17)
+    text = base64.b64encode(raw).decode().rstrip("=")
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert decode_seed_image(wrapped) == raw
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "is empty"),
+        ("not base64 at all!", "not valid base64"),
+        (base64.b64encode(b"hello, plain text").decode(), "not a readable image"),
+        ("https://example.com/cat.png", "URLs are not fetched"),
+        ("data:image/png," + base64.b64encode(b"x").decode(), "not base64-encoded"),
+        ("data:text/plain;base64,aGVsbG8=", "media type 'text/plain'"),
+    ],
+)
+def test_bad_seed_images_name_the_field(text, words):
+    with pytest.raises(InvalidInput) as info:
+        decode_seed_image(text)
+    assert info.value.field == "seed_image"
+    assert info.value.message.startswith("seed_image")
+    assert words in info.value.message
+
+
+def test_other_image_formats_are_refused():
+    with pytest.raises(InvalidInput, match="is a GIF image"):
+        decode_seed_image(base64.b64encode(png_bytes(fmt="GIF")).decode())
+
+
+def test_seed_image_file_is_private_and_removed():
+    with seed_image_file(b"abc") as path:
+        assert path.read_bytes() == b"abc"
+        assert path.stat().st_mode & 0o077 == 0
+    assert not path.exists()
+    with pytest.raises(RuntimeError), seed_image_file(b"abc") as path:
+        raise RuntimeError("request failed")
+    assert not path.exists()
+    with seed_image_file(None) as nothing:
+        assert nothing is None
+
+
+# ---- encoding ----
+
+
+@pytest.mark.parametrize(("name", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_encode_image_formats(name, pil):
+    image = Image.new("RGB", (40, 24), (10, 200, 30))
+    decoded = Image.open(io.BytesIO(base64.b64decode(encode_image(image, name))))
+    assert decoded.format == pil
+    assert decoded.size == (40, 24)
+
+
+# ---- keys and settings ----
+
+
+def test_keys_from_env_and_file(tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# staff\nfile-key-1\n\n  file-key-2 , env-key \n")
+    keys = load_api_keys({"SDXL_API_KEYS": " env-key, other ,", "SDXL_API_KEYS_FILE": str(keyfile)})
+    assert keys == ["env-key", "other", "file-key-1", "file-key-2"]
+    assert load_api_keys({}) == []
+
+
+def test_unreadable_key_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SettingsError, match="SDXL_API_KEYS_FILE"):
+        load_api_keys({"SDXL_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_bad_key_is_reported_without_its_value():
+    with pytest.raises(SettingsError) as info:
+        load_api_keys({"SDXL_API_KEYS": "good,bad\tsecret-value"})
+    assert "number 2" in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_key_matching():
+    keys = ApiKeys(["alpha", "beta"])
+    assert keys.matches(b"alpha") and keys.matches(b"beta")
+    assert not keys.matches(b"alph") and not keys.matches(b"alphaa") and not keys.matches(b"")
+    assert "alpha" not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [(b"Bearer abc", b"abc"), (b"bearer  abc ", b"abc"), (b"Basic abc", None), (None, None)],
+)
+def test_bearer_token(header, token):
+    assert bearer_token(header)[0] == token
+
+
+def test_settings_from_env():
+    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({"SDXL_QUEUE_SIZE": "0", "SDXL_MAX_BODY_BYTES": "4096"}) == Settings(
+        max_body_bytes=4096, queue_size=0
+    )
+    with pytest.raises(SettingsError, match="SDXL_QUEUE_SIZE='many'"):
+        Settings.from_env({"SDXL_QUEUE_SIZE": "many"})
+
+
+# ---- the work queue ----
+
+
+def test_queue_runs_in_order_and_bounds_waiting():
+    async def scenario():
+        queue = WorkQueue(capacity=2)
+        gate = threading.Event()
+        order: list[int] = []
+
+        def job(n):
+            def run():
+                if n == 0:
+                    gate.wait(10)
+                order.append(n)
+                return n
+
+            return run
+
+        tasks = []
+        for n in range(3):  # one running, two waiting
+            tasks.append(asyncio.create_task(queue.submit(job(n))))
+            await asyncio.sleep(0.05)
+        assert queue.counts() == {"running": 1, "queued": 2}
+        with pytest.raises(QueueFullError) as info:
+            await queue.submit(job(99))
+        assert info.value.waiting == 2 and info.value.retry_after > 0
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert results == order == [0, 1, 2]
+        assert queue.idle
+        queue.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_queue_of_zero_still_runs_one_at_a_time():
+    async def scenario():
+        queue = WorkQueue(capacity=0)
+        assert await queue.submit(lambda: 5) == 5
+        assert queue.idle
+        queue.shutdown()
+
+    asyncio.run(scenario())
