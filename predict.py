@@ -154,10 +154,14 @@ class Predictor(BaseRunner):
             description="Apply the invisible SDXL watermark to the outputs", default=True
         ),
         lora_scale: float = Input(
-            description="LoRA additive scale (only with trained weights)", default=0.6, ge=0, le=1
+            description="LoRA additive scale (only with trained weights or a LoRA)",
+            default=0.6,
+            ge=0,
+            le=2,
         ),
         replicate_weights: Optional[str] = Input(
-            description="Replicate LoRA weights to use (URL of a trained-weights tar)",
+            description="URL of a Replicate SDXL trainer tar (LoRA or fine-tuned UNet, with its "
+            "tokens), or of a LoRA .safetensors (diffusers, peft or kohya format)",
             default=None,
         ),
         disable_safety_checker: bool = Input(

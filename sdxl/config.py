@@ -95,7 +95,7 @@ COG_INPUTS: dict[str, InputSpec] = {
     "refine_steps": InputSpec(None, 1, 500),
     "timestep_spacing": InputSpec(None, choices=TIMESTEP_SPACINGS),
     "apply_watermark": InputSpec(True),
-    "lora_scale": InputSpec(0.6, 0, 1),
+    "lora_scale": InputSpec(0.6, 0, 2),
     "replicate_weights": InputSpec(None),
     "disable_safety_checker": InputSpec(False),
     "output_format": InputSpec("png", choices=OUTPUT_FORMATS),

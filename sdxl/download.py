@@ -81,6 +81,8 @@ MANIFEST: tuple[WeightFile, ...] = (
         "unet/config.json",
         "unet/diffusion_pytorch_model.fp16.safetensors",
     ),
+    # The SDXL offset-noise LoRA (kohya format, about 50 MB): the REST API's lora_name="offset".
+    WeightFile(SDXL_BASE, "sd_xl_offset_example-lora_1.0.safetensors", "loras/offset.safetensors"),
 )
 
 

@@ -12,10 +12,11 @@ from PIL import Image
 from sdxl import prompts
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.images import fit_image, fit_mask, keep_unmasked, load_image
+from sdxl.lora import AdapterSpec, adapters_applied
 from sdxl.pipelines import Models
 from sdxl.presets import apply_presets
-from sdxl.request import InputError, Request, check_inputs
-from sdxl.schedulers import StepPlan, StepPlanError, make_scheduler, plan_steps
+from sdxl.request import Request, check_inputs
+from sdxl.schedulers import StepPlan, make_scheduler, plan_steps
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,18 @@ def prepare(models: Models, req: Request) -> tuple[Request, _Inputs, StepPlan]:
     check_inputs(req)
     req = apply_presets(req)
     inputs = _decode_inputs(req)
-    try:
-        plan = plan_steps(
-            req.scheduler,
-            models.scheduler_config("base"),
-            models.scheduler_config("refiner"),
-            steps=req.num_inference_steps,
-            spacing=req.timestep_spacing,
-            strength=None if req.image is None else req.prompt_strength,
-            refine=req.refine,
-            high_noise_frac=req.high_noise_frac,
-            refine_steps=req.refine_steps,
-            refine_strength=BASE_IMAGE_REFINER_STRENGTH,
-        )
-    except StepPlanError as err:
-        raise InputError(str(err)) from err
+    plan = plan_steps(  # raises StepPlanError, an InputError, before any denoising
+        req.scheduler,
+        models.scheduler_config("base"),
+        models.scheduler_config("refiner"),
+        steps=req.num_inference_steps,
+        spacing=req.timestep_spacing,
+        strength=None if req.image is None else req.prompt_strength,
+        refine=req.refine,
+        high_noise_frac=req.high_noise_frac,
+        refine_steps=req.refine_steps,
+        refine_strength=BASE_IMAGE_REFINER_STRENGTH,
+    )
     return req.with_seed(), inputs, plan
 
 
@@ -75,10 +73,17 @@ def generate(models: Models, req: Request, on_step=None) -> Result:
         plan.refiner_steps,
     )
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    images = _denoise(models, req, inputs, plan, generators, on_step)
+    # LoRAs, a fine-tuned UNet and new tokens change the shared modules for this request
+    # only: adapters_applied restores them in `finally`, whatever happens in the body.
+    with adapters_applied(models, AdapterSpec.from_request(req)) as applied:
+        tuned = applied.rewrite_request(req)
+        images = _denoise(models, tuned, inputs, plan, generators, on_step)
     if inputs.mask is not None:
         images = [keep_unmasked(img, inputs.image, inputs.mask) for img in images]
-    return Result(images, seeds, req.mode, plan, parameters=_parameters(req, inputs, plan))
+    parameters = _parameters(req, inputs, plan)
+    if applied.adapters or applied.tokens or applied.finetuned_unet:
+        parameters["trained_weights"] = applied.describe()
+    return Result(images, seeds, req.mode, plan, parameters=parameters)
 
 
 def _decode_inputs(req: Request) -> _Inputs:

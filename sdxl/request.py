@@ -15,6 +15,7 @@ from sdxl.config import (
     SIZE_MULTIPLE,
 )
 from sdxl.errors import InputError
+from sdxl.lora import AdapterSpec, check_spec
 
 
 def _default(name: str):
@@ -52,6 +53,8 @@ class Request:
     disable_safety_checker: bool = _default("disable_safety_checker")
     output_format: str = _default("output_format")
     output_quality: int = _default("output_quality")
+    lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
+    lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
 
     @property
     def mode(self) -> str:
@@ -73,6 +76,7 @@ class Request:
 
 
 _STRINGS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+_STRINGS += ("replicate_weights", "lora_name", "lora_id")
 _CHOICES = ("style_selected", "aspect_ratio", "scheduler", "refine", "timestep_spacing")
 _CHOICES += ("output_format",)
 _INTS = ("width", "height", "num_outputs", "num_inference_steps", "seed", "refine_steps")
@@ -107,8 +111,7 @@ def check_inputs(req: Request) -> None:
             f"high_noise_frac={req.high_noise_frac} leaves one expert nothing to do; use a value "
             "strictly between 0 and 1 with expert_ensemble_refiner, or refine=no_refiner"
         )
-    if req.replicate_weights is not None:
-        raise InputError("replicate_weights is not supported by this build yet; leave it empty")
+    check_spec(AdapterSpec.from_request(req))
 
 
 def _check_types(req: Request) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdxl.errors import InputError
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -53,7 +55,7 @@ class StepPlan:
     refiner_schedule: int = 0
 
 
-class StepPlanError(ValueError):
+class StepPlanError(InputError):
     """A stage would run fewer than one step."""
 
 

@@ -182,7 +182,10 @@ def build_tiny_weights(root: Path) -> Path:
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
     )
+    from safetensors.torch import save_file
     from transformers import CLIPTokenizer
+
+    from sdxl.lora import LORAS_DIR, random_kohya_lora
 
     root = Path(root)
     staging = root / ".tiny-staging"
@@ -221,6 +224,8 @@ def build_tiny_weights(root: Path) -> Path:
     base.save_pretrained(staging / BASE_DIR, safe_serialization=True)
     refiner.save_pretrained(staging / REFINER_DIR, safe_serialization=True)
     _use_original_tokenizer_files(staging)
+    (staging / LORAS_DIR).mkdir()
+    save_file(random_kohya_lora(base.unet), str(staging / LORAS_DIR / "offset.safetensors"))
     # The refiner of the real layout has no text_encoder_2/vae/tokenizer_2 of its own.
     for shared in ("text_encoder_2", "vae", "tokenizer_2"):
         shutil.rmtree(staging / REFINER_DIR / shared)
@@ -228,7 +233,7 @@ def build_tiny_weights(root: Path) -> Path:
     shutil.rmtree(staging / "tok2")
 
     root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR):
+    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
         (staging / name).rename(root / name)
     staging.rmdir()

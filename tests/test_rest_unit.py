@@ -12,6 +12,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from sdxl.config import SCHEDULERS, STYLES
+from sdxl.request import InputError, check_inputs
 from sdxl.rest.auth import ApiKeys, bearer_token, load_api_keys
 from sdxl.rest.encode import encode_image
 from sdxl.rest.errors import (
@@ -128,12 +129,14 @@ def test_scheduler_aliases_cover_the_document_and_the_engine():
 
 
 @pytest.mark.parametrize(("field", "value"), [("lora_id", "abc"), ("lora_name", "offset")])
-def test_lora_is_refused_not_ignored(field, value):
-    with pytest.raises(InvalidInput) as info:
-        to_engine_request(body(**{field: value}))
-    assert info.value.field == field
-    assert "not available in this build" in info.value.message
-    assert repr(value) in info.value.message
+def test_lora_goes_to_the_engine(field, value):
+    request = to_engine_request(body(**{field: value}))
+    assert getattr(request, field) == value
+
+
+def test_unknown_lora_is_a_named_error():
+    with pytest.raises(InputError, match="lora_name"):
+        check_inputs(to_engine_request(body(lora_name="no-such-lora")))
 
 
 def test_style_goes_to_the_engine():

@@ -1,7 +1,6 @@
 """DataCrunch parameters -> the engine's `Request` (Cog names). Pure: no model, no I/O.
 
-LoRA (`lora_id`, `lora_name`) is not in the engine yet: its one hook here, `lora_request`,
-refuses with a 422 until it is, so it is never silently ignored.
+`lora_id` and `lora_name` go to the engine, which checks them (unknown names are a 422).
 """
 
 from __future__ import annotations
@@ -15,21 +14,9 @@ from sdxl.rest.schema import GenerateRequest
 from sdxl.rest.tables import SCHEDULER_ALIASES
 
 
-def _not_available(field: str, value: str) -> InvalidInput:
-    return InvalidInput(
-        f"{field}={value!r}: this feature is not available in this build yet; "
-        f"remove {field} from the request",
-        field,
-        kind="not_available",
-    )
-
-
-def lora_request(body: GenerateRequest) -> None:
-    """What to pass the engine for `lora_id` / `lora_name`. Hook: LoRA loading."""
-    for field in ("lora_id", "lora_name"):
-        value = getattr(body, field)
-        if value is not None:
-            raise _not_available(field, value)
+def lora_request(body: GenerateRequest) -> dict:
+    """The engine's `lora_id` / `lora_name` (checked there: unknown names are a 422)."""
+    return {"lora_id": body.lora_id, "lora_name": body.lora_name}
 
 
 def output_size(body: GenerateRequest) -> tuple[int, int]:
@@ -74,7 +61,7 @@ def to_engine_request(body: GenerateRequest, image: Path | None = None) -> Reque
     refiner_ratio r is the refiner's share of the schedule, so high_noise_frac (the base's
     share) is 1 - r. `num_inference_steps_refiner` is the number of refiner steps run.
     """
-    lora_request(body)
+    loras = lora_request(body)
     width, height = output_size(body)
     return Request(
         prompt=body.prompt,
@@ -96,4 +83,5 @@ def to_engine_request(body: GenerateRequest, image: Path | None = None) -> Reque
         refine_steps=body.num_inference_steps_refiner,
         timestep_spacing=body.timestep_spacing,
         disable_safety_checker=not body.safety_filter,
+        **loras,
     )
