@@ -4,6 +4,7 @@
 They equal the tables in `sdxl/config.py` (tests/test_predict_surface.py checks it).
 """
 
+import dataclasses
 import pathlib
 from typing import List, Optional
 
@@ -16,6 +17,7 @@ from sdxl.generate import generate
 from sdxl.outputs import OutputWriter
 from sdxl.pipelines import load_models
 from sdxl.request import Request
+from sdxl.safety import filter_flagged
 
 SCHEDULERS = [
     "DDIM",
@@ -179,6 +181,10 @@ class Predictor(BaseRunner):
         for name in ("image", "mask"):
             _require_upload(name, inputs[name])
         result = generate(self.models, Request(**inputs))
+        images, kept = filter_flagged(result.images, result.nsfw)  # raises if all are flagged
+        if len(kept) < len(result.images):
+            print(f"left out {len(result.images) - len(kept)} image(s) flagged as unsafe")
+        result = dataclasses.replace(result, images=images, seeds=[result.seeds[i] for i in kept])
         self.record_metric("seeds", result.seeds)
         self.record_metric("mode", result.mode)
         self.record_metric("refine", refine)

@@ -20,7 +20,7 @@ def _weights_tiny(args: argparse.Namespace) -> int:
     from sdxl.tiny import build_tiny_weights
 
     started = time.perf_counter()
-    root = build_tiny_weights(Path(args.dir))
+    root = build_tiny_weights(Path(args.dir), flag_everything=args.flag_everything)
     print(f"tiny random-weight SDXL written to {root} in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=_weights_download)
     tiny = what.add_parser("tiny", help="build a tiny random-weight SDXL for tests, offline")
     tiny.add_argument("dir", help="weights root to write base/ and refiner/ into")
+    tiny.add_argument(
+        "--flag-everything", action="store_true", help="a safety checker that flags every image"
+    )
     tiny.set_defaults(func=_weights_tiny)
 
     serve = commands.add_parser("serve", help="run Cog's prediction server for predict.py")

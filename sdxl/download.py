@@ -81,6 +81,15 @@ MANIFEST: tuple[WeightFile, ...] = (
         "unet/config.json",
         "unet/diffusion_pytorch_model.fp16.safetensors",
     ),
+    # The Stable Diffusion safety checker; its model.safetensors (fp16, 608 MB) sits beside a
+    # pickle pytorch_model.bin, which is never fetched.
+    *_into(
+        "safety_checker",
+        "CompVis/stable-diffusion-safety-checker",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ),
     # The SDXL offset-noise LoRA (kohya format, about 50 MB): the REST API's lora_name="offset".
     WeightFile(SDXL_BASE, "sd_xl_offset_example-lora_1.0.safetensors", "loras/offset.safetensors"),
 )

@@ -17,6 +17,7 @@ from sdxl.pipelines import Models
 from sdxl.presets import apply_presets
 from sdxl.request import Request, check_inputs
 from sdxl.schedulers import StepPlan, make_scheduler, plan_steps
+from sdxl.watermark import apply_watermark
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Result:
     mode: str
     plan: StepPlan
     parameters: dict = field(default_factory=dict)  # what was used, for image metadata
+    nsfw: list[bool] = field(default_factory=list)  # per image: flagged by the safety checker
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,17 @@ def generate(models: Models, req: Request, on_step=None) -> Result:
     with adapters_applied(models, AdapterSpec.from_request(req)) as applied:
         tuned = applied.rewrite_request(req)
         images = _denoise(models, tuned, inputs, plan, generators, on_step)
-    if inputs.mask is not None:
+    if req.apply_watermark:
+        images = apply_watermark(images)
+    if inputs.mask is not None:  # after the mark, so kept pixels stay exactly the input's
         images = [keep_unmasked(img, inputs.image, inputs.mask) for img in images]
+    nsfw = [False] * len(images)
+    if not req.disable_safety_checker:
+        nsfw = models.safety_checker.check(images)
     parameters = _parameters(req, inputs, plan)
     if applied.adapters or applied.tokens or applied.finetuned_unet:
         parameters["trained_weights"] = applied.describe()
-    return Result(images, seeds, req.mode, plan, parameters=parameters)
+    return Result(images, seeds, req.mode, plan, parameters=parameters, nsfw=nsfw)
 
 
 def _decode_inputs(req: Request) -> _Inputs:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sdxl.config import BASE_DIR, REFINER_DIR, Runtime
+from sdxl.safety import SafetyChecker, check_folder, load_safety_checker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def check_weights(root: Path) -> None:
             f"or `python -m sdxl weights tiny {root}` for a tiny random-weight test model; "
             "set SDXL_WEIGHTS_DIR to use another folder."
         )
+    check_folder(root)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Models:
     refiner: Any  # StableDiffusionXLImg2ImgPipeline sharing the base's text_encoder_2 and vae
     device: torch.device
     dtype: torch.dtype
+    safety_checker: SafetyChecker
 
     def pipeline(self, stage: str, scheduler: Any) -> Any:
         """A pipeline of `stage`'s class over the shared modules, with its own scheduler."""
@@ -115,4 +118,5 @@ def load_models(runtime: Runtime) -> Models:
         str(dtype).removeprefix("torch."),
         time.perf_counter() - started,
     )
-    return Models(base=base, refiner=refiner, device=device, dtype=dtype)
+    safety_checker = load_safety_checker(root, device, dtype)
+    return Models(base, refiner, device, dtype, safety_checker)

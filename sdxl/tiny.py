@@ -175,8 +175,12 @@ def _vae():
     )
 
 
-def build_tiny_weights(root: Path) -> Path:
-    """Write base/ and refiner/ under `root`, replacing what was there. Returns `root`."""
+def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
+    """Write base/, refiner/, loras/ and safety_checker/ under `root`, replacing them.
+
+    `flag_everything` writes a safety checker that flags every image (through its
+    thresholds), to test the flagged path end to end. Returns `root`.
+    """
     from diffusers import (
         EulerDiscreteScheduler,
         StableDiffusionXLImg2ImgPipeline,
@@ -186,6 +190,7 @@ def build_tiny_weights(root: Path) -> Path:
     from transformers import CLIPTokenizer
 
     from sdxl.lora import LORAS_DIR, random_kohya_lora
+    from sdxl.safety import SAFETY_DIR, build_tiny_safety_checker
 
     root = Path(root)
     staging = root / ".tiny-staging"
@@ -224,6 +229,7 @@ def build_tiny_weights(root: Path) -> Path:
     base.save_pretrained(staging / BASE_DIR, safe_serialization=True)
     refiner.save_pretrained(staging / REFINER_DIR, safe_serialization=True)
     _use_original_tokenizer_files(staging)
+    build_tiny_safety_checker(staging / SAFETY_DIR, flag_everything=flag_everything)
     (staging / LORAS_DIR).mkdir()
     save_file(random_kohya_lora(base.unet), str(staging / LORAS_DIR / "offset.safetensors"))
     # The refiner of the real layout has no text_encoder_2/vae/tokenizer_2 of its own.
@@ -233,7 +239,7 @@ def build_tiny_weights(root: Path) -> Path:
     shutil.rmtree(staging / "tok2")
 
     root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR):
+    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
         (staging / name).rename(root / name)
     staging.rmdir()

@@ -24,7 +24,7 @@ from sdxl.config import COG_INPUTS
 
 pytestmark = pytest.mark.http
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 4}
-VALID = {"prompt": "a photo of a cat", "seed": 21, **SMALL}
+VALID = {"prompt": "a photo of a cat", "seed": 21, "apply_watermark": False, **SMALL}
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from sdxl.download import (
     main,
 )
 
-# The layout the loaders read and sdxl/tiny.py writes (22 files; no fp16 suffixes).
+# The layout the loaders read and sdxl/tiny.py writes (26 files; no fp16 suffixes).
 _TOK = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 EXPECTED_LAYOUT = {
     f"{BASE_DIR}/{p}"
@@ -61,6 +61,8 @@ EXPECTED_LAYOUT = {
         "unet/diffusion_pytorch_model.safetensors",
     )
 }
+_SAFETY = ("config.json", "model.safetensors", "preprocessor_config.json")
+EXPECTED_LAYOUT |= {f"safety_checker/{n}" for n in _SAFETY} | {"loras/offset.safetensors"}
 
 
 class Interrupted(Exception):

@@ -26,7 +26,7 @@ STEPS = 4
 
 def run(models, **kwargs) -> list[Image.Image]:
     args = {"prompt": "a photo of a cat", "width": SIZE, "height": SIZE}
-    args.update(num_inference_steps=STEPS, seed=7)
+    args.update(num_inference_steps=STEPS, seed=7, apply_watermark=False)  # diffusers: no mark
     args.update(kwargs)
     return generate(models, Request(**args)).images
 

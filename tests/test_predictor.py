@@ -139,3 +139,22 @@ def test_transparent_image_is_flattened(predictor, tmp_path):
     (path,) = call(predictor, image=save(rgba, tmp_path, "clear.png"), prompt_strength=0.5)
     with Image.open(path) as img:
         assert img.size == (256, 256)
+
+
+def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):
+    import os
+
+    from predict import Predictor
+    from sdxl.tiny import build_tiny_weights
+
+    root = build_tiny_weights(tmp_path_factory.mktemp("flagging"), flag_everything=True)
+    previous = os.environ.get("SDXL_WEIGHTS_DIR")
+    os.environ["SDXL_WEIGHTS_DIR"] = str(root)
+    try:
+        p = Predictor()
+        p.setup()
+    finally:
+        os.environ["SDXL_WEIGHTS_DIR"] = previous
+    with pytest.raises(ValueError, match="all 2 images were flagged by the safety checker"):
+        call(p, num_outputs=2)
+    assert len(call(p, num_outputs=2, disable_safety_checker=True)) == 2

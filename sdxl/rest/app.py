@@ -187,7 +187,7 @@ def create_app(engine: Engine, settings: Settings, keys: ApiKeys | None) -> Fast
             request = dataclasses.replace(request, image=path)
             _check(request)
             job_id, result = await _unless_disconnected(http, _run(engine, request, path))
-        images, flags = safety.check_images(result.images, enabled=body.safety_filter)
+        images, flags = safety.check_images(result)
         encoded = await asyncio.to_thread(encode_images, images, body.output_format)
         response.headers["X-Request-Id"] = str(job_id)
         return GenerateResponse(

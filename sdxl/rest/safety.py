@@ -1,16 +1,14 @@
-"""The NSFW check of `safety_filter`. Hook: the real safety checker goes here."""
+"""`safety_filter` on the REST API: flagged images come back black and marked."""
 
 from __future__ import annotations
 
 from PIL import Image
 
+from sdxl.generate import Result
+from sdxl.safety import blacken
 
-def check_images(images: list[Image.Image], enabled: bool) -> tuple[list[Image.Image], list[bool]]:
-    """(images, flags): flagged images are to be returned black when the filter is enabled.
 
-    NOTE: this build has no safety checker yet, so nothing is ever flagged and
-    `nsfw_content_detected` is all false whatever `safety_filter` says. When the engine gains
-    one, run it here (only when `enabled`) and replace each flagged image with a black one of
-    the same size.
-    """
-    return list(images), [False] * len(images)
+def check_images(result: Result) -> tuple[list[Image.Image], list[bool]]:
+    """(images, flags). The engine ran the checker unless safety_filter was false (then no
+    image is flagged); each flagged image is replaced by a black one of the same size."""
+    return blacken(result.images, result.nsfw), list(result.nsfw)
