@@ -532,3 +532,20 @@ def test_offset_lora_by_name_changes_the_image(server):
     (again,) = images_of(server.post(small(seed=5)))
     assert np.abs(np.asarray(offset, dtype=int) - np.asarray(plain, dtype=int)).max() > 0
     assert np.array_equal(np.asarray(again), np.asarray(plain)), "the LoRA stayed loaded"
+
+
+def test_safety_filter_blackens_flagged_images_end_to_end(tmp_path):
+    from sdxl.tiny import build_tiny_weights
+
+    weights = build_tiny_weights(tmp_path / "weights", flag_everything=True)
+    srv = Server(weights, tmp_path, {"SDXL_API_KEYS": KEYS[0]})
+    try:
+        srv.wait_ready()
+        filtered = srv.post(small(num_images_per_prompt=2))
+        unfiltered = srv.post(small(num_images_per_prompt=2, safety_filter=False))
+    finally:
+        srv.stop()
+    assert filtered.json()["nsfw_content_detected"] == [True, True]
+    assert all(not np.asarray(img).any() for img in images_of(filtered))
+    assert unfiltered.json()["nsfw_content_detected"] == [False, False]
+    assert all(np.asarray(img).any() for img in images_of(unfiltered))
