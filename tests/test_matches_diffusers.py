@@ -31,18 +31,17 @@ def run(models, **kwargs) -> list[Image.Image]:
     return generate(models, Request(**args)).images
 
 
+def reference_txt2img(pipe, **overrides) -> Image.Image:
+    """diffusers' own text-to-image call with the arguments `run` gives the product."""
+    args = {"prompt": "a photo of a cat", "width": SIZE, "height": SIZE}
+    args.update(num_inference_steps=STEPS, guidance_scale=7.5, generator=generator(7))
+    return pipe(**{**args, **overrides}).images[0]
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE_SCHEDULERS))
 def test_txt2img_each_scheduler(models, reference, name):
     base, _ = reference
-    pipe = with_scheduler(base, reference_scheduler(base, name))
-    expected = pipe(
-        prompt="a photo of a cat",
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        generator=generator(7),
-    ).images[0]
+    expected = reference_txt2img(with_scheduler(base, reference_scheduler(base, name)))
     (got,) = run(models, scheduler=name)
     assert_same_image(got, expected)
 
@@ -51,31 +50,20 @@ def test_txt2img_each_scheduler(models, reference, name):
 def test_timestep_spacing(models, reference, spacing):
     base, _ = reference
     pipe = with_scheduler(base, reference_scheduler(base, "DDIM", timestep_spacing=spacing))
-    expected = pipe(
-        prompt="a photo of a cat",
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        generator=generator(7),
-    ).images[0]
+    expected = reference_txt2img(pipe)
     (got,) = run(models, scheduler="DDIM", timestep_spacing=spacing)
     assert_same_image(got, expected)
 
 
 def test_prompt_2_and_negative_prompts(models, reference):
     base, _ = reference
-    expected = base(
-        prompt="a photo of a cat",
+    expected = reference_txt2img(
+        base,
         prompt_2="a dog",
         negative_prompt="blurry",
         negative_prompt_2="ugly",
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=STEPS,
         guidance_scale=5.0,
-        generator=generator(7),
-    ).images[0]
+    )
     kwargs = dict(prompt_2="a dog", negative_prompt="blurry", negative_prompt_2="ugly")
     (got,) = run(models, guidance_scale=5.0, **kwargs)
     assert_same_image(got, expected)
