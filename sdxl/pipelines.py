@@ -67,6 +67,7 @@ class Models:
     device: torch.device
     dtype: torch.dtype
     safety_checker: SafetyChecker
+    progress_bars: bool = True  # tqdm bars per stage (Replicate shows them in the logs)
 
     def pipeline(self, stage: str, scheduler: Any) -> Any:
         """A pipeline of `stage`'s class over the shared modules, with its own scheduler."""
@@ -78,7 +79,9 @@ class Models:
         options = {"force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt}
         if stage != "txt2img":
             options["requires_aesthetics_score"] = stage == "refiner"
-        return cls(**components, **options, add_watermarker=False)
+        pipe = cls(**components, **options, add_watermarker=False)
+        pipe.set_progress_bar_config(disable=not self.progress_bars)
+        return pipe
 
     def scheduler_config(self, stage: str) -> dict:
         """The scheduler config as loaded from disk (a copy: callers may not change it)."""

@@ -53,6 +53,7 @@ class Engine:
             self.load_error = f"{type(err).__name__}: {err}"
             self._state = FAILED
             return
+        models.progress_bars = False  # the server logs each step as a line instead
         self._models = models
         self._state = READY
         log.info("model ready after %.1f s; accepting generations", time.perf_counter() - started)
