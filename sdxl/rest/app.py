@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi import Request as HttpRequest
@@ -90,7 +89,7 @@ def _check(request: Request) -> None:
         raise engine_input_error(str(err)) from err
 
 
-async def _run(engine: Engine, request: Request, seed_path: Path | None):
+async def _run(engine: Engine, request: Request):
     _check_accepting(engine)
     job_id = engine.next_id()
     try:
@@ -102,8 +101,7 @@ async def _run(engine: Engine, request: Request, seed_path: Path | None):
             headers=retry_after(err.retry_after),
         ) from err
     except InputError as err:
-        hidden = {} if seed_path is None else {str(seed_path): "seed_image", seed_path.name: "it"}
-        raise engine_input_error(str(err), hidden) from err
+        raise engine_input_error(str(err)) from err  # load_image already hides temp paths
     except Exception as err:
         log.exception("job %d failed", job_id)
         raise GenerationFailed(
@@ -186,7 +184,7 @@ def create_app(engine: Engine, settings: Settings, keys: ApiKeys | None) -> Fast
         with seed_image_file(raw) as path:
             request = dataclasses.replace(request, image=path)
             _check(request)
-            job_id, result = await _unless_disconnected(http, _run(engine, request, path))
+            job_id, result = await _unless_disconnected(http, _run(engine, request))
         images, flags = safety.check_images(result)
         encoded = await asyncio.to_thread(encode_images, images, body.output_format)
         response.headers["X-Request-Id"] = str(job_id)

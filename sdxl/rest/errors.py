@@ -77,10 +77,8 @@ def retry_after(seconds: float) -> dict[str, str]:
 _HIGH_NOISE_VALUE = re.compile(r"\bhigh_noise_frac=([0-9.eE+-]+)")
 
 
-def translate_engine_message(message: str, replacements: dict[str, str] | None = None) -> str:
+def translate_engine_message(message: str) -> str:
     """The engine's message with REST names: high_noise_frac=x becomes refiner_ratio=1-x."""
-    for old, new in (replacements or {}).items():
-        message = message.replace(old, new)
     message = _HIGH_NOISE_VALUE.sub(lambda m: f"refiner_ratio={1 - float(m[1]):g}", message)
     message = message.replace("1 - high_noise_frac", "refiner_ratio")
     message = re.sub(r"\bhigh_noise_frac\b", "refiner_ratio", message)
@@ -102,8 +100,8 @@ def field_of(message: str) -> str | None:
     return None
 
 
-def engine_input_error(message: str, replacements: dict[str, str] | None = None) -> InvalidInput:
-    text = translate_engine_message(message, replacements)
+def engine_input_error(message: str) -> InvalidInput:
+    text = translate_engine_message(message)
     return InvalidInput(text, field_of(text))
 
 
