@@ -22,6 +22,7 @@ import requests
 from helpers import assert_same_image, generator, reference_scheduler, smooth_image, with_scheduler
 from PIL import Image
 
+from sdxl.serve import free_port
 from sdxl.watermark import apply_watermark
 
 pytestmark = pytest.mark.http
@@ -88,12 +89,6 @@ class _Gate(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, _Gate())
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
