@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sdxl.serve import ROOT, free_port
+from sdxl.serve import ROOT, free_port, input_kinds
 
 READY_TIMEOUT = float(os.environ.get("SDXL_READY_TIMEOUT", "1800"))  # real weights load slowly
 
@@ -115,8 +115,6 @@ def write_outputs(outputs: list, folder: Path) -> list[Path]:
 
 def predict(pairs: list[str], out_dir: Path) -> int:
     schema = json.loads((ROOT / ".cog" / "openapi_schema.json").read_text())
-    from sdxl.serve import input_kinds
-
     inputs = parse_inputs(pairs, input_kinds(schema))
     port = free_port()
     cmd = [sys.executable, "-m", "sdxl", "serve", "--port", str(port)]
