@@ -4,20 +4,15 @@
 They equal the tables in `sdxl/config.py` (tests/test_predict_surface.py checks it).
 """
 
-import dataclasses
-import pathlib
 from typing import List, Optional
 
 from cog import BaseRunner, Input, Path
 
 from sdxl import logs
+from sdxl.cog.inputs import request_from_inputs
+from sdxl.cog.outputs import OutputWriter, without_flagged
 from sdxl.config import Runtime
-from sdxl.errors import InputError
-from sdxl.generate import generate
-from sdxl.outputs import OutputWriter
-from sdxl.pipelines import load_models
-from sdxl.request import Request
-from sdxl.safety import filter_flagged
+from sdxl.engine import Engine, EngineSettings
 
 SCHEDULERS = [
     "DDIM",
@@ -55,9 +50,10 @@ ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:2
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Load base and refiner once; every request shares them."""
+        """Load base and refiner once, into the engine every prediction goes through."""
         logs.configure()
-        self.models = load_models(Runtime.from_env())
+        self.engine = Engine(Runtime.from_env(), EngineSettings.from_env())
+        self.engine.load()
         self.outputs = OutputWriter()
 
     def run(
@@ -178,22 +174,12 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
-        for name in ("image", "mask"):
-            _require_upload(name, inputs[name])
-        result = generate(self.models, Request(**inputs))
-        images, kept = filter_flagged(result.images, result.nsfw)  # raises if all are flagged
-        if len(kept) < len(result.images):
-            print(f"left out {len(result.images) - len(kept)} image(s) flagged as unsafe")
-        result = dataclasses.replace(result, images=images, seeds=[result.seeds[i] for i in kept])
+        # The engine's log lines are printed here, in the prediction's thread, so that they
+        # land in its logs; Cog's cancel, raised in this thread, cancels the job.
+        result = self.engine.run(request_from_inputs(inputs), on_log=print)
+        result = without_flagged(result)  # raises if every image was flagged
         self.record_metric("seeds", result.seeds)
         self.record_metric("mode", result.mode)
         self.record_metric("refine", refine)
         paths = self.outputs.write(result, output_format, output_quality)
         return [Path(p) for p in paths]
-
-
-def _require_upload(name: str, value: object) -> None:
-    """Cog hands uploads and URL downloads over as Paths, but a bare string as given: refuse
-    it, so a request can never make the server read one of its own files."""
-    if value is not None and not isinstance(value, pathlib.Path):
-        raise InputError(f"{name} must be a file upload, an http(s) URL or a data URI")

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdxl.config import REFINE_MODES, Runtime
-from sdxl.generate import generate
-from sdxl.pipelines import load_models
-from sdxl.request import Request
+from sdxl.core.generate import generate
+from sdxl.core.pipelines import load_models
+from sdxl.core.request import Request
 
 
 def _sync(device: torch.device) -> None:

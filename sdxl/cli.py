@@ -17,7 +17,7 @@ def _default_weights_dir() -> str:
 
 
 def _weights_tiny(args: argparse.Namespace) -> int:
-    from sdxl.tiny import build_tiny_weights
+    from sdxl.weights.tiny import build_tiny_weights
 
     started = time.perf_counter()
     root = build_tiny_weights(Path(args.dir), flag_everything=args.flag_everything)
@@ -26,19 +26,23 @@ def _weights_tiny(args: argparse.Namespace) -> int:
 
 
 def _weights_download(args: argparse.Namespace) -> int:
-    from sdxl.download import main as download_main
+    from sdxl.weights.download import main as download_main
 
     return download_main(args.dir)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sdxl.serve import serve
+    from sdxl.cog.serve import StaleSchema, serve
 
-    return serve(args.host, args.port, upload_url=args.upload_url)
+    try:
+        return serve(args.host, args.port, upload_url=args.upload_url)
+    except StaleSchema as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sdxl.client import ClientError, predict
+    from sdxl.cog.client import ClientError, predict
 
     try:
         return predict(args.input, Path(args.output))
@@ -48,7 +52,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from sdxl.schema import main as schema_main
+    from sdxl.cog.schema import main as schema_main
 
     return schema_main(["--check"] if args.check else [])
 
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
     schema.set_defaults(func=_schema)
 
-    # `api` takes its own options (see sdxl.rest.server); main() hands them over untouched.
+    # `api` takes its own options (see sdxl.api.server); main() hands them over untouched.
     commands.add_parser("api", help="the REST API: POST /v1/images/stable-diffusion-xl/generate")
     return parser
 
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["api"]:
-        from sdxl.rest.server import main as api_main
+        from sdxl.api.server import main as api_main
 
         return api_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -15,7 +15,11 @@ from typing import Any
 # Weights layout under SDXL_WEIGHTS_DIR.
 BASE_DIR = "base"
 REFINER_DIR = "refiner"
+LORAS_DIR = "loras"
+SAFETY_DIR = "safety_checker"
 DEFAULT_WEIGHTS_DIR = "weights"
+# LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
+NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA
 
 # Sizes: multiples of 8 (the VAE's downscale), within these bounds.
 SIZE_MULTIPLE = 8

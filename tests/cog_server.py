@@ -49,7 +49,7 @@ class Server:
 
 def start_server(weights: Path, workdir: Path, *extra: str, timeout: float = 120) -> Server:
     """`python -m sdxl serve` on a free port, with its own TMPDIR; waits for READY."""
-    from sdxl.serve import free_port
+    from sdxl.ports import free_port
 
     port = free_port()
     tmpdir = workdir / "tmp"

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny weights, built once per session with the project's own command."""
+"""Shared fixtures: the tiny weights, built once per session with the project's own command,
+the models loaded from them, and an engine over its own copy of them."""
 
 from __future__ import annotations
 
@@ -25,12 +26,40 @@ def tiny_weights(tmp_path_factory) -> Path:
     return root
 
 
+def load_tiny(weights: Path):
+    from sdxl.config import Runtime
+    from sdxl.core.pipelines import load_models
+
+    return load_models(Runtime(weights_dir=weights, dtype="float32"))
+
+
 @pytest.fixture(scope="session")
 def models(tiny_weights):
-    from sdxl.config import Runtime
-    from sdxl.pipelines import load_models
+    """The core's models, for tests that call the core without the engine."""
+    return load_tiny(tiny_weights)
 
-    return load_models(Runtime(weights_dir=tiny_weights, dtype="float32"))
+
+def start_engine(weights: Path, cache=None, **settings):
+    """An engine over its own freshly loaded tiny models (so no test sees another's)."""
+    from sdxl.config import Runtime
+    from sdxl.engine import Engine, EngineSettings
+
+    engine = Engine(
+        Runtime(weights_dir=weights, dtype="float32"),
+        EngineSettings(**settings),
+        models=load_tiny(weights),
+        cache=cache,
+    )
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_weights):
+    """The engine with its default settings, shared by the session's tests."""
+    eng = start_engine(tiny_weights)
+    yield eng
+    eng.close()
 
 
 @pytest.fixture(scope="session")

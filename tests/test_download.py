@@ -17,9 +17,9 @@ import pytest
 from huggingface_hub import constants, set_client_factory
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 
-from sdxl import download
 from sdxl.config import BASE_DIR, REFINER_DIR
-from sdxl.download import (
+from sdxl.weights import download
+from sdxl.weights.download import (
     MANIFEST,
     RECORD_NAME,
     SDXL_BASE,

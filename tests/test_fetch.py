@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sdxl import http_get
 from sdxl.errors import InputError
-from sdxl.fetch import DownloadCache, FetchError, FetchSettings, parse_size, redact
+from sdxl.trained import http_get
+from sdxl.trained.fetch import DownloadCache, FetchError, FetchSettings, parse_size, redact
 
 KB = 1024
 

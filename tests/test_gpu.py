@@ -11,9 +11,9 @@ import torch
 from helpers import pixels
 
 from sdxl.config import Runtime
-from sdxl.generate import generate
-from sdxl.pipelines import load_models
-from sdxl.request import Request
+from sdxl.core.generate import generate
+from sdxl.core.pipelines import load_models
+from sdxl.core.request import Request
 
 pytestmark = [
     pytest.mark.gpu,

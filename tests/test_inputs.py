@@ -6,10 +6,10 @@ import pytest
 from helpers import half_mask, save, smooth_image
 from PIL import Image
 
-from sdxl.generate import generate
-from sdxl.request import InputError, Request, check_inputs
-from sdxl.schedulers import StepPlanError, plan_steps, refiner_schedule_for
-from sdxl.tiny import SDXL_SCHEDULER_CONFIG
+from sdxl.core.images import decode_image
+from sdxl.core.request import InputError, Request, check_inputs
+from sdxl.core.schedulers import StepPlanError, plan_steps, refiner_schedule_for
+from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG
 
 BAD = [
     ({"width": 1000 + 4}, "width=1004 is not a multiple of 8; use 1000 or 1008"),
@@ -35,7 +35,7 @@ BAD = [
     ({"prompt": None}, "prompt"),
     ({"prompt": 5}, "prompt=5 must be a string"),
     ({"num_outputs": 1.5}, "num_outputs=1.5 must be an integer"),
-    ({"seed": True}, "seed=True must be an integer"),
+    ({"seed": True}, "seed=true must be an integer"),
     ({"apply_watermark": "yes"}, "apply_watermark='yes' must be true or false"),
     ({"prompt": "x" * 10_001}, "prompt has 10001 characters"),
     ({"negative_prompt_2": "x" * 10_001}, "negative_prompt_2 has 10001 characters"),
@@ -55,15 +55,24 @@ def test_defaults_are_valid():
     check_inputs(Request())
 
 
-def test_mask_without_image(tmp_path):
-    mask = save(half_mask(256, 256), tmp_path, "m.png")
+def test_mask_without_image():
     with pytest.raises(InputError, match="mask was given without image"):
-        check_inputs(Request(mask=mask))
+        check_inputs(Request(mask=half_mask(256, 256)))
 
 
-def _run(models, **kwargs):
+def test_a_path_is_not_an_image(tmp_path):
+    path = save(smooth_image(256, 256), tmp_path, "in.png")
+    with pytest.raises(InputError, match="image=.* must be a decoded image"):
+        check_inputs(Request(image=path))
+
+
+def _run(engine, **kwargs):
+    """A job through the engine; image and mask files are decoded as the APIs decode them."""
     args = {"prompt": "a cat", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1}
-    return generate(models, Request(**{**args, **kwargs}))
+    for name in ("image", "mask"):
+        if name in kwargs:
+            kwargs[name] = decode_image(kwargs[name], name)
+    return engine.run(Request(**{**args, **kwargs}))
 
 
 @pytest.mark.parametrize(
@@ -73,45 +82,45 @@ def _run(models, **kwargs):
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image is not a readable image"),
     ],
 )
-def test_unreadable_image(models, tmp_path, content, expected):
+def test_unreadable_image(engine, tmp_path, content, expected):
     path = tmp_path / "in.png"
     path.write_bytes(content)
     with pytest.raises(InputError, match=expected):
-        _run(models, image=path)
+        _run(engine, image=path)
 
 
-def test_truncated_png(models, tmp_path):
+def test_truncated_png(engine, tmp_path):
     good = save(smooth_image(256, 256), tmp_path, "good.png").read_bytes()
     path = tmp_path / "in.png"
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(InputError, match="image is not a readable image"):
-        _run(models, image=path)
+        _run(engine, image=path)
 
 
-def test_image_too_small(models, tmp_path):
+def test_image_too_small(engine, tmp_path):
     path = save(smooth_image(200, 300), tmp_path, "small.png")
     with pytest.raises(InputError, match="image is 200x300; each side must be at least 256"):
-        _run(models, image=path)
+        _run(engine, image=path)
 
 
-def test_mask_aspect_mismatch(models, tmp_path):
+def test_mask_aspect_mismatch(engine, tmp_path):
     image = save(smooth_image(256, 256), tmp_path, "in.png")
     mask = save(half_mask(300, 256), tmp_path, "mask.png")
     with pytest.raises(InputError, match=r"mask is 300x256 .* send a mask with the image's"):
-        _run(models, image=image, mask=mask)
+        _run(engine, image=image, mask=mask)
 
 
-def test_img2img_strength_below_one_step(models, tmp_path):
+def test_img2img_strength_below_one_step(engine, tmp_path):
     image = save(smooth_image(256, 256), tmp_path, "in.png")
     with pytest.raises(InputError, match="prompt_strength=0.2 x num_inference_steps=4"):
-        _run(models, image=image, prompt_strength=0.2)
+        _run(engine, image=image, prompt_strength=0.2)
 
 
-def test_ensemble_with_img2img_needs_base_steps(models, tmp_path):
+def test_ensemble_with_img2img_needs_base_steps(engine, tmp_path):
     image = save(smooth_image(256, 256), tmp_path, "in.png")
     with pytest.raises(InputError, match="base would run no step"):
         _run(
-            models,
+            engine,
             image=image,
             prompt_strength=0.3,
             refine="expert_ensemble_refiner",
@@ -121,9 +130,9 @@ def test_ensemble_with_img2img_needs_base_steps(models, tmp_path):
 
 
 @pytest.mark.parametrize(("fraction", "stage"), [(0.01, "base"), (0.9999, "refiner")])
-def test_ensemble_split_too_fine(models, fraction, stage):
+def test_ensemble_split_too_fine(engine, fraction, stage):
     with pytest.raises(InputError, match=f"the {stage} would run no step"):
-        _run(models, refine="expert_ensemble_refiner", high_noise_frac=fraction)
+        _run(engine, refine="expert_ensemble_refiner", high_noise_frac=fraction)
 
 
 def _plan(**kwargs):
@@ -163,34 +172,34 @@ def test_plan_rejects_zero_strength():
         _plan(refine="no_refiner", strength=0.0)
 
 
-def test_unet_passes_match_plan(models):
+def test_unet_passes_match_plan(engine):
     """Count real UNet calls: the ensemble at 30 steps runs 23 base + 7 refiner passes."""
     calls = {"base": 0, "refiner": 0}
     hooks = [
-        models.base.unet.register_forward_hook(
+        engine.models.base.unet.register_forward_hook(
             lambda *a: calls.__setitem__("base", calls["base"] + 1)
         ),
-        models.refiner.unet.register_forward_hook(
+        engine.models.refiner.unet.register_forward_hook(
             lambda *a: calls.__setitem__("refiner", calls["refiner"] + 1)
         ),
     ]
     try:
-        result = _run(models, refine="expert_ensemble_refiner", num_inference_steps=30)
+        result = _run(engine, refine="expert_ensemble_refiner", num_inference_steps=30)
         assert calls == {"base": 23, "refiner": 7}
         assert (result.plan.base_steps, result.plan.refiner_steps) == (23, 7)
         calls.update(base=0, refiner=0)
-        _run(models, refine="base_image_refiner", refine_steps=5)
+        _run(engine, refine="base_image_refiner", refine_steps=5)
         assert calls == {"base": 4, "refiner": 5}
     finally:
         for hook in hooks:
             hook.remove()
 
 
-def test_exif_orientation_applied(models, tmp_path):
+def test_exif_orientation_applied(engine, tmp_path):
     img = smooth_image(320, 256)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 on display
     path = tmp_path / "rotated.jpg"
     img.save(path, "JPEG", exif=exif.tobytes())
-    result = _run(models, image=path, prompt_strength=0.5)
+    result = _run(engine, image=path, prompt_strength=0.5)
     assert result.images[0].size == (256, 320)

@@ -1,13 +1,21 @@
 """LoRAs and trained weights on the tiny model: what they change, and that nothing stays changed.
 
-The `models` fixture is shared by the whole session, so every test here also checks that each
-UNet and text-encoder tensor, module layout and tokenizer is bitwise what it was.
+Each test prepares trained weights the way the engine does (off the lock) and applies them the
+way the engine does (under its lock), on an engine that keeps no adapter resident, so that
+afterwards every UNet and text-encoder tensor, module layout and tokenizer must be bitwise what
+it was (the `before` fixture). Resident adapters are tested in test_engine.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import start_engine
 from lora_helpers import (
     assert_unchanged,
     embeddings_pti,
@@ -24,18 +32,28 @@ from lora_helpers import (
 )
 from safetensors.torch import save
 
+from sdxl.core.request import AdapterSpec
 from sdxl.errors import InputError
-from sdxl.fetch import DownloadCache, FetchSettings
-from sdxl.lora import (
-    AdapterSpec,
-    LoraError,
-    adapters_applied,
-    convert_old_lora,
-    random_kohya_lora,
-)
-from sdxl.trained import TrainedWeightsError
+from sdxl.trained.fetch import DownloadCache, FetchSettings
+from sdxl.trained.lora import LoraError, convert_old_lora
+from sdxl.trained.prepare import prepare_weights
+from sdxl.trained.tar import TrainedWeightsError
+from sdxl.weights.random_lora import random_kohya_lora
 
 TIGHT = 1e-4  # float32 on the CPU: factored vs merged low-rank update
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    """An engine of its own that unloads every adapter after each job (no residents)."""
+    eng = start_engine(tiny_weights, max_resident_loras=0, max_resident_unets=0)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def models(engine):
+    return engine.models
 
 
 @pytest.fixture
@@ -55,32 +73,53 @@ def base_image(models):
     return run(models)
 
 
-def apply(models, cache, tmp_path, **spec):
-    return adapters_applied(models, AdapterSpec(**spec), cache=cache, weights_dir=tmp_path)
+@contextmanager
+def apply(engine, cache, tmp_path: Path, **spec):
+    """What the engine does with a job's trained weights: prepared off the lock, applied
+    under it, undone after the body. Yields the prepared weights."""
+    runner = engine.runner
+    lora_dir = Path(os.environ.get("SDXL_LORA_DIR") or tmp_path / "loras")
+    resolver = dataclasses.replace(
+        runner.resolver, cache=cache, weights_dir=tmp_path, lora_dir=lora_dir
+    )
+    prepared = prepare_weights(AdapterSpec(**spec), resolver)
+    try:
+        with engine.lock:
+            active = runner.resident.apply(prepared)
+            try:
+                yield prepared
+            finally:
+                runner.resident.undo(active)
+    finally:
+        if prepared is not None:
+            runner.budget.release(prepared.host_bytes)
+            prepared.close()
 
 
 def test_old_format_keys_convert_to_the_unets_layers(models):
     old = old_format_lora(models.base.unet)
-    converted = convert_old_lora(old, models.base.unet, "test")
+    converted = convert_old_lora(old, models.unet_linears, "test")
     assert len(converted) == len(old)
     key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.lora_A.weight"
     proc = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
     assert torch.equal(converted[key], old[f"{proc}.to_out_lora.down.weight"])
 
 
-def test_trainer_lora_equals_the_hand_applied_update(models, cache, tmp_path, before, base_image):
+def test_trainer_lora_equals_the_hand_applied_update(
+    engine, models, cache, tmp_path, before, base_image
+):
     old = old_format_lora(models.base.unet)
     tar = write_tar(tmp_path / "t.tar", {"lora.safetensors": save(old)})
-    with apply(models, cache, tmp_path, replicate_weights=str(tar), lora_scale=0.6) as applied:
+    with apply(engine, cache, tmp_path, replicate_weights=str(tar), lora_scale=0.6) as applied:
         got = run(models)
-    assert applied.adapters == ["replicate_weights"]
+    assert applied.describe()["adapters"] == ["replicate_weights"]
     reference = run(models, unet=hand_applied(models.base.unet, updates_from_old(old), 0.6))
     assert abs(got - reference).max() < TIGHT
     assert abs(got - base_image).max() > 0.05
 
 
 def test_plain_lora_written_by_diffusers_loads_with_its_alpha_and_scale(
-    models, cache, tmp_path, before, base_image
+    engine, models, cache, tmp_path, before, base_image
 ):
     """A peft adapter saved by diffusers' own writer; alpha = 2 x rank lives only in the
     file's metadata, so it must be read from there."""
@@ -106,9 +145,9 @@ def test_plain_lora_written_by_diffusers_loads_with_its_alpha_and_scale(
         for k, v in layers.items()
         if k.endswith("lora_A.weight")
     }
-    with apply(models, cache, tmp_path, replicate_weights=str(path), lora_scale=0.0):
+    with apply(engine, cache, tmp_path, replicate_weights=str(path), lora_scale=0.0):
         at_zero = run(models)
-    with apply(models, cache, tmp_path, replicate_weights=str(path), lora_scale=0.75):
+    with apply(engine, cache, tmp_path, replicate_weights=str(path), lora_scale=0.75):
         tuned = run(models)
     assert (at_zero == base_image).all()
     reference = run(models, unet=hand_applied(models.base.unet, updates, 0.75 * 8 / 4))
@@ -116,7 +155,9 @@ def test_plain_lora_written_by_diffusers_loads_with_its_alpha_and_scale(
     assert abs(tuned - base_image).max() > 0.05
 
 
-def test_kohya_lora_by_id_and_by_name(models, cache, tmp_path, before, base_image, monkeypatch):
+def test_kohya_lora_by_id_and_by_name(
+    engine, models, cache, tmp_path, before, base_image, monkeypatch
+):
     state, updates = kohya_lora(models.base.unet, alpha=2.0)
     reference = run(models, unet=hand_applied(models.base.unet, updates, 0.8))
     monkeypatch.setenv("SDXL_LORA_DIR", str(tmp_path / "ids"))
@@ -124,26 +165,28 @@ def test_kohya_lora_by_id_and_by_name(models, cache, tmp_path, before, base_imag
     save_safetensors(tmp_path / "ids" / "my-style_v1.safetensors", state)
     (tmp_path / "loras").mkdir()
     save_safetensors(tmp_path / "loras" / "offset.safetensors", state)
-    with apply(models, cache, tmp_path, lora_id="my-style_v1", lora_scale=0.8):
+    with apply(engine, cache, tmp_path, lora_id="my-style_v1", lora_scale=0.8):
         by_id = run(models)
-    with apply(models, cache, tmp_path, lora_name="offset", lora_scale=0.8) as applied:
+    with apply(engine, cache, tmp_path, lora_name="offset", lora_scale=0.8) as applied:
         by_name = run(models)
-    assert applied.adapters == ["lora_name='offset'"]
+    assert applied.describe()["adapters"] == ["lora_name='offset'"]
     assert abs(by_id - reference).max() < TIGHT and (by_id == by_name).all()
 
 
-def test_the_tiny_offset_lora_changes_the_output(models, cache, tmp_path, before, base_image):
+def test_the_tiny_offset_lora_changes_the_output(
+    engine, models, cache, tmp_path, before, base_image
+):
     (tmp_path / "loras").mkdir()
     save_safetensors(tmp_path / "loras" / "offset.safetensors", random_kohya_lora(models.base.unet))
-    with apply(models, cache, tmp_path, lora_name="offset", lora_scale=1.0):
+    with apply(engine, cache, tmp_path, lora_name="offset", lora_scale=1.0):
         assert abs(run(models) - base_image).max() > 1e-3
 
 
-def test_text_encoder_lora_loads_into_both_encoders(models, cache, tmp_path, before):
+def test_text_encoder_lora_loads_into_both_encoders(engine, models, cache, tmp_path, before):
     state = {**kohya_lora(models.base.unet)[0], **text_encoder_kohya(models)}
     path = save_safetensors(tmp_path / "te.safetensors", state)
     plain = models.base.encode_prompt("a photo of a cat", do_classifier_free_guidance=False)
-    with apply(models, cache, tmp_path, replicate_weights=str(path), lora_scale=1.0):
+    with apply(engine, cache, tmp_path, replicate_weights=str(path), lora_scale=1.0):
         assert set(models.base.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
         tuned = models.base.encode_prompt("a photo of a cat", do_classifier_free_guidance=False)
     assert (tuned[0] - plain[0]).abs().max() > 0.01  # prompt embeds of both encoders
@@ -162,33 +205,35 @@ def test_text_encoder_lora_loads_into_both_encoders(models, cache, tmp_path, bef
     ],
 )
 def test_bad_names_are_refused_before_anything_changes(
-    models, cache, tmp_path, before, monkeypatch, spec, message
+    engine, models, cache, tmp_path, before, monkeypatch, spec, message
 ):
     monkeypatch.setenv("SDXL_LORA_DIR", str(tmp_path))
     with (
         pytest.raises(InputError, match=message),
-        apply(models, cache, tmp_path, **spec),
+        apply(engine, cache, tmp_path, **spec),
     ):
         pytest.fail("the body must not run")
 
 
-def test_lora_matching_nothing_is_an_error_not_a_silent_no_op(models, cache, tmp_path, before):
+def test_lora_matching_nothing_is_an_error_not_a_silent_no_op(
+    engine, models, cache, tmp_path, before
+):
     path = save_safetensors(tmp_path / "x.safetensors", {"foo.lora_A.weight": torch.ones(2, 2)})
     with (
         pytest.raises(LoraError, match="replicate_weights"),
-        apply(models, cache, tmp_path, replicate_weights=str(path)),
+        apply(engine, cache, tmp_path, replicate_weights=str(path)),
     ):
         pass
 
 
-def test_old_format_lora_for_another_model_is_refused(models, cache, tmp_path, before):
+def test_old_format_lora_for_another_model_is_refused(engine, models, cache, tmp_path, before):
     old = old_format_lora(models.base.unet)
     key = next(iter(old))
     old[key] = torch.ones(4, 7)
     tar = write_tar(tmp_path / "t.tar", {"lora.safetensors": save(old)})
     with (
         pytest.raises(LoraError, match="has shape"),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
+        apply(engine, cache, tmp_path, replicate_weights=str(tar)),
     ):
         pass
 
@@ -204,24 +249,24 @@ def _finetune(models, scale=0.05) -> dict:
 
 
 def test_full_finetune_changes_the_output_and_is_put_back(
-    models, cache, tmp_path, before, base_image
+    engine, models, cache, tmp_path, before, base_image
 ):
     tar = write_tar(tmp_path / "ft.tar", {"unet.safetensors": save(_finetune(models))})
-    with apply(models, cache, tmp_path, replicate_weights=str(tar)) as applied:
+    with apply(engine, cache, tmp_path, replicate_weights=str(tar)) as applied:
         tuned = run(models)
-    assert applied.finetuned_unet and abs(tuned - base_image).max() > 0.05
+    assert applied.describe()["finetuned_unet"] and abs(tuned - base_image).max() > 0.05
     assert (run(models) == base_image).all()
 
 
 def test_finetune_restores_from_a_memory_copy_when_the_file_cannot_vouch(
-    models, cache, tmp_path, before, monkeypatch
+    engine, models, cache, tmp_path, before, monkeypatch
 ):
-    from sdxl.tuning import UnetOriginals
+    from sdxl.trained.session import UnetOriginals
 
     monkeypatch.setattr(UnetOriginals, "_registry", {})
-    monkeypatch.setattr("sdxl.tuning._unet_files", lambda folder: {})
+    monkeypatch.setattr("sdxl.trained.session._unet_files", lambda folder: {})
     tar = write_tar(tmp_path / "ft.tar", {"unet.safetensors": save(_finetune(models))})
-    with apply(models, cache, tmp_path, replicate_weights=str(tar)):
+    with apply(engine, cache, tmp_path, replicate_weights=str(tar)):
         originals = UnetOriginals.for_unet(models.base.unet)
         assert originals.snapshot_keys  # held in memory for this request only
     assert not originals.snapshot_keys
@@ -241,12 +286,12 @@ def _trained_tar(models, tmp_path, **extra):
 
 
 def test_new_tokens_are_usable_reach_the_refiner_and_are_removed(
-    models, cache, tmp_path, before, base_image
+    engine, models, cache, tmp_path, before, base_image
 ):
     tar = _trained_tar(models, tmp_path)
     base, refiner = models.base, models.refiner
     n1, n2 = len(base.tokenizer), len(base.tokenizer_2)
-    with apply(models, cache, tmp_path, replicate_weights=str(tar)) as applied:
+    with apply(engine, cache, tmp_path, replicate_weights=str(tar)) as applied:
         prompt = applied.rewrite("a photo of TOK")
         assert prompt == "a photo of <s0><s1>"
         assert applied.rewrite(None) is None
@@ -269,43 +314,43 @@ def tar_member(tar, name: str) -> bytes:
         return t.extractfile(name).read()
 
 
-def test_exception_in_the_body_restores_everything(models, cache, tmp_path, before):
+def test_exception_in_the_body_restores_everything(engine, models, cache, tmp_path, before):
     old = old_format_lora(models.base.unet)
     tar = _trained_tar(models, tmp_path, **{"lora.safetensors": save(old)})
     with (
         pytest.raises(RuntimeError, match="boom"),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
+        apply(engine, cache, tmp_path, replicate_weights=str(tar)),
     ):
         raise RuntimeError("boom")
 
 
 def test_cancellation_mid_lora_load_restores_everything(
-    models, cache, tmp_path, before, monkeypatch
+    engine, models, cache, tmp_path, before, monkeypatch
 ):
-    real = models.base.load_lora_weights
+    real = models.base.load_lora_into_text_encoder  # runs after the UNet's adapter is loaded
 
     def load_then_cancel(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.base, "load_lora_weights", load_then_cancel)
+    monkeypatch.setattr(models.base, "load_lora_into_text_encoder", load_then_cancel)
     tar = _trained_tar(
         models, tmp_path, **{"lora.safetensors": save(old_format_lora(models.base.unet))}
     )
     with (
         pytest.raises(KeyboardInterrupt),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
+        apply(engine, cache, tmp_path, replicate_weights=str(tar)),
     ):
         pytest.fail("the body must not run")
 
 
 @pytest.mark.parametrize("step", ["_copy_into", "_grow"])
 def test_cancellation_mid_finetune_or_tokens_restores_everything(
-    models, cache, tmp_path, before, monkeypatch, step
+    engine, models, cache, tmp_path, before, monkeypatch, step
 ):
-    import sdxl.tuning
+    import sdxl.trained.session
 
-    owner = sdxl.tuning if step == "_copy_into" else sdxl.tuning.Session
+    owner = sdxl.trained.session if step == "_copy_into" else sdxl.trained.session.Session
     real = getattr(owner, step)
     calls = []
 
@@ -320,30 +365,20 @@ def test_cancellation_mid_finetune_or_tokens_restores_everything(
     tar = _trained_tar(models, tmp_path, **{"unet.safetensors": save(_finetune(models))})
     with (
         pytest.raises(KeyboardInterrupt),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
+        apply(engine, cache, tmp_path, replicate_weights=str(tar)),
     ):
         pytest.fail("the body must not run")
 
 
-def test_tokens_of_the_wrong_width_are_refused(models, cache, tmp_path, before):
+def test_tokens_of_the_wrong_width_are_refused(engine, models, cache, tmp_path, before):
     tar = write_tar(tmp_path / "t.tar", {"embeddings.pti": embeddings_pti(2, (7, 9))})
     with (
         pytest.raises(TrainedWeightsError, match="values per token"),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
+        apply(engine, cache, tmp_path, replicate_weights=str(tar)),
     ):
         pass
 
 
-def test_one_request_at_a_time(models, cache, tmp_path, before):
-    tar = _trained_tar(models, tmp_path)
-    with (
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
-        pytest.raises(RuntimeError, match="one request at a time"),
-        apply(models, cache, tmp_path, replicate_weights=str(tar)),
-    ):
-        pass
-
-
-def test_empty_spec_touches_nothing(models, cache, tmp_path, before):
-    with apply(models, cache, tmp_path) as applied:
-        assert applied.rewrite("TOK") == "TOK" and applied.adapters == []
+def test_empty_spec_touches_nothing(engine, models, cache, tmp_path, before):
+    with apply(engine, cache, tmp_path) as applied:
+        assert applied is None  # nothing prepared, nothing applied

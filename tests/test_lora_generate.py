@@ -1,7 +1,8 @@
-"""`generate` with trained weights, end to end (tar served over loopback HTTP).
+"""Trained weights end to end through the engine: a trainer tar served over loopback HTTP.
 
-Skipped while the engine still refuses `replicate_weights` (the wiring lands separately); the
-same test then runs as is.
+With no resident adapters the shared models must be bitwise what they were after the job;
+with resident adapters the LoRA stays loaded, and a plain job's bytes must still equal what a
+fresh engine gives.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import start_engine
 from lora_helpers import (
     assert_unchanged,
     embeddings_pti,
@@ -22,11 +24,8 @@ from lora_helpers import (
 )
 from safetensors.torch import save
 
-import sdxl.fetch
-from sdxl.errors import InputError
-from sdxl.fetch import DownloadCache, FetchSettings
-from sdxl.generate import generate
-from sdxl.request import Request
+from sdxl.core.request import Request
+from sdxl.trained.fetch import DownloadCache, FetchSettings
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -51,32 +50,44 @@ def _request(**kw) -> Request:
     return Request(**{**base, **kw})
 
 
-def test_generate_with_a_trainer_tar(models, tmp_path, served, monkeypatch):
-    monkeypatch.setattr(
-        sdxl.fetch, "_default_cache", DownloadCache(FetchSettings(cache_dir=tmp_path / "cache"))
-    )
+def _trainer_tar(models, folder) -> None:
     dims = (
         models.base.text_encoder.config.hidden_size,
         models.base.text_encoder_2.config.hidden_size,
     )
     write_tar(
-        tmp_path / "trained_model.tar",
+        folder / "trained_model.tar",
         {
             "lora.safetensors": save(old_format_lora(models.base.unet)),
             "embeddings.pti": embeddings_pti(2, dims),
             "special_params.json": params_json({"TOK": "<s0><s1>"}),
         },
     )
-    before = snapshot(models)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+@pytest.mark.parametrize("resident", [0, 4], ids=["unloaded-after", "resident"])
+def test_a_trainer_tar_from_a_url(tiny_weights, tmp_path, served, resident):
+    cache = DownloadCache(FetchSettings(cache_dir=tmp_path / "cache"))
+    engine = start_engine(tiny_weights, cache=cache, max_resident_loras=resident)
     try:
-        tuned = generate(models, _request(replicate_weights=f"{served}/trained_model.tar"))
-    except InputError as err:
-        if "not supported by this build" in str(err):
-            pytest.skip("generate does not take replicate_weights yet")
-        raise
-    plain = generate(models, _request())
-    assert_unchanged(models, before)
-    a, b = (np.asarray(r.images[0], dtype=np.int16) for r in (tuned, plain))
-    assert np.abs(a - b).max() > 10
-    again = generate(models, _request())
-    assert (np.asarray(again.images[0]) == np.asarray(plain.images[0])).all()
+        models = engine.models
+        _trainer_tar(models, tmp_path)
+        fresh = engine.run(_request())
+        before = snapshot(models)
+        tuned = engine.run(_request(replicate_weights=f"{served}/trained_model.tar"))
+        assert tuned.parameters["trained_weights"]["tokens"] == ["<s0>", "<s1>"]
+        plain = engine.run(_request())
+        if resident == 0:
+            assert_unchanged(models, before)
+        else:
+            assert engine.runner.resident.stats()["loras"] == 1
+        assert np.abs(pixels(tuned) - pixels(plain)).max() > 10
+        assert (pixels(plain) == pixels(fresh)).all()
+        again = engine.run(_request(replicate_weights=f"{served}/trained_model.tar"))
+        assert (pixels(again) == pixels(tuned)).all()
+    finally:
+        engine.close()

@@ -11,24 +11,23 @@ from helpers import (
     half_mask,
     pixels,
     reference_scheduler,
-    save,
     smooth_image,
     with_scheduler,
 )
 from PIL import Image
 
-from sdxl.generate import generate
-from sdxl.request import Request
+from sdxl.core.request import Request
 
 SIZE = 256
 STEPS = 4
 
 
-def run(models, **kwargs) -> list[Image.Image]:
+def run(engine, **kwargs) -> list[Image.Image]:
+    """The product's path: a job through the engine."""
     args = {"prompt": "a photo of a cat", "width": SIZE, "height": SIZE}
     args.update(num_inference_steps=STEPS, seed=7, apply_watermark=False)  # diffusers: no mark
     args.update(kwargs)
-    return generate(models, Request(**args)).images
+    return engine.run(Request(**args)).images
 
 
 def reference_txt2img(pipe, **overrides) -> Image.Image:
@@ -39,23 +38,23 @@ def reference_txt2img(pipe, **overrides) -> Image.Image:
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_SCHEDULERS))
-def test_txt2img_each_scheduler(models, reference, name):
+def test_txt2img_each_scheduler(engine, reference, name):
     base, _ = reference
     expected = reference_txt2img(with_scheduler(base, reference_scheduler(base, name)))
-    (got,) = run(models, scheduler=name)
+    (got,) = run(engine, scheduler=name)
     assert_same_image(got, expected)
 
 
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
-def test_timestep_spacing(models, reference, spacing):
+def test_timestep_spacing(engine, reference, spacing):
     base, _ = reference
     pipe = with_scheduler(base, reference_scheduler(base, "DDIM", timestep_spacing=spacing))
     expected = reference_txt2img(pipe)
-    (got,) = run(models, scheduler="DDIM", timestep_spacing=spacing)
+    (got,) = run(engine, scheduler="DDIM", timestep_spacing=spacing)
     assert_same_image(got, expected)
 
 
-def test_prompt_2_and_negative_prompts(models, reference):
+def test_prompt_2_and_negative_prompts(engine, reference):
     base, _ = reference
     expected = reference_txt2img(
         base,
@@ -65,13 +64,13 @@ def test_prompt_2_and_negative_prompts(models, reference):
         guidance_scale=5.0,
     )
     kwargs = dict(prompt_2="a dog", negative_prompt="blurry", negative_prompt_2="ugly")
-    (got,) = run(models, guidance_scale=5.0, **kwargs)
+    (got,) = run(engine, guidance_scale=5.0, **kwargs)
     assert_same_image(got, expected)
-    (without_2,) = run(models, guidance_scale=5.0, negative_prompt="blurry")
+    (without_2,) = run(engine, guidance_scale=5.0, negative_prompt="blurry")
     assert np.abs(pixels(without_2) - pixels(got)).max() > 0, "prompt_2 had no effect"
 
 
-def test_img2img(models, reference, tmp_path):
+def test_img2img(engine, reference):
     base, _ = reference
     source = smooth_image(320, 256)
     from diffusers import StableDiffusionXLImg2ImgPipeline
@@ -86,8 +85,8 @@ def test_img2img(models, reference, tmp_path):
         generator=generator(7),
     ).images[0]
     (got,) = run(
-        models,
-        image=save(source, tmp_path, "in.png"),
+        engine,
+        image=source,
         prompt_strength=0.6,
         num_inference_steps=STEPS * 2,
     )
@@ -103,7 +102,7 @@ def _paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image
     return out
 
 
-def test_inpaint_equals_diffusers_outside_feather_and_keeps_black(models, reference, tmp_path):
+def test_inpaint_equals_diffusers_outside_feather_and_keeps_black(engine, reference):
     from diffusers import StableDiffusionXLInpaintPipeline
 
     base, _ = reference
@@ -121,9 +120,9 @@ def test_inpaint_equals_diffusers_outside_feather_and_keeps_black(models, refere
         generator=generator(7),
     ).images[0]
     (got,) = run(
-        models,
-        image=save(source, tmp_path, "in.png"),
-        mask=save(mask, tmp_path, "mask.png"),
+        engine,
+        image=source,
+        mask=mask,
         prompt_strength=0.9,
         num_inference_steps=STEPS * 2,
     )
@@ -136,7 +135,7 @@ def test_inpaint_equals_diffusers_outside_feather_and_keeps_black(models, refere
     assert (got_px[interior] == expected[interior]).all()
 
 
-def test_expert_ensemble(models, reference):
+def test_expert_ensemble(engine, reference):
     base, refiner = reference
     latents = base(
         prompt="a photo of a cat",
@@ -157,12 +156,12 @@ def test_expert_ensemble(models, reference):
         generator=g,
     ).images[0]
     (got,) = run(
-        models, refine="expert_ensemble_refiner", high_noise_frac=0.7, num_inference_steps=10
+        engine, refine="expert_ensemble_refiner", high_noise_frac=0.7, num_inference_steps=10
     )
     assert_same_image(got, expected)
 
 
-def test_base_image_refiner_runs_refine_steps(models, reference):
+def test_base_image_refiner_runs_refine_steps(engine, reference):
     base, refiner = reference
     latents = base(
         prompt="a photo of a cat",
@@ -182,15 +181,15 @@ def test_base_image_refiner_runs_refine_steps(models, reference):
         generator=g,
         guidance_scale=3.0,
     ).images[0]
-    (got,) = run(models, refine="base_image_refiner", refine_steps=3, guidance_scale_refiner=3.0)
+    (got,) = run(engine, refine="base_image_refiner", refine_steps=3, guidance_scale_refiner=3.0)
     assert_same_image(got, expected)
 
 
 @pytest.mark.parametrize("refine", ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"])
-def test_batch_image_equals_its_seed_alone(models, refine):
-    batch = run(models, num_outputs=3, seed=100, refine=refine, refine_steps=2)
+def test_batch_image_equals_its_seed_alone(engine, refine):
+    batch = run(engine, num_outputs=3, seed=100, refine=refine, refine_steps=2)
     assert len(batch) == 3
     for i, img in enumerate(batch):
-        (alone,) = run(models, seed=100 + i, refine=refine, refine_steps=2)
+        (alone,) = run(engine, seed=100 + i, refine=refine, refine_steps=2)
         assert_same_image(img, alone, tolerance=2)
     assert np.abs(pixels(batch[0]) - pixels(batch[1])).max() > 10, "batch images are identical"

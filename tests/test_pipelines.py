@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sdxl.config import Runtime
-from sdxl.pipelines import WeightsMissingError, load_models, pick_dtype
-from sdxl.schedulers import make_scheduler
+from sdxl.core.pipelines import WeightsMissingError, load_models, pick_dtype
+from sdxl.core.schedulers import make_scheduler
 
 SHARED_WITH_BASE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
 
@@ -109,7 +109,7 @@ def test_bfloat16_load(tiny_weights):
 
 def test_tiny_layout_is_the_download_layout(tiny_weights):
     """The tiny builder writes exactly the files `weights download` puts in place."""
-    from sdxl.download import MANIFEST
+    from sdxl.weights.download import MANIFEST
 
     written = {str(p.relative_to(tiny_weights)) for p in tiny_weights.rglob("*") if p.is_file()}
     assert written == {entry.local for entry in MANIFEST}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdxl.config import COG_INPUTS, SCHEDULERS
-from sdxl.schedulers import SCHEDULER_TABLE
+from sdxl.core.schedulers import SCHEDULER_TABLE
 
 PREDICT = Path(__file__).resolve().parent.parent / "predict.py"
 

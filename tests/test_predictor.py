@@ -145,7 +145,7 @@ def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):
     import os
 
     from predict import Predictor
-    from sdxl.tiny import build_tiny_weights
+    from sdxl.weights.tiny import build_tiny_weights
 
     root = build_tiny_weights(tmp_path_factory.mktemp("flagging"), flag_everything=True)
     previous = os.environ.get("SDXL_WEIGHTS_DIR")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import assert_same_image, generator, save, smooth_image
+from helpers import assert_same_image, generator, smooth_image
 
 from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
-from sdxl.generate import generate
-from sdxl.presets import apply_presets
-from sdxl.request import InputError, Request, check_inputs
+from sdxl.core.presets import apply_presets
+from sdxl.core.request import InputError, Request, check_inputs
 
 USUAL_SDXL_STYLES = {
     "cinematic",
@@ -61,7 +60,7 @@ def test_aspect_ratio_sets_trained_resolution(ratio):
     check_inputs(req)
 
 
-def test_styled_generation_equals_diffusers_with_templated_prompt(models, reference):
+def test_styled_generation_equals_diffusers_with_templated_prompt(engine, reference):
     base, _ = reference
     style = STYLES["cinematic"]
     expected = base(
@@ -74,17 +73,16 @@ def test_styled_generation_equals_diffusers_with_templated_prompt(models, refere
         generator=generator(4),
     ).images[0]
     req = Request(prompt="a cat", style_selected="cinematic", width=256, height=256)
-    result = generate(
-        models,
+    result = engine.run(
         Request(**{**req.__dict__, "num_inference_steps": 3, "seed": 4, "apply_watermark": False}),
     )
     assert_same_image(result.images[0], expected)
     assert result.parameters["style_selected"] == "cinematic"
 
 
-def test_aspect_ratio_end_to_end_and_ignored_with_image(models, tmp_path):
+def test_aspect_ratio_end_to_end_and_ignored_with_image(engine):
     req = Request(prompt="a cat", aspect_ratio="21:9", num_inference_steps=1, seed=1)
-    assert generate(models, req).images[0].size == (1536, 640)
-    image = save(smooth_image(320, 256), tmp_path, "in.png")
+    assert engine.run(req).images[0].size == (1536, 640)
+    image = smooth_image(320, 256)
     with_image = Request(**{**req.__dict__, "image": image, "prompt_strength": 1.0})
-    assert generate(models, with_image).images[0].size == (320, 256)
+    assert engine.run(with_image).images[0].size == (320, 256)

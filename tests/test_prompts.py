@@ -7,10 +7,9 @@ import pytest
 import torch
 from helpers import pixels
 
-from sdxl import prompts
-from sdxl.generate import generate
-from sdxl.request import InputError, Request
-from sdxl.schedulers import make_scheduler
+from sdxl.core import prompts
+from sdxl.core.request import InputError, Request
+from sdxl.core.schedulers import make_scheduler
 
 LONG = "a photo of a cat with a hat, " * 20  # about 200 tokens
 
@@ -55,16 +54,16 @@ def test_empty_negative_is_zeros_for_long_prompts(base_pipe):
 
 
 @pytest.mark.parametrize("refine", ["no_refiner", "expert_ensemble_refiner"])
-def test_words_past_77_tokens_change_the_image(models, refine):
+def test_words_past_77_tokens_change_the_image(engine, refine):
     def run(prompt):
         req = Request(prompt=prompt, width=256, height=256, num_inference_steps=4, seed=3)
-        return pixels(generate(models, Request(**{**req.__dict__, "refine": refine})).images[0])
+        return pixels(engine.run(Request(**{**req.__dict__, "refine": refine})).images[0])
 
     a = run(LONG + "in the snow")
     b = run(LONG + "on the beach at night")
     assert np.abs(a - b).max() > 0, "the tail of a long prompt was ignored"
 
 
-def test_prompt_too_long_is_an_error(models):
+def test_prompt_too_long_is_an_error(engine):
     with pytest.raises(InputError, match=r"a prompt has \d+ tokens; the limit is 450"):
-        generate(models, Request(prompt=LONG * 4, width=256, height=256, num_inference_steps=2))
+        engine.run(Request(prompt=LONG * 4, width=256, height=256, num_inference_steps=2))

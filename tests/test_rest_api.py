@@ -22,8 +22,8 @@ import requests
 from helpers import assert_same_image, generator, reference_scheduler, smooth_image, with_scheduler
 from PIL import Image
 
-from sdxl.serve import free_port
-from sdxl.watermark import apply_watermark
+from sdxl.core.watermark import apply_watermark
+from sdxl.ports import free_port
 
 pytestmark = pytest.mark.http
 
@@ -106,7 +106,7 @@ class Server:
         clean.update(SDXL_WEIGHTS_DIR=str(weights), SDXL_DTYPE="float32", OMP_NUM_THREADS="1")
         clean.update(env)
         argv = ["--port", str(self.port), *args]
-        code = preamble + f"from sdxl.rest.server import main; raise SystemExit(main({argv!r}))"
+        code = preamble + f"from sdxl.api.server import main; raise SystemExit(main({argv!r}))"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code], cwd=REPO, env=clean, stdout=log, stderr=log
@@ -530,7 +530,7 @@ def test_offset_lora_by_name_changes_the_image(server):
 
 
 def test_safety_filter_blackens_flagged_images_end_to_end(tmp_path):
-    from sdxl.tiny import build_tiny_weights
+    from sdxl.weights.tiny import build_tiny_weights
 
     weights = build_tiny_weights(tmp_path / "weights", flag_everything=True)
     srv = Server(weights, tmp_path, {"SDXL_API_KEYS": KEYS[0]})

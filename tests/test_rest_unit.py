@@ -1,33 +1,32 @@
-"""The REST API's pure pieces: parameter mapping, tables, seed_image decoding, keys, queue."""
+"""The REST API's pure pieces: parameter mapping, tables, seed_image decoding, keys, errors."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import threading
 
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from sdxl.config import SCHEDULERS, STYLES
-from sdxl.request import InputError, check_inputs
-from sdxl.rest.auth import ApiKeys, bearer_token, load_api_keys
-from sdxl.rest.encode import encode_image
-from sdxl.rest.errors import (
+from sdxl.api.auth import ApiKeys, bearer_token, load_api_keys
+from sdxl.api.datacrunch.errors import (
     InvalidInput,
     allowed_range,
-    field_of,
+    engine_input_error,
     format_validation_errors,
-    translate_engine_message,
 )
-from sdxl.rest.params import to_engine_request
-from sdxl.rest.schema import GenerateRequest
-from sdxl.rest.seed_image import decode_seed_image, seed_image_file
-from sdxl.rest.settings import Settings, SettingsError
-from sdxl.rest.tables import SCHEDULER_ALIASES
-from sdxl.rest.worker import QueueFullError, WorkQueue
+from sdxl.api.datacrunch.params import to_engine_request
+from sdxl.api.datacrunch.schema import GenerateRequest
+from sdxl.api.datacrunch.seed_image import decode_seed_image, seed_image
+from sdxl.api.datacrunch.tables import OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULER_ALIASES
+from sdxl.api.settings import Settings, SettingsError
+from sdxl.config import SCHEDULERS, STYLES
+from sdxl.core.encode import encode_image
+from sdxl.core.images import decode_image
+from sdxl.core.request import InputError, Request, check_inputs
+from sdxl.core.schedulers import plan_steps
+from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG
 
 # The scheduler names the DataCrunch document lists, spelled as it spells them.
 DOCUMENTED_SCHEDULERS = {
@@ -215,28 +214,44 @@ def test_allowed_range_reads_the_schema():
 
 
 def test_engine_messages_use_rest_names_and_values():
-    text = translate_engine_message(
-        "with num_inference_steps=2 and high_noise_frac=0.9 the refiner would run no step (and "
-        "with an input image, prompt_strength must exceed 1 - high_noise_frac); raise "
-        "num_inference_steps or move high_noise_frac"
-    )
-    assert "refiner_ratio=0.1 " in text
-    assert "strength must exceed refiner_ratio" in text
-    assert "high_noise_frac" not in text and "prompt_strength" not in text
-    assert field_of(text) == "num_inference_steps"
+    with pytest.raises(InputError) as info:
+        plan_steps(
+            "DDIM",
+            SDXL_SCHEDULER_CONFIG,
+            SDXL_SCHEDULER_CONFIG,
+            steps=2,
+            spacing=None,
+            strength=None,
+            refine="expert_ensemble_refiner",
+            high_noise_frac=0.9999,
+            refine_steps=None,
+            refine_strength=0.3,
+        )
+    assert "high_noise_frac=0.9999" in str(info.value)  # the engine's own names
+    item = engine_input_error(info.value)
+    assert "refiner_ratio=0.0001 " in item.message  # the base's share turned into the refiner's
+    assert "strength must also exceed" in item.message
+    assert "high_noise_frac" not in item.message and "prompt_strength" not in item.message
+    assert item.field == "num_inference_steps"
+
+
+def test_engine_errors_name_the_rest_field():
+    with pytest.raises(InputError) as info:
+        check_inputs(Request(num_outputs=9))
+    item = engine_input_error(info.value)
+    assert item.field == "num_images_per_prompt"
+    assert item.message.startswith("num_images_per_prompt=9 is out of range")
 
 
 def test_engine_image_message_names_seed_image_and_hides_the_path(tmp_path):
-    from sdxl.images import load_image
-
-    path = tmp_path / "sdxl-seed-image-x1"
+    path = tmp_path / "upload-x1"
     path.write_bytes(b"not an image")
     with pytest.raises(InputError) as info:
-        load_image(path, "image")  # what the engine does with the temp file
-    text = translate_engine_message(str(info.value))
-    assert text.startswith("seed_image is not a readable image")
-    assert str(tmp_path) not in text and "sdxl-seed-image" not in text
-    assert field_of(text) == "seed_image"
+        decode_image(path, "image")
+    item = engine_input_error(info.value)
+    assert item.message.startswith("seed_image is not a readable image")
+    assert str(tmp_path) not in item.message and "upload-x1" not in item.message
+    assert item.field == "seed_image"
 
 
 # ---- seed_image ----
@@ -284,16 +299,21 @@ def test_other_image_formats_are_refused():
         decode_seed_image(base64.b64encode(png_bytes(fmt="GIF")).decode())
 
 
-def test_seed_image_file_is_private_and_removed():
-    with seed_image_file(b"abc") as path:
-        assert path.read_bytes() == b"abc"
-        assert path.stat().st_mode & 0o077 == 0
-    assert not path.exists()
-    with pytest.raises(RuntimeError), seed_image_file(b"abc") as path:
-        raise RuntimeError("request failed")
-    assert not path.exists()
-    with seed_image_file(None) as nothing:
-        assert nothing is None
+def test_seed_image_decodes_in_memory_with_exif_applied(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    Image.new("RGB", (40, 24), (10, 20, 30)).save(buffer, "JPEG", exif=exif.tobytes())
+    image = seed_image(base64.b64encode(buffer.getvalue()).decode())
+    assert image.size == (24, 40) and image.mode == "RGB"
+    assert list(tmp_path.iterdir()) == []  # nothing written to disk
+
+
+def test_a_seed_image_that_is_not_an_image_names_seed_image():
+    with pytest.raises(InvalidInput) as info:
+        seed_image(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode())
+    assert info.value.field == "seed_image" and info.value.message.startswith("seed_image")
 
 
 # ---- encoding ----
@@ -301,8 +321,9 @@ def test_seed_image_file_is_private_and_removed():
 
 @pytest.mark.parametrize(("name", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_encode_image_formats(name, pil):
+    assert name in OUTPUT_FORMATS
     image = Image.new("RGB", (40, 24), (10, 200, 30))
-    decoded = Image.open(io.BytesIO(base64.b64decode(encode_image(image, name))))
+    decoded = Image.open(io.BytesIO(encode_image(image, name, OUTPUT_QUALITY)))
     assert decoded.format == pil
     assert decoded.size == (40, 24)
 
@@ -352,48 +373,3 @@ def test_settings_from_env():
     )
     with pytest.raises(SettingsError, match="SDXL_QUEUE_SIZE='many'"):
         Settings.from_env({"SDXL_QUEUE_SIZE": "many"})
-
-
-# ---- the work queue ----
-
-
-def test_queue_runs_in_order_and_bounds_waiting():
-    async def scenario():
-        queue = WorkQueue(capacity=2)
-        gate = threading.Event()
-        order: list[int] = []
-
-        def job(n):
-            def run():
-                if n == 0:
-                    gate.wait(10)
-                order.append(n)
-                return n
-
-            return run
-
-        tasks = []
-        for n in range(3):  # one running, two waiting
-            tasks.append(asyncio.create_task(queue.submit(job(n))))
-            await asyncio.sleep(0.05)
-        assert queue.counts() == {"running": 1, "queued": 2}
-        with pytest.raises(QueueFullError) as info:
-            await queue.submit(job(99))
-        assert info.value.waiting == 2 and info.value.retry_after > 0
-        gate.set()
-        results = await asyncio.gather(*tasks)
-        assert results == order == [0, 1, 2]
-        assert queue.idle
-        queue.shutdown()
-
-    asyncio.run(scenario())
-
-
-def test_queue_of_zero_still_runs_one_at_a_time():
-    async def scenario():
-        queue = WorkQueue(capacity=0)
-        assert await queue.submit(lambda: 5) == 5
-        assert queue.idle
-        queue.shutdown()
-
-    asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""sdxl.safety: tiny checkers that never flag or flag everything through their thresholds, the
+"""sdxl.core.safety: tiny checkers that never flag or flag everything through their thresholds, the
 helpers the Cog and REST paths use, and loading from safetensors only."""
 
 from __future__ import annotations
@@ -13,20 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from sdxl.config import SAFETY_DIR
+from sdxl.core.request import Request
+from sdxl.core.result import AllFlaggedError, blacken, filter_flagged
+from sdxl.core.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
 from sdxl.errors import InputError
-from sdxl.generate import generate
-from sdxl.request import Request
-from sdxl.safety import (
-    FILES,
-    SAFETY_DIR,
-    AllFlaggedError,
-    SafetyChecker,
-    SafetyCheckerError,
-    blacken,
-    build_tiny_safety_checker,
-    filter_flagged,
-    load_safety_checker,
-)
+from sdxl.weights.tiny_safety import build_tiny_safety_checker
 
 CPU = torch.device("cpu")
 
@@ -50,7 +42,7 @@ def everything(tmp_path_factory) -> SafetyChecker:
 
 
 @pytest.fixture(scope="module")
-def outputs(models) -> list[Image.Image]:
+def outputs(engine) -> list[Image.Image]:
     """Three tiny-model outputs, plus the extremes: black, white and noise."""
     request = Request(
         prompt="a photo of a cat", width=256, height=256, num_outputs=3, num_inference_steps=2
@@ -58,7 +50,7 @@ def outputs(models) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8))
     extremes = [Image.new("RGB", (256, 256)), Image.new("RGB", (512, 256), "white"), noise]
-    return [*generate(models, request).images, *extremes]
+    return [*engine.run(request).images, *extremes]
 
 
 def test_the_tiny_checker_has_the_real_layout(tmp_path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sdxl.cog.schema import SchemaError, build_schema, main, render, write_schema
 from sdxl.config import COG_INPUTS
-from sdxl.schema import SchemaError, build_schema, main, render, write_schema
 
 REPO = Path(__file__).resolve().parent.parent
 PREDICT = REPO / "predict.py"

@@ -12,9 +12,9 @@ import torch
 from lora_helpers import embeddings_pti, params_json, write_tar
 from safetensors.torch import save
 
-from sdxl import trained
 from sdxl.errors import InputError
-from sdxl.trained import TrainedWeightsError, read_trained_tar, sniff
+from sdxl.trained import tar as trained
+from sdxl.trained.tar import TrainedWeightsError, read_trained_tar, sniff
 
 LORA = {"a.processor.to_q_lora.down.weight": torch.ones(2, 3)}
 

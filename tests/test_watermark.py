@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl import watermark
-from sdxl.generate import generate
-from sdxl.request import Request
-from sdxl.watermark import WATERMARK_BITS, apply_watermark, has_watermark, read_watermark
+from sdxl.core import watermark
+from sdxl.core.request import Request
+from sdxl.core.watermark import WATERMARK_BITS, apply_watermark, has_watermark, read_watermark
 
 _REFERENCE_MISSING = (
     "the reference encoder is not installed: run "
@@ -75,8 +74,8 @@ def cats(**changes) -> Request:
 
 
 @pytest.fixture(scope="module")
-def unmarked(models) -> list[Image.Image]:
-    return generate(models, cats(apply_watermark=False)).images
+def unmarked(engine) -> list[Image.Image]:
+    return engine.run(cats(apply_watermark=False)).images
 
 
 def test_the_message_is_sdxl_s_48_bits() -> None:
@@ -94,8 +93,8 @@ def test_generated_output_marked_equals_the_reference_encoder(imwatermark, unmar
         assert np.array_equal(pixels(ours), reference_mark(imwatermark, plain))
 
 
-def test_generate_marks_its_outputs_unless_told_not_to(models, unmarked) -> None:
-    marked = generate(models, cats()).images  # apply_watermark defaults to true
+def test_generate_marks_its_outputs_unless_told_not_to(engine, unmarked) -> None:
+    marked = engine.run(cats()).images  # apply_watermark defaults to true
     expected = apply_watermark(unmarked)
     assert [pixels(m).tobytes() for m in marked] == [pixels(e).tobytes() for e in expected]
 

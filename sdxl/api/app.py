@@ -1,0 +1,89 @@
+"""The ASGI app: middlewares, probes, error answers, the OpenAPI document, the APIs' routes."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from sdxl.api.auth import ApiKeys, AuthMiddleware
+from sdxl.api.datacrunch import routes as datacrunch
+from sdxl.api.datacrunch.errors import format_validation_errors
+from sdxl.api.errors import ApiError
+from sdxl.api.limits import BodyLimitMiddleware
+from sdxl.api.service import FAILED, READY, Service
+from sdxl.api.settings import Settings
+
+DESCRIPTION = """\
+Stable Diffusion XL 1.0 behind the DataCrunch inference API: the same JSON body, the same
+defaults. Authenticate with `Authorization: Bearer <your_api_key>`.
+
+The defaults are DataCrunch's (DDIM, guidance_scale 4.0, linspace spacing, seed 42), not
+the Cog predictor's, so the same prompt gives different images on the two APIs unless the
+parameters are aligned. One generation runs at a time; others wait in arrival order in a
+bounded queue (429 with Retry-After when it is full). `/health` always answers at once.
+"""
+
+
+def create_app(service: Service, settings: Settings, keys: ApiKeys | None) -> FastAPI:
+    """The app around `service`; `keys=None` serves without authentication (--no-auth)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start_loading()
+        yield
+        await asyncio.to_thread(service.wait_idle)
+
+    app = FastAPI(
+        title="SDXL REST API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
+    )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if keys is not None:
+        app.add_middleware(AuthMiddleware, keys=keys)  # outermost: no body is read before it
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": format_validation_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.get(
+        "/health", summary="Liveness: answers at once; 503 only when the server is out of order"
+    )
+    async def health() -> JSONResponse:
+        report = {**service.health(), "queue_size": settings.queue_size}
+        return JSONResponse(report, status_code=503 if report["status"] == FAILED else 200)
+
+    @app.get("/ready", summary="Readiness: 200 once the model is loaded and sound, else 503")
+    async def ready() -> JSONResponse:
+        report = {**service.health(), "queue_size": settings.queue_size}
+        return JSONResponse(report, status_code=200 if report["status"] == READY else 503)
+
+    app.include_router(datacrunch.router(service, settings))
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            if keys is not None:
+                schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+                schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}
+                for path, operations in schema["paths"].items():
+                    if path.startswith("/v1/"):
+                        for operation in operations.values():
+                            operation["security"] = [{"bearerAuth": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

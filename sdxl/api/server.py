@@ -1,0 +1,163 @@
+"""`python -m sdxl api`: settings and keys checked, port bound, model loaded in the background.
+
+SIGTERM (or Ctrl+C) drains: new requests get 503 while the queued and running generations
+finish and their responses go out; then the server stops and the process exits 0. A second
+signal stops at once after the requests in flight; a third Ctrl+C forces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from sdxl.api.app import create_app
+from sdxl.api.auth import ApiKeys, load_api_keys
+from sdxl.api.service import DRAINING, FAILED, Service
+from sdxl.api.settings import Settings, SettingsError
+from sdxl.config import Runtime
+from sdxl.engine import Engine, EngineSettings
+from sdxl.engine.engine import LOAD_FAILED
+
+log = logging.getLogger("sdxl.api")
+
+USAGE_ERROR = 2
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROBE_PATHS = ("/health", "/ready")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain before the shutdown and exit status 0 after a signal."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.service.status in (FAILED, DRAINING):
+            super().handle_exit(sig, frame)  # a second signal: stop after what is in flight
+        else:
+            self.service.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        return self.service.drained or self.service.engine.state == LOAD_FAILED
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own version re-raises the signal after shutting down, which would end
+        # the process with -SIGTERM instead of 0 after a clean drain.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class QuietProbes(logging.Filter):
+    """Keeps successful /health and /ready probes (every few seconds) out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) == 5 and args[2] in PROBE_PATHS and args[4] == 200)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sdxl api",
+        description="Serve SDXL over the DataCrunch-style REST API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without API keys (only for a trusted network; binds to loopback by default)",
+    )
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys(no_auth: bool, host: str) -> ApiKeys | None:
+    """The keys to require, or None for --no-auth. Raises SettingsError without any key."""
+    keys = load_api_keys(os.environ)
+    if no_auth:
+        if keys:
+            log.warning("--no-auth given: ignoring the %d configured API keys", len(keys))
+        if not _is_loopback(host):
+            log.warning("--no-auth on %s: anyone who can reach this address can generate", host)
+        return None
+    if not keys:
+        raise SettingsError(
+            "no API keys configured: set SDXL_API_KEYS (comma-separated) or SDXL_API_KEYS_FILE "
+            "(a file with one key a line), or pass --no-auth to serve without authentication"
+        )
+    log.info("authentication on: %d API keys", len(keys))  # the count, never the keys
+    return ApiKeys(keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.access").addFilter(QuietProbes())
+    os.environ.setdefault("TQDM_DISABLE", "1")  # fewer diffusers progress bars in the log
+    try:
+        settings = Settings.from_env(os.environ)
+        keys = _keys(args.no_auth, args.host)
+        runtime = Runtime.from_env()
+        engine_settings = EngineSettings.from_env()
+    except ValueError as err:  # SettingsError, or SDXL_DTYPE / SDXL_MAX_* settings
+        print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    service = Service(Engine(runtime, engine_settings))
+    app = create_app(service, settings, keys)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        log_config=None,  # keep the logging set up above
+        timeout_graceful_shutdown=None,  # never cut off a generation that was accepted
+    )
+    log.info(
+        "serving on http://%s:%d (weights %s, queue %d, body limit %d bytes)",
+        args.host,
+        args.port,
+        runtime.weights_dir,
+        settings.queue_size,
+        settings.max_body_bytes,
+    )
+    server = DrainingServer(config, service)
+    try:
+        server.run()
+    except SystemExit as stop:  # uvicorn exits this way when it cannot bind
+        return stop.code if isinstance(stop.code, int) else 1
+    if server.force_exit:  # a third Ctrl+C: do not wait for the generation still running
+        logging.shutdown()
+        os._exit(1)
+    if service.engine.state == LOAD_FAILED:
+        print(f"sdxl api: the model failed to load: {service.reason}", file=sys.stderr)
+        return 1
+    return 0

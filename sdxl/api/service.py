@@ -1,0 +1,76 @@
+"""The engine as the HTTP APIs see it: loading in the background, draining on SIGTERM.
+
+Nothing here knows HTTP or torch: the engine imports torch in its loading thread, so the
+server binds its port at once and answers /health while the model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sdxl.engine import Engine
+from sdxl.engine.engine import BROKEN, LOAD_FAILED, LOADED, LOADING
+
+log = logging.getLogger(__name__)
+
+STARTING, READY, FAILED, DRAINING = "loading", "ready", "failed", "draining"
+
+
+class Service:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._draining = False
+
+    def start_loading(self) -> None:
+        self.engine.start_loading()
+
+    @property
+    def status(self) -> str:
+        """loading | ready | failed (load failed, or the models can no longer be trusted) |
+        draining"""
+        state = self.engine.state
+        if state in (LOAD_FAILED, BROKEN):
+            return FAILED
+        if self._draining:
+            return DRAINING
+        return STARTING if state == LOADING else READY
+
+    @property
+    def reason(self) -> str | None:
+        """Why the status is failed."""
+        if self.engine.state == BROKEN:
+            return self.engine.broken_message()
+        return self.engine.reason
+
+    def begin_drain(self) -> None:
+        """Take no new work; what is queued or running still finishes."""
+        if not self._draining:
+            self._draining = True
+            counts = self.engine.counts()
+            waiting = counts["queued"] + counts["preparing"] + counts["ready"]
+            log.info(
+                "draining: %d running and %d queued will finish; new requests get 503",
+                counts["running"],
+                waiting,
+            )
+
+    @property
+    def drained(self) -> bool:
+        return self._draining and self.engine.idle
+
+    def wait_idle(self) -> None:
+        """Block until no job is queued or running (or the engine can run none)."""
+        while self.engine.state == LOADED and not self.engine.idle:
+            time.sleep(0.1)
+
+    def health(self) -> dict:
+        counts = self.engine.counts()
+        report = {
+            "status": self.status,
+            "running": counts["running"],
+            "queued": counts["queued"] + counts["preparing"] + counts["ready"],
+        }
+        if self.status == FAILED:
+            report["error"] = self.reason
+        return report

@@ -1,0 +1,1 @@
+"""The Cog surface: predict.py's helpers, the static schema, `serve` and `predict` commands."""

@@ -1,0 +1,51 @@
+"""Where a prediction's files go: a fresh folder each time, the previous one removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from sdxl.core.encode import FORMATS, encode_image
+from sdxl.core.result import Result, filter_flagged
+
+
+class OutputWriter:
+    """Writes each prediction's images to a new folder under one private temp root.
+
+    The server reads a prediction's files after run() returns, so the previous prediction's
+    folder is removed when the next one starts writing. Everything under the root is cleared
+    each time, so a prediction cancelled at any point leaves nothing that outlives the next one.
+    """
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(tempfile.mkdtemp(prefix="sdxl-outputs-")) if root is None else root
+
+    def write(self, result: Result, fmt: str, quality: int) -> list[Path]:
+        self.clear()
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        paths = []
+        for i, image in enumerate(result.images):
+            path = folder / f"out-{i}{FORMATS[fmt].extension}"
+            path.write_bytes(encode_image(image, fmt, quality, result.metadata(i)))
+            paths.append(path)
+        return paths
+
+    def clear(self) -> None:
+        """Remove every earlier prediction's outputs."""
+        if self.root.exists():
+            for child in self.root.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def without_flagged(result: Result) -> Result:
+    """The result without the images the safety checker flagged (Replicate's behaviour);
+    AllFlaggedError when none is left."""
+    images, kept = filter_flagged(result.images, result.nsfw)
+    if len(kept) < len(result.images):
+        print(f"left out {len(result.images) - len(kept)} image(s) flagged as unsafe")
+    seeds = [result.seeds[i] for i in kept]
+    return dataclasses.replace(result, images=images, seeds=seeds, nsfw=[False] * len(kept))

@@ -1,0 +1,111 @@
+"""Images in: decode and validate what a request sends, size it; paste kept pixels back."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from sdxl.config import MAX_PIXELS, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
+from sdxl.errors import InputError, escape
+
+# Refuse decompression bombs outright: anything far beyond what we could ever use.
+Image.MAX_IMAGE_PIXELS = 64 * MAX_PIXELS
+MASK_ASPECT_TOLERANCE = 0.01
+FEATHER_RADIUS = 2  # pixels of soft edge inside the repainted region
+
+
+class ImageInputError(InputError):
+    """An input image or mask that cannot be used; the message names the input."""
+
+
+def decode_image(source: bytes | Path | str, name: str) -> Image.Image:
+    """Decode an uploaded image (its bytes, or a file Cog downloaded) fully, apply its EXIF
+    orientation, return it as RGB. `name` is the input ("image" or "mask")."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(opened) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        detail = escape(
+            str(err).replace(str(source), name) if not isinstance(source, bytes) else str(err)
+        )
+        raise ImageInputError(
+            "{field:name} is not a readable image (" + detail + "); send a PNG, JPEG or WebP",
+            name,
+            values={},
+        ) from err
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(
+            "{field:name}: image too large to decode (" + escape(str(err)) + ")", name, values={}
+        ) from err
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Flatten transparency onto white rather than letting it turn black.
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def output_size_for(width: int, height: int) -> tuple[int, int]:
+    """Scale (width, height) down to MAX_PIXELS keeping the aspect, floor to multiples of 8."""
+    scale = min(1.0, math.sqrt(MAX_PIXELS / (width * height)), MAX_SIDE / max(width, height))
+    w = int(width * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    h = int(height * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return w, h
+
+
+def fit_image(img: Image.Image, name: str) -> Image.Image:
+    """The input image at the output size: its own size, scaled down and floored to 8."""
+    w, h = output_size_for(*img.size)
+    if min(w, h) < MIN_SIDE:
+        raise ImageInputError(
+            "{field:name} "
+            + f"is {img.width}x{img.height}; each side must be at least {MIN_SIDE} pixels after "
+            f"fitting to {SIZE_MULTIPLE}-pixel multiples. Upscale it first.",
+            name,
+            values={},
+        )
+    if (w, h) == img.size:
+        return img
+    return img.resize((w, h), Image.Resampling.LANCZOS)
+
+
+def fit_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The mask as grayscale at `size`; its aspect must match the image's within 1%."""
+    image_aspect = size[0] / size[1]
+    mask_aspect = mask.width / mask.height
+    if abs(mask_aspect / image_aspect - 1) > MASK_ASPECT_TOLERANCE:
+        shape = f"{mask.width}x{mask.height} (aspect {mask_aspect:.3f})"
+        raise ImageInputError(
+            "{mask:name} is " + shape + " but the {image:name}'s aspect is "
+            f"{image_aspect:.3f}; send a mask with the image's proportions",
+            "mask",
+            values={},
+        )
+    gray = mask.convert("L")
+    return gray if gray.size == size else gray.resize(size, Image.Resampling.LANCZOS)
+
+
+def keep_unmasked(generated: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """Paste the original back wherever the mask is black (kept), exactly.
+
+    The repainted region (mask white) is feathered inwards over a few pixels, so black
+    pixels always equal the input and the seam stays soft.
+    """
+    hard = np.asarray(mask, dtype=np.float32) >= 128
+    blurred = mask.point(lambda v: 255 if v >= 128 else 0).filter(
+        ImageFilter.GaussianBlur(FEATHER_RADIUS)
+    )
+    alpha = (np.asarray(blurred, dtype=np.float32) / 255.0) * hard
+    alpha = alpha[..., None]
+    out = np.asarray(generated, dtype=np.float32) * alpha
+    out += np.asarray(original, dtype=np.float32) * (1.0 - alpha)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))

@@ -1,0 +1,111 @@
+"""Prompts longer than CLIP's 77 tokens, encoded in chunks instead of silently cut.
+
+Short prompts are left to diffusers (`encode()` returns None), so their embeddings are exactly
+diffusers' own. A long prompt is split into chunks of 75 tokens; each chunk is framed with
+BOS/EOS, padded to 77 and encoded as SDXL encodes a prompt (penultimate hidden states of each
+text encoder, concatenated); the chunks are joined along the sequence. The pooled embedding is
+the second encoder's for the first chunk. Positive and negative get the same number of chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdxl.errors import InputError
+
+MAX_CHUNKS = 6  # 450 tokens: beyond that, a prompt is an error, not a silent cut
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The strings one stage encodes, per text encoder (None: no negative prompt)."""
+
+    prompts: tuple[str, ...]
+    negatives: tuple[str, ...] | None
+
+
+def token_counts(tokenizer, texts: tuple[str, ...]) -> list[int]:
+    return [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+
+
+def _chunks(tokenizer, text: str) -> list[list[int]]:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    size = tokenizer.model_max_length - 2
+    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+
+
+def _frame(tokenizer, chunk: list[int]) -> list[int]:
+    ids = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
+    return ids + [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(ids))
+
+
+def _encode_chunks(pipe, texts: tuple[str, ...], n_chunks: int):
+    """(hidden states [1, 77*n, dim], pooled [1, dim]) for one prompt across the encoders."""
+    encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    encoders = [(tok, enc) for tok, enc in encoders if enc is not None]
+    per_encoder, pooled = [], None
+    for (tokenizer, encoder), text in zip(encoders, texts, strict=True):
+        chunks = _chunks(tokenizer, text)
+        chunks += [[]] * (n_chunks - len(chunks))
+        ids = torch.tensor([_frame(tokenizer, c) for c in chunks], device=encoder.device)
+        out = encoder(ids, output_hidden_states=True)
+        if out[0].ndim == 2:  # the projection model: pooled text embeds
+            pooled = out[0][:1]
+        per_encoder.append(out.hidden_states[-2].reshape(1, -1, out.hidden_states[-2].shape[-1]))
+    return torch.cat(per_encoder, dim=-1), pooled
+
+
+def stage_texts(pipe, prompt, prompt_2, negative, negative_2) -> Texts:
+    """The strings each encoder of `pipe` reads, following diffusers' defaults."""
+    prompt_2 = prompt_2 or prompt
+    if pipe.text_encoder is None:  # refiner: one encoder, reading `prompt`
+        return Texts((prompt,), None if negative is None else (negative,))
+    if negative is None:
+        return Texts((prompt, prompt_2), None)
+    return Texts((prompt, prompt_2), (negative, negative_2 or negative))
+
+
+def needs_chunking(pipe, texts: Texts) -> bool:
+    tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
+    all_texts = [texts.prompts, *([texts.negatives] if texts.negatives else [])]
+    longest = max(
+        n
+        for group in all_texts
+        for tok, t in zip(tokenizers, group, strict=True)
+        for n in token_counts(tok, (t,))
+    )
+    limit = tokenizers[0].model_max_length - 2
+    if longest > limit * MAX_CHUNKS:
+        raise InputError(
+            f"a prompt has {longest} tokens; the limit is {limit * MAX_CHUNKS} "
+            f"({MAX_CHUNKS} chunks of {limit}); shorten the prompt or negative prompt",
+            "prompt",
+        )
+    return longest > limit
+
+
+@torch.no_grad()
+def encode(pipe, texts: Texts, zero_negative: bool) -> dict | None:
+    """Embedding kwargs for `pipe(...)`, or None when diffusers' own encoding applies."""
+    if not needs_chunking(pipe, texts):
+        return None
+    tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
+    groups = [texts.prompts] + ([texts.negatives] if texts.negatives else [])
+    n_chunks = max(
+        len(_chunks(tok, t)) for g in groups for tok, t in zip(tokenizers, g, strict=True)
+    )
+    embeds, pooled = _encode_chunks(pipe, texts.prompts, n_chunks)
+    if texts.negatives is None and zero_negative:
+        negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    else:
+        negatives = texts.negatives or ("",) * len(texts.prompts)
+        negative, negative_pooled = _encode_chunks(pipe, negatives, n_chunks)
+    dtype = pipe.unet.dtype
+    return {
+        "prompt_embeds": embeds.to(dtype),
+        "pooled_prompt_embeds": pooled.to(dtype),
+        "negative_prompt_embeds": negative.to(dtype),
+        "negative_pooled_prompt_embeds": negative_pooled.to(dtype),
+    }

@@ -1,0 +1,137 @@
+"""The one table of scheduler names, and fresh schedulers built from a pristine config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdxl.errors import InputError
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    class_name: str
+    options: dict = field(default_factory=dict)
+
+
+# Names as Replicate's stability-ai/sdxl spells them.
+SCHEDULER_TABLE: dict[str, SchedulerSpec] = {
+    "DDIM": SchedulerSpec("DDIMScheduler"),
+    "DPMSolverMultistep": SchedulerSpec("DPMSolverMultistepScheduler"),
+    "HeunDiscrete": SchedulerSpec("HeunDiscreteScheduler"),
+    "KarrasDPM": SchedulerSpec("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "K_EULER_ANCESTRAL": SchedulerSpec("EulerAncestralDiscreteScheduler"),
+    "K_EULER": SchedulerSpec("EulerDiscreteScheduler"),
+    "PNDM": SchedulerSpec("PNDMScheduler"),
+}
+
+
+def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | None = None) -> Any:
+    """A new scheduler of `name`, configured from `pristine_config` and nothing else.
+
+    `timestep_spacing=None` keeps the config's own spacing. Options of the table win over
+    the config (KarrasDPM always uses Karras sigmas, whatever the config says).
+    """
+    import diffusers
+
+    spec = SCHEDULER_TABLE[name]
+    overrides: dict[str, Any] = dict(spec.options)
+    if timestep_spacing is not None:
+        overrides["timestep_spacing"] = timestep_spacing
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(pristine_config, **overrides)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many denoising steps each stage runs, computed as diffusers will compute them.
+
+    `base_steps` and `refiner_steps` count UNet passes (timesteps actually visited);
+    `refiner_schedule` is the num_inference_steps the refiner is called with.
+    """
+
+    base_steps: int
+    refiner_steps: int = 0
+    refiner_schedule: int = 0
+
+
+class StepPlanError(InputError):
+    """A stage would run fewer than one step."""
+
+
+def _timesteps(name: str, config: dict, spacing: str | None, steps: int):
+    scheduler = make_scheduler(name, config, spacing)
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps, scheduler.order
+
+
+def _cutoff(config: dict, fraction: float) -> int:
+    total = config["num_train_timesteps"]
+    return int(round(total - fraction * total))  # noqa: RUF046 (diffusers does the same)
+
+
+def plan_steps(
+    name: str,
+    base_config: dict,
+    refiner_config: dict,
+    *,
+    steps: int,
+    spacing: str | None,
+    strength: float | None,
+    refine: str,
+    high_noise_frac: float,
+    refine_steps: int | None,
+    refine_strength: float,
+) -> StepPlan:
+    """Mirror diffusers' SDXL step arithmetic; raise StepPlanError before a stage runs 0 steps.
+
+    `strength` is None for text to image, else img2img/inpaint strength.
+    """
+    timesteps, order = _timesteps(name, base_config, spacing, steps)
+    if strength is not None:
+        kept = min(int(steps * strength), steps)
+        timesteps = timesteps[max(steps - kept, 0) * order :]
+        if len(timesteps) == 0:
+            raise StepPlanError(
+                "{prompt_strength} x {num_inference_steps} is below one step; raise "
+                "{prompt_strength:name} or {num_inference_steps:name}",
+                "prompt_strength",
+                strength,
+                values={"prompt_strength": strength, "num_inference_steps": steps},
+            )
+    if refine == "expert_ensemble_refiner":
+        return _plan_ensemble(name, refiner_config, spacing, steps, timesteps, high_noise_frac)
+    if refine == "base_image_refiner":
+        wanted = steps if refine_steps is None else refine_steps
+        schedule = refiner_schedule_for(wanted, refine_strength)
+        return StepPlan(len(timesteps), wanted, schedule)
+    return StepPlan(len(timesteps))
+
+
+def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fraction) -> StepPlan:
+    cutoff = _cutoff(refiner_config, fraction)
+    base = int((base_timesteps >= cutoff).sum())
+    refiner_timesteps, order = _timesteps(name, refiner_config, spacing, steps)
+    refiner = int((refiner_timesteps < cutoff).sum())
+    if order == 2 and refiner % 2 == 0:
+        refiner += 1  # diffusers ends on a complete second-order step
+    if base < 1 or refiner < 1:
+        stage = "base" if base < 1 else "refiner"
+        raise StepPlanError(
+            "with {num_inference_steps} and {high_noise_frac} the {stage} would run no step "
+            "(with an input image, {prompt_strength:name} must also exceed the refiner's share "
+            "of the schedule); raise {num_inference_steps:name} or move {high_noise_frac:name}",
+            "num_inference_steps",
+            steps,
+            values={"num_inference_steps": steps, "high_noise_frac": fraction},
+            words={"stage": stage},
+        )
+    return StepPlan(base, refiner, steps)
+
+
+def refiner_schedule_for(wanted: int, strength: float) -> int:
+    """The smallest schedule length whose img2img run at `strength` runs `wanted` steps."""
+    schedule = max(wanted, int(wanted / strength) - 1)
+    while min(int(schedule * strength), schedule) < wanted:
+        schedule += 1
+    return schedule

@@ -1,0 +1,29 @@
+"""The engine: the one owner of the loaded models. Every API submits its jobs here.
+
+It knows nothing of Cog or HTTP; see `sdxl.engine.engine` for how a job moves through it.
+"""
+
+from sdxl.engine.engine import Engine
+from sdxl.engine.jobs import (
+    DeadlineExceeded,
+    EngineBroken,
+    Job,
+    JobCanceled,
+    JobEvents,
+    OutOfMemory,
+)
+from sdxl.engine.queue import JobQueue, MemoryQueue
+from sdxl.engine.settings import EngineSettings
+
+__all__ = [
+    "DeadlineExceeded",
+    "Engine",
+    "EngineBroken",
+    "EngineSettings",
+    "Job",
+    "JobCanceled",
+    "JobEvents",
+    "JobQueue",
+    "MemoryQueue",
+    "OutOfMemory",
+]

@@ -1,0 +1,335 @@
+"""The engine owns the loaded models; every API submits jobs to it and nothing else runs them.
+
+A job moves through three kinds of thread:
+1. the caller's: `submit` puts it in the queue (`run` also waits for it, in short timeouts, so
+   an exception raised in the caller's thread, such as Cog's cancel, becomes a cancel);
+2. preparation threads (`SDXL_PREPARE_WORKERS`): input checks, images, step plan, and trained
+   weights downloaded, checked and read into host memory. No model is touched here, so a slow
+   download delays only its own job;
+3. the one GPU thread: it takes prepared jobs in the order they were submitted and runs each
+   under the engine's lock: trained weights applied, denoising, post-processing, and the
+   shared models put back before the next job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sdxl.config import LORAS_DIR, Runtime
+from sdxl.core.request import Request
+from sdxl.engine.jobs import (
+    CANCELED,
+    ENDED,
+    FAILED,
+    PREPARING,
+    QUEUED,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    EngineBroken,
+    Job,
+    JobCanceled,
+    JobEvents,
+    Poisoned,
+    notify,
+)
+from sdxl.engine.queue import JobQueue, MemoryQueue
+from sdxl.engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+job_log = logging.getLogger("sdxl.engine")
+
+LOADING, LOADED, LOAD_FAILED, BROKEN = "loading", "ready", "failed", "broken"
+
+
+class Engine:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: EngineSettings | None = None,
+        queue: JobQueue | None = None,
+        *,
+        models: Any = None,
+        cache: Any = None,
+    ):
+        self.runtime = runtime
+        self.settings = settings or EngineSettings()
+        self.queue = queue if queue is not None else MemoryQueue()
+        self.models = models  # sdxl.core.pipelines.Models, once loaded
+        self.cache = cache  # sdxl.trained.fetch.DownloadCache (None: the process-wide one)
+        self.state = LOADING
+        self.reason: str | None = None  # why the state is failed or broken
+        self.load_seconds: float | None = None
+        self.lock = threading.RLock()  # held while the shared models are in use or changed
+        self._cond = threading.Condition()
+        self._claimed: list[Job] = []  # preparing or ready, in claim order
+        self._running: Job | None = None
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self.runner: Any = None  # sdxl.engine.gpu.Runner, once loaded
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the models (unless given), then start taking jobs. Raises if loading fails."""
+        started = time.perf_counter()
+        try:
+            from sdxl.engine.gpu import Runner
+
+            if self.models is None:
+                from sdxl.core.pipelines import load_models
+
+                self.models = load_models(self.runtime)
+            self.runner = Runner(self.models, self.settings, self._lora_dir(), self.cache)
+        except BaseException as err:
+            self.state, self.reason = LOAD_FAILED, f"{type(err).__name__}: {err}"
+            raise
+        self.load_seconds = time.perf_counter() - started
+        self._start_threads()
+        self.state = LOADED
+
+    def start_loading(self) -> threading.Thread:
+        """`load` on a thread of its own (the APIs answer while the model loads)."""
+
+        def load() -> None:
+            try:
+                self.load()
+            except Exception:
+                log.exception("loading the model from %s failed", self.runtime.weights_dir)
+
+        thread = threading.Thread(target=load, name="sdxl-load", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Stop taking jobs; jobs not yet running are cancelled."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._claimed)
+            self._cond.notify_all()
+        while (job := self.queue.claim(0)) is not None:
+            pending.append(job)
+        for job in pending:
+            job.cancel("the server is shutting down")
+            self._end(job, JobCanceled("the server is shutting down"))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _lora_dir(self) -> Path:
+        return Path(os.environ.get("SDXL_LORA_DIR") or self.models.weights_dir / LORAS_DIR)
+
+    def _start_threads(self) -> None:
+        self._pool = ThreadPoolExecutor(self.settings.prepare_workers, "sdxl-prepare")
+        for name, target in (("sdxl-claim", self._claim_loop), ("sdxl-gpu", self._gpu_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def submit(
+        self, request: Request, *, events: JobEvents | None = None, job_id: str | None = None
+    ) -> Job:
+        """Queue `request`; the returned job ends succeeded, failed or canceled."""
+        job = Job(job_id or str(next(self._ids)), request, events, next(self._seq))
+        job._on_cancel = self._cancel
+        if self._closed:
+            self._end(job, JobCanceled("the server is shutting down"))
+            return job
+        self.queue.put(job)
+        return job
+
+    def run(self, request: Request, *, on_log=None, events: JobEvents | None = None, poll=0.1):
+        """Submit `request` and wait for its Result in this thread, handing each log line to
+        `on_log` here. Any exception raised in this thread while it waits (Cog delivers its
+        cancel that way) cancels the job; it is raised again once the job has let go."""
+        job = self.submit(request, events=events)
+        try:
+            while not job.wait(poll):
+                _hand_out(job, on_log)
+        except BaseException:
+            job.cancel("the prediction was cancelled")
+            _wait_through_interruptions(job)
+            raise
+        finally:
+            _hand_out(job, on_log)
+        return job.result()
+
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            claimed = [job.status for job in self._claimed]
+            running = 1 if self._running is not None else 0
+        return {
+            "queued": len(self.queue),
+            "preparing": claimed.count(PREPARING) + claimed.count(QUEUED),
+            "ready": claimed.count(READY),
+            "running": running,
+        }
+
+    @property
+    def idle(self) -> bool:
+        return not any(self.counts().values())
+
+    def health(self) -> dict:
+        report: dict[str, Any] = {"state": self.state, **self.counts()}
+        if self.reason is not None:
+            report["reason"] = self.reason
+        if self.runner is not None:
+            report["resident"] = self.runner.resident.stats()
+        return report
+
+    # ---- claiming and preparing ---------------------------------------------------------
+    def _claim_loop(self) -> None:
+        lookahead = self.settings.prepare_workers + 1
+        while not self._closed:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or len(self._claimed) < lookahead)
+            job = self.queue.claim(timeout=0.5)
+            if job is None:
+                continue
+            with self._cond:
+                if job.cancel_requested:
+                    self._end(job, JobCanceled(job.cancel_reason))
+                    continue
+                job.status = PREPARING
+                self._claimed.append(job)
+            self._pool.submit(self._prepare, job)
+
+    def _prepare(self, job: Job) -> None:
+        try:
+            self.runner.prepare(job)
+        except BaseException as err:
+            self._end(job, err)
+            return
+        with self._cond:
+            if job.cancel_requested:
+                self._end(job, JobCanceled(job.cancel_reason))
+                return
+            job.status = READY
+            self._cond.notify_all()
+
+    def _cancel(self, job: Job) -> None:
+        if self.queue.discard(job):
+            self._end(job, JobCanceled(job.cancel_reason))
+            return
+        with self._cond:
+            ready = job.status == READY and job in self._claimed
+        if ready:
+            self._end(job, JobCanceled(job.cancel_reason))
+        # preparing: the preparation sees it; running: the next denoising step sees it
+
+    # ---- running ------------------------------------------------------------------------
+    def _gpu_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._next_ready() is not None)
+                if self._closed:
+                    return
+                job = self._next_ready()
+                self._claimed.remove(job)
+                self._running = job
+                job.status = RUNNING
+                self._cond.notify_all()
+            try:
+                self._execute(job)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+    def _next_ready(self) -> Job | None:
+        ready = [job for job in self._claimed if job.status == READY]
+        return min(ready, key=lambda job: job.seq) if ready else None
+
+    def _execute(self, job: Job) -> None:
+        job.started_at = time.time()
+        notify(job.events.started, job)
+        with self.lock:
+            try:
+                if self.state == BROKEN:
+                    raise EngineBroken(self.broken_message())
+                result = self.runner.run(job)
+            except Poisoned as err:
+                self.state, self.reason = BROKEN, err.reason
+                log.error("the shared models can no longer be trusted: %s", err.reason)
+                self._end(job, EngineBroken(self.broken_message()))
+                return
+            except BaseException as err:
+                self._end(job, err)
+                return
+        self._end(job, None, result)
+
+    def broken_message(self) -> str:
+        return (
+            f"the model server is out of order ({self.reason}); it must be restarted, and "
+            "every job fails until then"
+        )
+
+    def _end(self, job: Job, error: BaseException | None, result: Any = None) -> None:
+        """Settle `job` once: status, future, the weights it held, the finished event."""
+        with self._cond:
+            if job.status in ENDED:
+                return
+            if job in self._claimed:
+                self._claimed.remove(job)
+            job.status = SUCCEEDED if error is None else _status_of(error)
+            job.finished_at = time.time()
+            self._cond.notify_all()
+        if self.runner is not None:
+            self.runner.release(job)
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+        log_end(job)
+        notify(job.events.finished, job)
+
+
+def _status_of(error: BaseException) -> str:
+    return CANCELED if isinstance(error, JobCanceled) else FAILED
+
+
+def _hand_out(job: Job, on_log) -> None:
+    if on_log is not None:
+        for line in job.take_logs():
+            on_log(line)
+
+
+def _wait_through_interruptions(job: Job) -> None:
+    """Wait until the engine has let go of `job`, whatever else is raised meanwhile."""
+    while True:
+        try:
+            if job.wait(0.1):
+                return
+        except BaseException:  # a second cancel while the first is being honoured
+            continue
+
+
+def log_end(job: Job) -> None:
+    took = job.run_seconds
+    if job.error is None:
+        job_log.info(
+            "job %s done in %.2f s: base ran %d steps, refiner ran %d steps (planned %d + %d); "
+            "seeds %s",
+            job.id,
+            took or 0.0,
+            job.steps["base"],
+            job.steps["refiner"],
+            job.prepared.plan.base_steps,
+            job.prepared.plan.refiner_steps,
+            job.prepared.seeds,
+        )
+    elif took is None:
+        job_log.info("job %s %s before it ran: %s", job.id, job.status, job.error)
+    else:
+        job_log.info("job %s %s after %.2f s: %s", job.id, job.status, took, job.error)

@@ -1,0 +1,150 @@
+"""What the engine's threads do with a job: prepare it off the GPU, run it under the lock.
+
+`Runner.run` is the only code that changes the shared models, and it puts them back before it
+returns. When they cannot be put back, or a CUDA error leaves the device in doubt, it raises
+`Poisoned` and the engine stops trusting them. (Imported by the engine when it loads, so that
+importing the engine does not import torch.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from sdxl.core.generate import denoise, finish, prepare, with_prompts
+from sdxl.core.result import Result
+from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
+from sdxl.engine.settings import EngineSettings
+from sdxl.trained.fetch import default_cache
+from sdxl.trained.prepare import HostBudget, Resolver, prepare_weights
+from sdxl.trained.resident import ResidentLimits, ResidentWeights, RestoreError
+
+log = logging.getLogger("sdxl.engine")
+
+_POISON_WORDS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS")
+
+
+class Runner:
+    def __init__(self, models, settings: EngineSettings, lora_dir: Path, cache=None):
+        self.models = models
+        self.settings = settings
+        self.budget = HostBudget(settings.max_prepared_bytes)
+        limits = ResidentLimits(
+            max_loras=settings.max_resident_loras,
+            max_lora_bytes=settings.max_resident_lora_bytes,
+            max_unets=settings.resident_unets(models.device.type),
+            max_unet_bytes=settings.max_resident_unet_bytes,
+        )
+        self.resident = ResidentWeights(models, limits)
+        self.resolver = Resolver(
+            linears=models.unet_linears,
+            unet_shapes=models.unet_shapes,
+            unet_config=models.base.unet.config,
+            weights_dir=models.weights_dir,
+            lora_dir=lora_dir,
+            cache=cache or default_cache(),
+            budget=self.budget,
+            is_resident=self.resident.is_resident,
+        )
+
+    # ---- a preparation thread -----------------------------------------------------------
+    def prepare(self, job: Job) -> None:
+        job.check()
+        prepared = prepare(self.models, job.request)
+        job.weights = prepare_weights(prepared.request.adapters, self.resolver, job.check)
+        if job.weights is not None:
+            prepared = with_prompts(prepared, job.weights.rewrite)
+        job.prepared = prepared
+
+    def release(self, job: Job) -> None:
+        """Give back what the job held in host memory (idempotent)."""
+        weights, job.weights = job.weights, None
+        if weights is not None:
+            self.budget.release(weights.host_bytes)
+            weights.close()
+
+    # ---- the GPU thread, the engine's lock held -----------------------------------------
+    def run(self, job: Job) -> Result:
+        job.check()  # cancelled while it waited for the GPU
+        max_seconds = self.settings.max_seconds
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        prepared = job.prepared
+        job.log(prepared.summary())
+        log.info("job %s started: %s", job.id, prepared.summary())
+        extra = {}
+        try:
+            active = self.resident.apply(job.weights)
+            try:
+                if job.weights is not None:
+                    extra["trained_weights"] = job.weights.describe()
+                    job.log(_trained_line(job.weights.describe(), active.unet is not None))
+                images = denoise(
+                    self.models, prepared, unet=active.unet, on_step=_stepper(job, deadline)
+                )
+                job.check(deadline)
+            finally:
+                self.resident.undo(active)
+            return finish(self.models, prepared, images, **extra)
+        except RestoreError as err:
+            raise Poisoned(f"the shared models could not be put back: {err}") from err
+        except DeadlineExceeded:
+            raise DeadlineExceeded(_deadline_message(job, max_seconds)) from None
+        except Exception as err:
+            if isinstance(err, torch.OutOfMemoryError):
+                _free_device_memory()
+                raise _out_of_memory(prepared) from None
+            if any(word in str(err) for word in _POISON_WORDS):
+                raise Poisoned(f"{type(err).__name__}: {str(err)[:300]}") from err
+            raise
+
+
+def _stepper(job: Job, deadline: float | None):
+    def on_step(stage: str, done: int, total: int) -> None:
+        job.steps[stage] += 1
+        job.log(f"{stage} step {done}/{total}")
+        notify(job.events.step, job, stage, done, total)
+        job.check(deadline)  # raises out of the pipeline: no further step, no decode
+
+    return on_step
+
+
+def _trained_line(described: dict, resident_unet: bool) -> str:
+    unet = "resident module" if resident_unet else ("yes" if described["finetuned_unet"] else "no")
+    return (
+        f"trained weights: LoRA {described['adapters'] or 'none'} (scale "
+        f"{described['lora_scale']:g}), fine-tuned UNet: {unet}, new tokens "
+        f"{described['tokens'] or 'none'}; LoRA and fine-tune apply to the base UNet only, "
+        "new tokens reach the refiner through the shared text_encoder_2"
+    )
+
+
+def _deadline_message(job: Job, max_seconds: float | None) -> str:
+    steps = job.steps
+    return (
+        f"the job ran longer than SDXL_MAX_SECONDS={max_seconds:g} s and was stopped after "
+        f"{steps['base']} base and {steps['refiner']} refiner steps; lower num_inference_steps, "
+        "the image size or the number of images, or ask the operator to raise the limit"
+    )
+
+
+def _out_of_memory(prepared) -> OutOfMemory:
+    req = prepared.request
+    refiner = " (and the refiner)" if req.refine != "no_refiner" else ""
+    size = f"{prepared.width}x{prepared.height}"
+    return OutOfMemory(
+        "the GPU ran out of memory for {num_outputs} at {size} with {num_inference_steps}"
+        "{refiner}; lower {width:name} and {height:name} or {num_outputs:name}, or use fewer "
+        "steps or no refiner",
+        "num_outputs",
+        req.num_outputs,
+        values={"num_outputs": req.num_outputs, "num_inference_steps": req.num_inference_steps},
+        words={"size": size, "refiner": refiner},
+    )
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,169 @@
+"""A job: one request on its way through the engine, and the ways it can end.
+
+queued -> preparing -> ready -> running -> succeeded | failed | canceled. A job can be
+cancelled in any state; `future` holds its `Result` or the exception that ended it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from sdxl.core.request import Request
+from sdxl.errors import InputError
+
+QUEUED, PREPARING, READY, RUNNING = "queued", "preparing", "ready", "running"
+SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
+ENDED = (SUCCEEDED, FAILED, CANCELED)
+
+log = logging.getLogger(__name__)
+
+
+class JobCanceled(Exception):
+    """The job was cancelled: by its client, or by a client that went away."""
+
+
+class DeadlineExceeded(Exception):
+    """The job ran longer than SDXL_MAX_SECONDS."""
+
+
+class EngineBroken(RuntimeError):
+    """The shared models can no longer be trusted; every job fails until a restart."""
+
+
+class Poisoned(Exception):
+    """The shared models or the device can no longer be trusted (raised inside the engine)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OutOfMemory(InputError):
+    """The device ran out of memory for this job; the message says what to lower."""
+
+
+def failure_kind(err: BaseException | None) -> str | None:
+    """input | canceled | deadline | out_of_memory | broken | internal (None: no failure)."""
+    if err is None:
+        return None
+    for kind, cls in (
+        ("canceled", JobCanceled),
+        ("deadline", DeadlineExceeded),
+        ("out_of_memory", OutOfMemory),
+        ("input", InputError),
+        ("broken", EngineBroken),
+    ):
+        if isinstance(err, cls):
+            return kind
+    return "internal"
+
+
+@dataclass
+class JobEvents:
+    """Callbacks from the engine's threads; keep them short. A callback that raises is logged
+    and ignored."""
+
+    started: Callable[[Job], Any] | None = None
+    step: Callable[[Job, str, int, int], Any] | None = None  # stage, steps done, planned
+    log: Callable[[Job, str], Any] | None = None
+    finished: Callable[[Job], Any] | None = None
+
+
+class Job:
+    def __init__(self, job_id: str, request: Request, events: JobEvents | None, seq: int):
+        self.id = job_id
+        self.request = request
+        self.events = events or JobEvents()
+        self.seq = seq  # submission order: the GPU takes ready jobs in this order
+        self.status = QUEUED
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.future: Future = Future()
+        self.logs: list[str] = []
+        self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
+        self.prepared: Any = None  # sdxl.core.generate.Prepared
+        self.weights: Any = None  # sdxl.trained.prepare.PreparedWeights
+        self._taken = 0  # log lines handed out by take_logs
+        self._lock = threading.Lock()
+        self._cancel_reason: str | None = None
+        self._on_cancel: Callable[[Job], None] = lambda job: None
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.status})"
+
+    # ---- for callers --------------------------------------------------------------------
+    def cancel(self, reason: str = "the prediction was cancelled") -> None:
+        """Stop the job: it leaves the queue, or stops at its next denoising step."""
+        with self._lock:
+            if self.status in ENDED or self._cancel_reason is not None:
+                return
+            self._cancel_reason = reason
+        self._on_cancel(self)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_reason is not None
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._cancel_reason
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the job has ended."""
+        try:
+            self.future.exception(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def result(self, timeout: float | None = None):
+        return self.future.result(timeout)
+
+    def take_logs(self) -> list[str]:
+        """The log lines not taken before."""
+        with self._lock:
+            lines = self.logs[self._taken :]
+            self._taken = len(self.logs)
+        return lines
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.future.exception() if self.future.done() else None
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    # ---- for the engine -----------------------------------------------------------------
+    def check(self, deadline: float | None = None) -> None:
+        """Raise JobCanceled or DeadlineExceeded if the job must stop now."""
+        if self._cancel_reason is not None:
+            raise JobCanceled(self._cancel_reason)
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded()
+
+    def log(self, line: str) -> None:
+        with self._lock:
+            self.logs.append(line)
+        notify(self.events.log, self, line)
+
+
+def notify(callback, *args) -> None:
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:  # a listener's bug must not fail the job or stop the engine
+        log.exception("a job event listener failed")

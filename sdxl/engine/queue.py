@@ -1,0 +1,59 @@
+"""Where submitted jobs wait until the engine claims them.
+
+The engine talks to one `JobQueue`. `MemoryQueue` is the in-process FIFO every API of one
+process shares; a store that outlives the process, or one shared by many replicas, implements
+the same four methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Protocol
+
+from sdxl.engine.jobs import Job
+
+
+class JobQueue(Protocol):
+    def put(self, job: Job) -> None:
+        """Accept `job`; it waits behind the jobs put before it."""
+
+    def claim(self, timeout: float) -> Job | None:
+        """The oldest waiting job, now the caller's; None if none came within `timeout` s."""
+
+    def discard(self, job: Job) -> bool:
+        """Take `job` out if it is still waiting (a cancel); True if it was."""
+
+    def __len__(self) -> int:
+        """How many jobs wait."""
+
+
+class MemoryQueue:
+    """A first-in first-out queue in this process's memory."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def claim(self, timeout: float) -> Job | None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._jobs, timeout):
+                return None
+            return self._jobs.popleft()
+
+    def discard(self, job: Job) -> bool:
+        with self._cond:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                return False
+            return True
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._jobs)

@@ -1,0 +1,186 @@
+"""One hardened HTTP(S) GET for `sdxl.fetch`: stdlib only, every limit explicit.
+
+http/https only; redirects counted and checked (never to another scheme, never from https
+down to plain http); the host resolved once, optionally refused when it is not public, and
+connected to exactly the vetted addresses; separate connect and read timeouts plus a deadline
+for the whole transfer; no content encoding; the body streamed with a byte limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+_CHUNK = 1 << 20
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+Fail = Callable[[str], Exception]  # builds the error to raise from a reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    connect_timeout: float
+    read_timeout: float
+    deadline: float  # monotonic clock time by which the transfer must be over
+    max_redirects: int
+    public_only: bool
+    user_agent: str = "sdxl-cog"
+    check: Callable[[], None] | None = None  # called between chunks; raises to stop (cancel)
+
+
+def open_url(url: str, lim: Limits, fail: Fail):
+    """Follow redirects to a 200 response: (connection, response, final URL).
+
+    The caller closes the connection."""
+    for _hop in range(lim.max_redirects + 1):
+        conn = _connect(url, lim, fail)
+        try:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            headers = {"User-Agent": lim.user_agent, "Accept-Encoding": "identity"}
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+        except TimeoutError:
+            conn.close()
+            raise fail(f"no response within {lim.read_timeout:g} s (read timeout)") from None
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise fail(f"the request failed ({type(err).__name__})") from None
+        if time.monotonic() > lim.deadline:
+            conn.close()
+            raise fail("the transfer deadline passed")
+        if response.status in _REDIRECTS:
+            location = response.getheader("Location")
+            conn.close()
+            if not location:
+                raise fail(f"HTTP {response.status} without a Location")
+            new = urljoin(url, location.strip())
+            new_scheme = urlsplit(new).scheme.lower()
+            if new_scheme not in ("http", "https"):
+                raise fail(f"it redirects to a {new_scheme or 'schemeless'} URL, refused")
+            if urlsplit(url).scheme.lower() == "https" and new_scheme == "http":
+                raise fail("it redirects from https to plain http, refused")
+            url = new
+            continue
+        if response.status != 200:
+            conn.close()
+            raise fail(f"HTTP {response.status} {response.reason}".strip())
+        if (response.getheader("Content-Encoding") or "identity").lower() != "identity":
+            conn.close()
+            raise fail("the server sent an encoded (compressed) body, refused")
+        return conn, response, url
+    raise fail(f"more than {lim.max_redirects} redirects")
+
+
+def content_length(response) -> int | None:
+    value = response.getheader("Content-Length")
+    try:
+        n = int(value) if value is not None else -1
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def stream(response, out: BinaryIO, limit: int, lim: Limits, fail: Fail) -> tuple[int, str]:
+    """Copy the body to `out` within `limit` bytes and the deadline: (bytes, sha256 hex)."""
+    digest = hashlib.sha256()
+    got = 0
+    while True:
+        if time.monotonic() > lim.deadline:
+            raise fail("the transfer deadline passed")
+        if lim.check is not None:
+            lim.check()
+        try:
+            chunk = response.read1(_CHUNK)
+        except TimeoutError:
+            raise fail(f"no data for {lim.read_timeout:g} s (read timeout)") from None
+        except http.client.IncompleteRead as err:
+            raise fail(f"the body was cut short after {got + len(err.partial)} bytes") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise fail(f"the connection failed ({type(err).__name__})") from None
+        if not chunk:
+            return got, digest.hexdigest()
+        got += len(chunk)
+        if got > limit:
+            raise fail(f"it is larger than the limit of {limit} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+
+
+def _connect(url: str, lim: Limits, fail: Fail) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise fail("credentials in URLs are not supported")
+    host = parts.hostname
+    if not host:
+        raise fail("the URL has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise fail("the URL has an invalid port") from None
+    https = parts.scheme.lower() == "https"
+    port = port or (443 if https else 80)
+    addresses = _resolve(host, port, lim.public_only, fail)
+    if https:
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=lim.connect_timeout, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=lim.connect_timeout)
+
+    def connect_vetted(_address, timeout, source_address=None):
+        # The addresses vetted above, never a second DNS answer (no rebinding in between).
+        last: OSError | None = None
+        for family, addr in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(addr)
+                return sock
+            except OSError as err:
+                sock.close()
+                last = err
+        raise last or OSError("no address")
+
+    conn._create_connection = connect_vetted  # type: ignore[attr-defined]
+    try:
+        conn.connect()  # TCP, and the TLS handshake for https, under the connect timeout
+    except TimeoutError:
+        conn.close()
+        raise fail(f"no connection within {lim.connect_timeout:g} s (connect timeout)") from None
+    except ssl.SSLError as err:
+        conn.close()
+        raise fail(f"TLS failed ({err.reason or 'handshake'})") from None
+    except OSError as err:
+        conn.close()
+        raise fail(f"cannot connect ({err.strerror or type(err).__name__})") from None
+    conn.sock.settimeout(lim.read_timeout)
+    return conn
+
+
+def _resolve(host: str, port: int, public_only: bool, fail: Fail) -> list[tuple[int, tuple]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise fail("cannot resolve the host") from None
+    out = []
+    for family, _type, _proto, _name, addr in infos:
+        if public_only and not is_public(addr[0]):
+            raise fail("the host resolves to a private or local address, refused")
+        out.append((family, addr))
+    if not out:
+        raise fail("the host has no address")
+    return out
+
+
+def is_public(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    return addr.is_global and not addr.is_multicast

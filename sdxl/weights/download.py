@@ -1,0 +1,247 @@
+"""Fetch the real SDXL weights into our layout: verified, idempotent and resumable.
+
+Each file is downloaded to DIR/.download/ (a partial `.incomplete` file there is resumed with an
+HTTP Range request), checked against the hash the hub reports, then moved into place with
+`os.replace`, so a partial file never sits at its final path. DIR/.download-record.json keeps
+size, mtime and digest of each verified file, so a re-run only rehashes files that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdxl.config import BASE_DIR, DEFAULT_WEIGHTS_DIR, REFINER_DIR
+from sdxl.weights.hub import DownloadError, HfHub, Hub, HubUnreachable, RemoteFile
+
+__all__ = ["DownloadError", "HfHub", "Hub", "HubUnreachable", "RemoteFile"]
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
+RECORD_NAME = ".download-record.json"
+STAGING_NAME = ".download"
+_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One manifest entry: `remote` in `repo_id` at `revision` is saved as DIR/`local`."""
+
+    repo_id: str
+    remote: str
+    local: str
+    revision: str = "main"
+
+    @property
+    def source(self) -> str:
+        return f"{self.repo_id}@{self.revision}:{self.remote}"
+
+
+def _into(folder: str, repo_id: str, *remotes: str) -> tuple[WeightFile, ...]:
+    """Entries kept at their remote path under `folder`, with `.fp16` dropped from the name."""
+    fp16 = ".fp16.safetensors"
+    return tuple(
+        WeightFile(repo_id, r, f"{folder}/{r.replace(fp16, '.safetensors')}") for r in remotes
+    )
+
+
+_TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
+
+# Everything the predictor loads, and nothing else. Later work appends entries here.
+MANIFEST: tuple[WeightFile, ...] = (
+    *_into(
+        BASE_DIR,
+        SDXL_BASE,
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.fp16.safetensors",
+        *(f"tokenizer/{name}" for name in _TOKENIZER),
+        *(f"tokenizer_2/{name}" for name in _TOKENIZER),
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ),
+    *_into(
+        f"{BASE_DIR}/vae", SDXL_VAE_FP16_FIX, "config.json", "diffusion_pytorch_model.safetensors"
+    ),
+    *_into(
+        REFINER_DIR,
+        SDXL_REFINER,
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ),
+    # The Stable Diffusion safety checker; its model.safetensors (fp16, 608 MB) sits beside a
+    # pickle pytorch_model.bin, which is never fetched.
+    *_into(
+        "safety_checker",
+        "CompVis/stable-diffusion-safety-checker",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ),
+    # The SDXL offset-noise LoRA (kohya format, about 50 MB): the REST API's lora_name="offset".
+    WeightFile(SDXL_BASE, "sd_xl_offset_example-lora_1.0.safetensors", "loras/offset.safetensors"),
+)
+
+
+def file_digest(path: Path, kind: str) -> str:
+    """Digest of a file's content as 'kind:hex'; kind 'sha1' is the git blob sha1."""
+    size = path.stat().st_size
+    if kind == "size":
+        return f"size:{size}"
+    h = hashlib.sha256() if kind == "sha256" else hashlib.sha1(b"blob %d\0" % size)
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return f"{kind}:{h.hexdigest()}"
+
+
+def _load_record(path: Path) -> dict[str, dict]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _save_record(path: Path, record: dict[str, dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _stamp(path: Path, entry: WeightFile, digest: str | None) -> dict:
+    st = path.stat()
+    return dict(source=entry.source, size=st.st_size, mtime_ns=st.st_mtime_ns, digest=digest)
+
+
+def _unchanged(path: Path, entry: WeightFile, stamp: dict) -> bool:
+    """True when the record's stamp vouches for `path` as it is now: same size and mtime."""
+    return path.is_file() and _stamp(path, entry, stamp.get("digest")) == stamp
+
+
+def _remote_info(hub: Hub, manifest: Sequence[WeightFile]) -> dict[WeightFile, RemoteFile]:
+    """Ask the hub about every entry, one call per repo and revision, before fetching anything."""
+    groups: dict[tuple[str, str], list[WeightFile]] = {}
+    for entry in manifest:
+        groups.setdefault((entry.repo_id, entry.revision), []).append(entry)
+    remote: dict[WeightFile, RemoteFile] = {}
+    for (repo_id, revision), entries in groups.items():
+        found = hub.info(repo_id, revision, [e.remote for e in entries])
+        for entry in entries:
+            if entry.remote not in found:
+                raise DownloadError(
+                    f"{entry.remote} was not found in {repo_id} at revision {revision!r} "
+                    "(HTTP 404); nothing was downloaded. Check MANIFEST in sdxl/download.py"
+                )
+            remote[entry] = found[entry.remote]
+    return remote
+
+
+def _present(path: Path, entry: WeightFile, remote: RemoteFile, record: dict[str, dict]) -> bool:
+    """True if `path` already holds the hub's file; hashes it only if the record can't vouch."""
+    if not path.is_file() or path.stat().st_size != remote.size:
+        return False
+    stamp = record.get(entry.local, {})
+    if stamp.get("digest") == remote.digest and _unchanged(path, entry, stamp):
+        return True
+    if file_digest(path, remote.digest.split(":")[0]) != remote.digest:
+        return False
+    record[entry.local] = _stamp(path, entry, remote.digest)
+    return True
+
+
+def _fetch(root: Path, entry: WeightFile, remote: RemoteFile, hub: Hub) -> None:
+    """Fetch one entry into staging, verify it, then move it into place."""
+    staged = hub.fetch(
+        entry.repo_id, entry.revision, entry.remote, root / STAGING_NAME / entry.repo_id
+    )
+    kind = remote.digest.split(":")[0]
+    got = file_digest(staged, kind) if staged.stat().st_size == remote.size else "a size mismatch"
+    if got != remote.digest:
+        staged.unlink(missing_ok=True)  # a corrupt partial must not be resumed either
+        raise DownloadError(
+            f"{entry.local}: the file fetched from {entry.repo_id}/{entry.remote} does not match "
+            f"the hub (expected {remote.digest}, got {got}); it was deleted, re-run to fetch again"
+        )
+    (root / entry.local).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, root / entry.local)
+
+
+def _unreachable(err: HubUnreachable, root: Path, fetched: int) -> DownloadError:
+    done = "nothing was downloaded" if fetched == 0 else f"{fetched} file(s) were fetched first"
+    return DownloadError(
+        f"cannot reach the Hugging Face Hub at {err.endpoint} ({err.reason}); {done}. "
+        f"Run this where the hub is reachable (re-runs resume), or copy the weights into {root} "
+        f"in the layout of sdxl/download.py ({BASE_DIR}/, {REFINER_DIR}/), or run "
+        f"`python -m sdxl weights tiny {root}` for a tiny test model"
+    )
+
+
+def download_weights(
+    root: Path,
+    hub: Hub | None = None,
+    manifest: Sequence[WeightFile] = MANIFEST,
+    log: Callable[[str], object] = print,
+) -> list[Path]:
+    """Make `root` hold every manifest file, verified; return their paths in manifest order.
+
+    With the hub unreachable, succeeds only if the record vouches for every file as it is.
+    """
+    root = Path(root)
+    hub = HfHub() if hub is None else hub
+    record_path = root / RECORD_NAME
+    record = _load_record(record_path)
+    fetched = 0
+    try:
+        remote = _remote_info(hub, manifest)
+        root.mkdir(parents=True, exist_ok=True)
+        for entry in manifest:
+            path = root / entry.local
+            if _present(path, entry, remote[entry], record):
+                log(f"already present {entry.local}")
+            else:
+                if path.exists():
+                    log(f"{entry.local} does not match {entry.source}; fetching it again")
+                _fetch(root, entry, remote[entry], hub)
+                record[entry.local] = _stamp(path, entry, remote[entry].digest)
+                fetched += 1
+                log(f"fetched {entry.local} ({remote[entry].size:,} bytes) from {entry.repo_id}")
+            _save_record(record_path, record)
+    except HubUnreachable as err:
+        vouched = [_unchanged(root / e.local, e, record.get(e.local, {})) for e in manifest]
+        if fetched > 0 or not all(vouched):
+            raise _unreachable(err, root, fetched) from err
+        log(f"hub unreachable ({err.reason}); all {len(manifest)} files were verified before")
+    shutil.rmtree(root / STAGING_NAME, ignore_errors=True)
+    return [root / entry.local for entry in manifest]
+
+
+def main(argv_root: str | None = None) -> int:
+    """`python -m sdxl weights download [DIR]`: DIR defaults to $SDXL_WEIGHTS_DIR or 'weights'."""
+    default = os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)
+    root = Path(default if argv_root is None else argv_root)
+    try:
+        paths = download_weights(root)
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: writing under {root} failed ({err}); re-run to resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; re-run to resume the download into {root}", file=sys.stderr)
+        return 130
+    print(f"weights ready in {root} ({len(paths)} files)")
+    return 0

@@ -1,0 +1,254 @@
+"""Build a tiny random-weight SDXL, offline, in the exact layout of the real weights.
+
+The tiny model is what the tests and the quickstart run: the same loading code, the same
+file names and the same SDXL conditioning (text_time embeddings, the refiner's aesthetic
+score, two CLIP text encoders, the 8x VAE), with a few thousand parameters per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+
+from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
+
+# SDXL 1.0's scheduler_config.json, verbatim (base and refiner ship the same one).
+SDXL_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+# Words the tiny BPE learns merges from, so that common prompt words become few tokens.
+_CORPUS = (
+    "a photo of a cat with a hat an astronaut riding a rainbow unicorn studio portrait "
+    "dog bear tiger colored ugly soft blurry out of focus low quality garish distorted "
+    "disfigured the in on at and cinematic film painting art digital high detail sharp"
+).split()
+_TIME_EMBED_DIM = 8  # addition_time_embed_dim (256 in the real UNets)
+_TE1_DIM, _TE2_DIM = 32, 64  # hidden sizes of the two text encoders (768 and 1280 in SDXL)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable unicode character table."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
+    """A minimal BPE trainer: repeatedly merge the most frequent adjacent pair."""
+    split = [[*w[:-1], w[-1] + "</w>"] for w in words]
+    merges: list[tuple[str, str]] = []
+    for _ in range(count):
+        pairs = Counter(p for toks in split for p in pairwise(toks))
+        if not pairs:
+            break
+        best = max(sorted(pairs), key=lambda p: pairs[p])
+        merges.append(best)
+        for toks in split:
+            i = 0
+            while i < len(toks) - 1:
+                if (toks[i], toks[i + 1]) == best:
+                    toks[i : i + 2] = [toks[i] + toks[i + 1]]
+                i += 1
+    return merges
+
+
+def write_tokenizer(folder: Path, pad_token: str) -> int:
+    """Write a CLIP-style byte-level BPE tokenizer (the files of SDXL's tokenizer folders)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = list(bytes_to_unicode().values())
+    merges = _learn_merges(_CORPUS, 120)
+    tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    config = {
+        **special,
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": True,
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return len(vocab)
+
+
+def _text_encoders(vocab_size: int, eos_id: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            max_position_embeddings=77,
+            projection_dim=hidden,
+            hidden_act="gelu",
+            bos_token_id=eos_id - 1,
+            eos_token_id=eos_id,
+            pad_token_id=1,
+        )
+
+    torch.manual_seed(1)
+    te1 = CLIPTextModel(config(_TE1_DIM))
+    torch.manual_seed(2)
+    te2 = CLIPTextModelWithProjection(config(_TE2_DIM))
+    return te1, te2
+
+
+def _unet(cross_attention_dim: int, n_time_ids: int, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=n_time_ids * _TIME_EMBED_DIM + _TE2_DIM,
+        norm_num_groups=16,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(3)
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=False,
+    )
+
+
+def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
+    """Write base/, refiner/, loras/ and safety_checker/ under `root`, replacing them.
+
+    `flag_everything` writes a safety checker that flags every image (through its
+    thresholds), to test the flagged path end to end. Returns `root`.
+    """
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    from sdxl.weights.random_lora import random_kohya_lora
+    from sdxl.weights.tiny_safety import build_tiny_safety_checker
+
+    root = Path(root)
+    staging = root / ".tiny-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    vocab_size = write_tokenizer(staging / "tok", pad_token="<|endoftext|>")
+    write_tokenizer(staging / "tok2", pad_token="!")
+    tokenizer = CLIPTokenizer.from_pretrained(staging / "tok")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(staging / "tok2")
+    te1, te2 = _text_encoders(vocab_size, eos_id=tokenizer.eos_token_id)
+    vae = _vae()
+    scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+
+    base = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=_unet(_TE1_DIM + _TE2_DIM, n_time_ids=6, seed=4),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=te2,
+        tokenizer=None,
+        tokenizer_2=tokenizer_2,
+        unet=_unet(_TE2_DIM, n_time_ids=5, seed=5),
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    base.save_pretrained(staging / BASE_DIR, safe_serialization=True)
+    refiner.save_pretrained(staging / REFINER_DIR, safe_serialization=True)
+    _use_original_tokenizer_files(staging)
+    build_tiny_safety_checker(staging / SAFETY_DIR, flag_everything=flag_everything)
+    (staging / LORAS_DIR).mkdir()
+    save_file(random_kohya_lora(base.unet), str(staging / LORAS_DIR / "offset.safetensors"))
+    # The refiner of the real layout has no text_encoder_2/vae/tokenizer_2 of its own.
+    for shared in ("text_encoder_2", "vae", "tokenizer_2"):
+        shutil.rmtree(staging / REFINER_DIR / shared)
+    shutil.rmtree(staging / "tok")
+    shutil.rmtree(staging / "tok2")
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR):
+        shutil.rmtree(root / name, ignore_errors=True)
+        (staging / name).rename(root / name)
+    staging.rmdir()
+    return root
+
+
+def _use_original_tokenizer_files(staging: Path) -> None:
+    """Keep exactly the tokenizer files SDXL's repositories ship (no tokenizer.json)."""
+    for src, dst in (("tok", "tokenizer"), ("tok2", "tokenizer_2")):
+        folder = staging / BASE_DIR / dst
+        shutil.rmtree(folder)
+        shutil.copytree(staging / src, folder)
