@@ -51,7 +51,7 @@ ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:2
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load base and refiner once, into the engine every prediction goes through."""
-        logs.configure()
+        logs.configure(job_lines=False)  # run() prints each job's lines into its own logs
         self.engine = Engine(Runtime.from_env(), EngineSettings.from_env())
         self.engine.load()
         self.outputs = OutputWriter()

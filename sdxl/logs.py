@@ -10,9 +10,12 @@ import logging
 import sys
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: int = logging.INFO, job_lines: bool = True) -> None:
+    """sdxl's log lines to stderr. `job_lines=False` leaves out the engine's per-job lines,
+    for a caller that prints each job's own log lines itself (predict.py)."""
     logger = logging.getLogger("sdxl")
     logger.setLevel(level)
+    logging.getLogger("sdxl.engine").setLevel(level if job_lines else logging.WARNING)
     if not any(getattr(h, "_sdxl", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

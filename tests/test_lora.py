@@ -327,13 +327,13 @@ def test_exception_in_the_body_restores_everything(engine, models, cache, tmp_pa
 def test_cancellation_mid_lora_load_restores_everything(
     engine, models, cache, tmp_path, before, monkeypatch
 ):
-    real = models.base.load_lora_into_text_encoder  # runs after the UNet's adapter is loaded
+    real = models.base.load_lora_into_unet
 
     def load_then_cancel(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.base, "load_lora_into_text_encoder", load_then_cancel)
+    monkeypatch.setattr(models.base, "load_lora_into_unet", load_then_cancel)
     tar = _trained_tar(
         models, tmp_path, **{"lora.safetensors": save(old_format_lora(models.base.unet))}
     )

@@ -158,3 +158,32 @@ def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):
     with pytest.raises(ValueError, match="all 2 images were flagged by the safety checker"):
         call(p, num_outputs=2)
     assert len(call(p, num_outputs=2, disable_safety_checker=True)) == 2
+
+
+def test_a_server_path_given_as_text_is_refused(predictor):
+    """Without Cog's server in front, a string reaches run() as it was sent: never read it."""
+    with pytest.raises(ValueError, match="image must be a file upload"):
+        call(predictor, image="/etc/hostname")
+
+
+def test_once_the_models_cannot_be_trusted_every_call_fails(tiny_weights, monkeypatch):
+    from predict import Predictor
+    from sdxl.engine import EngineBroken
+
+    monkeypatch.setenv("SDXL_WEIGHTS_DIR", str(tiny_weights))
+    p = Predictor()
+    p.setup()
+    unet = p.engine.models.base.unet
+    real = unet.forward
+
+    def poisoned(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(unet, "forward", poisoned)
+    with pytest.raises(EngineBroken, match="device-side assert"):
+        call(p)
+    monkeypatch.setattr(unet, "forward", real)
+    for _ in range(2):
+        with pytest.raises(EngineBroken, match="must be restarted"):
+            call(p)
+    p.engine.close()

@@ -94,9 +94,17 @@ sys.meta_path.insert(0, _Gate())
 class Server:
     """A server process on loopback, its log file, and a few HTTP helpers."""
 
-    def __init__(self, weights: Path, folder: Path, env: dict, args=(), gate: Path | None = None):
+    def __init__(
+        self,
+        weights: Path,
+        folder: Path,
+        env: dict,
+        args=(),
+        gate: Path | None = None,
+        preamble: str = "",
+    ):
         self.gate = gate
-        preamble = "" if gate is None else GATE.format(gate=str(gate))
+        preamble += "" if gate is None else GATE.format(gate=str(gate))
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"server-{self.port}.log"
@@ -435,6 +443,53 @@ def test_requests_run_in_arrival_order_and_health_stays_responsive(server):
     assert [results[i].json()["seeds"] for i in range(5)] == [[500 + i] for i in range(5)]
     assert "seeds [499]" not in server.log()
     assert "disconnected before its images were ready" in server.log()
+
+
+def test_a_client_that_hangs_up_cancels_its_running_job(server):
+    payload = json.dumps({**LONG, "seed": 77}).encode()
+    head = (
+        f"POST {GENERATE} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEYS[0]}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as quitter:
+        quitter.sendall(head.encode() + payload)
+        server.wait_for(lambda h: h["running"] == 1, "busy")
+    server.wait_for(lambda h: h["running"] == 0 and h["queued"] == 0, "free again", timeout=30)
+    (line,) = re.findall(r"job \d+ canceled after .*", server.log())
+    assert "disconnected" in line
+    assert "seeds [77]" not in server.log()  # it never finished
+    assert server.post(small(seed=78)).status_code == 200
+
+
+# Injected into a server process: restoring the shared models after a LoRA fails.
+BREAK_RESTORE = """
+import sdxl.trained.resident
+def _cannot(self):
+    raise RuntimeError("restore injected to fail")
+sdxl.trained.resident.ResidentWeights._disable = _cannot
+"""
+
+
+def test_a_server_whose_models_cannot_be_restored_is_not_ready(tiny_weights, tmp_path):
+    srv = Server(tiny_weights, tmp_path, {"SDXL_API_KEYS": KEYS[0]}, preamble=BREAK_RESTORE)
+    try:
+        srv.wait_ready()
+        broken = srv.post(small(lora_name="offset"))
+        assert broken.status_code == 503
+        assert "restore injected to fail" in broken.json()["detail"]
+        ready = requests.get(srv.base + "/ready", timeout=10)
+        assert ready.status_code == 503 and "restore injected" in ready.json()["error"]
+        assert requests.get(srv.base + "/health", timeout=10).status_code == 503
+        later = srv.post(small())
+        assert later.status_code == 503 and "restarted" in later.json()["detail"]
+    finally:
+        srv.stop()
+
+
+def test_importing_the_api_server_does_not_import_torch():
+    code = "import sys, sdxl.api.server; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_lifecycle_loading_busy_full_draining(tiny_weights, tmp_path):

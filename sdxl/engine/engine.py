@@ -287,11 +287,13 @@ class Engine:
             self._cond.notify_all()
         if self.runner is not None:
             self.runner.release(job)
+        line = end_line(job, error)
+        job.log(line)
+        job_log.info("job %s %s", job.id, line)
         if error is None:
             job.future.set_result(result)
         else:
             job.future.set_exception(error)
-        log_end(job)
         notify(job.events.finished, job)
 
 
@@ -315,21 +317,16 @@ def _wait_through_interruptions(job: Job) -> None:
             continue
 
 
-def log_end(job: Job) -> None:
+def end_line(job: Job, error: BaseException | None) -> str:
     took = job.run_seconds
-    if job.error is None:
-        job_log.info(
-            "job %s done in %.2f s: base ran %d steps, refiner ran %d steps (planned %d + %d); "
-            "seeds %s",
-            job.id,
-            took or 0.0,
-            job.steps["base"],
-            job.steps["refiner"],
-            job.prepared.plan.base_steps,
-            job.prepared.plan.refiner_steps,
-            job.prepared.seeds,
+    if error is None:
+        plan = job.prepared.plan
+        return (
+            f"done in {took or 0.0:.2f} s: base ran {job.steps['base']} steps, refiner ran "
+            f"{job.steps['refiner']} steps (planned {plan.base_steps} + {plan.refiner_steps}); "
+            f"seeds {job.prepared.seeds}"
         )
-    elif took is None:
-        job_log.info("job %s %s before it ran: %s", job.id, job.status, job.error)
-    else:
-        job_log.info("job %s %s after %.2f s: %s", job.id, job.status, took, job.error)
+    status = _status_of(error)
+    if took is None:
+        return f"{status} before it ran: {error}"
+    return f"{status} after {took:.2f} s: {error}"

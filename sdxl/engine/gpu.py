@@ -73,7 +73,7 @@ class Runner:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         prepared = job.prepared
         job.log(prepared.summary())
-        log.info("job %s started: %s", job.id, prepared.summary())
+        log.info("job %s started: %s", job.id, prepared.summary())  # operators' log
         extra = {}
         try:
             active = self.resident.apply(job.weights)

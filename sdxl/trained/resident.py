@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,12 +167,18 @@ class ResidentWeights:
         """What diffusers' `load_lora_weights` does after reading the file (done off the lock)."""
         base = self.models.base
         common = {"network_alphas": lora.alphas, "adapter_name": name, "metadata": lora.metadata}
-        base.load_lora_into_unet(dict(lora.state), unet=base.unet, **common)
-        for prefix in ("text_encoder", "text_encoder_2"):
-            encoder = getattr(base, prefix)
-            base.load_lora_into_text_encoder(
-                dict(lora.state), text_encoder=encoder, prefix=prefix, lora_scale=1.0, **common
-            )
+        with warnings.catch_warnings():  # peft warns whenever a model gets a second adapter
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            base.load_lora_into_unet(dict(lora.state), unet=base.unet, **common)
+            for prefix in ("text_encoder", "text_encoder_2"):
+                if any(key.startswith(f"{prefix}.") for key in lora.state):
+                    base.load_lora_into_text_encoder(
+                        dict(lora.state),
+                        text_encoder=getattr(base, prefix),
+                        prefix=prefix,
+                        lora_scale=1.0,
+                        **common,
+                    )
 
     def _disable(self) -> None:
         if self.loras:

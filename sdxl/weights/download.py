@@ -143,7 +143,7 @@ def _remote_info(hub: Hub, manifest: Sequence[WeightFile]) -> dict[WeightFile, R
             if entry.remote not in found:
                 raise DownloadError(
                     f"{entry.remote} was not found in {repo_id} at revision {revision!r} "
-                    "(HTTP 404); nothing was downloaded. Check MANIFEST in sdxl/download.py"
+                    "(HTTP 404); nothing was downloaded. Check MANIFEST in sdxl/weights/download.py"
                 )
             remote[entry] = found[entry.remote]
     return remote
@@ -184,7 +184,7 @@ def _unreachable(err: HubUnreachable, root: Path, fetched: int) -> DownloadError
     return DownloadError(
         f"cannot reach the Hugging Face Hub at {err.endpoint} ({err.reason}); {done}. "
         f"Run this where the hub is reachable (re-runs resume), or copy the weights into {root} "
-        f"in the layout of sdxl/download.py ({BASE_DIR}/, {REFINER_DIR}/), or run "
+        f"in the layout of sdxl/weights/download.py ({BASE_DIR}/, {REFINER_DIR}/), or run "
         f"`python -m sdxl weights tiny {root}` for a tiny test model"
     )
 
