@@ -21,6 +21,9 @@ DEFAULT_WEIGHTS_DIR = "weights"
 # LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
 NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA
 
+# The predictor's OpenAPI document, as `cog build` writes it (python -m sdxl schema).
+COG_SCHEMA_FILE = Path(__file__).resolve().parent.parent / ".cog" / "openapi_schema.json"
+
 # Sizes: multiples of 8 (the VAE's downscale), within these bounds.
 SIZE_MULTIPLE = 8
 MIN_SIDE = 256
@@ -62,6 +65,16 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "21:9": (1536, 640),
     "9:21": (640, 1536),
 }
+
+
+def cog_input_kinds(schema: dict | None = None) -> dict[str, str]:
+    """Input name -> "integer" | "number" | "boolean" | "string" | "uri", from the predictor's
+    OpenAPI document (the one coglet validates against)."""
+    schema = json.loads(COG_SCHEMA_FILE.read_text()) if schema is None else schema
+    kinds = {}
+    for name, prop in schema["components"]["schemas"]["Input"]["properties"].items():
+        kinds[name] = "uri" if prop.get("format") == "uri" else prop.get("type", "string")
+    return kinds
 
 
 @dataclass(frozen=True)

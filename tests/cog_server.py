@@ -30,9 +30,16 @@ class Server:
     statuses: list[str] = field(default_factory=list)  # health statuses seen while starting
 
     def predict(self, timeout: float = 120, headers: dict | None = None, **inputs):
-        return requests.post(
-            self.base + "/predictions", json={"input": inputs}, timeout=timeout, headers=headers
-        )
+        """POST a prediction; a 409 (coglet's slot not yet back from the previous prediction,
+        for a moment after its answer) is retried, as a Cog client retries it."""
+        deadline = time.monotonic() + 10
+        while True:
+            response = requests.post(
+                self.base + "/predictions", json={"input": inputs}, timeout=timeout, headers=headers
+            )
+            if response.status_code != 409 or time.monotonic() > deadline:
+                return response
+            time.sleep(0.05)
 
     def health(self) -> str:
         return requests.get(self.base + "/health-check", timeout=5).json()["status"]
@@ -49,7 +56,7 @@ class Server:
 
 def start_server(weights: Path, workdir: Path, *extra: str, timeout: float = 120) -> Server:
     """`python -m sdxl serve` on a free port, with its own TMPDIR; waits for READY."""
-    from sdxl.ports import free_port
+    from sdxl.net.ports import free_port
 
     port = free_port()
     tmpdir = workdir / "tmp"

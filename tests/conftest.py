@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_cog_uploads():
+    from helpers import remove_uploads
+
+    yield
+    remove_uploads()
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")

@@ -67,3 +67,27 @@ def save(img: Image.Image, folder: Path, name: str) -> Path:
     path = folder / name
     img.save(path)
     return path
+
+
+_UPLOADS: list[Path] = []
+
+
+def cog_upload(img: Image.Image | bytes, name: str = "file.png") -> Path:
+    """A file where Cog puts what it downloads or decodes for a request (a NamedTemporaryFile in
+    the temp folder), handed over as cog.Path: what run() receives for a file input."""
+    import tempfile
+
+    from cog import Path as CogPath
+
+    with tempfile.NamedTemporaryFile(suffix=name, delete=False) as out:
+        if isinstance(img, bytes):
+            out.write(img)
+        else:
+            img.save(out, "PNG")
+    _UPLOADS.append(Path(out.name))
+    return CogPath(out.name)
+
+
+def remove_uploads() -> None:
+    while _UPLOADS:
+        _UPLOADS.pop().unlink(missing_ok=True)

@@ -246,7 +246,7 @@ def test_host_memory_for_prepared_weights_is_bounded():
 
 def test_memory_queue_is_fifo_and_discards():
     queue = MemoryQueue()
-    jobs = [Job(str(i), Request(), None, i) for i in range(3)]
+    jobs = [Job(str(i), Request()) for i in range(3)]
     for job in jobs:
         queue.put(job)
     assert queue.discard(jobs[1]) and not queue.discard(jobs[1])

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sdxl.errors import InputError
-from sdxl.trained import http_get
+from sdxl.net import http_get
 from sdxl.trained.fetch import DownloadCache, FetchError, FetchSettings, parse_size, redact
 
 KB = 1024

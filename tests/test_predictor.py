@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import half_mask, pixels, save, smooth_image
+from helpers import cog_upload, half_mask, pixels, smooth_image
 from PIL import Image
 
 from sdxl.config import COG_INPUTS
@@ -82,8 +82,8 @@ def test_nothing_carries_over_between_predictions(predictor, tmp_path):
         "refine": "expert_ensemble_refiner",
         "num_outputs": 2,
         "guidance_scale": 2.0,
-        "image": save(smooth_image(256, 256), tmp_path, "in.png"),
-        "mask": save(half_mask(256, 256), tmp_path, "mask.png"),
+        "image": cog_upload(smooth_image(256, 256), "in.png"),
+        "mask": cog_upload(half_mask(256, 256), "mask.png"),
         "negative_prompt": "blurry",
     }
     first = call(predictor, **a)[0].read_bytes()
@@ -93,7 +93,7 @@ def test_nothing_carries_over_between_predictions(predictor, tmp_path):
 
 
 def test_img2img_output_takes_image_size(predictor, tmp_path):
-    image = save(smooth_image(333, 517), tmp_path, "odd.png")
+    image = cog_upload(smooth_image(333, 517), "odd.png")
     (path,) = call(predictor, image=image, width=1024, height=1024, prompt_strength=0.7)
     with Image.open(path) as img:
         assert img.size == (328, 512)  # floored to multiples of 8; width/height ignored
@@ -105,8 +105,8 @@ def test_inpaint_keeps_black_pixels(predictor, tmp_path, refine):
     mask = half_mask(256, 256)
     paths = call(
         predictor,
-        image=save(source, tmp_path, "in.png"),
-        mask=save(mask, tmp_path, "mask.png"),
+        image=cog_upload(source, "in.png"),
+        mask=cog_upload(mask, "mask.png"),
         prompt_strength=0.95,
         num_inference_steps=6,
         refine=refine,
@@ -124,8 +124,8 @@ def test_mask_with_same_aspect_is_resized(predictor, tmp_path):
     mask = half_mask(256, 128)
     (path,) = call(
         predictor,
-        image=save(source, tmp_path, "in.png"),
-        mask=save(mask, tmp_path, "mask.png"),
+        image=cog_upload(source, "in.png"),
+        mask=cog_upload(mask, "mask.png"),
         prompt_strength=0.9,
     )
     with Image.open(path) as img:
@@ -136,7 +136,7 @@ def test_mask_with_same_aspect_is_resized(predictor, tmp_path):
 
 def test_transparent_image_is_flattened(predictor, tmp_path):
     rgba = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
-    (path,) = call(predictor, image=save(rgba, tmp_path, "clear.png"), prompt_strength=0.5)
+    (path,) = call(predictor, image=cog_upload(rgba, "clear.png"), prompt_strength=0.5)
     with Image.open(path) as img:
         assert img.size == (256, 256)
 
@@ -162,8 +162,12 @@ def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):
 
 def test_a_server_path_given_as_text_is_refused(predictor):
     """Without Cog's server in front, a string reaches run() as it was sent: never read it."""
+    from cog import Path as CogPath
+
     with pytest.raises(ValueError, match="image must be a file upload"):
         call(predictor, image="/etc/hostname")
+    with pytest.raises(ValueError, match="image must be a file upload"):
+        call(predictor, image=CogPath("/etc/hostname"))  # a Path, but not one Cog wrote
 
 
 def test_once_the_models_cannot_be_trusted_every_call_fails(tiny_weights, monkeypatch):

@@ -6,33 +6,26 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from api_server import GENERATE, KEYS, REPO, Server
 from helpers import assert_same_image, generator, reference_scheduler, smooth_image, with_scheduler
 from PIL import Image
 
 from sdxl.core.watermark import apply_watermark
-from sdxl.ports import free_port
 
 pytestmark = pytest.mark.http
 
-REPO = Path(__file__).resolve().parent.parent
-GENERATE = "/v1/images/stable-diffusion-xl/generate"
-KEYS = ("test-key-alpha", "test-key-beta")
 SIZE = 256
 LONG = {"prompt": "a long job", "height": SIZE, "width": SIZE, "num_inference_steps": 60}
-START_TIMEOUT_S = 180
 
 # The three curl examples of the DataCrunch document, verbatim; `for_cpu` changes only the
 # size and the step counts.
@@ -74,94 +67,6 @@ def small(seed: int = 1, **extra) -> dict:
     """A quick request (two steps at 256x256)."""
     body = {"prompt": "a photo of a cat", "height": SIZE, "width": SIZE, "seed": seed}
     return {**body, "num_inference_steps": 2, **extra}
-
-
-# A stand-in for a slow disk: the server imports diffusers in its model-loading thread, and
-# that import waits until the gate file exists.
-GATE = """
-import importlib.abc, os, sys, time
-class _Gate(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "diffusers":
-            while not os.path.exists({gate!r}):
-                time.sleep(0.05)
-            sys.meta_path.remove(self)
-        return None
-sys.meta_path.insert(0, _Gate())
-"""
-
-
-class Server:
-    """A server process on loopback, its log file, and a few HTTP helpers."""
-
-    def __init__(
-        self,
-        weights: Path,
-        folder: Path,
-        env: dict,
-        args=(),
-        gate: Path | None = None,
-        preamble: str = "",
-    ):
-        self.gate = gate
-        preamble += "" if gate is None else GATE.format(gate=str(gate))
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = folder / f"server-{self.port}.log"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("SDXL_")}
-        # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make the
-        # tiny model's microsecond ops 10-50x slower whenever another process holds a core.
-        clean.update(SDXL_WEIGHTS_DIR=str(weights), SDXL_DTYPE="float32", OMP_NUM_THREADS="1")
-        clean.update(env)
-        argv = ["--port", str(self.port), *args]
-        code = preamble + f"from sdxl.api.server import main; raise SystemExit(main({argv!r}))"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code], cwd=REPO, env=clean, stdout=log, stderr=log
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def health(self) -> dict:
-        return requests.get(self.base + "/health", timeout=10).json()
-
-    def wait_for(self, condition, what: str, timeout: float = START_TIMEOUT_S) -> float:
-        """Poll /health until `condition(report)`; returns the slowest /health answer seen."""
-        deadline, slowest = time.monotonic() + timeout, 0.0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            started = time.monotonic()
-            try:
-                report = self.health()
-            except requests.ConnectionError:
-                time.sleep(0.05)
-                continue
-            slowest = max(slowest, time.monotonic() - started)
-            if condition(report):
-                return slowest
-            time.sleep(0.05)
-        pytest.fail(f"server never became {what}:\n{self.log()}")
-
-    def wait_ready(self) -> None:
-        self.wait_for(lambda h: h["status"] == "ready", "ready")
-
-    def post(self, body, key: str | None = KEYS[0], **kwargs) -> requests.Response:
-        headers = kwargs.pop("headers", {})
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        if isinstance(body, dict):
-            kwargs["json"] = body
-        else:
-            kwargs["data"] = body
-            headers.setdefault("Content-Type", "application/json")
-        return requests.post(self.base + GENERATE, headers=headers, timeout=300, **kwargs)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

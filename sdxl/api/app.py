@@ -15,12 +15,15 @@ from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
 from sdxl.api.errors import ApiError
 from sdxl.api.limits import BodyLimitMiddleware
+from sdxl.api.replicate import routes as replicate
+from sdxl.api.replicate.predictions import Predictions
 from sdxl.api.service import FAILED, READY, Service
 from sdxl.api.settings import Settings
 
 DESCRIPTION = """\
-Stable Diffusion XL 1.0 behind the DataCrunch inference API: the same JSON body, the same
-defaults. Authenticate with `Authorization: Bearer <your_api_key>`.
+Stable Diffusion XL 1.0 behind two APIs: Replicate's prediction API (`/v1/predictions`, for
+the official Replicate clients) and the DataCrunch inference endpoint (the same JSON body,
+the same defaults). Authenticate with `Authorization: Bearer <your_api_key>`.
 
 The defaults are DataCrunch's (DDIM, guidance_scale 4.0, linspace spacing, seed 42), not
 the Cog predictor's, so the same prompt gives different images on the two APIs unless the
@@ -29,12 +32,17 @@ bounded queue (429 with Retry-After when it is full). `/health` always answers a
 """
 
 
-def create_app(service: Service, settings: Settings, keys: ApiKeys | None) -> FastAPI:
-    """The app around `service`; `keys=None` serves without authentication (--no-auth)."""
+def create_app(
+    service: Service, settings: Settings, keys: ApiKeys | None, predictions: Predictions | None
+) -> FastAPI:
+    """The app around `service`; `keys=None` serves without authentication (--no-auth);
+    `predictions` serves Replicate's API beside the DataCrunch endpoint."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start_loading()
+        if predictions is not None:
+            predictions.start_housekeeping()
         yield
         await asyncio.to_thread(service.wait_idle)
 
@@ -66,6 +74,8 @@ def create_app(service: Service, settings: Settings, keys: ApiKeys | None) -> Fa
         return JSONResponse(report, status_code=200 if report["status"] == READY else 503)
 
     app.include_router(datacrunch.router(service, settings))
+    if predictions is not None:
+        app.include_router(replicate.router(predictions, service, settings))
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -100,7 +100,6 @@ class AuthMiddleware:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        response = JSONResponse(
-            {"detail": problem}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-        )
+        body = {"title": "Unauthenticated", "detail": problem, "status": 401}  # Replicate's shape
+        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)

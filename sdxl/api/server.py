@@ -22,6 +22,8 @@ import uvicorn
 
 from sdxl.api.app import create_app
 from sdxl.api.auth import ApiKeys, load_api_keys
+from sdxl.api.replicate.predictions import Predictions
+from sdxl.api.replicate.store import Store, StoreLimits
 from sdxl.api.service import DRAINING, FAILED, Service
 from sdxl.api.settings import Settings, SettingsError
 from sdxl.config import Runtime
@@ -79,7 +81,7 @@ class QuietProbes(logging.Filter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sdxl api",
-        description="Serve SDXL over the DataCrunch-style REST API.",
+        description="Serve SDXL over Replicate's prediction API and the DataCrunch endpoint.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
@@ -118,6 +120,22 @@ def _keys(no_auth: bool, host: str) -> ApiKeys | None:
     return ApiKeys(keys)
 
 
+def open_predictions(settings: Settings) -> Predictions:
+    """The Replicate API's store (SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set),
+    with what a restart left behind settled."""
+    if settings.database_url is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    limits = StoreLimits(
+        ttl_s=settings.prediction_ttl_s,
+        max_predictions=settings.max_stored_predictions,
+        max_bytes=settings.max_stored_bytes,
+        max_queued=settings.max_queued_predictions,
+    )
+    predictions = Predictions(Store(settings.store_url, limits), settings)
+    predictions.recover()
+    return predictions
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -131,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # SettingsError, or SDXL_DTYPE / SDXL_MAX_* settings
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
-    service = Service(Engine(runtime, engine_settings))
-    app = create_app(service, settings, keys)
+    try:
+        predictions = open_predictions(settings)
+    except Exception as err:  # a database that cannot be opened: say which and why
+        print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    service = Service(Engine(runtime, engine_settings, queue=predictions.queue))
+    app = create_app(service, settings, keys, predictions)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -20,8 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sdxl.cog.serve import ROOT, input_kinds
-from sdxl.ports import free_port
+from sdxl.cog.serve import ROOT
+from sdxl.config import cog_input_kinds
+from sdxl.net.ports import free_port
 
 READY_TIMEOUT = float(os.environ.get("SDXL_READY_TIMEOUT", "1800"))  # real weights load slowly
 
@@ -115,8 +116,7 @@ def write_outputs(outputs: list, folder: Path) -> list[Path]:
 
 
 def predict(pairs: list[str], out_dir: Path) -> int:
-    schema = json.loads((ROOT / ".cog" / "openapi_schema.json").read_text())
-    inputs = parse_inputs(pairs, input_kinds(schema))
+    inputs = parse_inputs(pairs, cog_input_kinds())
     port = free_port()
     cmd = [sys.executable, "-m", "sdxl", "serve", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"

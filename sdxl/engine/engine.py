@@ -141,7 +141,7 @@ class Engine:
         self, request: Request, *, events: JobEvents | None = None, job_id: str | None = None
     ) -> Job:
         """Queue `request`; the returned job ends succeeded, failed or canceled."""
-        job = Job(job_id or str(next(self._ids)), request, events, next(self._seq))
+        job = Job(job_id or str(next(self._ids)), request, events)
         job._on_cancel = self._cancel
         if self._closed:
             self._end(job, JobCanceled("the server is shutting down"))
@@ -202,6 +202,8 @@ class Engine:
                     self._end(job, JobCanceled(job.cancel_reason))
                     continue
                 job.status = PREPARING
+                job.seq = next(self._seq)
+                job._on_cancel = self._cancel
                 self._claimed.append(job)
             self._pool.submit(self._prepare, job)
 

@@ -53,6 +53,8 @@ class Runner:
     # ---- a preparation thread -----------------------------------------------------------
     def prepare(self, job: Job) -> None:
         job.check()
+        if job.build is not None:
+            job.request = job.build(job)
         prepared = prepare(self.models, job.request)
         job.weights = prepare_weights(prepared.request.adapters, self.resolver, job.check)
         if job.weights is not None:

@@ -76,11 +76,21 @@ class JobEvents:
 
 
 class Job:
-    def __init__(self, job_id: str, request: Request, events: JobEvents | None, seq: int):
+    """`request`, or `build(job)` called on a preparation thread to make it (a job whose inputs
+    must be fetched first); `build` may call `job.check()` and raise InputError."""
+
+    def __init__(
+        self,
+        job_id: str,
+        request: Request | None,
+        events: JobEvents | None = None,
+        build: Callable[[Job], Request] | None = None,
+    ):
         self.id = job_id
         self.request = request
+        self.build = build
         self.events = events or JobEvents()
-        self.seq = seq  # submission order: the GPU takes ready jobs in this order
+        self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
         self.status = QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None

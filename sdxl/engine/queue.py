@@ -46,6 +46,11 @@ class MemoryQueue:
                 return None
             return self._jobs.popleft()
 
+    def oldest(self) -> float | None:
+        """When the oldest waiting job was created (None when none waits)."""
+        with self._cond:
+            return self._jobs[0].created_at if self._jobs else None
+
     def discard(self, job: Job) -> bool:
         with self._cond:
             try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sdxl.errors import InputError
-from sdxl.trained import http_get
+from sdxl.net import http_get
 
 log = logging.getLogger(__name__)
 

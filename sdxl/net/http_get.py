@@ -1,4 +1,4 @@
-"""One hardened HTTP(S) GET for `sdxl.fetch`: stdlib only, every limit explicit.
+"""One hardened HTTP(S) request: stdlib only, every limit explicit.
 
 http/https only; redirects counted and checked (never to another scheme, never from https
 down to plain http); the host resolved once, optionally refused when it is not public, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
@@ -184,3 +185,39 @@ def _resolve(host: str, port: int, public_only: bool, fail: Fail) -> list[tuple[
 def is_public(ip: str) -> bool:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     return addr.is_global and not addr.is_multicast
+
+
+def get_bytes(url: str, lim: Limits, limit: int, fail: Fail) -> tuple[bytes, str | None]:
+    """The whole body of a GET (at most `limit` bytes) and its Content-Type."""
+    conn, response, _final = open_url(url, lim, fail)
+    try:
+        expected = content_length(response)
+        if expected is not None and expected > limit:
+            raise fail(f"it is {expected} bytes; the limit is {limit}")
+        out = io.BytesIO()
+        got, _sha = stream(response, out, limit, lim, fail)
+        if expected is not None and got != expected:
+            raise fail(f"got {got} bytes of the {expected} announced (truncated)")
+        return out.getvalue(), response.getheader("Content-Type")
+    finally:
+        conn.close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str], lim: Limits, fail: Fail) -> int:
+    """POST `body` to `url` (no redirects followed); the response status."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise fail(f"{parts.scheme or 'schemeless'} URLs are not supported; give an http(s) URL")
+    conn = _connect(url, lim, fail)
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", target, body, {"User-Agent": lim.user_agent, **headers})
+        response = conn.getresponse()
+        response.read(64 << 10)
+        return response.status
+    except TimeoutError:
+        raise fail(f"no response within {lim.read_timeout:g} s (read timeout)") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise fail(f"the request failed ({type(err).__name__})") from None
+    finally:
+        conn.close()

@@ -1,0 +1,367 @@
+"""Where the Replicate API keeps predictions, their outputs and uploaded files.
+
+SQLAlchemy Core over an embedded SQLite file in SDXL_STATE_DIR by default, or any database
+SDXL_DATABASE_URL names: a restart keeps every prediction and its outputs, and queued ones
+are still queued. Outputs and files are stored in the database itself, so that whatever can
+read a prediction can read its outputs. Rows are removed SDXL_PREDICTION_TTL seconds after
+they end (files after they were uploaded), and the store is bounded by count and bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING = "starting", "processing"
+ENDED = ("succeeded", "failed", "canceled")
+
+meta = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    meta,
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=True),  # FIFO order
+    sa.Column("id", sa.String(40), unique=True, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("logs", sa.Text, nullable=False, default=""),
+    sa.Column("error", sa.Text),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("output_count", sa.Integer),  # None until it succeeds
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("completed_at", sa.Float),
+    sa.Column("webhook", sa.Text),
+    sa.Column("webhook_events_filter", sa.JSON),
+    sa.Column("claimed_by", sa.String(64)),  # the replica preparing or running it
+    sa.Column("origin", sa.String(300)),  # the creating request's origin, for its file URLs
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+)
+outputs = sa.Table(
+    "outputs",
+    meta,
+    sa.Column("prediction_id", sa.String(40), primary_key=True),
+    sa.Column("index", sa.Integer, primary_key=True),
+    sa.Column("token", sa.String(64), unique=True, nullable=False),  # unguessable URL part
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+files = sa.Table(
+    "files",
+    meta,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+settings = sa.Table(
+    "settings",
+    meta,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+class StoreFull(Exception):
+    """Too many predictions wait already."""
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    ttl_s: float = 3600.0  # SDXL_PREDICTION_TTL: kept this long after they end
+    max_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
+    max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
+    max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
+
+
+def new_id() -> str:
+    """A Replicate-style id: 26 lowercase letters and digits."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(26))
+
+
+class Store:
+    def __init__(self, url: str, limits: StoreLimits | None = None):
+        self.limits = limits or StoreLimits()
+        options: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.db = sa.create_engine(url, **options)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.db, "connect", _sqlite_pragmas)
+        meta.create_all(self.db)
+        self.url = url
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self.db.begin() as conn:
+            yield conn
+
+    # ---- predictions --------------------------------------------------------------------
+    def create(self, row: dict) -> dict:
+        """Insert a queued prediction; StoreFull when too many wait already."""
+        with self._tx() as conn:
+            waiting = conn.scalar(sa.select(sa.func.count()).where(predictions.c.status == QUEUED))
+            if waiting >= self.limits.max_queued:
+                raise StoreFull(waiting)
+            row = {**row, "status": QUEUED, "logs": "", "created_at": time.time()}
+            conn.execute(predictions.insert().values(**row))
+        return self.get(row["id"])
+
+    def get(self, prediction_id: str) -> dict | None:
+        with self.db.connect() as conn:
+            found = conn.execute(
+                sa.select(predictions).where(predictions.c.id == prediction_id)
+            ).first()
+        return None if found is None else dict(found._mapping)
+
+    def page(self, before: int | None, size: int) -> list[dict]:
+        """Newest first: `size` predictions numbered below `before` (None: the newest)."""
+        query = sa.select(predictions).order_by(predictions.c.number.desc()).limit(size)
+        if before is not None:
+            query = query.where(predictions.c.number < before)
+        with self.db.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count_queued(self) -> int:
+        with self.db.connect() as conn:
+            query = sa.select(sa.func.count()).where(
+                predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)
+            )
+            return conn.scalar(query)
+
+    def oldest_queued(self) -> float | None:
+        """When the oldest unclaimed queued prediction was created."""
+        with self.db.connect() as conn:
+            return conn.scalar(
+                sa.select(sa.func.min(predictions.c.created_at)).where(
+                    predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)
+                )
+            )
+
+    def claim(self, replica: str) -> dict | None:
+        """The oldest queued prediction nobody has claimed, now claimed by `replica`."""
+        for _ in range(10):  # another replica may win the race for a row: take the next
+            with self._tx() as conn:
+                query = (
+                    sa.select(predictions.c.number)
+                    .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None))
+                    .order_by(predictions.c.number)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                number = conn.scalar(query)
+                if number is None:
+                    return None
+                won = conn.execute(
+                    predictions.update()
+                    .where(predictions.c.number == number, predictions.c.claimed_by.is_(None))
+                    .values(claimed_by=replica)
+                ).rowcount
+                if won:
+                    row = conn.execute(
+                        sa.select(predictions).where(predictions.c.number == number)
+                    ).first()
+                    return dict(row._mapping)
+        return None
+
+    def update(self, prediction_id: str, **values) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                predictions.update().where(predictions.c.id == prediction_id).values(**values)
+            )
+
+    def started(self, prediction_id: str) -> None:
+        self.update(prediction_id, status=RUNNING, started_at=time.time())
+
+    def finish(
+        self,
+        prediction_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        metrics: dict | None = None,
+        logs: str | None = None,
+        images: list[tuple[str, str, bytes]] = (),
+    ) -> None:
+        """End a prediction; `images` are (name, content type, bytes) of its outputs."""
+        values: dict[str, Any] = {"status": status, "completed_at": time.time()}
+        values.update(error=error, metrics=metrics, claimed_by=None)
+        if logs is not None:
+            values["logs"] = logs
+        if status == "succeeded":
+            values["output_count"] = len(images)
+        with self._tx() as conn:
+            for index, (name, content_type, data) in enumerate(images):
+                conn.execute(
+                    outputs.insert().values(
+                        prediction_id=prediction_id,
+                        index=index,
+                        token=secrets.token_urlsafe(24),
+                        name=name,
+                        content_type=content_type,
+                        data=data,
+                    )
+                )
+            conn.execute(
+                predictions.update()
+                .where(predictions.c.id == prediction_id, predictions.c.status.not_in(ENDED))
+                .values(**values)
+            )
+
+    def outputs_of(self, prediction_id: str) -> list[dict]:
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                sa.select(outputs)
+                .where(outputs.c.prediction_id == prediction_id)
+                .order_by(outputs.c.index)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def output_by_token(self, token: str) -> dict | None:
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(outputs).where(outputs.c.token == token)).first()
+        return None if row is None else dict(row._mapping)
+
+    def request_cancel(self, prediction_id: str) -> bool:
+        """Cancel a queued prediction at once (True); mark a claimed one for its replica."""
+        with self._tx() as conn:
+            done = conn.execute(
+                predictions.update()
+                .where(
+                    predictions.c.id == prediction_id,
+                    predictions.c.status == QUEUED,
+                    predictions.c.claimed_by.is_(None),
+                )
+                .values(status="canceled", completed_at=time.time(), cancel_requested=True)
+            ).rowcount
+            if done:
+                return True
+            conn.execute(
+                predictions.update()
+                .where(predictions.c.id == prediction_id, predictions.c.status.not_in(ENDED))
+                .values(cancel_requested=True)
+            )
+        return False
+
+    def recover(self, message: str) -> tuple[int, int]:
+        """After a restart of the only replica: what was running failed, what was claimed
+        but not started is queued again. (failed, requeued)"""
+        now = time.time()
+        with self._tx() as conn:
+            failed = conn.execute(
+                predictions.update()
+                .where(predictions.c.status == RUNNING)
+                .values(status="failed", error=message, completed_at=now, claimed_by=None)
+            ).rowcount
+            requeued = conn.execute(
+                predictions.update()
+                .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_not(None))
+                .values(claimed_by=None)
+            ).rowcount
+        return failed, requeued
+
+    # ---- files --------------------------------------------------------------------------
+    def add_file(self, name: str, content_type: str, data: bytes, metadata: dict) -> dict:
+        row = {
+            "id": new_id(),
+            "name": name,
+            "content_type": content_type,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "metadata": metadata,
+            "created_at": time.time(),
+            "data": data,
+        }
+        with self._tx() as conn:
+            conn.execute(files.insert().values(**row))
+        return row
+
+    def get_file(self, file_id: str, with_data: bool = False) -> dict | None:
+        columns = [c for c in files.c if with_data or c.name != "data"]
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(*columns).where(files.c.id == file_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    # ---- settings -----------------------------------------------------------------------
+    def setting(self, name: str, make) -> str:
+        """The stored value of `name`, made with `make()` and stored the first time."""
+        with self._tx() as conn:
+            value = conn.scalar(sa.select(settings.c.value).where(settings.c.name == name))
+            if value is None:
+                value = make()
+                conn.execute(settings.insert().values(name=name, value=value))
+        return value
+
+    # ---- expiry -------------------------------------------------------------------------
+    def expire(self, now: float | None = None) -> int:
+        """Remove what outlived SDXL_PREDICTION_TTL, then the oldest ended predictions while
+        the store is over its count or byte bound. Returns how many rows went."""
+        now = time.time() if now is None else now
+        cutoff = now - self.limits.ttl_s
+        removed = 0
+        with self._tx() as conn:
+            old = conn.execute(
+                sa.select(predictions.c.id).where(
+                    predictions.c.status.in_(ENDED), predictions.c.completed_at < cutoff
+                )
+            ).scalars()
+            removed += self._delete_predictions(conn, list(old))
+            removed += conn.execute(files.delete().where(files.c.created_at < cutoff)).rowcount
+            while self._over_bounds(conn):
+                oldest = conn.execute(
+                    sa.select(predictions.c.id)
+                    .where(predictions.c.status.in_(ENDED))
+                    .order_by(predictions.c.number)
+                    .limit(50)
+                ).scalars()
+                batch = list(oldest)
+                if not batch:
+                    break
+                removed += self._delete_predictions(conn, batch)
+        return removed
+
+    def _delete_predictions(self, conn, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        conn.execute(outputs.delete().where(outputs.c.prediction_id.in_(ids)))
+        return conn.execute(predictions.delete().where(predictions.c.id.in_(ids))).rowcount
+
+    def _over_bounds(self, conn) -> bool:
+        count = conn.scalar(sa.select(sa.func.count()).select_from(predictions))
+        over = count > self.limits.max_predictions
+        return over or _stored_bytes(conn) > self.limits.max_bytes
+
+    def stored_bytes(self) -> int:
+        with self.db.connect() as conn:
+            return _stored_bytes(conn)
+
+
+def _stored_bytes(conn) -> int:
+    total = sa.func.coalesce(sa.func.sum(sa.func.length(outputs.c.data)), 0)
+    return conn.scalar(sa.select(total)) + conn.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
+    )
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -1,0 +1,1 @@
+"""Outbound HTTP the product makes itself (hostile URLs: weights, images, webhooks)."""

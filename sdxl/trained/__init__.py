@@ -1,0 +1,1 @@
+"""Trained weights: downloads, Replicate trainer tars, LoRA formats, resident adapters."""

@@ -1,0 +1,1 @@
+"""Weight files: the real SDXL download, and the offline builders (tiny models for tests)."""

@@ -1,0 +1,109 @@
+"""A server process of `python -m sdxl api` on loopback, for the API tests (real HTTP)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from sdxl.net.ports import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATE = "/v1/images/stable-diffusion-xl/generate"
+KEYS = ("test-key-alpha", "test-key-beta")
+START_TIMEOUT_S = 180
+
+
+# A stand-in for a slow disk: the server imports diffusers in its model-loading thread, and
+# that import waits until the gate file exists.
+GATE = """
+import importlib.abc, os, sys, time
+class _Gate(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "diffusers":
+            while not os.path.exists({gate!r}):
+                time.sleep(0.05)
+            sys.meta_path.remove(self)
+        return None
+sys.meta_path.insert(0, _Gate())
+"""
+
+
+class Server:
+    """A server process on loopback, its log file, and a few HTTP helpers."""
+
+    def __init__(
+        self,
+        weights: Path,
+        folder: Path,
+        env: dict,
+        args=(),
+        gate: Path | None = None,
+        preamble: str = "",
+        port: int | None = None,
+    ):
+        self.gate = gate
+        preamble += "" if gate is None else GATE.format(gate=str(gate))
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / f"server-{self.port}.log"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SDXL_")}
+        # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make the
+        # tiny model's microsecond ops 10-50x slower whenever another process holds a core.
+        clean.update(SDXL_WEIGHTS_DIR=str(weights), SDXL_DTYPE="float32", OMP_NUM_THREADS="1")
+        clean.update(SDXL_STATE_DIR=str(folder / f"state-{self.port}"))
+        clean.update(env)
+        argv = ["--port", str(self.port), *args]
+        code = preamble + f"from sdxl.api.server import main; raise SystemExit(main({argv!r}))"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], cwd=REPO, env=clean, stdout=log, stderr=log
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self) -> dict:
+        return requests.get(self.base + "/health", timeout=10).json()
+
+    def wait_for(self, condition, what: str, timeout: float = START_TIMEOUT_S) -> float:
+        """Poll /health until `condition(report)`; returns the slowest /health answer seen."""
+        deadline, slowest = time.monotonic() + timeout, 0.0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            started = time.monotonic()
+            try:
+                report = self.health()
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            slowest = max(slowest, time.monotonic() - started)
+            if condition(report):
+                return slowest
+            time.sleep(0.05)
+        pytest.fail(f"server never became {what}:\n{self.log()}")
+
+    def wait_ready(self) -> None:
+        self.wait_for(lambda h: h["status"] == "ready", "ready")
+
+    def post(self, body, key: str | None = KEYS[0], **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        if isinstance(body, dict):
+            kwargs["json"] = body
+        else:
+            kwargs["data"] = body
+            headers.setdefault("Content-Type", "application/json")
+        return requests.post(self.base + GENERATE, headers=headers, timeout=300, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
