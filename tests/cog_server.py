@@ -44,6 +44,16 @@ class Server:
     def health(self) -> str:
         return requests.get(self.base + "/health-check", timeout=5).json()["status"]
 
+    def settles_ready(self, timeout: float = 30) -> bool:
+        """True once /health-check says READY: coglet reports BUSY for a moment after a
+        prediction's answer, until its slot is back."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.health() == "READY":
+                return True
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -174,7 +174,7 @@ def test_invalid_inputs_are_named_and_leave_the_server_clean(server, fresh_bytes
             body = response.json()
             assert body["status"] == "failed", (bad.keys(), body)
             assert expected in body["error"], body["error"]
-        assert server.health() == "READY"
+        assert server.settles_ready()
     assert output_bytes(server.predict(**VALID)) == fresh_bytes
 
 
