@@ -25,10 +25,40 @@ def _weights_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_random_full(args: argparse.Namespace) -> int:
+    from sdxl.weights.random_full import build_random_full
+
+    started = time.perf_counter()
+    try:
+        root = build_random_full(Path(args.dir))
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    took = time.perf_counter() - started
+    print(f"full-size random-weight SDXL written to {root} in {took:.0f} s")
+    return 0
+
+
 def _weights_download(args: argparse.Namespace) -> int:
     from sdxl.weights.download import main as download_main
 
     return download_main(args.dir)
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sdxl.config import Runtime
+    from sdxl.core.compiled import use_cache_dir
+    from sdxl.core.pipelines import load_models
+
+    runtime = dataclasses.replace(Runtime.from_env(), compile=True, warmup="1")
+    started = time.perf_counter()
+    load_models(runtime)
+    cache = use_cache_dir(runtime.weights_dir)
+    took = time.perf_counter() - started
+    print(f"compiled and warmed up for {runtime.compile_shapes} in {took:.0f} s; cache in {cache}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--flag-everything", action="store_true", help="a safety checker that flags every image"
     )
     tiny.set_defaults(func=_weights_tiny)
+    full = what.add_parser(
+        "random-full", help="build a full-size SDXL with random weights (benchmarks), offline"
+    )
+    full.add_argument("dir", help="weights root to write base/, refiner/ and the rest into")
+    full.set_defaults(func=_weights_random_full)
+
+    warmup = commands.add_parser(
+        "warmup",
+        help="torch.compile for SDXL_COMPILE_SHAPES on this GPU and fill the Inductor cache "
+        "(SDXL_COMPILE_CACHE) that a Cog image can ship",
+    )
+    warmup.set_defaults(func=_warmup)
 
     serve = commands.add_parser("serve", help="run Cog's prediction server for predict.py")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")

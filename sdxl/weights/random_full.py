@@ -1,0 +1,203 @@
+"""A full-size SDXL 1.0 with random weights, offline, in the layout of `weights download`.
+
+Every module is SDXL's real configuration (`sdxl_configs`), declared on the meta device and
+written straight to fp16 safetensors one tensor at a time: no module is ever materialised and
+no float32 copy of a model is made. Random weights time exactly like real ones, so every
+benchmark can run at full size where the Hub cannot be reached. The tokenizers are CLIP's real
+BPE files when `open_clip_torch` is installed (`pip install --no-deps open_clip_torch`); the
+images it makes are noise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
+from sdxl.weights import sdxl_configs as configs
+from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode
+
+CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
+DTYPE = torch.float16
+
+
+def random_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """fp16 random values for every tensor of a meta-device `module`: norms 1, biases 0,
+    embeddings N(0, 0.02), weights N(0, 0.5 / sqrt(fan_in)) so activations stay finite."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, meta in module.state_dict().items():
+        shape = tuple(meta.shape)
+        if not meta.is_floating_point():
+            out[name] = torch.zeros(shape, dtype=meta.dtype)
+        elif "norm" in name and name.endswith("weight"):
+            out[name] = torch.ones(shape, dtype=DTYPE)
+        elif name.endswith("bias") or len(shape) <= 1:
+            out[name] = torch.zeros(shape, dtype=DTYPE)
+        else:
+            fan_in = math.prod(shape[1:])
+            std = 0.02 if "embed" in name else 0.5 / math.sqrt(fan_in)
+            out[name] = (torch.randn(shape, generator=g) * std).to(DTYPE)
+    return out
+
+
+def _write(folder: Path, weights_name: str, module_fn: Callable, seed: int, config_fn) -> int:
+    """Declare the module on the meta device, write its config and random fp16 weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        module = module_fn()
+    config_fn(module, folder)
+    state = random_state(module, seed)
+    save_file(state, str(folder / weights_name), metadata={"format": "pt"})
+    return sum(t.numel() for t in state.values())
+
+
+def _diffusers(cls_name: str, config: dict):
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    return (lambda: cls.from_config(config)), (lambda m, folder: m.save_config(folder))
+
+
+def _clip_text(cls_name: str, values: dict):
+    import transformers
+
+    config = transformers.CLIPTextConfig(**values)
+    cls = getattr(transformers, cls_name)
+    config.architectures = [cls_name]
+    return (lambda: cls(config)), (lambda m, folder: config.save_pretrained(folder))
+
+
+def clip_bpe_file() -> Path | None:
+    """open_clip's copy of CLIP's BPE merges, found without importing open_clip."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    return path if path.is_file() else None
+
+
+def write_clip_tokenizer(folder: Path, pad_token: str, bpe: Path) -> None:
+    """vocab.json and merges.txt as in openai/clip-vit-large-patch14, from CLIP's BPE file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(bpe) as f:
+        lines = f.read().decode("utf-8").split("\n")[1 : CLIP_MERGES + 1]
+    merges = [tuple(line.split()) for line in lines]
+    base = list(bytes_to_unicode().values())
+    tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    merge_lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
+    (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    config = {
+        **special,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": True,
+        "do_lower_case": True,
+        "errors": "replace",
+        "model_max_length": 77,
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_random_full(root: Path, log=print) -> Path:
+    """Write base/, refiner/, safety_checker/ and loras/ under `root` (about 12 GB)."""
+    bpe = clip_bpe_file()
+    if bpe is None:
+        raise RuntimeError(
+            "CLIP's tokenizer files come from the open_clip_torch package: "
+            "`pip install --no-deps open_clip_torch` (--no-deps: it would pull another torch)"
+        )
+    root = Path(root)
+    staging = root / ".random-full-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    base, refiner = staging / BASE_DIR, staging / REFINER_DIR
+    parts = [  # (folder, library, class, config, seed)
+        (base / "unet", "diffusers", "UNet2DConditionModel", configs.BASE_UNET, 1),
+        (refiner / "unet", "diffusers", "UNet2DConditionModel", configs.REFINER_UNET, 2),
+        (base / "text_encoder", "transformers", "CLIPTextModel", configs.TEXT_ENCODER, 3),
+        (
+            base / "text_encoder_2",
+            "transformers",
+            "CLIPTextModelWithProjection",
+            configs.TEXT_ENCODER_2,
+            4,
+        ),
+        (base / "vae", "diffusers", "AutoencoderKL", configs.VAE, 5),
+    ]
+    for folder, library, cls_name, config, seed in parts:
+        if library == "diffusers":
+            module_fn, config_fn = _diffusers(cls_name, config)
+            weights_name = "diffusion_pytorch_model.safetensors"
+        else:
+            module_fn, config_fn = _clip_text(cls_name, config)
+            weights_name = "model.safetensors"
+        count = _write(folder, weights_name, module_fn, seed, config_fn)
+        log(f"{folder.relative_to(staging)}: {count / 1e9:.3f} B parameters")
+    _safety_checker(staging / SAFETY_DIR)
+    _offset_lora(staging / LORAS_DIR)
+    for pipe, index in ((base, configs.BASE_INDEX), (refiner, configs.REFINER_INDEX)):
+        (pipe / "model_index.json").write_text(json.dumps(index, indent=2))
+        (pipe / "scheduler").mkdir(exist_ok=True)
+        scheduler = {"_class_name": "EulerDiscreteScheduler", **SDXL_SCHEDULER_CONFIG}
+        (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    write_clip_tokenizer(base / "tokenizer", "<|endoftext|>", bpe)
+    write_clip_tokenizer(base / "tokenizer_2", "!", bpe)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in (BASE_DIR, REFINER_DIR, SAFETY_DIR, LORAS_DIR):
+        shutil.rmtree(root / name, ignore_errors=True)
+        (staging / name).rename(root / name)
+    staging.rmdir()
+    return root
+
+
+def _safety_checker(folder: Path) -> None:
+    """The checker's real shapes; its thresholds set so that it never flags (random weights
+    would flag at random)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(
+        vision_config=configs.SAFETY_VISION, projection_dim=configs.SAFETY_PROJECTION_DIM
+    )
+    config.architectures = ["StableDiffusionSafetyChecker"]
+    folder.mkdir(parents=True)
+    with torch.device("meta"):
+        model = StableDiffusionSafetyChecker(config)
+    state = random_state(model, seed=6)
+    state["concept_embeds_weights"].fill_(2.0)
+    state["special_care_embeds_weights"].fill_(2.0)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(configs.SAFETY_PREPROCESSOR, indent=2)
+    )
+
+
+def _offset_lora(folder: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from sdxl.weights.random_lora import random_kohya_lora
+
+    folder.mkdir(parents=True)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs.BASE_UNET)
+    state = {k: v.to(DTYPE) for k, v in random_kohya_lora(unet, rank=16).items()}
+    save_file(state, str(folder / "offset.safetensors"))
