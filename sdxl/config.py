@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 # Weights layout under SDXL_WEIGHTS_DIR.
 BASE_DIR = "base"
@@ -121,18 +121,103 @@ COG_INPUTS: dict[str, InputSpec] = {
 
 
 @dataclass(frozen=True)
+class Caps:
+    """Limits an operator sets below the schema's bounds, for every API of the process."""
+
+    max_steps: int = 500  # SDXL_MAX_STEPS: num_inference_steps and refine_steps
+    max_pixels: int = MAX_PIXELS  # SDXL_MAX_PIXELS: width x height (images are scaled to it)
+    max_outputs: int = 4  # SDXL_MAX_OUTPUTS: images per request
+    max_prompt_chars: int = MAX_PROMPT_CHARS  # SDXL_MAX_PROMPT_CHARS: each prompt field
+
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "max_steps": "SDXL_MAX_STEPS",
+        "max_pixels": "SDXL_MAX_PIXELS",
+        "max_outputs": "SDXL_MAX_OUTPUTS",
+        "max_prompt_chars": "SDXL_MAX_PROMPT_CHARS",
+    }
+
+    @classmethod
+    def from_env(cls, env=None) -> Caps:
+        env = os.environ if env is None else env
+        values = {}
+        for field_name, variable in cls.VARIABLES.items():
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            most = getattr(cls, field_name)
+            if not raw.isdigit() or not 1 <= int(raw) <= most:
+                raise ValueError(f"{variable}={raw!r} is not valid; use a whole number 1..{most}")
+            values[field_name] = int(raw)
+        return cls(**values)
+
+
+SWITCHES = ("auto", "1", "0")  # auto: on where it helps (the CUDA fast path), 1: on, 0: off
+
+
+@dataclass(frozen=True)
 class Runtime:
     """Process-wide settings, read from the environment once at setup()."""
 
-    weights_dir: Path
-    dtype: str  # one of DTYPES
+    weights_dir: Path  # SDXL_WEIGHTS_DIR
+    dtype: str  # SDXL_DTYPE, one of DTYPES; auto: float16 on CUDA, bfloat16 on a CPU that has
+    # it natively (AVX512-BF16 or AMX), float32 on other CPUs
+    channels_last: str = "auto"  # SDXL_CHANNELS_LAST: UNets and VAE in channels-last layout
+    fuse_qkv: str = "auto"  # SDXL_FUSE_QKV: one projection for Q, K, V (unfused under a LoRA)
+    warmup: str = "auto"  # SDXL_WARMUP: one small generation in setup (kernels, cuDNN plans)
+    compile: bool = False  # SDXL_COMPILE=1: torch.compile the UNets and the VAE decoder
+    compile_shapes: tuple[tuple[int, int], ...] = ((1024, 1024),)  # SDXL_COMPILE_SHAPES
+    vae_tile_above: int = 2560 * 1024  # SDXL_VAE_TILE_ABOVE: pixels beyond which decode tiles
 
     @classmethod
-    def from_env(cls) -> Runtime:
-        dtype = os.environ.get("SDXL_DTYPE", "auto")
+    def from_env(cls, env=None) -> Runtime:
+        env = os.environ if env is None else env
+        dtype = env.get("SDXL_DTYPE", "auto")
         if dtype not in DTYPES:
             raise ValueError(
                 f"SDXL_DTYPE={dtype!r} is not supported; use one of {', '.join(DTYPES)}"
             )
-        weights = Path(os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR))
-        return cls(weights_dir=weights, dtype=dtype)
+        switches = {}
+        for name in ("channels_last", "fuse_qkv", "warmup"):
+            variable = f"SDXL_{name.upper()}"
+            switches[name] = env.get(variable, "auto").strip() or "auto"
+            if switches[name] not in SWITCHES:
+                raise ValueError(f"{variable}={switches[name]!r}: use auto, 1 or 0")
+        compile_ = env.get("SDXL_COMPILE", "0").strip()
+        if compile_ not in ("0", "1", ""):
+            raise ValueError(f"SDXL_COMPILE={compile_!r}: use 1 (compile) or 0")
+        tile = env.get("SDXL_VAE_TILE_ABOVE", "").strip()
+        if tile and not (tile.isdigit() and int(tile) > 0):
+            raise ValueError(f"SDXL_VAE_TILE_ABOVE={tile!r}: use a number of pixels")
+        return cls(
+            weights_dir=Path(env.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)),
+            dtype=dtype,
+            compile=compile_ == "1",
+            compile_shapes=parse_shapes(env.get("SDXL_COMPILE_SHAPES", "1024x1024")),
+            vae_tile_above=int(tile) if tile else cls.vae_tile_above,
+            **switches,
+        )
+
+    def switch(self, name: str, cuda: bool) -> bool:
+        value = getattr(self, name)
+        return cuda if value == "auto" else value == "1"
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """ "1024x1024,1152x896" -> ((1024, 1024), (1152, 896)), each a valid size."""
+    shapes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        width, x, height = part.lower().partition("x")
+        if not (x and width.isdigit() and height.isdigit()):
+            raise ValueError(f"SDXL_COMPILE_SHAPES has {part!r}; write sizes as 1024x1024")
+        w, h = int(width), int(height)
+        if (
+            w % SIZE_MULTIPLE
+            or h % SIZE_MULTIPLE
+            or not MIN_SIDE <= min(w, h) <= max(w, h) <= MAX_SIDE
+        ):
+            raise ValueError(
+                f"SDXL_COMPILE_SHAPES has {part!r}; sides are multiples of {SIZE_MULTIPLE} "
+                f"from {MIN_SIDE} to {MAX_SIDE}"
+            )
+        shapes.append((w, h))
+    return tuple(shapes)

@@ -72,7 +72,8 @@ def start_server(weights: Path, workdir: Path, *extra: str, timeout: float = 120
     tmpdir = workdir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
-    env = dict(os.environ, SDXL_WEIGHTS_DIR=str(weights), TMPDIR=str(tmpdir))
+    # An explicit dtype: pixels are compared with diffusers' float32 pipelines on every machine.
+    env = dict(os.environ, SDXL_WEIGHTS_DIR=str(weights), TMPDIR=str(tmpdir), SDXL_DTYPE="float32")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     cmd = [sys.executable, "-m", "sdxl", "serve", "--port", str(port), *extra]
     with log.open("w") as out:

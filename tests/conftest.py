@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Pixels are compared with diffusers' float32 pipelines: an explicit dtype, so that every
+# machine runs the tests alike (SDXL_DTYPE=auto picks bfloat16 on CPUs that have it).
+os.environ.setdefault("SDXL_DTYPE", "float32")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -87,11 +87,28 @@ def test_setup_without_weights_names_the_command(tmp_path):
     assert "nowhere" in message
 
 
-def test_dtype_setting():
+def test_dtype_setting(monkeypatch):
+    from sdxl.core import fast
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pick_dtype("auto", cpu) is torch.float32
     assert pick_dtype("auto", cuda) is torch.float16
     assert pick_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    assert pick_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: False)  # emulated: slow
+    assert pick_dtype("auto", cpu) is torch.float32
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from pathlib import Path
+
+    from sdxl.core.fast import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)
 
 
 def test_bad_dtype_env(monkeypatch):

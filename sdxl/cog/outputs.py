@@ -8,7 +8,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sdxl.core.encode import FORMATS, encode_image
+from sdxl.core.encode import FORMATS, encode_images
 from sdxl.core.result import Result, filter_flagged
 
 
@@ -27,10 +27,11 @@ class OutputWriter:
         self.clear()
         folder = self.root / uuid.uuid4().hex
         folder.mkdir(parents=True)
+        metadata = [result.metadata(i) for i in range(len(result.images))]
         paths = []
-        for i, image in enumerate(result.images):
+        for i, data in enumerate(encode_images(result.images, fmt, quality, metadata)):
             path = folder / f"out-{i}{FORMATS[fmt].extension}"
-            path.write_bytes(encode_image(image, fmt, quality, result.metadata(i)))
+            path.write_bytes(data)
             paths.append(path)
         return paths
 

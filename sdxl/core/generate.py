@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
+from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, Caps
 from sdxl.core import prompts
 from sdxl.core.images import fit_image, fit_mask, keep_unmasked
 from sdxl.core.pipelines import Models
@@ -55,14 +56,15 @@ class Prepared:
         )
 
 
-def prepare(models: Models, req: Request) -> Prepared:
-    """Phase 1. Raises InputError (naming the input) before anything runs."""
-    check_inputs(req)
+def prepare(models: Models, req: Request, caps: Caps = Caps()) -> Prepared:  # noqa: B008
+    """Phase 1. Raises InputError (naming the input) before anything runs; `caps` are the
+    operator's limits."""
+    check_inputs(req, caps)
     req = apply_presets(req).with_seed()
     image = mask = None
     width, height = req.width, req.height
     if req.image is not None:
-        image = fit_image(req.image, "image")
+        image = fit_image(req.image, "image", caps.max_pixels)
         width, height = image.size
         if req.mask is not None:
             mask = fit_mask(req.mask, image.size)
@@ -82,15 +84,42 @@ def prepare(models: Models, req: Request) -> Prepared:
 
 
 def denoise(
-    models: Models, job: Prepared, *, unet: Any = None, on_step: StepCallback | None = None
+    models: Models,
+    job: Prepared,
+    *,
+    unet: Any = None,
+    compiled: dict | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[Image.Image]:
-    """Phase 2: the images before post-processing. `unet` replaces the base UNet."""
+    """Phase 2: the images before post-processing. `unet` replaces the base UNet (a resident
+    fine-tune); `compiled` holds compiled modules for this job's shape (sdxl.core.compiled)."""
+    compiled = compiled or {}
+    with vae_tiling(models.base.vae, job.width * job.height > models.vae_tile_above):
+        return _denoise(models, job, unet or compiled.get("base"), compiled, on_step)
+
+
+@contextmanager
+def vae_tiling(vae, on: bool):
+    """Decode in tiles for this job only (the flag lives on the shared VAE)."""
+    if not on:
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
+
+
+def _denoise(models, job: Prepared, unet, compiled: dict, on_step) -> list[Image.Image]:
     import torch
 
     req = job.request
     generators = [torch.Generator("cpu").manual_seed(s) for s in job.seeds]
     refine = req.refine != "no_refiner"
-    base = models.pipeline(req.mode, _scheduler(models, req, "base"), unet=unet)
+    base = models.pipeline(
+        req.mode, _scheduler(models, req, "base"), unet=unet, vae=compiled.get("vae")
+    )
     kwargs: dict[str, Any] = {
         **_prompt_kwargs(base, req, for_refiner=False),
         "num_inference_steps": req.num_inference_steps,
@@ -111,7 +140,7 @@ def denoise(
     output = base(**kwargs).images
     if not refine:
         return output
-    return _refine(models, job, output, generators, on_step)
+    return _refine(models, job, output, generators, on_step, compiled)
 
 
 def finish(models: Models, job: Prepared, images: list[Image.Image], **extra: Any) -> Result:
@@ -160,9 +189,14 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     return args if embeds is None else embeds
 
 
-def _refine(models, job: Prepared, latents, generators, on_step) -> list[Image.Image]:
+def _refine(models, job: Prepared, latents, generators, on_step, compiled) -> list[Image.Image]:
     req = job.request
-    refiner = models.pipeline("refiner", _scheduler(models, req, "refiner"))
+    refiner = models.pipeline(
+        "refiner",
+        _scheduler(models, req, "refiner"),
+        unet=compiled.get("refiner"),
+        vae=compiled.get("vae"),
+    )
     guidance = (
         req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
     )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sdxl.config import BASE_DIR, REFINER_DIR, Runtime
+from sdxl.core import fast
 from sdxl.core.safety import SafetyChecker, check_folder, load_safety_checker
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ def pick_device() -> torch.device:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on CUDA and float32 on the CPU."""
+    """`auto` is float16 on CUDA, bfloat16 on a CPU that has it natively, else float32."""
     if setting == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return fast.auto_dtype(device)
     return getattr(torch, setting)
 
 
@@ -73,6 +74,9 @@ class Models:
     scheduler_configs: dict[str, dict] = field(default_factory=dict)  # pristine, per stage
     unet_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = field(default_factory=dict)
     unet_linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # (in, out) features
+    fused: dict[str, dict] = field(default_factory=dict)  # stage -> fused QKV processors
+    vae_tile_above: int = 2560 * 1024  # pixels beyond which the VAE decodes in tiles
+    compiled: Any = None  # sdxl.core.compiled.Compiled, with SDXL_COMPILE=1
 
     def __post_init__(self) -> None:
         for stage, pipe in (("base", self.base), ("refiner", self.refiner)):
@@ -87,9 +91,9 @@ class Models:
                 if isinstance(m, torch.nn.Linear)
             }
 
-    def pipeline(self, stage: str, scheduler: Any, unet: Any = None) -> Any:
-        """A pipeline of `stage`'s class over the shared modules, with its own scheduler (and,
-        for a base stage, another UNet when one is given: a resident fine-tune)."""
+    def pipeline(self, stage: str, scheduler: Any, unet: Any = None, vae: Any = None) -> Any:
+        """A pipeline of `stage`'s class over the shared modules, with its own scheduler, and
+        another UNet or VAE object when given (a resident fine-tune, compiled modules)."""
         import diffusers
 
         source = self.refiner if stage == "refiner" else self.base
@@ -97,6 +101,8 @@ class Models:
         components = {**source.components, "scheduler": scheduler}
         if unet is not None:
             components["unet"] = unet
+        if vae is not None:
+            components["vae"] = vae
         options = {"force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt}
         if stage != "txt2img":
             options["requires_aesthetics_score"] = stage == "refiner"
@@ -110,36 +116,68 @@ class Models:
 
 
 def load_models(runtime: Runtime) -> Models:
-    """Load base and refiner from `runtime.weights_dir` once, sharing what SDXL shares."""
+    """Load base and refiner from `runtime.weights_dir` once, sharing what SDXL shares, then
+    apply the fast path (`sdxl.core.fast`)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     root = runtime.weights_dir
     check_weights(root)
     device = pick_device()
     dtype = pick_dtype(runtime.dtype, device)
+    cuda = device.type == "cuda"
     started = time.perf_counter()
-    base = StableDiffusionXLPipeline.from_pretrained(
-        root / BASE_DIR, dtype=dtype, use_safetensors=True, add_watermarker=False
-    )
+    # On CUDA the weights go straight from the files to the GPU (no copy in host memory).
+    placement = {"device_map": str(device)} if cuda else {}
+    options = dict(dtype=dtype, use_safetensors=True, add_watermarker=False, **placement)
+    base = StableDiffusionXLPipeline.from_pretrained(root / BASE_DIR, **options)
+    fast.check_vae(base.vae, dtype)
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
         root / REFINER_DIR,
         text_encoder_2=base.text_encoder_2,
         vae=base.vae,
         tokenizer_2=base.tokenizer_2,
-        dtype=dtype,
-        use_safetensors=True,
-        add_watermarker=False,
+        **options,
     )
-    base.to(device)
-    refiner.to(device)
+    if not cuda:
+        base.to(device)
+        refiner.to(device)
     for module in (base.unet, base.vae, base.text_encoder, base.text_encoder_2, refiner.unet):
         module.requires_grad_(False).eval()
+    safety_checker = load_safety_checker(root, device, dtype)
+    models = Models(base, refiner, device, dtype, safety_checker, weights_dir=root)
+    models.vae_tile_above = runtime.vae_tile_above
+    switches = _apply_fast_path(models, runtime, cuda)
     log.info(
-        "loaded SDXL base and refiner from %s on %s in %s in %.1f s",
+        "loaded SDXL base and refiner from %s on %s in %s in %.1f s (%s)",
         root.resolve(),
         device,
         str(dtype).removeprefix("torch."),
         time.perf_counter() - started,
+        ", ".join(switches) or "no fast-path switches",
     )
-    safety_checker = load_safety_checker(root, device, dtype)
-    return Models(base, refiner, device, dtype, safety_checker, weights_dir=root)
+    return models
+
+
+def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
+    base, refiner = models.base, models.refiner
+    switches = []
+    if cuda:
+        fast.set_tf32(True)
+        switches.append("TF32")
+    if runtime.switch("channels_last", cuda):
+        fast.to_channels_last(base.unet, refiner.unet, base.vae)
+        switches.append("channels-last")
+    if runtime.switch("fuse_qkv", cuda):
+        models.fused = {"base": fast.fuse_qkv(base.unet), "refiner": fast.fuse_qkv(refiner.unet)}
+        switches.append("fused QKV")
+    if runtime.compile:
+        from sdxl.core.compiled import Compiled
+
+        models.compiled = Compiled(models, runtime.compile_shapes)
+        switches.append(f"compiled for {runtime.compile_shapes}")
+    if runtime.switch("warmup", cuda):
+        from sdxl.core.compiled import warm_up
+
+        seconds = warm_up(models, runtime.compile_shapes if runtime.compile else ((1024, 1024),))
+        switches.append(f"warmed up in {seconds:.1f} s")
+    return switches

@@ -55,7 +55,7 @@ class Runner:
         job.check()
         if job.build is not None:
             job.request = job.build(job)
-        prepared = prepare(self.models, job.request)
+        prepared = prepare(self.models, job.request, self.settings.caps)
         job.weights = prepare_weights(prepared.request.adapters, self.resolver, job.check)
         if job.weights is not None:
             prepared = with_prompts(prepared, job.weights.rewrite)
@@ -84,7 +84,11 @@ class Runner:
                     extra["trained_weights"] = job.weights.describe()
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
                 images = denoise(
-                    self.models, prepared, unet=active.unet, on_step=_stepper(job, deadline)
+                    self.models,
+                    prepared,
+                    unet=active.unet,
+                    compiled=self._compiled(job),
+                    on_step=_stepper(job, deadline),
                 )
                 job.check(deadline)
             finally:
@@ -101,6 +105,15 @@ class Runner:
             if any(word in str(err) for word in _POISON_WORDS):
                 raise Poisoned(f"{type(err).__name__}: {str(err)[:300]}") from err
             raise
+
+    def _compiled(self, job: Job) -> dict | None:
+        """Compiled modules for this job, if it has a compiled shape and no LoRA layer is in
+        the UNet (peft's wrappers change the graph the modules were compiled for)."""
+        compiled = self.models.compiled
+        if compiled is None:
+            return None
+        trained = job.weights is not None or bool(self.resident.loras)
+        return compiled.modules_for(job.prepared, trained)
 
 
 def _stepper(job: Job, deadline: float | None):

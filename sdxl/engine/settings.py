@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from sdxl.config import Caps
 from sdxl.trained.fetch import parse_size
 
 
@@ -20,6 +21,7 @@ class EngineSettings:
     max_resident_unet_bytes: int = 12 << 30  # SDXL_MAX_RESIDENT_UNET_BYTES
     max_prepared_bytes: int = 12 << 30  # SDXL_MAX_PREPARED_BYTES: trained weights waiting in RAM
     prepare_workers: int = 2  # SDXL_PREPARE_WORKERS: jobs prepared (downloads) at once
+    caps: Caps = field(default_factory=Caps)  # SDXL_MAX_STEPS, _PIXELS, _OUTPUTS, _PROMPT_CHARS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -54,6 +56,7 @@ class EngineSettings:
                 "SDXL_MAX_PREPARED_BYTES", parse_size, 1, cls.max_prepared_bytes
             ),
             prepare_workers=number("SDXL_PREPARE_WORKERS", int, 1, cls.prepare_workers),
+            caps=Caps.from_env(env),
         )
 
     def resident_unets(self, device_type: str) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from sdxl.core import fast
 from sdxl.trained.lora import LoraError, LoraState, read_lora
 from sdxl.trained.prepare import FinetuneSource, LoraSource, PreparedWeights
 from sdxl.trained.session import Session, checked_cast
@@ -106,6 +107,7 @@ class ResidentWeights:
             active.adapters = [self._lora(source) for source in prepared.loras]
             if active.adapters:
                 base = self.models.base
+                fast.use_fused(base.unet, self.models.fused.get("base"), False)  # LoRA sees q/k/v
                 base.enable_lora()
                 base.set_adapters(active.adapters, [prepared.scale] * len(active.adapters))
             log.info(
@@ -183,6 +185,7 @@ class ResidentWeights:
     def _disable(self) -> None:
         if self.loras:
             self.models.base.disable_lora()
+        fast.use_fused(self.models.base.unet, self.models.fused.get("base"), True)
 
     def _delete(self, name: str) -> None:
         base = self.models.base
@@ -244,10 +247,10 @@ class ResidentWeights:
         from diffusers import UNet2DConditionModel
 
         base = self.models.base.unet
-        plain = {
+        plain = {  # the UNet's own parameters: no LoRA layer, no fused projection
             key.replace(".base_layer.", "."): value
             for key, value in base.state_dict().items()
-            if "lora_" not in key
+            if "lora_" not in key and ".to_qkv." not in key and ".to_kv." not in key
         }
         merged = {
             key: checked_cast(key, tensors[key], value) if key in tensors else value.clone()

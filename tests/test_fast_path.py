@@ -1,0 +1,160 @@
+"""Each switch of the fast path (sdxl.core.fast), forced on the CPU where it can run, against
+the plain modules: same images within a stated tolerance, weights held once, flags undone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_tiny, start_engine
+from safetensors import safe_open
+
+from sdxl.config import Runtime
+from sdxl.core import fast
+from sdxl.core.pipelines import load_models
+from sdxl.core.request import Request
+
+SIZE = 256
+TOLERANCE = 2  # of 255: float32 sums in another order (fused matmul, NHWC convolutions)
+
+
+def run(engine, **kw) -> np.ndarray:
+    args = dict(prompt="a photo of a cat", width=SIZE, height=SIZE, num_inference_steps=3)
+    result = engine.run(Request(**{**args, "seed": 4, **kw}))
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def start(tiny_weights, **switches):
+    """An engine over its own models loaded with these fast-path switches."""
+    from sdxl.engine import Engine, EngineSettings
+
+    runtime = Runtime(weights_dir=tiny_weights, dtype="float32", **switches)
+    engine = Engine(runtime, EngineSettings(), models=load_models(runtime))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_weights):
+    engine = start_engine(tiny_weights)
+    yield engine
+    engine.close()
+
+
+def safetensors_bytes(folder) -> int:
+    total = 0
+    for path in folder.rglob("*.safetensors"):
+        if "loras" in path.parts:
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                sl = f.get_slice(key)
+                total += int(np.prod(sl.get_shape())) * 4  # float32 on the CPU, as loaded
+    return total
+
+
+def test_channels_last_gives_the_same_images(tiny_weights, plain):
+    engine = start(tiny_weights, channels_last="1")
+    try:
+        assert engine.models.base.unet.conv_in.weight.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        for refine in ("no_refiner", "expert_ensemble_refiner"):
+            diff = np.abs(run(engine, refine=refine) - run(plain, refine=refine)).max()
+            assert diff <= TOLERANCE, refine
+    finally:
+        engine.close()
+
+
+def test_fused_qkv_holds_each_weight_once_and_gives_the_same_images(tiny_weights, plain):
+    engine = start(tiny_weights, fuse_qkv="1")
+    try:
+        models = engine.models
+        unet = models.base.unet
+        attn = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+        assert type(attn.processor).__name__ == "FusedAttnProcessor2_0"
+        assert attn.to_q.weight.untyped_storage().data_ptr() == (
+            attn.to_qkv.weight.untyped_storage().data_ptr()
+        )
+        modules = (unet, models.refiner.unet, models.base.vae)
+        modules += (models.base.text_encoder, models.base.text_encoder_2)
+        fused_bytes = fast.parameter_bytes(*modules)
+        plain_models = plain.models
+        plain_modules = (plain_models.base.unet, plain_models.refiner.unet, plain_models.base.vae)
+        plain_modules += (plain_models.base.text_encoder, plain_models.base.text_encoder_2)
+        assert fused_bytes == fast.parameter_bytes(*plain_modules)
+        before = run(engine)
+        assert np.abs(before - run(plain)).max() <= TOLERANCE
+        with_lora = run(engine, lora_name="offset", lora_scale=1.0)
+        assert np.abs(with_lora - run(plain, lora_name="offset", lora_scale=1.0)).max() <= 2
+        assert np.abs(with_lora - before).max() > TOLERANCE  # the LoRA did apply, unfused
+        assert type(attn.processor).__name__ == "FusedAttnProcessor2_0"  # fused again after
+        assert (run(engine) == before).all()
+    finally:
+        engine.close()
+
+
+def test_resident_bytes_equal_the_safetensors_bytes(tiny_weights):
+    models = load_tiny(tiny_weights)
+    base = models.base
+    modules = (base.unet, models.refiner.unet, base.vae, base.text_encoder, base.text_encoder_2)
+    loaded = fast.parameter_bytes(*modules, models.safety_checker.model)
+    assert loaded == safetensors_bytes(tiny_weights)
+
+
+def test_the_vae_tiles_only_above_the_threshold_and_only_for_that_job(tiny_weights):
+    engine = start(tiny_weights, vae_tile_above=SIZE * SIZE)
+    seen = []
+    vae = engine.models.base.vae
+    hook = vae.decoder.register_forward_pre_hook(lambda *a: seen.append(vae.use_tiling))
+    try:
+        run(engine, width=256, height=264)  # above the threshold
+        run(engine)  # 256 x 256: not above it
+    finally:
+        hook.remove()
+        engine.close()
+    assert seen == [True, False] and not vae.use_tiling
+
+
+def test_a_vae_that_wants_float32_is_refused_in_float16(tiny_weights, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    config_path = weights / "base" / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "force_upcast": True}))
+    with pytest.raises(ValueError, match="sdxl-vae-fp16-fix"):
+        load_models(Runtime(weights_dir=weights, dtype="float16"))
+
+
+def test_warm_up_runs_each_stage_once_in_setup(tiny_weights, monkeypatch):
+    from sdxl.core import compiled
+
+    calls = []
+    real = compiled.warm_up
+    monkeypatch.setattr(compiled, "warm_up", lambda m, s: calls.append(s) or real(m, ((256, 256),)))
+    load_models(Runtime(weights_dir=tiny_weights, dtype="float32", warmup="1"))
+    assert calls == [((1024, 1024),)]
+
+
+@pytest.mark.slow
+def test_compiled_modules_equal_eager_and_serve_only_their_shapes(tiny_weights, plain):
+    """torch.compile of the tiny UNets and VAE decoder on the CPU (over a minute): run with
+    `python -m pytest -m slow`."""
+    engine = start(tiny_weights, compile=True, compile_shapes=((SIZE, SIZE),))
+    try:
+        compiled = engine.models.compiled
+        job = dataclasses.make_dataclass("J", ["request", "width", "height"])
+        fits = job(Request(width=SIZE, height=SIZE), SIZE, SIZE)
+        assert compiled.modules_for(fits, trained=False) is compiled.modules
+        other = job(Request(width=320, height=SIZE), 320, SIZE)
+        assert compiled.modules_for(other, trained=False) is None
+        assert compiled.modules_for(fits, trained=True) is None
+        for refine in ("no_refiner", "expert_ensemble_refiner"):
+            diff = np.abs(run(engine, refine=refine) - run(plain, refine=refine)).max()
+            assert diff <= TOLERANCE, refine
+    finally:
+        engine.close()
