@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
 import statistics
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import write
 from safetensors.torch import save
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdxl.config import Runtime
 from sdxl.core.request import Request
@@ -35,7 +31,6 @@ from sdxl.engine import Engine, EngineSettings
 from sdxl.trained.fetch import DownloadCache, FetchSettings
 
 SDXL_BASE_UNET_PARAMETERS = 2_567_463_684  # SDXL 1.0 base UNet (diffusers' config)
-OUT = Path(__file__).resolve().parent / "results" / "adapters.json"
 
 
 def trainer_tar(models, kind: str) -> bytes:
@@ -90,7 +85,8 @@ def main() -> int:
         weights = build_tiny_weights(work / "weights")
     runtime = Runtime(weights_dir=weights, dtype="auto")
     cache = DownloadCache(FetchSettings(cache_dir=work / "cache", local_dirs=(work,)))
-    record: dict = {"machine": platform.processor() or platform.machine(), "calls": args.calls}
+    record: dict = {"weights": "tiny" if args.weights is None else str(args.weights)}
+    record["calls"] = args.calls
     print(f"{'trained weights':16} {'resident s':>11} {'reloaded s':>11} {'ratio':>6}")
     for kind, resident, reloaded in (
         ("lora", {"max_resident_loras": 4}, {"max_resident_loras": 0}),
@@ -123,9 +119,7 @@ def main() -> int:
         f"full size: a resident fine-tune saves copying {fp16_unet / 1e9:.2f} GB into the "
         f"shared UNet and {fp16_unet / 1e9:.2f} GB back on every call"
     )
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    write("adapters", record)
     return 0
 
 

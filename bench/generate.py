@@ -1,9 +1,9 @@
 """Time generation per refine mode and dtype; print seconds, peak memory and ratios.
 
 For a GPU owner with the real weights:
-    SDXL_WEIGHTS_DIR=weights python bench/bench_generate.py --size 1024 --steps 30
+    SDXL_WEIGHTS_DIR=weights python bench/generate.py --size 1024 --steps 30
 On the tiny model (CPU, smoke run):
-    SDXL_WEIGHTS_DIR=weights python bench/bench_generate.py --size 256 --steps 4 --dtypes float32
+    SDXL_WEIGHTS_DIR=weights python bench/generate.py --size 256 --steps 4 --dtypes float32
 
 Ratios are against the first dtype's no_refiner run, so they compare on any machine; absolute
 seconds only compare on the same device.
@@ -14,23 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import sync
 
 from sdxl.config import REFINE_MODES, Runtime
 from sdxl.core.generate import generate
 from sdxl.core.pipelines import load_models
 from sdxl.core.request import Request
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_request(models, req: Request, repeats: int) -> tuple[float, float]:
@@ -40,10 +32,10 @@ def time_request(models, req: Request, repeats: int) -> tuple[float, float]:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
-        _sync(models.device)
+        sync()
         started = time.perf_counter()
         generate(models, req)
-        _sync(models.device)
+        sync()
         times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated() / 2**30 if models.device.type == "cuda" else 0.0
     return statistics.median(times), peak

@@ -1,0 +1,187 @@
+"""CPU dtype: the product's CPU default (SDXL_DTYPE=auto) against diffusers' float32 default.
+
+1. One full-size base UNet step at 512x512 (batch 2: guidance on) in float32, in the product's
+   dtype, and in the product's dtype with channels-last.
+2. A whole 512x512 generation (base only, safety checker and watermark off): the product's
+   engine with its defaults against diffusers' StableDiffusionXLPipeline in float32, same
+   arguments and seed; and how far apart their pixels are.
+Each side runs in its own process (float32 base and the product's models do not fit in 24 GB
+together).
+
+    python bench/cpu_dtype.py --weights DIR    # DIR: python -m sdxl weights random-full DIR
+
+Target: product / diffusers float32 time <= 0.5 on the whole generation. Writes
+bench/results/cpu-dtype.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import median, write
+
+PROMPT = "A studio portrait photo of a cat"
+
+
+def unet_step(weights: Path, dtype: str, channels_last: bool, repeats: int) -> float:
+    from diffusers import UNet2DConditionModel
+
+    torch_dtype = getattr(torch, dtype)
+    unet = UNet2DConditionModel.from_pretrained(weights / "base" / "unet", torch_dtype=torch_dtype)
+    unet.requires_grad_(False).eval()
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    sample = torch.randn(2, 4, 64, 64, dtype=torch_dtype)
+    text = torch.randn(2, 77, 2048, dtype=torch_dtype)
+    added = {
+        "text_embeds": torch.randn(2, 1280, dtype=torch_dtype),
+        "time_ids": torch.tensor([[512, 512, 0, 0, 512, 512]] * 2, dtype=torch_dtype),
+    }
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=added)
+            times.append(time.perf_counter() - started)
+    return median(times[1:])  # the first call warms up
+
+
+def product_generation(weights: Path, steps: int, repeats: int) -> tuple[float, bytes, str]:
+    from sdxl.config import Runtime
+    from sdxl.core.request import Request
+    from sdxl.engine import Engine, EngineSettings
+
+    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
+    engine.load()
+    request = Request(
+        prompt=PROMPT,
+        width=512,
+        height=512,
+        num_inference_steps=steps,
+        seed=1,
+        apply_watermark=False,
+        disable_safety_checker=True,
+    )
+    times, image = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        image = engine.run(request).images[0]
+        times.append(time.perf_counter() - started)
+    engine.close()
+    return median(times), _png(image), str(engine.models.dtype)
+
+
+def diffusers_generation(weights: Path, steps: int, repeats: int) -> tuple[float, bytes, str]:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        weights / "base", torch_dtype=torch.float32, add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    times, image = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        image = pipe(
+            prompt=PROMPT,
+            width=512,
+            height=512,
+            num_inference_steps=steps,
+            generator=[torch.Generator("cpu").manual_seed(1)],
+        ).images[0]
+        times.append(time.perf_counter() - started)
+    return median(times), _png(image), "torch.float32"
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def child(args) -> None:
+    """One measurement in this process; JSON on stdout."""
+    if args.child == "unet":
+        seconds = unet_step(args.weights, args.dtype, args.channels_last, args.repeats)
+        print(json.dumps({"seconds": seconds}))
+        return
+    run = product_generation if args.child == "product" else diffusers_generation
+    seconds, png, dtype = run(args.weights, args.steps, args.repeats)
+    (args.out).write_bytes(png)
+    print(json.dumps({"seconds": seconds, "dtype": dtype}))
+
+
+def measure(*extra: str) -> dict:
+    cmd = [sys.executable, __file__, *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", choices=("unet", "product", "diffusers"))
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    from sdxl.core.fast import auto_dtype
+
+    product_dtype = str(auto_dtype(torch.device("cpu"))).removeprefix("torch.")
+    weights = ["--weights", str(args.weights), "--repeats", str(args.repeats)]
+    unet = {
+        "float32": measure(*weights, "--child", "unet", "--dtype", "float32")["seconds"],
+        product_dtype: measure(*weights, "--child", "unet", "--dtype", product_dtype)["seconds"],
+        f"{product_dtype} channels-last": measure(
+            *weights, "--child", "unet", "--dtype", product_dtype, "--channels-last"
+        )["seconds"],
+    }
+    for name, seconds in unet.items():
+        print(f"UNet step at 512x512, {name:26} {seconds:6.2f} s  x{unet['float32'] / seconds:.2f}")
+    folder = Path(args.weights)
+    generation = {}
+    for side in ("diffusers", "product"):
+        out = folder / f".bench-{side}.png"
+        found = measure(*weights, "--child", side, "--steps", str(args.steps), "--out", str(out))
+        generation[side] = {**found, "image": out}
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(generation[s]["image"]), dtype=np.int16) for s in generation)
+    diff = np.abs(a - b)
+    speedup = generation["diffusers"]["seconds"] / generation["product"]["seconds"]
+    print(
+        f"512x512 x {args.steps} steps: diffusers float32 "
+        f"{generation['diffusers']['seconds']:.1f} s, product ({generation['product']['dtype']}) "
+        f"{generation['product']['seconds']:.1f} s: {speedup:.2f} x faster (target >= 2)"
+    )
+    print(f"pixels apart: mean {diff.mean():.2f}, max {diff.max()} of 255")
+    for side in generation.values():
+        side.pop("image").unlink()
+    write(
+        "cpu-dtype",
+        {
+            "steps": args.steps,
+            "product_dtype": product_dtype,
+            "unet_step_s": unet,
+            "generation_s": {k: v["seconds"] for k, v in generation.items()},
+            "speedup": speedup,
+            "pixel_difference": {"mean": float(diff.mean()), "max": int(diff.max())},
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

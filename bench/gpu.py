@@ -1,0 +1,147 @@
+"""The GPU benchmark: seconds per 1024x1024 image, throughput, VRAM, setup and compile time.
+
+For a CUDA machine with random-full (`python -m sdxl weights random-full DIR`) or the real
+weights. Each configuration runs in its own process:
+- plain: float16 and nothing else of the fast path (SDXL_CHANNELS_LAST=0 SDXL_FUSE_QKV=0);
+- fast: the default CUDA fast path (channels-last, fused QKV, TF32, warm-up);
+- compiled: the fast path plus SDXL_COMPILE=1 for 1024x1024, with an empty Inductor cache
+  (cold compile) and again with the cache it filled (warm compile).
+For each: setup seconds, seconds per image at 30 and 50 steps for each refine mode (median of
+--repeats), images per second at batch 4, peak VRAM; and once the floor of reading the weights
+files onto the GPU, for the cold start ratio.
+
+    python bench/gpu.py --weights DIR [--repeats 3] [--configs plain,fast,compiled]
+
+Writes bench/results/gpu.json. Public anchors (1024x1024, 30 steps, guidance on): about
+1.47 s on an H100 with TensorRT, 2.43 s on an A100 with the fast-diffusion recipe; goal here:
+under 1.2 s per 30-step image on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import median, sync, write
+
+MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
+CONFIGS = {
+    "plain": {"SDXL_CHANNELS_LAST": "0", "SDXL_FUSE_QKV": "0", "SDXL_WARMUP": "1"},
+    "fast": {},
+    "compiled": {"SDXL_COMPILE": "1", "SDXL_COMPILE_SHAPES": "1024x1024"},
+}
+
+
+def child(weights: Path, repeats: int, steps_list: list[int]) -> dict:
+    from sdxl.config import Runtime
+    from sdxl.core.request import Request
+    from sdxl.engine import Engine, EngineSettings
+
+    started = time.perf_counter()
+    engine = Engine(Runtime.from_env(), EngineSettings())
+    engine.load()
+    sync()
+    out: dict = {"setup_s": time.perf_counter() - started, "per_image_s": {}}
+
+    def request(**kw):
+        base = dict(prompt="A studio portrait photo of a cat", width=1024, height=1024, seed=1)
+        return Request(**{**base, "apply_watermark": True, "refine_steps": 10, **kw})
+
+    torch.cuda.reset_peak_memory_stats()
+    for steps in steps_list:
+        for mode in MODES:
+            req = request(num_inference_steps=steps, refine=mode)
+            engine.run(req)
+            times = []
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                engine.run(req)
+                sync()
+                times.append(time.perf_counter() - t)
+            out["per_image_s"][f"{steps} steps {mode}"] = median(times)
+    batch = request(num_inference_steps=30, num_outputs=4)
+    engine.run(batch)
+    sync()
+    t = time.perf_counter()
+    engine.run(batch)
+    sync()
+    out["images_per_s_batch4"] = 4 / (time.perf_counter() - t)
+    out["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    engine.close()
+    return out
+
+
+def floor_s(weights: Path) -> float:
+    """Reading every weights file onto the GPU in float16 (no cast: the files are fp16)."""
+    from safetensors.torch import load_file
+
+    files = [p for p in weights.rglob("*.safetensors") if "loras" not in p.parts]
+    for path in files:  # warm the page cache
+        load_file(str(path), device="cpu")
+    sync()
+    started = time.perf_counter()
+    for path in files:
+        tensors = load_file(str(path), device="cuda")
+        del tensors
+    sync()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", default="30,50")
+    parser.add_argument("--configs", default="plain,fast,compiled")
+    parser.add_argument("--child", action="store_true")
+    args = parser.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    if args.child:
+        print(json.dumps(child(args.weights, args.repeats, steps)))
+        return 0
+    if not torch.cuda.is_available():
+        print("bench/gpu.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    record: dict = {"weights": str(args.weights), "floor_s": floor_s(args.weights)}
+    cache = Path(tempfile.mkdtemp(prefix="inductor-"))
+    runs = []
+    for name in args.configs.split(","):
+        labels = (
+            ("compiled (cold cache)", "compiled (warm cache)") if name == "compiled" else (name,)
+        )
+        runs += [(label, CONFIGS[name]) for label in labels]
+    cmd = [sys.executable, __file__, "--child", "--weights", str(args.weights)]
+    cmd += ["--repeats", str(args.repeats), "--steps", args.steps]
+    for label, env in runs:
+        child_env = {**os.environ, "SDXL_WEIGHTS_DIR": str(args.weights), **env}
+        child_env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        done = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{label}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+            record[label] = {"error": done.stderr[-2000:]}
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        record[label] = result
+        rate, vram = result["images_per_s_batch4"], result["peak_vram_gib"]
+        print(
+            f"{label}: setup {result['setup_s']:.1f} s, {rate:.2f} img/s at batch 4, {vram:.1f} GiB"
+        )
+        for key, seconds in result["per_image_s"].items():
+            print(f"    {key:34} {seconds:6.3f} s")
+    fast = record.get("fast", {})
+    if "setup_s" in fast:
+        record["cold_start_ratio"] = fast["setup_s"] / record["floor_s"]
+    write("gpu", record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
