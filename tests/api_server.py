@@ -57,6 +57,7 @@ class Server:
         # tiny model's microsecond ops 10-50x slower whenever another process holds a core.
         clean.update(SDXL_WEIGHTS_DIR=str(weights), SDXL_DTYPE="float32", OMP_NUM_THREADS="1")
         clean.update(SDXL_STATE_DIR=str(folder / f"state-{self.port}"))
+        clean.update(SDXL_ALLOW_PRIVATE_URLS="1")  # the tests' files and webhooks are on loopback
         clean.update(env)
         argv = ["--port", str(self.port), *args]
         code = preamble + f"from sdxl.api.server import main; raise SystemExit(main({argv!r}))"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_interrupted_run_resumes_with_only_the_missing_files(hub: FakeHub, root:
 
 
 def test_missing_remote_file_is_a_clear_404_before_any_fetch(hub: FakeHub, root: Path) -> None:
-    missing = WeightFile(SDXL_BASE, "unet/no_such_file.safetensors", f"{BASE_DIR}/unet/x")
+    missing = WeightFile(SDXL_BASE, "unet/no_such_file.safetensors", f"{BASE_DIR}/unet/x", "main")
     with pytest.raises(DownloadError) as err:
         download_weights(root, hub, manifest=(*MANIFEST, missing), log=quiet)
     assert "unet/no_such_file.safetensors" in str(err.value) and "404" in str(err.value)
@@ -389,8 +390,8 @@ def test_hfhub_reads_lfs_sha256_and_git_blob_sha1_at_one_commit(server: MockServ
 
 def test_hfhub_download_end_to_end(server: MockServer, root: Path) -> None:
     manifest = (
-        WeightFile("org/repo", "unet/config.json", "base/unet/config.json"),
-        WeightFile("org/repo", "unet/m.fp16.safetensors", "base/unet/m.safetensors"),
+        WeightFile("org/repo", "unet/config.json", "base/unet/config.json", "main"),
+        WeightFile("org/repo", "unet/m.fp16.safetensors", "base/unet/m.safetensors", "main"),
     )
     hub = HfHub(endpoint="https://hub.test")
     paths = download_weights(root, hub, manifest=manifest, log=quiet)
@@ -406,7 +407,9 @@ def test_hfhub_download_end_to_end(server: MockServer, root: Path) -> None:
 
 
 def test_hfhub_resumes_from_the_byte_where_it_stopped(server: MockServer, root: Path) -> None:
-    manifest = (WeightFile("org/repo", "unet/m.fp16.safetensors", "base/unet/m.safetensors"),)
+    manifest = (
+        WeightFile("org/repo", "unet/m.fp16.safetensors", "base/unet/m.safetensors", "main"),
+    )
     hub = HfHub(endpoint="https://hub.test")
     server.cut_after = 3000
     with pytest.raises(Interrupted):
@@ -437,3 +440,13 @@ def test_hfhub_gated_401_404_are_clear(
     assert not isinstance(err.value, HubUnreachable)
     assert expected in str(err.value) and f"HTTP {status}" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_every_file_is_fetched_at_a_pinned_commit():
+    """Never a branch: an upstream change must not alter what a build loads."""
+    from sdxl.weights.download import PINNED
+
+    for entry in MANIFEST:
+        assert re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry.source
+        assert entry.revision == PINNED[entry.repo_id]
+    assert {entry.repo_id for entry in MANIFEST} == set(PINNED)

@@ -99,7 +99,7 @@ def files():
 
 @pytest.fixture
 def cache(tmp_path):
-    return DownloadCache(FetchSettings(cache_dir=tmp_path / "cache"))
+    return DownloadCache(FetchSettings(cache_dir=tmp_path / "cache", public_only=False))
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,10 @@ def server():
 
 
 def make_cache(tmp_path, **limits) -> DownloadCache:
-    settings = dict(cache_dir=tmp_path / "cache", connect_timeout=2, read_timeout=2, **limits)
-    return DownloadCache(FetchSettings(**settings))
+    """A cache that may reach the loopback test server (public_only=False)."""
+    settings = dict(cache_dir=tmp_path / "cache", connect_timeout=2, read_timeout=2)
+    settings.update(public_only=False)
+    return DownloadCache(FetchSettings(**{**settings, **limits}))
 
 
 def test_second_fetch_is_a_cache_hit_with_no_request(tmp_path, server):
@@ -143,7 +145,9 @@ def test_a_server_that_stalls_times_out(tmp_path, server):
     server.files["/slow"] = b"s"
     server.sleep = 1.5
     cache = DownloadCache(
-        FetchSettings(cache_dir=tmp_path / "c", connect_timeout=1, read_timeout=0.3)
+        FetchSettings(
+            cache_dir=tmp_path / "c", connect_timeout=1, read_timeout=0.3, public_only=False
+        )
     )
     started = time.monotonic()
     with pytest.raises(FetchError, match="read timeout"):

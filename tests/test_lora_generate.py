@@ -71,7 +71,7 @@ def pixels(result) -> np.ndarray:
 
 @pytest.mark.parametrize("resident", [0, 4], ids=["unloaded-after", "resident"])
 def test_a_trainer_tar_from_a_url(tiny_weights, tmp_path, served, resident):
-    cache = DownloadCache(FetchSettings(cache_dir=tmp_path / "cache"))
+    cache = DownloadCache(FetchSettings(cache_dir=tmp_path / "cache", public_only=False))
     engine = start_engine(tiny_weights, cache=cache, max_resident_loras=resident)
     try:
         models = engine.models

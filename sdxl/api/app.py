@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from sdxl.api.auth import ApiKeys, AuthMiddleware
+from sdxl.api.caps import with_caps
 from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
 from sdxl.api.errors import ApiError
@@ -85,6 +86,9 @@ def create_app(
                 description=app.description,
                 routes=app.routes,
             )
+            body = schema["components"]["schemas"].get("GenerateRequest")
+            if body is not None:
+                body["properties"] = with_caps(body["properties"], service.engine.settings.caps)
             if keys is not None:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}

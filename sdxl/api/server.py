@@ -26,7 +26,7 @@ from sdxl.api.replicate.predictions import Predictions
 from sdxl.api.replicate.store import Store, StoreLimits
 from sdxl.api.service import DRAINING, FAILED, Service
 from sdxl.api.settings import Settings, SettingsError
-from sdxl.config import Runtime
+from sdxl.config import Caps, Runtime
 from sdxl.engine import Engine, EngineSettings
 from sdxl.engine.engine import LOAD_FAILED
 
@@ -120,7 +120,7 @@ def _keys(no_auth: bool, host: str) -> ApiKeys | None:
     return ApiKeys(keys)
 
 
-def open_predictions(settings: Settings) -> Predictions:
+def open_predictions(settings: Settings, caps: Caps) -> Predictions:
     """The Replicate API's store (SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set),
     with what a restart left behind settled."""
     if settings.database_url is None:
@@ -131,7 +131,7 @@ def open_predictions(settings: Settings) -> Predictions:
         max_bytes=settings.max_stored_bytes,
         max_queued=settings.max_queued_predictions,
     )
-    predictions = Predictions(Store(settings.store_url, limits), settings)
+    predictions = Predictions(Store(settings.store_url, limits), settings, caps)
     predictions.recover()
     return predictions
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        predictions = open_predictions(settings)
+        predictions = open_predictions(settings, engine_settings.caps)
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
         return USAGE_ERROR

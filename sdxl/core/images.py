@@ -13,8 +13,9 @@ from PIL import Image, ImageFilter, ImageOps
 from sdxl.config import MAX_PIXELS, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
 from sdxl.errors import InputError, escape
 
-# Refuse decompression bombs outright: anything far beyond what we could ever use.
-Image.MAX_IMAGE_PIXELS = 64 * MAX_PIXELS
+# Refuse decompression bombs before decoding: 16 x the largest output (67 megapixels) covers
+# any camera; PIL warns above this (turned into an error below) and refuses at twice it.
+Image.MAX_IMAGE_PIXELS = 16 * MAX_PIXELS
 MASK_ASPECT_TOLERANCE = 0.01
 FEATHER_RADIUS = 2  # pixels of soft edge inside the repainted region
 
@@ -54,17 +55,18 @@ def decode_image(source: bytes | Path | str, name: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def output_size_for(width: int, height: int) -> tuple[int, int]:
-    """Scale (width, height) down to MAX_PIXELS keeping the aspect, floor to multiples of 8."""
-    scale = min(1.0, math.sqrt(MAX_PIXELS / (width * height)), MAX_SIDE / max(width, height))
+def output_size_for(width: int, height: int, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Scale (width, height) down to `max_pixels` keeping the aspect, floor to multiples of 8."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)), MAX_SIDE / max(width, height))
     w = int(width * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE
     h = int(height * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE
     return w, h
 
 
-def fit_image(img: Image.Image, name: str) -> Image.Image:
-    """The input image at the output size: its own size, scaled down and floored to 8."""
-    w, h = output_size_for(*img.size)
+def fit_image(img: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The input image at the output size: its own size, scaled down to `max_pixels` (the
+    operator's SDXL_MAX_PIXELS) and floored to multiples of 8."""
+    w, h = output_size_for(*img.size, max_pixels)
     if min(w, h) < MIN_SIDE:
         raise ImageInputError(
             "{field:name} "

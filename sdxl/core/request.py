@@ -15,12 +15,12 @@ from typing import Any
 from PIL import Image
 
 from sdxl.config import (
+    ASPECT_RATIOS,
     COG_INPUTS,
-    MAX_PIXELS,
-    MAX_PROMPT_CHARS,
     MAX_SEED,
     NAMED_LORAS,
     SIZE_MULTIPLE,
+    Caps,
 )
 from sdxl.errors import InputError, field_error
 
@@ -129,8 +129,9 @@ _BOOLS = ("apply_watermark", "disable_safety_checker")
 _IMAGES = ("image", "mask")
 
 
-def check_inputs(req: Request) -> None:
-    """Raise InputError for the first problem found, before anything is loaded or run."""
+def check_inputs(req: Request, caps: Caps = Caps()) -> None:  # noqa: B008 (frozen)
+    """Raise InputError for the first problem found, before anything is loaded or run;
+    `caps` are the operator's limits (SDXL_MAX_*)."""
     _check_types(req)
     for name, spec in COG_INPUTS.items():
         value = getattr(req, name)
@@ -153,14 +154,15 @@ def check_inputs(req: Request) -> None:
                 value,
                 words={"lo": f"{spec.ge:g}", "hi": f"{spec.le:g}"},
             )
+    _check_caps(req, caps)
     for name in _STRINGS:
         text = getattr(req, name)
-        if text is not None and len(text) > MAX_PROMPT_CHARS:
+        if text is not None and len(text) > caps.max_prompt_chars:
             raise InputError(
-                "{field:name} has {n} characters; the limit is {limit}",
+                "{field:name} has {n} characters; the limit is {limit} (SDXL_MAX_PROMPT_CHARS)",
                 name,
                 text[:80],
-                words={"n": len(text), "limit": MAX_PROMPT_CHARS},
+                words={"n": len(text), "limit": caps.max_prompt_chars},
             )
     if req.mask is not None and req.image is None:
         raise InputError(
@@ -168,8 +170,9 @@ def check_inputs(req: Request) -> None:
             "mask",
             values={},
         )
-    if req.image is None and req.aspect_ratio is None:
-        _check_size(req.width, req.height)
+    if req.image is None:
+        width, height = ASPECT_RATIOS.get(req.aspect_ratio, (req.width, req.height))
+        _check_size(width, height, caps)
     if req.refine == "expert_ensemble_refiner" and not 0 < req.high_noise_frac < 1:
         raise field_error(
             "{high_noise_frac} leaves one expert nothing to do; use a value strictly between "
@@ -198,7 +201,24 @@ def _check_types(req: Request) -> None:
         raise field_error("{prompt:name} must be a string", "prompt", None)
 
 
-def _check_size(width: int, height: int) -> None:
+def _check_caps(req: Request, caps: Caps) -> None:
+    """The operator's limits, each message naming its variable."""
+    for name, cap, variable in (
+        ("num_inference_steps", caps.max_steps, "SDXL_MAX_STEPS"),
+        ("refine_steps", caps.max_steps, "SDXL_MAX_STEPS"),
+        ("num_outputs", caps.max_outputs, "SDXL_MAX_OUTPUTS"),
+    ):
+        value = getattr(req, name)
+        if value is not None and value > cap:
+            raise field_error(
+                "{field} is over this server's limit of {cap} ({variable}); lower it",
+                name,
+                value,
+                words={"cap": cap, "variable": variable},
+            )
+
+
+def _check_size(width: int, height: int, caps: Caps) -> None:
     for name, value in (("width", width), ("height", height)):
         if value % SIZE_MULTIPLE:
             lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
@@ -208,10 +228,10 @@ def _check_size(width: int, height: int) -> None:
                 name,
                 value,
             )
-    if width * height > MAX_PIXELS:
+    if width * height > caps.max_pixels:
         raise InputError(
-            f"width x height = {width}x{height} is {width * height} pixels; "
-            f"the limit is {MAX_PIXELS}; lower width or height",
+            f"width x height = {width}x{height} is {width * height} pixels; the limit is "
+            f"{caps.max_pixels} (SDXL_MAX_PIXELS); lower width or height",
             "width",
             width,
         )

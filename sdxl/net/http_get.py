@@ -183,7 +183,15 @@ def _resolve(host: str, port: int, public_only: bool, fail: Fail) -> list[tuple[
 
 
 def is_public(ip: str) -> bool:
+    """A globally routable unicast address: not loopback, private, link-local (cloud metadata
+    at 169.254.169.254), shared, reserved or multicast; IPv6 forms that embed an IPv4
+    address (mapped, 6to4, Teredo) are judged by that address."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo and addr.teredo[1])
+        if embedded is not None or addr in ipaddress.ip_network("64:ff9b::/96"):
+            inner = embedded or ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+            return is_public(str(inner))
     return addr.is_global and not addr.is_multicast
 
 

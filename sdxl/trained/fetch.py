@@ -62,7 +62,7 @@ class FetchSettings:
     deadline: float = 1800.0  # seconds for one whole download
     max_redirects: int = 5
     local_dirs: tuple[Path, ...] = ()
-    public_only: bool = False  # refuse hosts that resolve to private/loopback addresses
+    public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
 
     @classmethod
     def from_env(cls) -> FetchSettings:
@@ -78,10 +78,17 @@ class FetchSettings:
                 read_timeout=float(env.get("SDXL_FETCH_READ_TIMEOUT", "60")),
                 deadline=float(env.get("SDXL_FETCH_DEADLINE", "1800")),
                 local_dirs=dirs,
-                public_only=env.get("SDXL_FETCH_PUBLIC_ONLY", "0") not in ("", "0", "false"),
+                public_only=not allow_private_urls(env),
             )
         except ValueError as err:
             raise ValueError(f"bad SDXL_CACHE_*/SDXL_FETCH_* setting: {err}") from err
+
+
+def allow_private_urls(env=None) -> bool:
+    """SDXL_ALLOW_PRIVATE_URLS=1: URLs from requests may reach private and loopback addresses
+    (an operator's own network, the tests on loopback). Off by default."""
+    env = os.environ if env is None else env
+    return env.get("SDXL_ALLOW_PRIVATE_URLS", "0").strip().lower() in ("1", "true", "yes")
 
 
 def redact(url: str) -> str:

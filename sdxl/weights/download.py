@@ -25,6 +25,25 @@ __all__ = ["DownloadError", "HfHub", "Hub", "HubUnreachable", "RemoteFile"]
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
+SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+
+# Each repository at a fixed commit, so that an upstream change never alters what a build
+# loads (the files are verified against the Hub's hashes at that commit). The Hub cannot be
+# reached where this was written; the commits are the ones public code and docs pin:
+PINNED = {
+    # main, "fix-readme (#109)": Baseten's model-cache docs (docs.baseten.co/development/
+    # model/model-cache) pin it with "*.fp16.safetensors"; so do fetch scripts and many
+    # huggingface_hub snapshot paths (models--stabilityai--...base-1.0/snapshots/4621659...).
+    SDXL_BASE: "462165984030d82259a11f4367a4eed129e94a7b",
+    # main, "Update README.md" (parent 93b080b, same weights): Baseten's model-cache docs.
+    SDXL_REFINER: "5d4cfe854c9a9a87939ff3653551c2b3c99a4356",
+    # Baseten's model-cache docs and SDXL fetch scripts pin it for the safetensors VAE.
+    SDXL_VAE_FP16_FIX: "207b116dae70ace3637169f1ddd2434b91b3a8cd",
+    # The checker's main (cb41f3a) has only pytorch_model.bin, a pickle: model.safetensors is
+    # on refs/pr/41 ("fp16 safetensors", Jun 30 2023), which replicate/cog-stable-diffusion
+    # (version.py: SAFETY_REVISION = "refs/pr/41") loads; this is that branch's commit.
+    SAFETY_CHECKER: "1664e306d2258485321cbbd8083074c9474d4e41",
+}
 RECORD_NAME = ".download-record.json"
 STAGING_NAME = ".download"
 _CHUNK = 16 << 20
@@ -37,7 +56,7 @@ class WeightFile:
     repo_id: str
     remote: str
     local: str
-    revision: str = "main"
+    revision: str
 
     @property
     def source(self) -> str:
@@ -45,10 +64,12 @@ class WeightFile:
 
 
 def _into(folder: str, repo_id: str, *remotes: str) -> tuple[WeightFile, ...]:
-    """Entries kept at their remote path under `folder`, with `.fp16` dropped from the name."""
+    """Entries kept at their remote path under `folder`, with `.fp16` dropped from the name,
+    at the repository's pinned commit."""
     fp16 = ".fp16.safetensors"
     return tuple(
-        WeightFile(repo_id, r, f"{folder}/{r.replace(fp16, '.safetensors')}") for r in remotes
+        WeightFile(repo_id, r, f"{folder}/{r.replace(fp16, '.safetensors')}", PINNED[repo_id])
+        for r in remotes
     )
 
 
@@ -85,13 +106,18 @@ MANIFEST: tuple[WeightFile, ...] = (
     # pickle pytorch_model.bin, which is never fetched.
     *_into(
         "safety_checker",
-        "CompVis/stable-diffusion-safety-checker",
+        SAFETY_CHECKER,
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
     ),
     # The SDXL offset-noise LoRA (kohya format, about 50 MB): the REST API's lora_name="offset".
-    WeightFile(SDXL_BASE, "sd_xl_offset_example-lora_1.0.safetensors", "loras/offset.safetensors"),
+    WeightFile(
+        SDXL_BASE,
+        "sd_xl_offset_example-lora_1.0.safetensors",
+        "loras/offset.safetensors",
+        PINNED[SDXL_BASE],
+    ),
 )
 
 

@@ -35,7 +35,7 @@ from sdxl.api.errors import (
 )
 from sdxl.api.service import STARTING, Service
 from sdxl.api.settings import DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, Settings
-from sdxl.core.encode import encode_image
+from sdxl.core.encode import encode_images
 from sdxl.core.request import Request, check_inputs
 from sdxl.core.result import Result, blacken
 from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents
@@ -160,12 +160,9 @@ def _result_or_error(job: Job, done: asyncio.Future) -> Result:
 def encoded(result: Result, output_format: str) -> list[str]:
     """Flagged images black, each image encoded with its parameters, base64."""
     images = blacken(result.images, result.nsfw)
-    return [
-        base64.b64encode(
-            encode_image(image, output_format, OUTPUT_QUALITY, result.metadata(i))
-        ).decode("ascii")
-        for i, image in enumerate(images)
-    ]
+    metadata = [result.metadata(i) for i in range(len(images))]
+    encoded = encode_images(images, output_format, OUTPUT_QUALITY, metadata)
+    return [base64.b64encode(data).decode("ascii") for data in encoded]
 
 
 def router(service: Service, settings: Settings) -> APIRouter:
@@ -186,7 +183,7 @@ def router(service: Service, settings: Settings) -> APIRouter:
             image = await asyncio.to_thread(seed_image, body.seed_image)
             request = dataclasses.replace(request, image=image)
         try:
-            check_inputs(request)
+            check_inputs(request, service.engine.settings.caps)
         except InputError as err:
             raise engine_input_error(err) from err
         check_accepting(service)

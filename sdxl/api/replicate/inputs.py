@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from sdxl.config import COG_INPUTS, MAX_PROMPT_CHARS
+from sdxl.api.caps import CAPPED_NUMBERS
+from sdxl.config import COG_INPUTS, Caps
 from sdxl.core.images import decode_image
 from sdxl.core.request import Request
 from sdxl.errors import InputError
@@ -40,7 +41,7 @@ class Invalid:
     message: str
 
 
-def normalize(raw: object, kinds: dict[str, str]) -> tuple[dict, list[Invalid]]:
+def normalize(raw: object, kinds: dict[str, str], caps: Caps) -> tuple[dict, list[Invalid]]:
     """(the input with numeric strings made numbers and nulls dropped, what is invalid)."""
     if not isinstance(raw, dict):
         return {}, [Invalid("input", "must be a JSON object of the model's inputs")]
@@ -56,7 +57,7 @@ def normalize(raw: object, kinds: dict[str, str]) -> tuple[dict, list[Invalid]]:
             continue
         value, why = _coerce(name, value, kind)
         if why is None:
-            why = _check(name, value, kind)
+            why = _check(name, value, kind, caps)
         if why is not None:
             problems.append(Invalid(name, why))
         else:
@@ -87,7 +88,7 @@ def _coerce(name: str, value, kind: str):
     return value, None
 
 
-def _check(name: str, value, kind: str) -> str | None:
+def _check(name: str, value, kind: str, caps: Caps) -> str | None:
     spec = COG_INPUTS[name]
     if spec.choices is not None and value not in spec.choices:
         return f"must be one of: {', '.join(map(str, spec.choices))}"
@@ -95,8 +96,12 @@ def _check(name: str, value, kind: str) -> str | None:
         return f"must be greater than or equal to {spec.ge:g}"
     if spec.le is not None and value > spec.le:
         return f"must be less than or equal to {spec.le:g}"
-    if kind == "string" and len(value) > MAX_PROMPT_CHARS:  # data URIs: the body limit
-        return f"has {len(value)} characters; the limit is {MAX_PROMPT_CHARS}"
+    cap_name = CAPPED_NUMBERS.get(name)
+    if cap_name is not None and value > getattr(caps, cap_name):
+        variable = Caps.VARIABLES[cap_name]
+        return f"is over this server's limit of {getattr(caps, cap_name)} ({variable})"
+    if kind == "string" and len(value) > caps.max_prompt_chars:  # data URIs: the body limit
+        return f"has {len(value)} characters; the limit is {caps.max_prompt_chars}"
     return None
 
 

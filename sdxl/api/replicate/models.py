@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
-from sdxl.config import COG_SCHEMA_FILE
+from sdxl.api.caps import cog_schema_with_caps
+from sdxl.config import COG_SCHEMA_FILE, Caps
 
 COG_VERSION = "0.23.1"
 CREATED_AT = "2023-07-26T00:00:00.000000Z"  # when the guide's version was published
@@ -33,16 +34,22 @@ class Version:
 
 
 class Catalogue:
-    def __init__(self, names: tuple[str, ...]):
+    def __init__(self, names: tuple[str, ...], caps: Caps):
         self.names = names
+        self.caps = caps
 
     @cached_property
-    def schema(self) -> dict:
+    def predictor_schema(self) -> dict:
         return json.loads(COG_SCHEMA_FILE.read_text())
 
     @cached_property
+    def schema(self) -> dict:
+        """The schema versions publish: the predictor's, with this server's caps."""
+        return cog_schema_with_caps(self.predictor_schema, self.caps)
+
+    @cached_property
     def own_version(self) -> str:
-        canonical = json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.predictor_schema, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @cached_property

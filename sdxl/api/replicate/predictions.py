@@ -19,8 +19,8 @@ from sdxl.api.replicate.queue import SharedQueue
 from sdxl.api.replicate.store import ENDED, Store, new_id
 from sdxl.api.replicate.webhooks import EVENTS, Webhooks, new_secret
 from sdxl.api.settings import Settings
-from sdxl.config import cog_input_kinds
-from sdxl.core.encode import FORMATS, encode_image
+from sdxl.config import Caps, cog_input_kinds
+from sdxl.core.encode import FORMATS, encode_images
 from sdxl.core.result import filter_flagged
 from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents
 from sdxl.errors import InputError
@@ -48,10 +48,11 @@ def iso(timestamp: float | None) -> str | None:
 
 
 class Predictions:
-    def __init__(self, store: Store, settings: Settings):
+    def __init__(self, store: Store, settings: Settings, caps: Caps):
         self.store = store
         self.settings = settings
-        self.catalogue = Catalogue(settings.models)
+        self.caps = caps
+        self.catalogue = Catalogue(settings.models, caps)
         self.kinds = cog_input_kinds(self.catalogue.schema)
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.queue = SharedQueue(store, self.replica, self._job_for)
@@ -85,7 +86,7 @@ class Predictions:
 
     # ---- the API's calls ----------------------------------------------------------------
     def create(self, version: Version, body: dict, origin: str) -> dict:
-        values, problems = normalize(body.get("input"), self.kinds)
+        values, problems = normalize(body.get("input"), self.kinds, self.caps)
         webhook = body.get("webhook")
         wanted = body.get("webhook_events_filter")
         if webhook is not None and not (
@@ -202,14 +203,9 @@ class Predictions:
         seeds = [result.seeds[i] for i in kept]
         req = job.request
         fmt = FORMATS[req.output_format]
-        encoded = [
-            (
-                f"out-{i}{fmt.extension}",
-                fmt.mime,
-                encode_image(image, req.output_format, req.output_quality, result.metadata(k)),
-            )
-            for i, (image, k) in enumerate(zip(images, kept, strict=True))
-        ]
+        metadata = [result.metadata(k) for k in kept]
+        data = encode_images(images, req.output_format, req.output_quality, metadata)
+        encoded = [(f"out-{i}{fmt.extension}", fmt.mime, d) for i, d in enumerate(data)]
         metrics.update(seeds=seeds, mode=result.mode, refine=req.refine)
         return "succeeded", None, encoded, metrics
 

@@ -1,0 +1,50 @@
+"""The operator's limits (SDXL_MAX_*) written into the OpenAPI documents this server publishes,
+so that forms and fuzzers stay inside them. The engine enforces them whatever a client read."""
+
+from __future__ import annotations
+
+import copy
+
+from sdxl.config import Caps
+
+# Each API's input name -> which cap bounds it.
+CAPPED_NUMBERS = {
+    "num_inference_steps": "max_steps",
+    "refine_steps": "max_steps",
+    "num_inference_steps_refiner": "max_steps",
+    "num_outputs": "max_outputs",
+    "num_images_per_prompt": "max_outputs",
+}
+CAPPED_TEXTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+SIZES = ("width", "height")
+
+
+def with_caps(properties: dict, caps: Caps) -> dict:
+    """A copy of a JSON-schema `properties` object with the caps applied."""
+    out = copy.deepcopy(properties)
+    for name, cap_name in CAPPED_NUMBERS.items():
+        prop = out.get(name)
+        if prop is not None and "maximum" in prop:
+            prop["maximum"] = min(prop["maximum"], getattr(caps, cap_name))
+    for name in CAPPED_TEXTS:
+        prop = out.get(name)
+        if prop is not None and prop.get("type") == "string":
+            prop["maxLength"] = min(
+                prop.get("maxLength", caps.max_prompt_chars), caps.max_prompt_chars
+            )
+    if caps.max_pixels != Caps.max_pixels:
+        for name in SIZES:
+            if name in out:
+                note = f" Width x height at most {caps.max_pixels} pixels (SDXL_MAX_PIXELS)."
+                out[name]["description"] = out[name].get("description", "") + note
+    return out
+
+
+def cog_schema_with_caps(schema: dict, caps: Caps) -> dict:
+    """The predictor's OpenAPI document with the caps in its Input properties."""
+    if caps == Caps():
+        return schema
+    out = copy.deepcopy(schema)
+    inputs = out["components"]["schemas"]["Input"]
+    inputs["properties"] = with_caps(inputs["properties"], caps)
+    return out

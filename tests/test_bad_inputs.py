@@ -1,0 +1,213 @@
+"""The bad-input matrix over all three APIs: Cog's server (coglet, `python -m sdxl serve`), the
+DataCrunch endpoint and the Replicate API (`python -m sdxl api`), real servers on loopback.
+
+Every case (tests/bad_inputs.py: the wrong values of every input of each API's own published
+schema, hostile files, the edges of the model) gives a precise error that names the input, or
+a correct image: never a 5xx, never a traceback, and the server answers afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+
+import pytest
+import requests
+from api_server import KEYS, Server
+from bad_inputs import (
+    SIZE,
+    Case,
+    data_uri,
+    encoded,
+    image_files,
+    mask_files,
+    photo,
+    schema_cases,
+)
+from cog_server import start_server
+from PIL import Image
+
+from sdxl.config import COG_SCHEMA_FILE
+
+pytestmark = pytest.mark.http
+
+BASE = {"prompt": "a cat", "width": SIZE, "height": SIZE, "num_inference_steps": 2, "seed": 1}
+GUIDE_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
+NOT_FINITE = "not finite"  # field marker: a JSON parser may refuse the body before any field
+
+
+def cog_cases() -> list[Case]:
+    """The Cog predictor's inputs (the Replicate API takes the same)."""
+    schema = json.loads(COG_SCHEMA_FILE.read_text())
+    cases = schema_cases(schema["components"]["schemas"]["Input"]["properties"], schema)
+    png = data_uri(encoded(photo()))
+    for label, data, expect in image_files():
+        cases.append(Case(f"image: {label}", {"image": data_uri(data)}, "image", expect))
+    for label, data, expect in mask_files():
+        cases.append(Case(label, {"image": png, "mask": data_uri(data)}, "mask", expect))
+    cases += [
+        Case("prompt_strength 0", {"image": png, "prompt_strength": 0}, "prompt_strength", "error"),
+        Case("prompt_strength 1", {"image": png, "prompt_strength": 1}, "prompt_strength", "image"),
+        Case("mask without image", {"mask": png}, "mask", "error"),
+    ]
+    for frac in (0, 1):
+        changes = {"refine": "expert_ensemble_refiner", "high_noise_frac": frac}
+        cases.append(Case(f"high_noise_frac {frac}", changes, "high_noise_frac", "error"))
+    one = {"num_inference_steps": 1}
+    steps = "num_inference_steps"
+    cases += [
+        Case("one step, no refiner", {**one, "refine": "no_refiner"}, steps, "image"),
+        Case("one step, ensemble", {**one, "refine": "expert_ensemble_refiner"}, steps, "error"),
+        Case(
+            "one step, base image refiner",
+            {**one, "refine": "base_image_refiner", "refine_steps": 1},
+            "refine_steps",
+            "image",
+        ),
+    ]
+    return cases
+
+
+def datacrunch_cases(schema: dict) -> list[Case]:
+    cases = schema_cases(schema["components"]["schemas"]["GenerateRequest"]["properties"], schema)
+    for label, data, expect in image_files():
+        changes = {"seed_image": base64.b64encode(data).decode(), "strength": 0.6}
+        cases.append(Case(f"seed_image: {label}", changes, "seed_image", expect))
+    photo_b64 = base64.b64encode(encoded(photo())).decode()
+    one, steps = {"num_inference_steps": 1}, "num_inference_steps"
+    refined = {**one, "refiner": True, "num_inference_steps_refiner": 1}
+    cases += [
+        Case("strength 1", {"seed_image": photo_b64, "strength": 1.0}, "strength", "image"),
+        Case("one step, no refiner", one, steps, "image"),
+        Case("one step, ensemble", {**one, "is_ensemble": True}, steps, "error"),
+        Case("one step, refiner", refined, "num_inference_steps_refiner", "image"),
+        Case(
+            "ensemble and refiner", {"is_ensemble": True, "refiner": True}, "is_ensemble", "error"
+        ),
+    ]
+    return cases
+
+
+def marked(cases: list[Case]) -> list[Case]:
+    """NaN and infinity are not JSON: a server may refuse the body before reading any field."""
+    out = []
+    for case in cases:
+        values = list(case.changes.values())
+        finite = all(not (isinstance(v, float) and not math.isfinite(v)) for v in values)
+        out.append(case if finite else Case(case.label, case.changes, NOT_FINITE, case.expect))
+    return out
+
+
+def check_image(data: bytes) -> None:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        assert img.width >= SIZE // 2 and img.height >= SIZE // 2
+
+
+def names(field: str, text: str) -> bool:
+    return field == NOT_FINITE or field in text
+
+
+def outcome(case: Case, status: int, error: str | None) -> None:
+    assert status < 500, f"{case.label}: HTTP {status}: {error}"
+    assert "Traceback" not in (error or ""), f"{case.label}: {error}"
+    if case.expect == "error":
+        assert error is not None, f"{case.label}: expected an error, got an image"
+    if case.expect == "image":
+        assert error is None, f"{case.label}: expected an image, got {error}"
+    if error is not None:
+        assert names(case.field, error), (
+            f"{case.label}: the error does not name {case.field}: {error}"
+        )
+
+
+# ---- the three servers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cog(tiny_weights, tmp_path_factory):
+    server = start_server(tiny_weights, tmp_path_factory.mktemp("bad-cog"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(tiny_weights, tmp_path_factory):
+    server = Server(tiny_weights, tmp_path_factory.mktemp("bad-api"), {"SDXL_API_KEYS": KEYS[0]})
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+
+
+def test_cog_server(cog):
+    cases = marked(cog_cases())
+    for case in cases:
+        assert cog.settles_ready()  # coglet answers 409 until its slot is back
+        response = requests.post(  # json.dumps writes NaN and Infinity; requests would refuse
+            cog.base + "/predictions",
+            data=json.dumps({"input": {**BASE, **case.changes}}),
+            headers={"Content-Type": "application/json"},
+            timeout=120,
+        )
+        body = (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else {"detail": response.text}
+        )
+        error = None
+        if response.status_code >= 400:
+            error = json.dumps(body.get("detail", body))
+        elif body.get("status") != "succeeded":
+            error = body.get("error") or json.dumps(body)
+        else:
+            check_image(base64.b64decode(body["output"][0].partition(",")[2]))
+        outcome(case, response.status_code, error)
+        assert cog.settles_ready(), case.label
+    print(f"Cog server: {len(cases)} cases")
+
+
+def test_datacrunch_endpoint(api):
+    schema = requests.get(api.base + "/openapi.json", timeout=10).json()
+    cases = marked(datacrunch_cases(schema))
+    for case in cases:
+        response = requests.post(
+            api.base + "/v1/images/stable-diffusion-xl/generate",
+            data=json.dumps({**BASE, **case.changes}),
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=120,
+        )
+        error = None
+        if response.status_code != 200:
+            error = json.dumps(response.json())
+        else:
+            check_image(base64.b64decode(response.json()["images"][0]))
+        outcome(case, response.status_code, error)
+        assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
+    print(f"DataCrunch endpoint: {len(cases)} cases")
+
+
+def test_replicate_api(api):
+    cases = marked(cog_cases())
+    for case in cases:
+        response = requests.post(
+            api.base + "/v1/predictions",
+            data=json.dumps({"version": GUIDE_VERSION, "input": {**BASE, **case.changes}}),
+            headers={**AUTH, "Content-Type": "application/json", "Prefer": "wait"},
+            timeout=120,
+        )
+        body = response.json()
+        error = None
+        if response.status_code >= 400:
+            error = json.dumps(body)
+        elif body["status"] != "succeeded":
+            error = body.get("error") or json.dumps(body)
+        else:
+            check_image(base64.b64decode(body["output"][0].partition(",")[2]))
+        outcome(case, response.status_code, error)
+        assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
+    print(f"Replicate API: {len(cases)} cases")
