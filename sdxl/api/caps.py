@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from sdxl.config import Caps
+from sdxl.config import MIN_SIDE, SIZE_MULTIPLE, Caps
 
 # Each API's input name -> which cap bounds it.
 CAPPED_NUMBERS = {
@@ -33,10 +33,14 @@ def with_caps(properties: dict, caps: Caps) -> dict:
                 prop.get("maxLength", caps.max_prompt_chars), caps.max_prompt_chars
             )
     if caps.max_pixels != Caps.max_pixels:
+        # The widest side that can still be valid (the other side at its minimum).
+        side = caps.max_pixels // MIN_SIDE // SIZE_MULTIPLE * SIZE_MULTIPLE
         for name in SIZES:
             if name in out:
                 note = f" Width x height at most {caps.max_pixels} pixels (SDXL_MAX_PIXELS)."
                 out[name]["description"] = out[name].get("description", "") + note
+                if "maximum" in out[name]:
+                    out[name]["maximum"] = max(MIN_SIDE, min(out[name]["maximum"], side))
     return out
 
 
@@ -48,3 +52,16 @@ def cog_schema_with_caps(schema: dict, caps: Caps) -> dict:
     inputs = out["components"]["schemas"]["Input"]
     inputs["properties"] = with_caps(inputs["properties"], caps)
     return out
+
+
+def inline_input_schema(schema: dict) -> dict:
+    """The predictor's Input schema with its enum references written out, for the request
+    body of POST /v1/predictions in this server's own OpenAPI document."""
+    components = schema["components"]["schemas"]
+    inputs = copy.deepcopy(components["Input"])
+    for prop in inputs["properties"].values():
+        for ref in prop.pop("allOf", []):
+            enum = components[ref["$ref"].rsplit("/", 1)[1]]
+            prop.update(type=enum["type"], enum=enum["enum"])
+        prop.pop("x-order", None)
+    return inputs

@@ -11,6 +11,25 @@ from pathlib import Path
 from sdxl.core.encode import FORMATS, encode_images
 from sdxl.core.result import Result, filter_flagged
 
+# coglet (0.23) keeps an empty inputs/outputs folder per prediction here and never removes it.
+COGLET_PREDICTIONS = Path("/tmp/coglet/predictions")
+KEEP_COGLET_FOLDERS = 8
+
+
+def sweep_coglet_folders(root: Path = COGLET_PREDICTIONS, keep: int = KEEP_COGLET_FOLDERS) -> int:
+    """Remove coglet's empty per-prediction folders but the newest `keep` (the current one is
+    among them). Returns how many went."""
+    try:
+        folders = sorted(root.glob("pred_*"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return 0
+    removed = 0
+    for folder in folders[keep:]:
+        if not any(path.is_file() for path in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
 
 class OutputWriter:
     """Writes each prediction's images to a new folder under one private temp root.
@@ -25,6 +44,7 @@ class OutputWriter:
 
     def write(self, result: Result, fmt: str, quality: int) -> list[Path]:
         self.clear()
+        sweep_coglet_folders()
         folder = self.root / uuid.uuid4().hex
         folder.mkdir(parents=True)
         metadata = [result.metadata(i) for i in range(len(result.images))]

@@ -250,8 +250,15 @@ class Engine:
                     self._cond.notify_all()
 
     def _next_ready(self) -> Job | None:
-        ready = [job for job in self._claimed if job.status == READY]
-        return min(ready, key=lambda job: job.seq) if ready else None
+        """The first job in claim order that is prepared. A job still preparing that fetches
+        nothing is ready within moments, so it is waited for rather than overtaken; one that
+        downloads may be overtaken by the prepared jobs behind it."""
+        for job in sorted(self._claimed, key=lambda j: j.seq):
+            if job.status == READY:
+                return job
+            if not job.downloads:
+                return None
+        return None
 
     def _execute(self, job: Job) -> None:
         job.started_at = time.time()

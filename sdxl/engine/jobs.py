@@ -85,12 +85,18 @@ class Job:
         request: Request | None,
         events: JobEvents | None = None,
         build: Callable[[Job], Request] | None = None,
+        downloads: bool | None = None,
     ):
         self.id = job_id
         self.request = request
         self.build = build
         self.events = events or JobEvents()
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
+        # Whether preparing it may fetch something (trained weights, image URLs): only such a
+        # job can be overtaken by the ones behind it; the others are waited for, in order.
+        if downloads is None:
+            downloads = request is not None and bool(request.replicate_weights)
+        self.downloads = downloads
         self.status = QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None

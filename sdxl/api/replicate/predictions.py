@@ -111,6 +111,8 @@ class Predictions:
             }
         )
         self.queue.created()
+        if self.store.count() > self.store.limits.max_predictions:
+            self.store.expire()  # over the count bound: the oldest ended ones go now
         return row
 
     def cancel(self, prediction_id: str) -> None:
@@ -139,11 +141,16 @@ class Predictions:
         origins = tuple(o for o in (row.get("origin"), self.settings.public_url) if o)
         sources = Sources(origins, self._file_bytes, FetchSettings.from_env())
         values = row["input"]
+        fetches = bool(values.get("replicate_weights")) or any(
+            str(values.get(name, "")).startswith(("http://", "https://"))
+            for name in ("image", "mask")
+        )
         job = Job(
             row["id"],
             None,
             JobEvents(started=self._started, log=self._logged, finished=self._finished),
             build=lambda job: request_for(values, sources, job.check),
+            downloads=fetches,
         )
         job.last_flush = 0.0
         if row["cancel_requested"]:

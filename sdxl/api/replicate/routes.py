@@ -13,9 +13,11 @@ from fastapi import APIRouter, Response
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
+from sdxl.api.caps import inline_input_schema
 from sdxl.api.errors import ApiError, retry_after
 from sdxl.api.replicate.predictions import InputInvalid, Predictions, iso
 from sdxl.api.replicate.store import ENDED, StoreFull
+from sdxl.api.replicate.webhooks import EVENTS
 from sdxl.api.service import DRAINING, FAILED, Service
 from sdxl.api.settings import DRAINING_RETRY_AFTER_S, Settings
 
@@ -114,7 +116,35 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
                 return row
             await asyncio.sleep(0.1)
 
-    @routes.post("/v1/predictions", status_code=201, summary="Create a prediction")
+    body_schema = {
+        "type": "object",
+        "properties": {
+            "version": {
+                "type": "string",
+                "enum": sorted({v for vs in catalogue.models.values() for v in vs}),
+            },
+            "input": inline_input_schema(catalogue.schema),
+            "webhook": {"type": "string", "format": "uri"},
+            "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
+        },
+        "required": ["version", "input"],
+    }
+    model_body = {**body_schema, "required": ["input"]}
+    model_body["properties"] = {
+        k: v for k, v in body_schema["properties"].items() if k != "version"
+    }
+
+    def json_body_doc(schema: dict) -> dict:
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        }
+
+    @routes.post(
+        "/v1/predictions",
+        status_code=201,
+        summary="Create a prediction",
+        openapi_extra=json_body_doc(body_schema),
+    )
     async def create_prediction(http: HttpRequest) -> JSONResponse:
         body = await json_body(http)
         text = body.get("version")
@@ -132,6 +162,7 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
         "/v1/models/{owner}/{name}/predictions",
         status_code=201,
         summary="Create a prediction of a model's latest version",
+        openapi_extra=json_body_doc(model_body),
     )
     async def create_model_prediction(owner: str, name: str, http: HttpRequest):
         model = catalogue.model(owner, name)
@@ -182,7 +213,21 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
             raise not_found(f"the version {owner}/{name}:{version_id[:70]}")
         return version.to_json(catalogue.schema)
 
-    @routes.post("/v1/files", status_code=201, summary="Upload a file for an input")
+    file_form = {
+        "type": "object",
+        "properties": {
+            "content": {"type": "string", "format": "binary"},
+            "metadata": {"type": "string", "description": "A JSON object"},
+        },
+        "required": ["content"],
+    }
+    form_doc = {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": file_form}}}
+    }
+
+    @routes.post(
+        "/v1/files", status_code=201, summary="Upload a file for an input", openapi_extra=form_doc
+    )
     async def create_file(http: HttpRequest) -> JSONResponse:
         form = await http.form()
         content = form.get("content")

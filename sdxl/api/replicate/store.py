@@ -139,6 +139,10 @@ class Store:
         with self.db.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def count(self) -> int:
+        with self.db.connect() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(predictions))
+
     def count_queued(self) -> int:
         with self.db.connect() as conn:
             query = sa.select(sa.func.count()).where(
