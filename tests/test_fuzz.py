@@ -22,12 +22,20 @@ EXAMPLES = "25"  # per operation and phase: bounded for CI
 def test_fuzz_in_a_network_namespace(tiny_weights, tmp_path, kind):
     assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux and iproute2"
     done = subprocess.run(
-        ["unshare", "--net", sys.executable, str(SCRIPT), kind, str(tiny_weights), str(tmp_path),
-         EXAMPLES],
+        [
+            "unshare",
+            "--net",
+            sys.executable,
+            str(SCRIPT),
+            kind,
+            str(tiny_weights),
+            str(tmp_path),
+            EXAMPLES,
+        ],
         capture_output=True,
         text=True,
         timeout=1200,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["with_failures"] == 0 and summary["exit_code"] == 0, summary["output_tail"]

@@ -74,9 +74,10 @@ def api(tiny_weights, tmp_path):
 def test_datacrunch_burst_is_served_or_refused_with_429(api):
     responses = burst(
         12,
-        lambda i: requests.post(api.base + GENERATE, json={**SMALL, "seed": i}, headers=AUTH,
-                                timeout=300),
-    )  # fmt: skip
+        lambda i: requests.post(
+            api.base + GENERATE, json={**SMALL, "seed": i}, headers=AUTH, timeout=300
+        ),
+    )
     served = [i for i, r in enumerate(responses) if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert all(r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 for r in refused)
@@ -209,7 +210,8 @@ def test_webhook_receivers_down_or_slow_never_delay_generation(api):
         deadline = time.monotonic() + 90
         while "gave up the completed webhook" not in api.log() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert re.search(r"gave up the completed webhook of prediction \w+ to http://127\.0\.0\.1",
-                         api.log())  # fmt: skip
+        assert re.search(
+            r"gave up the completed webhook of prediction \w+ to http://127\.0\.0\.1", api.log()
+        )
     finally:
         slow.close()

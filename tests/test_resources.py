@@ -71,8 +71,10 @@ def test_cog_server_over_200_predictions(tiny_weights, tmp_path):
     finally:
         server.stop()
     growth = after - before
-    print(f"Cog server: resident memory {before >> 20} MB after {WARM} predictions, "
-          f"{after >> 20} MB after {PREDICTIONS} ({growth / 2**20:+.1f} MB)")  # fmt: skip
+    print(
+        f"Cog server: resident memory {before >> 20} MB after {WARM} predictions, "
+        f"{after >> 20} MB after {PREDICTIONS} ({growth / 2**20:+.1f} MB)"
+    )
     assert growth < RSS_GROWTH_LIMIT
     outputs = [name for name in leftovers if name.startswith("sdxl-outputs-")]
     assert len(outputs) == 1  # one private root, holding only the last prediction's folder
@@ -118,9 +120,11 @@ def test_api_server_over_200_predictions(tiny_weights, tmp_path):
     finally:
         server.stop()
     growth = after - before
-    print(f"API server: resident memory {before >> 20} MB after {WARM} predictions, "
-          f"{after >> 20} MB after {PREDICTIONS} ({growth / 2**20:+.1f} MB); "
-          f"{stored} predictions stored")  # fmt: skip
+    print(
+        f"API server: resident memory {before >> 20} MB after {WARM} predictions, "
+        f"{after >> 20} MB after {PREDICTIONS} ({growth / 2**20:+.1f} MB); "
+        f"{stored} predictions stored"
+    )
     assert growth < RSS_GROWTH_LIMIT
     assert stored <= 50  # SDXL_MAX_STORED_PREDICTIONS
     assert len(leftovers) <= 2, leftovers
