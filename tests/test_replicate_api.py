@@ -386,3 +386,30 @@ def test_a_data_uri_input(client):
 def test_the_store_lives_in_sdxl_state_dir(server, tmp_path_factory):
     (state,) = Path(server.log_path).parent.glob(f"state-{server.port}")
     assert (state / "predictions.db").is_file()
+
+
+def test_the_javascript_data_uri_bug_never_stores_or_logs_the_token(server, tmp_path):
+    """replicate 1.4.0's fileEncodingStrategy "data-uri" sends the whole client object, API
+    token included, as the input: it is refused without echoing a value, and the token is in
+    no log line and no stored prediction."""
+    script = tmp_path / "data_uri.cjs"
+    script.write_text(
+        """
+const Replicate = require("replicate");
+const replicate = new Replicate({auth: process.env.REPLICATE_API_TOKEN,
+                                 baseUrl: process.env.REPLICATE_BASE_URL,
+                                 fileEncodingStrategy: "data-uri"});
+replicate.run(process.argv[2], {input: {prompt: "a cat", width: 256, height: 256}})
+  .then(() => { console.log("no error"); })
+  .catch((err) => { console.log(err.message); });
+"""
+    )
+    env = {"REPLICATE_API_TOKEN": KEYS[0], "REPLICATE_BASE_URL": server.base + "/v1"}
+    env["NODE_PATH"] = str(JS / "node_modules")
+    done = node(str(script), MODEL, env=env)
+    assert "422" in done.stdout and "Input validation failed" in done.stdout, done.stdout
+    assert KEYS[0] not in done.stdout  # the error names inputs, never their values
+    assert KEYS[0] not in server.log()
+    state = Path(server.log_path).parent / f"state-{server.port}"
+    for stored in state.glob("predictions.db*"):  # the database and its write-ahead log
+        assert KEYS[0].encode() not in stored.read_bytes()
