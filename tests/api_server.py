@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 GENERATE = "/v1/images/stable-diffusion-xl/generate"
 KEYS = ("test-key-alpha", "test-key-beta")
 START_TIMEOUT_S = 180
+GUIDE_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
+ENDED = ("succeeded", "failed", "canceled")
 
 
 # A stand-in for a slow disk: the server imports diffusers in its model-loading thread, and
@@ -103,6 +105,34 @@ class Server:
             kwargs["data"] = body
             headers.setdefault("Content-Type", "application/json")
         return requests.post(self.base + GENERATE, headers=headers, timeout=300, **kwargs)
+
+    def api(self, method: str, path: str, body=None, key: str = KEYS[0], **kwargs):
+        """A call to Replicate's API (/v1/...) with `key`."""
+        headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method, self.base + path, json=body, headers=headers, timeout=60, **kwargs
+        )
+
+    def create_prediction(self, inputs: dict, **extra) -> dict:
+        body = {"version": GUIDE_VERSION, "input": inputs, **extra}
+        response = self.api("POST", "/v1/predictions", body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def prediction(self, prediction_id: str) -> dict:
+        response = self.api("GET", f"/v1/predictions/{prediction_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_prediction(self, prediction_id: str, until=ENDED, timeout: float = 180) -> dict:
+        """The prediction once its status is one of `until`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.prediction(prediction_id)
+            if found["status"] in until:
+                return found
+            time.sleep(0.1)
+        pytest.fail(f"prediction {prediction_id} never reached {until}: {found}\n{self.log()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sdxl.api.auth import ApiKeys, AuthMiddleware
 from sdxl.api.caps import with_caps
@@ -16,6 +17,7 @@ from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
 from sdxl.api.errors import ApiError
 from sdxl.api.limits import BodyLimitMiddleware
+from sdxl.api.metrics import Metrics
 from sdxl.api.replicate import routes as replicate
 from sdxl.api.replicate.predictions import Predictions
 from sdxl.api.service import FAILED, READY, Service
@@ -43,9 +45,12 @@ def create_app(
     async def lifespan(app: FastAPI):
         service.start_loading()
         if predictions is not None:
+            predictions.queue.accepting = lambda: service.status == READY
             predictions.start_housekeeping()
         yield
         await asyncio.to_thread(service.wait_idle)
+        if predictions is not None:
+            await asyncio.to_thread(predictions.stop)
 
     app = FastAPI(
         title="SDXL REST API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
@@ -73,6 +78,13 @@ def create_app(
     async def ready() -> JSONResponse:
         report = {**service.health(), "queue_size": settings.queue_size}
         return JSONResponse(report, status_code=200 if report["status"] == READY else 503)
+
+    metrics = Metrics(service, None if predictions is None else predictions.store)
+
+    @app.get("/metrics", summary="Prometheus metrics of this replica (no key needed)")
+    async def prometheus_metrics() -> Response:
+        text = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(datacrunch.router(service, settings))
     if predictions is not None:

@@ -20,6 +20,7 @@ from types import FrameType
 
 import uvicorn
 
+from sdxl import logs
 from sdxl.api.app import create_app
 from sdxl.api.auth import ApiKeys, load_api_keys
 from sdxl.api.replicate.predictions import Predictions
@@ -34,7 +35,7 @@ log = logging.getLogger("sdxl.api")
 
 USAGE_ERROR = 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PROBE_PATHS = ("/health", "/ready")
+QUIET_PATHS = ("/health", "/ready", "/metrics")  # polled every few seconds
 
 
 class DrainingServer(uvicorn.Server):
@@ -71,11 +72,11 @@ class DrainingServer(uvicorn.Server):
 
 
 class QuietProbes(logging.Filter):
-    """Keeps successful /health and /ready probes (every few seconds) out of the access log."""
+    """Keeps successful probes and scrapes (every few seconds) out of the access log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (len(args) == 5 and args[2] in PROBE_PATHS and args[4] == 200)
+        return not (len(args) == 5 and args[2] in QUIET_PATHS and args[4] == 200)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +139,11 @@ def open_predictions(settings: Settings, caps: Caps) -> Predictions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure_server(logs.log_format(os.environ.get("SDXL_LOG_FORMAT")))
+    except ValueError as err:
+        print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
+        return USAGE_ERROR
     logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     os.environ.setdefault("TQDM_DISABLE", "1")  # fewer diffusers progress bars in the log
     try:

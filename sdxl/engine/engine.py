@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from sdxl.engine.jobs import (
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
+from sdxl.logs import adopt_library_loggers, job_context
 
 log = logging.getLogger(__name__)
 job_log = logging.getLogger("sdxl.engine")
@@ -77,12 +79,15 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
         self.runner: Any = None  # sdxl.engine.gpu.Runner, once loaded
+        # Called with each job once it has ended (metrics); on the engine's threads, so short.
+        self.observers: list[Callable[[Job], Any]] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
         """Load the models (unless given), then start taking jobs. Raises if loading fails."""
         started = time.perf_counter()
         try:
+            adopt_library_loggers()  # before diffusers and transformers say anything
             from sdxl.engine.gpu import Runner
 
             if self.models is None:
@@ -188,9 +193,15 @@ class Engine:
             report["resident"] = self.runner.resident.stats()
         return report
 
+    def peak_device_bytes(self) -> int | None:
+        """The most device memory allocated since the model loaded (None on the CPU)."""
+        return None if self.runner is None else self.runner.peak_device_bytes()
+
     # ---- claiming and preparing ---------------------------------------------------------
     def _claim_loop(self) -> None:
-        lookahead = self.settings.prepare_workers + 1
+        # How many jobs may be claimed but not yet running. A queue shared by replicas says
+        # how far ahead it lets one claim; an own queue, one more than can be prepared at once.
+        lookahead = getattr(self.queue, "lookahead", None) or self.settings.prepare_workers + 1
         while not self._closed:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or len(self._claimed) < lookahead)
@@ -209,7 +220,8 @@ class Engine:
 
     def _prepare(self, job: Job) -> None:
         try:
-            self.runner.prepare(job)
+            with job_context(job.id):
+                self.runner.prepare(job)
         except BaseException as err:
             self._end(job, err)
             return
@@ -243,7 +255,8 @@ class Engine:
                 job.status = RUNNING
                 self._cond.notify_all()
             try:
-                self._execute(job)
+                with job_context(job.id):
+                    self._execute(job)
             finally:
                 with self._cond:
                     self._running = None
@@ -298,11 +311,13 @@ class Engine:
             self.runner.release(job)
         line = end_line(job, error)
         job.log(line)
-        job_log.info("job %s %s", job.id, line)
+        job_log.info("job %s %s", job.id, line, extra={"prediction_id": job.id})
         if error is None:
             job.future.set_result(result)
         else:
             job.future.set_exception(error)
+        for observer in self.observers:
+            notify(observer, job)
         notify(job.events.finished, job)
 
 

@@ -68,6 +68,11 @@ class Runner:
             self.budget.release(weights.host_bytes)
             weights.close()
 
+    def peak_device_bytes(self) -> int | None:
+        if self.models.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.models.device)
+
     # ---- the GPU thread, the engine's lock held -----------------------------------------
     def run(self, job: Job) -> Result:
         job.check()  # cancelled while it waited for the GPU
