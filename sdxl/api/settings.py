@@ -86,6 +86,8 @@ class Settings:
     models: tuple[str, ...] = (GUIDE_MODEL,)  # SDXL_REPLICATE_MODELS
     page_size: int = 100  # SDXL_PAGE_SIZE: predictions per page of GET /v1/predictions
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (default: made once, stored)
+    # SDXL_REPLICA_TIMEOUT: on a shared database, a replica silent this long is dead
+    replica_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -119,6 +121,7 @@ class Settings:
             models=_models(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
             page_size=_number(environ, "SDXL_PAGE_SIZE", 100, 1),
             webhook_secret=secret,
+            replica_timeout_s=_number(environ, "SDXL_REPLICA_TIMEOUT", 30.0, 1.0, float),
         )
 
     @property

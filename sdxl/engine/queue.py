@@ -25,7 +25,10 @@ class JobQueue(Protocol):
         """Take `job` out if it is still waiting (a cancel); True if it was."""
 
     def __len__(self) -> int:
-        """How many jobs wait."""
+        """How many jobs wait for this engine."""
+
+    # Optional: `lookahead`, how many jobs the engine may hold claimed but not yet running
+    # (a queue shared by replicas keeps it at 1, so that the others get the rest).
 
 
 class MemoryQueue:

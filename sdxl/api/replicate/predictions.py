@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sdxl.api.replicate.inputs import Invalid, Sources, normalize, request_for
 from sdxl.api.replicate.models import Catalogue, Version
 from sdxl.api.replicate.queue import SharedQueue
+from sdxl.api.replicate.replicas import Replicas
 from sdxl.api.replicate.store import ENDED, Store, new_id
 from sdxl.api.replicate.webhooks import EVENTS, Webhooks, new_secret
 from sdxl.api.settings import Settings
@@ -29,6 +30,11 @@ from sdxl.trained.fetch import FetchSettings
 log = logging.getLogger(__name__)
 
 LOG_FLUSH_S = 0.5  # logs are written to the store (and sent to webhooks) at most this often
+CANCEL_POLL_S = 0.25  # how often a replica of a shared store looks for cancels of its jobs
+LOST_CLAIM = (
+    "this replica was presumed dead and lost its claim on the prediction, which another "
+    "replica settled"
+)
 RESTART_MESSAGE = (
     "the server stopped while this prediction was running (it was restarted or it crashed); "
     "create the prediction again"
@@ -54,19 +60,28 @@ class Predictions:
         self.caps = caps
         self.catalogue = Catalogue(settings.models, caps)
         self.kinds = cog_input_kinds(self.catalogue.schema)
-        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        host = socket.gethostname()[:40]  # the pod's name on Kubernetes
+        self.replica = f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.queue = SharedQueue(store, self.replica, self._job_for)
+        self.replicas = (
+            Replicas(store, self.replica, settings.replica_timeout_s) if store.shared else None
+        )
         secret = settings.webhook_secret or store.setting("webhook_secret", new_secret)
         self.webhooks = Webhooks(secret, public_only=FetchSettings.from_env().public_only)
         self._outputs = ThreadPoolExecutor(1, thread_name_prefix="sdxl-outputs")
         self._changed = threading.Condition()
 
     def recover(self) -> None:
-        """At start (the only replica of this store): running predictions failed, claimed
-        ones queued again."""
-        failed, requeued = self.store.recover(RESTART_MESSAGE)
-        if failed or requeued:
-            log.info("after the restart: %d predictions failed, %d queued again", failed, requeued)
+        """At start. The only replica of its store (SQLite): the predictions it was running
+        failed, the ones it had claimed are queued again. A replica of a shared store beats
+        before it claims anything; the others settle the predictions of dead replicas."""
+        if self.replicas is not None:
+            self.replicas.beat()
+            log.info("replica %s of a shared prediction store", self.replica)
+        else:
+            failed, requeued = self.store.recover(RESTART_MESSAGE)
+            if failed or requeued:
+                log.info("after the restart: %d failed, %d queued again", failed, requeued)
         removed = self.store.expire()
         if removed:
             log.info("removed %d expired predictions and files", removed)
@@ -83,6 +98,37 @@ class Predictions:
                     log.exception("expiring old predictions failed")
 
         threading.Thread(target=loop, name="sdxl-expire", daemon=True).start()
+        if self.replicas is not None:
+            threading.Thread(target=self._replica_loop, name="sdxl-replica", daemon=True).start()
+
+    def _replica_loop(self) -> None:
+        """Heartbeats, the other replicas watched, and cancels made on other replicas."""
+        next_beat = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.replicas.beat_every_s
+                    self.replicas.beat()
+                    self.replicas.reap()
+                self._cancels_from_elsewhere()
+            except Exception as err:  # the database is away: try again at the next round
+                log.warning("the shared prediction store cannot be reached: %s", err)
+                time.sleep(self.replicas.beat_every_s)
+            time.sleep(CANCEL_POLL_S)
+
+    def _cancels_from_elsewhere(self) -> None:
+        for prediction_id in self.store.cancels_requested(self.queue.local_ids()):
+            job = self.queue.local(prediction_id)
+            if job is not None:
+                job.cancel("the prediction was cancelled")
+
+    def stop(self) -> None:
+        """After the drain: this replica holds no claim, so it leaves the replicas' table."""
+        if self.replicas is not None:
+            try:
+                self.replicas.leave()
+            except Exception as err:
+                log.warning("leaving the shared prediction store failed: %s", err)
 
     # ---- the API's calls ----------------------------------------------------------------
     def create(self, version: Version, body: dict, origin: str) -> dict:
@@ -162,7 +208,9 @@ class Predictions:
         return None if row is None else row["data"]
 
     def _started(self, job: Job) -> None:
-        self.store.started(job.id)
+        if not self.store.started(job.id, self.replica):
+            job.cancel(LOST_CLAIM)
+            return
         self._changed_now()
         self._send(job.id, "start")
 
@@ -181,15 +229,24 @@ class Predictions:
         status = "failed"
         try:
             status, error, images, metrics = self._result(job)
-            self.store.finish(
-                job.id, status, error=error, metrics=metrics, logs=_text(job.logs), images=images
+            kept = self.store.finish(
+                job.id,
+                status,
+                error=error,
+                metrics=metrics,
+                logs=_text(job.logs),
+                images=images,
+                replica=self.replica,
             )
         except Exception as err:  # never leave a prediction running forever
             log.exception("storing the result of prediction %s failed", job.id)
             status = "failed"
-            self.store.finish(job.id, status, error=f"storing the result failed ({err})")
+            error = f"storing the result failed ({err})"
+            kept = self.store.finish(job.id, status, error=error, replica=self.replica)
         finally:
             self.queue.release(job.id)
+        if not kept:  # cancelled while queued, or settled by another replica: theirs stands
+            return
         self._changed_now()
         if status == "succeeded":
             self._send(job.id, "output")

@@ -1,9 +1,15 @@
 """The engine's queue with the Replicate API on: the DataCrunch endpoint's jobs wait in this
 process's memory, Replicate's predictions in the store (they survive a restart and, on a shared
-database, can be claimed by any replica). Each claim takes the older of the two heads."""
+database, can be claimed by any replica). Each claim takes the older of the two heads.
+
+A replica takes predictions from the store only while it is ready (not loading, broken or
+draining), and on a shared store claims at most one beyond the one it runs: it prepares
+(downloads) that one while the GPU works, and leaves the rest to replicas with a free GPU.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +17,11 @@ from collections.abc import Callable
 from sdxl.api.replicate.store import Store
 from sdxl.engine import Job, MemoryQueue
 
+log = logging.getLogger(__name__)
+
 STORE_POLL_S = 0.25  # how often the store is asked for predictions another process created
+STORE_RETRY_S = 2.0  # after the store could not be read, wait this long before asking again
+SHARED_LOOKAHEAD = 1  # predictions a replica of a shared store claims beyond the running one
 
 
 class SharedQueue:
@@ -21,8 +31,12 @@ class SharedQueue:
         self.job_for = job_for
         self.memory = MemoryQueue()
         self.claimed: dict[str, Job] = {}  # this replica's predictions, until they end
+        # Whether to take predictions from the store now; the server makes it "ready".
+        self.accepting: Callable[[], bool] = lambda: True
+        self.lookahead = SHARED_LOOKAHEAD if store.shared else None
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._store_failed_at = 0.0
 
     def put(self, job: Job) -> None:
         self.memory.put(job)
@@ -46,15 +60,28 @@ class SharedQueue:
 
     def _claim_oldest(self) -> Job | None:
         in_memory = self.memory.oldest()
-        in_store = self.store.oldest_queued()
-        if in_store is not None and (in_memory is None or in_store <= in_memory):
-            row = self.store.claim(self.replica)
-            if row is not None:
-                job = self.job_for(row)
-                with self._lock:
-                    self.claimed[job.id] = job
-                return job
+        row = self._claim_from_store(before=in_memory)
+        if row is not None:
+            job = self.job_for(row)
+            with self._lock:
+                self.claimed[job.id] = job
+            return job
         return self.memory.claim(0) if in_memory is not None else None
+
+    def _claim_from_store(self, before: float | None) -> dict | None:
+        """The store's oldest prediction, claimed, if it is older than `before` and this
+        replica takes predictions now. A store that cannot be read is left alone a while."""
+        if not self.accepting() or time.monotonic() - self._store_failed_at < STORE_RETRY_S:
+            return None
+        try:
+            oldest = self.store.oldest_queued()
+            if oldest is None or (before is not None and oldest > before):
+                return None
+            return self.store.claim(self.replica)
+        except Exception as err:  # the database is away: memory jobs still run meanwhile
+            self._store_failed_at = time.monotonic()
+            log.warning("the prediction store cannot be read: %s", err)
+            return None
 
     def release(self, job_id: str) -> None:
         with self._lock:
@@ -64,8 +91,14 @@ class SharedQueue:
         with self._lock:
             return self.claimed.get(job_id)
 
+    def local_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.claimed)
+
     def discard(self, job: Job) -> bool:
         return self.memory.discard(job)
 
     def __len__(self) -> int:
-        return len(self.memory) + self.store.count_queued()
+        """Jobs waiting for this engine: the store's predictions wait for every replica and
+        are counted there (`Store.count_queued`)."""
+        return len(self.memory)

@@ -3,7 +3,10 @@
 SQLAlchemy Core over an embedded SQLite file in SDXL_STATE_DIR by default, or any database
 SDXL_DATABASE_URL names: a restart keeps every prediction and its outputs, and queued ones
 are still queued. Outputs and files are stored in the database itself, so that whatever can
-read a prediction can read its outputs. Rows are removed SDXL_PREDICTION_TTL seconds after
+read a prediction can read its outputs. On a server database (PostgreSQL) any number of
+replicas share the store: each claims the oldest unclaimed prediction with
+SELECT ... FOR UPDATE SKIP LOCKED, and beats in `replicas` so that the others can tell when it
+died. Rows are removed SDXL_PREDICTION_TTL seconds after
 they end (files after they were uploaded), and the store is bounded by count and bytes.
 """
 
@@ -70,6 +73,13 @@ files = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+replicas = sa.Table(
+    "replicas",
+    meta,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("beats", sa.Integer, nullable=False),  # counts up while the replica lives
+    sa.Column("seen_at", sa.Float, nullable=False),  # its clock, for people reading the table
+)
 settings = sa.Table(
     "settings",
     meta,
@@ -99,13 +109,18 @@ def new_id() -> str:
 class Store:
     def __init__(self, url: str, limits: StoreLimits | None = None):
         self.limits = limits or StoreLimits()
-        options: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
+        # SQLite is one process's file; any other database may be shared by many replicas.
+        self.shared = not url.startswith("sqlite")
+        options: dict[str, Any] = {"future": True, "pool_pre_ping": self.shared}
+        if not self.shared:
             options["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.db = sa.create_engine(url, **options)
-        if url.startswith("sqlite"):
+        if not self.shared:
             sa.event.listen(self.db, "connect", _sqlite_pragmas)
-        meta.create_all(self.db)
+        with self._tx() as conn:
+            if self.db.dialect.name == "postgresql":  # replicas starting together: one creates
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7106)"))
+            meta.create_all(conn)
         self.url = url
 
     @contextmanager
@@ -191,8 +206,20 @@ class Store:
                 predictions.update().where(predictions.c.id == prediction_id).values(**values)
             )
 
-    def started(self, prediction_id: str) -> None:
-        self.update(prediction_id, status=RUNNING, started_at=time.time())
+    def started(self, prediction_id: str, replica: str) -> bool:
+        """Mark it running, if `replica` still holds its claim (False: it was taken away)."""
+        with self._tx() as conn:
+            return bool(
+                conn.execute(
+                    predictions.update()
+                    .where(
+                        predictions.c.id == prediction_id,
+                        predictions.c.claimed_by == replica,
+                        predictions.c.status == QUEUED,
+                    )
+                    .values(status=RUNNING, started_at=time.time())
+                ).rowcount
+            )
 
     def finish(
         self,
@@ -203,15 +230,22 @@ class Store:
         metrics: dict | None = None,
         logs: str | None = None,
         images: list[tuple[str, str, bytes]] = (),
-    ) -> None:
-        """End a prediction; `images` are (name, content type, bytes) of its outputs."""
+        replica: str | None = None,
+    ) -> bool:
+        """End a prediction; `images` are (name, content type, bytes) of its outputs. Given
+        `replica`, only while that replica holds its claim. False if it had ended already."""
         values: dict[str, Any] = {"status": status, "completed_at": time.time()}
         values.update(error=error, metrics=metrics, claimed_by=None)
         if logs is not None:
             values["logs"] = logs
         if status == "succeeded":
             values["output_count"] = len(images)
+        where = [predictions.c.id == prediction_id, predictions.c.status.not_in(ENDED)]
+        if replica is not None:
+            where.append(predictions.c.claimed_by == replica)
         with self._tx() as conn:
+            if not conn.execute(predictions.update().where(*where).values(**values)).rowcount:
+                return False
             for index, (name, content_type, data) in enumerate(images):
                 conn.execute(
                     outputs.insert().values(
@@ -223,11 +257,7 @@ class Store:
                         data=data,
                     )
                 )
-            conn.execute(
-                predictions.update()
-                .where(predictions.c.id == prediction_id, predictions.c.status.not_in(ENDED))
-                .values(**values)
-            )
+        return True
 
     def outputs_of(self, prediction_id: str) -> list[dict]:
         with self.db.connect() as conn:
@@ -263,6 +293,65 @@ class Store:
                 .values(cancel_requested=True)
             )
         return False
+
+    def cancels_requested(self, prediction_ids: list[str]) -> list[str]:
+        """Those of `prediction_ids` (claimed here) that a cancel reached on any replica."""
+        if not prediction_ids:
+            return []
+        with self.db.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(predictions.c.id).where(
+                        predictions.c.id.in_(prediction_ids), predictions.c.cancel_requested
+                    )
+                ).scalars()
+            )
+
+    # ---- replicas -----------------------------------------------------------------------
+    def beat(self, replica: str) -> None:
+        """`replica` is alive: count its heartbeat up."""
+        with self._tx() as conn:
+            found = conn.execute(
+                replicas.update()
+                .where(replicas.c.name == replica)
+                .values(beats=replicas.c.beats + 1, seen_at=time.time())
+            ).rowcount
+            if not found:
+                conn.execute(replicas.insert().values(name=replica, beats=1, seen_at=time.time()))
+
+    def heartbeats(self) -> dict[str, int | None]:
+        """Every replica that beats or holds a claim, with its beat count (None: no row)."""
+        with self.db.connect() as conn:
+            beats = dict(conn.execute(sa.select(replicas.c.name, replicas.c.beats)).all())
+            holders = conn.execute(
+                sa.select(predictions.c.claimed_by)
+                .where(predictions.c.claimed_by.is_not(None), predictions.c.status.not_in(ENDED))
+                .distinct()
+            ).scalars()
+        return {**dict.fromkeys(holders), **beats}
+
+    def abandon(self, names: list[str], message: str) -> tuple[int, int]:
+        """Replicas `names` died: what they ran failed with `message`, what they had claimed
+        but not started is queued again, their rows go. (failed, requeued)"""
+        now = time.time()
+        with self._tx() as conn:
+            failed = conn.execute(
+                predictions.update()
+                .where(predictions.c.claimed_by.in_(names), predictions.c.status == RUNNING)
+                .values(status="failed", error=message, completed_at=now, claimed_by=None)
+            ).rowcount
+            requeued = conn.execute(
+                predictions.update()
+                .where(predictions.c.claimed_by.in_(names), predictions.c.status == QUEUED)
+                .values(claimed_by=None)
+            ).rowcount
+            conn.execute(replicas.delete().where(replicas.c.name.in_(names)))
+        return failed, requeued
+
+    def leave(self, replica: str) -> None:
+        """`replica` stops cleanly (it holds no claim any more)."""
+        with self._tx() as conn:
+            conn.execute(replicas.delete().where(replicas.c.name == replica))
 
     def recover(self, message: str) -> tuple[int, int]:
         """After a restart of the only replica: what was running failed, what was claimed
@@ -306,11 +395,16 @@ class Store:
     # ---- settings -----------------------------------------------------------------------
     def setting(self, name: str, make) -> str:
         """The stored value of `name`, made with `make()` and stored the first time."""
-        with self._tx() as conn:
-            value = conn.scalar(sa.select(settings.c.value).where(settings.c.name == name))
-            if value is None:
-                value = make()
-                conn.execute(settings.insert().values(name=name, value=value))
+        query = sa.select(settings.c.value).where(settings.c.name == name)
+        try:
+            with self._tx() as conn:
+                value = conn.scalar(query)
+                if value is None:
+                    value = make()
+                    conn.execute(settings.insert().values(name=name, value=value))
+        except sa.exc.IntegrityError:  # another replica stored it first: use theirs
+            with self.db.connect() as conn:
+                value = conn.scalar(query)
         return value
 
     # ---- expiry -------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Many replicas, one queue: two `python -m sdxl api` processes on loopback sharing a real
+PostgreSQL (tests/postgres.py). A burst spreads over both; either replica reads, lists and
+cancels any prediction; a replica killed mid-job leaves its job failed, never lost or run twice.
+The tiny model; which replica ran a prediction is read from each process's own log."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from api_server import KEYS, Server
+from postgres import Cluster, fresh_database, wait_until
+
+pytestmark = pytest.mark.http
+
+TIMEOUT_S = 2  # SDXL_REPLICA_TIMEOUT: a replica silent this long is dead
+QUICK = {"prompt": "a harbour", "width": 256, "height": 256, "num_inference_steps": 12}
+LONG = {**QUICK, "num_inference_steps": 500}
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    url = os.environ.get("SDXL_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sdxl-postgres-"))  # not under a 0700 pytest folder
+    cluster = Cluster(folder)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_pair(tiny_weights, folder: Path, database_url: str) -> tuple[Server, Server]:
+    env = {
+        "SDXL_API_KEYS": KEYS[0],
+        "SDXL_DATABASE_URL": database_url,
+        "SDXL_REPLICA_TIMEOUT": str(TIMEOUT_S),
+    }
+    pair = (Server(tiny_weights, folder, env), Server(tiny_weights, folder, env))
+    for server in pair:
+        server.wait_ready()
+    return pair
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_weights, postgres_url, tmp_path_factory):
+    database = fresh_database(postgres_url, "sdxl_pair")
+    servers = start_pair(tiny_weights, tmp_path_factory.mktemp("pair"), database)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def runs(server: Server, prediction_id: str, what: str = "done") -> int:
+    """How many times `server`'s log says the prediction's job `what` (started, done, ...)."""
+    return len(re.findall(rf"job {prediction_id} {what}\b", server.log()))
+
+
+def runner_of(database_url: str, prediction_id: str, servers) -> Server:
+    """The replica whose claim the prediction is under (replica names hold the pid)."""
+    db = sa.create_engine(database_url)
+    try:
+        with db.connect() as conn:
+            holder = conn.scalar(
+                sa.text("SELECT claimed_by FROM predictions WHERE id = :id"), {"id": prediction_id}
+            )
+    finally:
+        db.dispose()
+    (found,) = [s for s in servers if holder and f"-{s.proc.pid}-" in holder]
+    return found
+
+
+def test_a_burst_spreads_over_both_replicas(pair):
+    first, second = pair
+    created = [first.create_prediction({**QUICK, "seed": seed}) for seed in range(6)]
+    ended = [second.wait_prediction(p["id"]) for p in created]
+    assert [p["status"] for p in ended] == ["succeeded"] * 6
+    for prediction in created:  # each ran exactly once, on one replica or the other
+        assert runs(first, prediction["id"]) + runs(second, prediction["id"]) == 1
+    assert any(runs(first, p["id"]) for p in created), first.log()
+    assert any(runs(second, p["id"]) for p in created), second.log()
+    # Same seed, same pixels, whichever replica ran it and whichever answers.
+    again = second.create_prediction({**QUICK, "seed": 0})
+    assert second.wait_prediction(again["id"])["status"] == "succeeded"
+    image = first.prediction(again["id"])["output"][0]  # data: URIs (no SDXL_PUBLIC_URL)
+    assert image.startswith("data:image/")
+    assert image == second.prediction(created[0]["id"])["output"][0]
+
+
+def test_any_replica_reads_lists_and_cancels_any_prediction(pair):
+    first, second = pair
+    on_first = first.create_prediction(LONG)
+    running = second.wait_prediction(on_first["id"], until=("processing",))
+    assert running["input"] == on_first["input"] and running["id"] == on_first["id"]
+    listed = second.api("GET", "/v1/predictions").json()["results"]
+    assert on_first["id"] in [p["id"] for p in listed]
+    on_second = second.create_prediction(LONG)  # the other GPU is free: it runs there
+    first.wait_prediction(on_second["id"], until=("processing",))
+    started = time.monotonic()
+    for prediction, elsewhere in ((on_first, second), (on_second, first)):
+        answer = elsewhere.api("POST", f"/v1/predictions/{prediction['id']}/cancel")
+        assert answer.status_code == 200, answer.text
+    for prediction in (on_first, on_second):
+        assert first.wait_prediction(prediction["id"], timeout=30)["status"] == "canceled"
+    assert time.monotonic() - started < 10  # a watcher polls every 0.25 s; a step or two more
+    for prediction in (on_first, on_second):
+        cancels = [runs(server, prediction["id"], "canceled") for server in pair]
+        assert sorted(cancels) == [0, 1]  # cancelled where it ran, and only there
+
+
+def test_a_killed_replica_fails_its_job_and_the_others_run_once(
+    tiny_weights, postgres_url, tmp_path
+):
+    database = fresh_database(postgres_url, "sdxl_kill")
+    servers = start_pair(tiny_weights, tmp_path, database)
+    try:
+        doomed = servers[0].create_prediction(LONG)
+        servers[1].wait_prediction(doomed["id"], until=("processing",))
+        victim = runner_of(database, doomed["id"], servers)
+        survivor = servers[1] if victim is servers[0] else servers[0]
+        busy = survivor.create_prediction(LONG)  # the survivor's GPU is busy too
+        survivor.wait_prediction(busy["id"], until=("processing",))
+        # Each replica claims one more to prepare while its GPU works: then both have one.
+        waiting = [survivor.create_prediction({**QUICK, "seed": s}) for s in range(2)]
+        wait_until(
+            lambda: all(runner_of_or_none(database, p["id"], servers) for p in waiting),
+            "both quick predictions claimed",
+        )
+        victim.proc.kill()  # SIGKILL: no drain, no goodbye
+        victim.proc.wait(30)
+        lost = survivor.wait_prediction(doomed["id"], timeout=60)
+        assert lost["status"] == "failed"
+        assert "replica running this prediction stopped answering" in lost["error"]
+        survivor.api("POST", f"/v1/predictions/{busy['id']}/cancel")
+        for prediction in waiting:  # the victim's claim went back to the queue
+            assert survivor.wait_prediction(prediction["id"])["status"] == "succeeded"
+            assert runs(survivor, prediction["id"]) == 1
+            assert runs(victim, prediction["id"], "started") == 0
+        assert runs(survivor, doomed["id"], "started") == 0  # failed, not run again
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def runner_of_or_none(database_url: str, prediction_id: str, servers) -> Server | None:
+    try:
+        return runner_of(database_url, prediction_id, servers)
+    except ValueError:
+        return None
