@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sdxl.api import playground
 from sdxl.api.auth import ApiKeys, AuthMiddleware
 from sdxl.api.caps import with_caps
 from sdxl.api.datacrunch import routes as datacrunch
@@ -20,7 +21,7 @@ from sdxl.api.limits import BodyLimitMiddleware
 from sdxl.api.metrics import Metrics
 from sdxl.api.replicate import routes as replicate
 from sdxl.api.replicate.predictions import Predictions
-from sdxl.api.service import FAILED, READY, Service
+from sdxl.api.service import DRAINING, FAILED, READY, Service
 from sdxl.api.settings import Settings
 
 DESCRIPTION = """\
@@ -45,7 +46,10 @@ def create_app(
     async def lifespan(app: FastAPI):
         service.start_loading()
         if predictions is not None:
-            predictions.queue.accepting = lambda: service.status == READY
+            predictions.queue.accepting = lambda: (
+                service.status == READY
+                or (service.status == DRAINING and not predictions.store.shared)
+            )  # the only replica of its store finishes what was accepted before it exits
             predictions.start_housekeeping()
         yield
         await asyncio.to_thread(service.wait_idle)
@@ -89,6 +93,8 @@ def create_app(
     app.include_router(datacrunch.router(service, settings))
     if predictions is not None:
         app.include_router(replicate.router(predictions, service, settings))
+        app.include_router(playground.router(predictions.catalogue, keys is not None))
+        app.mount("/playground/static", playground.static_files(), name="playground")
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -2,9 +2,10 @@
 process's memory, Replicate's predictions in the store (they survive a restart and, on a shared
 database, can be claimed by any replica). Each claim takes the older of the two heads.
 
-A replica takes predictions from the store only while it is ready (not loading, broken or
-draining), and on a shared store claims at most one beyond the one it runs: it prepares
-(downloads) that one while the GPU works, and leaves the rest to replicas with a free GPU.
+A replica takes predictions from the store only while it is ready (not loading or broken; not
+draining either on a shared store, where the other replicas take them), and on a shared store
+claims at most one beyond the one it runs: it prepares (downloads) that one while the GPU works,
+and leaves the rest to replicas with a free GPU.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ class SharedQueue:
         return self.memory.discard(job)
 
     def __len__(self) -> int:
-        """Jobs waiting for this engine: the store's predictions wait for every replica and
-        are counted there (`Store.count_queued`)."""
-        return len(self.memory)
+        """Jobs waiting for this engine. The only replica of its store (SQLite) counts the
+        store's predictions too, and so drains them on SIGTERM; on a shared store they wait
+        for every replica and are counted once there (`Store.count_queued`)."""
+        waiting = len(self.memory)
+        if not self.store.shared:
+            waiting += self.store.count_queued()
+        return waiting
