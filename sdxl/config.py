@@ -151,6 +151,26 @@ class Caps:
         return cls(**values)
 
 
+def env_number(env, name: str, parse, minimum, default, hint: str = ""):
+    """The number in `env[name]` (`default` when unset), at least `minimum`; a ValueError that
+    names the variable and what to write instead."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        kind = "a whole number" if parse is int else "a number"
+        shown = "unset" if default is None else default
+        hint = f"; {hint}" if hint else ""
+        raise ValueError(
+            f"{name}={raw!r} is not valid; use {kind} of at least {minimum} (default {shown}{hint})"
+        )
+    return value
+
+
 SWITCHES = ("auto", "1", "0")  # auto: on where it helps (the CUDA fast path), 1: on, 0: off
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,14 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(weights: Path, folder: Path, env: dict, **options) -> Iterator[Server]:
+    """A server, ready, for the block; stopped after it."""
+    server = Server(weights, folder, env, **options)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

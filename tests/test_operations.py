@@ -7,7 +7,7 @@ import json
 
 import pytest
 import requests
-from api_server import KEYS, Server
+from api_server import KEYS, Server, serving
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.http
@@ -19,12 +19,8 @@ LONG = {**SMALL, "num_inference_steps": 400}
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
     env = {"SDXL_API_KEYS": KEYS[0], "SDXL_LOG_FORMAT": "json"}
-    srv = Server(tiny_weights, tmp_path_factory.mktemp("operations"), env)
-    try:
-        srv.wait_ready()
+    with serving(tiny_weights, tmp_path_factory.mktemp("operations"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def scrape(server: Server) -> dict[tuple[str, tuple], float]:

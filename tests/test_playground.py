@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from api_server import KEYS, REPO, Server
+from api_server import KEYS, REPO, Server, serving
 from helpers import pixels, smooth_image
 from PIL import Image
 from selenium import webdriver
@@ -39,12 +39,10 @@ MISSING = (
 
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
-    srv = Server(tiny_weights, tmp_path_factory.mktemp("playground"), {"SDXL_API_KEYS": KEYS[0]})
-    try:
-        srv.wait_ready()
+    with serving(
+        tiny_weights, tmp_path_factory.mktemp("playground"), {"SDXL_API_KEYS": KEYS[0]}
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import replicate
 import requests
 import torch
-from api_server import KEYS, REPO, Server
+from api_server import KEYS, REPO, Server, serving
 from cog_server import Receiver, png_bytes
 from helpers import cog_upload, half_mask, pixels, smooth_image
 from PIL import Image
@@ -36,12 +36,8 @@ LONG = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_step
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
     folder = tmp_path_factory.mktemp("replicate-api")
-    srv = Server(tiny_weights, folder, {"SDXL_API_KEYS": KEYS[0], "SDXL_PAGE_SIZE": "2"})
-    try:
-        srv.wait_ready()
+    with serving(tiny_weights, folder, {"SDXL_API_KEYS": KEYS[0], "SDXL_PAGE_SIZE": "2"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import pytest
 import requests
-from api_server import GENERATE, KEYS, REPO, Server
+from api_server import GENERATE, KEYS, REPO, Server, serving
 from helpers import assert_same_image, generator, reference_scheduler, smooth_image, with_scheduler
 from PIL import Image
 
@@ -72,12 +72,8 @@ def small(seed: int = 1, **extra) -> dict:
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
     env = {"SDXL_API_KEYS": ",".join(KEYS), "SDXL_MAX_BODY_BYTES": "65536"}
-    srv = Server(tiny_weights, tmp_path_factory.mktemp("server"), env)
-    try:
-        srv.wait_ready()
+    with serving(tiny_weights, tmp_path_factory.mktemp("server"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def images_of(response: requests.Response) -> list[Image.Image]:

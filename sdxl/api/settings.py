@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sdxl.config import env_number
+
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # 20 MiB: room for a large base64 seed_image
 DEFAULT_QUEUE_SIZE = 8
 LOADING_RETRY_AFTER_S = 10
@@ -21,22 +23,10 @@ class SettingsError(ValueError):
 
 
 def _number(environ: Mapping[str, str], name: str, default, minimum, parse=int):
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = parse(raw)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise SettingsError(
-            f"{name}={raw!r} is not valid; use a whole number of at least {minimum} "
-            f"(default {default})"
-            if parse is int
-            else f"{name}={raw!r} is not valid; use a number of at least {minimum} "
-            f"(default {default})"
-        )
-    return value
+        return env_number(environ, name, parse, minimum, default)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
 
 
 def _public_url(raw: str) -> str | None:

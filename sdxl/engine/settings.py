@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sdxl.config import Caps
+from sdxl.config import Caps, env_number
 from sdxl.trained.fetch import parse_size
 
 
@@ -28,19 +28,8 @@ class EngineSettings:
         env = os.environ if env is None else env
 
         def number(name: str, parse, minimum, default):
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = parse(raw)
-            except ValueError:
-                value = None
-            if value is None or value < minimum:
-                raise ValueError(
-                    f"{name}={raw!r} is not valid; use a number of at least {minimum} "
-                    f"(sizes may end in K, M or G)"
-                )
-            return value
+            hint = "sizes may end in K, M or G" if parse is parse_size else ""
+            return env_number(env, name, parse, minimum, default, hint)
 
         return cls(
             max_seconds=number("SDXL_MAX_SECONDS", float, 0.001, None),
