@@ -1,7 +1,8 @@
 """`python -m sdxl api`: settings and keys checked, port bound, model loaded in the background.
 
 SIGTERM (or Ctrl+C) drains: new requests get 503 while the queued and running generations
-finish and their responses go out; then the server stops and the process exits 0. A second
+finish and their responses go out (a replica of a shared store finishes what it claimed and
+leaves the store's queue to the others); then the server stops and the process exits 0. A second
 signal stops at once after the requests in flight; a third Ctrl+C forces it.
 """
 
