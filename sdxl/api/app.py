@@ -21,7 +21,7 @@ from sdxl.api.limits import BodyLimitMiddleware
 from sdxl.api.metrics import Metrics
 from sdxl.api.replicate import routes as replicate
 from sdxl.api.replicate.predictions import Predictions
-from sdxl.api.service import DRAINING, FAILED, READY, Service
+from sdxl.api.service import FAILED, READY, Service
 from sdxl.api.settings import Settings
 
 DESCRIPTION = """\
@@ -46,10 +46,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         service.start_loading()
         if predictions is not None:
-            predictions.queue.accepting = lambda: (
-                service.status == READY
-                or (service.status == DRAINING and not predictions.store.shared)
-            )  # the only replica of its store finishes what was accepted before it exits
+            predictions.queue.status = lambda: service.status
             predictions.start_housekeeping()
         yield
         await asyncio.to_thread(service.wait_idle)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from sdxl.api.replicate.store import Store
+from sdxl.api.service import DRAINING, READY
 from sdxl.engine import Job, MemoryQueue
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ class SharedQueue:
         self.job_for = job_for
         self.memory = MemoryQueue()
         self.claimed: dict[str, Job] = {}  # this replica's predictions, until they end
-        # Whether to take predictions from the store now; the server makes it "ready".
-        self.accepting: Callable[[], bool] = lambda: True
+        # The server's status (sdxl.api.service): predictions are taken from the store only
+        # while it is ready, or draining as the only replica of its store (SQLite), which
+        # finishes what it accepted; a shared store's other replicas take them instead.
+        self.status: Callable[[], str] = lambda: READY
         self.lookahead = SHARED_LOOKAHEAD if store.shared else None
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -72,7 +75,7 @@ class SharedQueue:
     def _claim_from_store(self, before: float | None) -> dict | None:
         """The store's oldest prediction, claimed, if it is older than `before` and this
         replica takes predictions now. A store that cannot be read is left alone a while."""
-        if not self.accepting() or time.monotonic() - self._store_failed_at < STORE_RETRY_S:
+        if not self._takes_from_store() or time.monotonic() - self._store_failed_at < STORE_RETRY_S:
             return None
         try:
             oldest = self.store.oldest_queued()
@@ -83,6 +86,10 @@ class SharedQueue:
             self._store_failed_at = time.monotonic()
             log.warning("the prediction store cannot be read: %s", err)
             return None
+
+    def _takes_from_store(self) -> bool:
+        status = self.status()
+        return status == READY or (status == DRAINING and not self.store.shared)
 
     def release(self, job_id: str) -> None:
         with self._lock:
