@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import write
+from common import weights_or_tiny, write
 from safetensors.torch import save
 
 from sdxl.config import Runtime
@@ -78,11 +78,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
-    weights = args.weights
-    if weights is None:
-        from sdxl.weights.tiny import build_tiny_weights
-
-        weights = build_tiny_weights(work / "weights")
+    weights = weights_or_tiny(args.weights, work)
     runtime = Runtime(weights_dir=weights, dtype="auto")
     cache = DownloadCache(FetchSettings(cache_dir=work / "cache", local_dirs=(work,)))
     record: dict = {"weights": "tiny" if args.weights is None else str(args.weights)}

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,3 +84,22 @@ def rss_peak_bytes() -> int:
 def reset_rss_peak() -> None:
     """Start VmHWM again from the current RSS (Linux: clear_refs 5)."""
     Path("/proc/self/clear_refs").write_text("5")
+
+
+def weights_or_tiny(weights: Path | None, folder: Path | None = None) -> Path:
+    """`weights`, or the tiny model built now under `folder` (a temporary folder)."""
+    if weights is not None:
+        return weights
+    from sdxl.weights.tiny import build_tiny_weights
+
+    return build_tiny_weights((folder or Path(tempfile.mkdtemp())) / "weights")
+
+
+def loaded_engine(weights: Path):
+    """The product's engine over `weights`, with the settings from the environment, loaded."""
+    from sdxl.config import Runtime
+    from sdxl.engine import Engine, EngineSettings
+
+    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
+    engine.load()
+    return engine

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import median, write
+from common import loaded_engine, median, write
 
 PROMPT = "A studio portrait photo of a cat"
 
@@ -55,12 +55,9 @@ def unet_step(weights: Path, dtype: str, channels_last: bool, repeats: int) -> f
 
 
 def product_generation(weights: Path, steps: int, repeats: int) -> tuple[float, bytes, str]:
-    from sdxl.config import Runtime
     from sdxl.core.request import Request
-    from sdxl.engine import Engine, EngineSettings
 
-    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
-    engine.load()
+    engine = loaded_engine(weights)
     request = Request(
         prompt=PROMPT,
         width=512,

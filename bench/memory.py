@@ -17,18 +17,15 @@ Writes bench/results/memory-<tiny|full>.json.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import reset_rss_peak, rss_bytes, rss_peak_bytes, write
+from common import loaded_engine, reset_rss_peak, rss_bytes, rss_peak_bytes, weights_or_tiny, write
 from safetensors import safe_open
 
-from sdxl.config import Runtime
 from sdxl.core.fast import parameter_bytes
 from sdxl.core.request import Request
-from sdxl.engine import Engine, EngineSettings
 
 
 def safetensors_bytes(root: Path, element_size: int) -> int:
@@ -77,13 +74,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--naive", action="store_true", help="also load four pipelines")
     args = parser.parse_args()
-    weights = args.weights
-    if weights is None:
-        from sdxl.weights.tiny import build_tiny_weights
-
-        weights = build_tiny_weights(Path(tempfile.mkdtemp()) / "weights")
-    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
-    engine.load()
+    weights = weights_or_tiny(args.weights)
+    engine = loaded_engine(weights)
     models = engine.models
     size = torch.empty((), dtype=models.dtype).element_size()
     resident = parameter_bytes(*modules_of(models), models.safety_checker.model)

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import median, timed, write
+from common import loaded_engine, median, timed, weights_or_tiny, write
 from PIL import Image
 
-from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, REFINE_MODES, Runtime
+from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, REFINE_MODES
 from sdxl.core.encode import encode_images
 from sdxl.core.request import Request
 from sdxl.core.schedulers import refiner_schedule_for
-from sdxl.engine import Engine, EngineSettings
+from sdxl.engine import Engine
 
 OUTPUT_FORMAT = "png"
 
@@ -105,13 +104,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--modes", default=",".join(REFINE_MODES))
     args = parser.parse_args()
-    weights = args.weights
-    if weights is None:
-        from sdxl.weights.tiny import build_tiny_weights
-
-        weights = build_tiny_weights(Path(tempfile.mkdtemp()) / "weights")
-    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
-    engine.load()
+    weights = weights_or_tiny(args.weights)
+    engine = loaded_engine(weights)
     models = engine.models
     record: dict = {"weights": "tiny" if args.weights is None else str(args.weights)}
     record |= {"size": args.size, "steps": args.steps, "dtype": str(models.dtype), "modes": {}}

@@ -14,16 +14,13 @@ Writes bench/results/work.json.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import write
+from common import loaded_engine, weights_or_tiny, write
 from PIL import Image
 
-from sdxl.config import Runtime
 from sdxl.core.request import Request
-from sdxl.engine import Engine, EngineSettings
 
 IMAGES = 2
 STEPS = 10
@@ -61,13 +58,8 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, help="weights folder (default: tiny, built now)")
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
-    weights = args.weights
-    if weights is None:
-        from sdxl.weights.tiny import build_tiny_weights
-
-        weights = build_tiny_weights(Path(tempfile.mkdtemp()) / "weights")
-    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
-    engine.load()
+    weights = weights_or_tiny(args.weights)
+    engine = loaded_engine(weights)
     counter = Counter(engine.models)
     photo = Image.new("RGB", (args.size, args.size), (120, 80, 40))
     mask = Image.new("L", (args.size, args.size), 255)
