@@ -154,6 +154,18 @@ def embeddings_pti(rows: int, dims: tuple[int, int], seed: int = 2) -> bytes:
     )
 
 
+def trained_token_files(models) -> dict[str, bytes]:
+    """The members of a Replicate trainer's tar that add the tokens <s0><s1> as "TOK"."""
+    dims = (
+        models.base.text_encoder.config.hidden_size,
+        models.base.text_encoder_2.config.hidden_size,
+    )
+    return {
+        "embeddings.pti": embeddings_pti(2, dims),
+        "special_params.json": params_json({"TOK": "<s0><s1>"}),
+    }
+
+
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import start_engine
-from lora_helpers import embeddings_pti, old_format_lora, params_json
+from lora_helpers import old_format_lora, trained_token_files
 from safetensors.torch import save
 
 from sdxl.core.request import Request
@@ -141,14 +141,7 @@ def trainer_tar(models, with_unet: bool = False) -> bytes:
     import io
     import tarfile
 
-    dims = (
-        models.base.text_encoder.config.hidden_size,
-        models.base.text_encoder_2.config.hidden_size,
-    )
-    members = {
-        "embeddings.pti": embeddings_pti(2, dims),
-        "special_params.json": params_json({"TOK": "<s0><s1>"}),
-    }
+    members = trained_token_files(models)
     if with_unet:
         g = torch.Generator().manual_seed(3)
         tuned = {

@@ -17,7 +17,7 @@ import pytest
 import requests
 import torch
 from api_server import GENERATE, KEYS, Server
-from lora_helpers import embeddings_pti, kohya_lora, old_format_lora, params_json, save_safetensors
+from lora_helpers import kohya_lora, old_format_lora, save_safetensors, trained_token_files
 from safetensors.torch import save
 
 pytestmark = pytest.mark.http
@@ -48,14 +48,7 @@ def weights_server(models, tmp_path_factory):
     full fine-tune."""
     folder = tmp_path_factory.mktemp("trained")
     unet = models.base.unet
-    dims = (
-        models.base.text_encoder.config.hidden_size,
-        models.base.text_encoder_2.config.hidden_size,
-    )
-    tokens = {
-        "embeddings.pti": embeddings_pti(2, dims),
-        "special_params.json": params_json({"TOK": "<s0><s1>"}),
-    }
+    tokens = trained_token_files(models)
     (folder / "a.tar").write_bytes(
         tar({"lora.safetensors": save(old_format_lora(unet, seed=1)), **tokens})
     )

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
 from sdxl.weights import sdxl_configs as configs
-from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode
+from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode, move_layout
 
 CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
 DTYPE = torch.float16
@@ -160,12 +160,7 @@ def build_random_full(root: Path, log=print) -> Path:
         (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     write_clip_tokenizer(base / "tokenizer", "<|endoftext|>", bpe)
     write_clip_tokenizer(base / "tokenizer_2", "!", bpe)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR, SAFETY_DIR, LORAS_DIR):
-        shutil.rmtree(root / name, ignore_errors=True)
-        (staging / name).rename(root / name)
-    staging.rmdir()
-    return root
+    return move_layout(staging, root)
 
 
 def _safety_checker(folder: Path) -> None:

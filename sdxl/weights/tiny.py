@@ -238,6 +238,11 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     shutil.rmtree(staging / "tok")
     shutil.rmtree(staging / "tok2")
 
+    return move_layout(staging, root)
+
+
+def move_layout(staging: Path, root: Path) -> Path:
+    """Move the weights folders built in `staging` into `root`, replacing any there."""
     root.mkdir(parents=True, exist_ok=True)
     for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
