@@ -90,7 +90,7 @@ def weights_or_tiny(weights: Path | None, folder: Path | None = None) -> Path:
     """`weights`, or the tiny model built now under `folder` (a temporary folder)."""
     if weights is not None:
         return weights
-    from sdxl.weights.tiny import build_tiny_weights
+    from sdxl.builders.tiny import build_tiny_weights
 
     return build_tiny_weights((folder or Path(tempfile.mkdtemp())) / "weights")
 

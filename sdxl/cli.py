@@ -17,7 +17,7 @@ def _default_weights_dir() -> str:
 
 
 def _weights_tiny(args: argparse.Namespace) -> int:
-    from sdxl.weights.tiny import build_tiny_weights
+    from sdxl.builders.tiny import build_tiny_weights
 
     started = time.perf_counter()
     root = build_tiny_weights(Path(args.dir), flag_everything=args.flag_everything)
@@ -26,7 +26,7 @@ def _weights_tiny(args: argparse.Namespace) -> int:
 
 
 def _weights_random_full(args: argparse.Namespace) -> int:
-    from sdxl.weights.random_full import build_random_full
+    from sdxl.builders.random_full import build_random_full
 
     started = time.perf_counter()
     try:

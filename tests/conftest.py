@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_cog_uploads():
-    from helpers import remove_uploads
+    from support.helpers import remove_uploads
 
     yield
     remove_uploads()

@@ -15,8 +15,9 @@ import math
 
 import pytest
 import requests
-from api_server import KEYS, Server
-from bad_inputs import (
+from PIL import Image
+from support.api_server import KEYS, Server
+from support.bad_inputs import (
     SIZE,
     Case,
     data_uri,
@@ -26,8 +27,7 @@ from bad_inputs import (
     photo,
     schema_cases,
 )
-from cog_server import start_server
-from PIL import Image
+from support.cog_server import start_server
 
 from sdxl.config import COG_SCHEMA_FILE
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import requests
-from cog_server import (
+from support.cog_server import (
     REPO,
     Receiver,
     data_uri,
@@ -18,7 +18,7 @@ from cog_server import (
     png_bytes,
     start_server,
 )
-from helpers import assert_same_image, generator, half_mask, pixels, smooth_image
+from support.helpers import assert_same_image, generator, half_mask, pixels, smooth_image
 
 from sdxl.config import COG_INPUTS
 

@@ -35,7 +35,7 @@ from sdxl.weights.download import (
     main,
 )
 
-# The layout the loaders read and sdxl/weights/tiny.py writes (26 files; no fp16 suffixes).
+# The layout the loaders read and sdxl/builders/tiny.py writes (26 files; no fp16 suffixes).
 _TOK = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 EXPECTED_LAYOUT = {
     f"{BASE_DIR}/{p}"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import start_engine
-from lora_helpers import old_format_lora, trained_token_files
 from safetensors.torch import save
+from support.loras import old_format_lora, trained_token_files
 
 from sdxl.core.request import Request
 from sdxl.engine import (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.http
-SCRIPT = Path(__file__).with_name("fuzz_in_netns.py")
+SCRIPT = Path(__file__).parent / "support" / "fuzz_in_netns.py"
 EXAMPLES = "25"  # per operation and phase: bounded for CI
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import pixels
+from support.helpers import pixels
 
 from sdxl.config import Runtime
 from sdxl.core.generate import generate

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from helpers import half_mask, save, smooth_image
 from PIL import Image
+from support.helpers import half_mask, save, smooth_image
 
+from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.core.images import decode_image
 from sdxl.core.request import InputError, Request, check_inputs
 from sdxl.core.schedulers import StepPlanError, plan_steps, refiner_schedule_for
-from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG
 
 BAD = [
     ({"width": 1000 + 4}, "width=1004 is not a multiple of 8; use 1000 or 1008"),

@@ -16,9 +16,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 import torch
-from api_server import GENERATE, KEYS, Server
-from lora_helpers import kohya_lora, old_format_lora, save_safetensors, trained_token_files
 from safetensors.torch import save
+from support.api_server import GENERATE, KEYS, Server
+from support.loras import kohya_lora, old_format_lora, save_safetensors, trained_token_files
 
 pytestmark = pytest.mark.http
 

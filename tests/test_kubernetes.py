@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from api_server import KEYS, REPO, Server
+from support.api_server import KEYS, REPO, Server
 
 from sdxl.api.server import build_parser
 

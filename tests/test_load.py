@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from api_server import GENERATE, KEYS, Server
-from cog_server import start_server
+from support.api_server import GENERATE, KEYS, Server
+from support.cog_server import start_server
 
 from sdxl.net.ports import free_port
 

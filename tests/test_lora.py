@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import start_engine
-from lora_helpers import (
+from safetensors.torch import save
+from support.loras import (
     assert_unchanged,
     embeddings_pti,
     hand_applied,
@@ -30,15 +31,14 @@ from lora_helpers import (
     updates_from_old,
     write_tar,
 )
-from safetensors.torch import save
 
+from sdxl.builders.random_lora import random_kohya_lora
 from sdxl.core.request import AdapterSpec
 from sdxl.errors import InputError
 from sdxl.trained.fetch import DownloadCache, FetchSettings
 from sdxl.trained.lora import LoraError, convert_old_lora
 from sdxl.trained.prepare import prepare_weights
 from sdxl.trained.tar import TrainedWeightsError
-from sdxl.weights.random_lora import random_kohya_lora
 
 TIGHT = 1e-4  # float32 on the CPU: factored vs merged low-rank update
 

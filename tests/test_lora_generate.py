@@ -14,7 +14,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 from conftest import start_engine
-from lora_helpers import (
+from safetensors.torch import save
+from support.loras import (
     assert_unchanged,
     embeddings_pti,
     old_format_lora,
@@ -22,7 +23,6 @@ from lora_helpers import (
     snapshot,
     write_tar,
 )
-from safetensors.torch import save
 
 from sdxl.core.request import Request
 from sdxl.trained.fetch import DownloadCache, FetchSettings

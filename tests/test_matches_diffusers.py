@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (
+from PIL import Image
+from support.helpers import (
     REFERENCE_SCHEDULERS,
     assert_same_image,
     generator,
@@ -14,7 +15,6 @@ from helpers import (
     smooth_image,
     with_scheduler,
 )
-from PIL import Image
 
 from sdxl.core.request import Request
 

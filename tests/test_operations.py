@@ -7,8 +7,8 @@ import json
 
 import pytest
 import requests
-from api_server import KEYS, Server, serving
 from prometheus_client.parser import text_string_to_metric_families
+from support.api_server import KEYS, Server, serving
 
 pytestmark = pytest.mark.http
 

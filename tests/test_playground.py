@@ -16,8 +16,6 @@ import sys
 
 import numpy as np
 import pytest
-from api_server import KEYS, REPO, Server, serving
-from helpers import pixels, smooth_image
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
@@ -25,6 +23,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+from support.api_server import KEYS, REPO, Server, serving
+from support.helpers import pixels, smooth_image
 
 from sdxl.config import COG_INPUTS
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import cog_upload, half_mask, pixels, smooth_image
 from PIL import Image
+from support.helpers import cog_upload, half_mask, pixels, smooth_image
 
 from sdxl.config import COG_INPUTS
 
@@ -145,7 +145,7 @@ def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):
     import os
 
     from predict import Predictor
-    from sdxl.weights.tiny import build_tiny_weights
+    from sdxl.builders.tiny import build_tiny_weights
 
     root = build_tiny_weights(tmp_path_factory.mktemp("flagging"), flag_everything=True)
     previous = os.environ.get("SDXL_WEIGHTS_DIR")

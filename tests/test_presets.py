@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import assert_same_image, generator, smooth_image
+from support.helpers import assert_same_image, generator, smooth_image
 
 from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
 from sdxl.core.presets import apply_presets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import pixels
+from support.helpers import pixels
 
 from sdxl.core import prompts
 from sdxl.core.request import InputError, Request

@@ -12,8 +12,8 @@ import gzip
 import pytest
 import torch
 
-from sdxl.weights import random_full
-from sdxl.weights import sdxl_configs as configs
+from sdxl.builders import random_full
+from sdxl.builders import sdxl_configs as configs
 
 
 def count(module) -> int:

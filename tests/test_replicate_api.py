@@ -17,10 +17,10 @@ import pytest
 import replicate
 import requests
 import torch
-from api_server import KEYS, REPO, Server, serving
-from cog_server import Receiver, png_bytes
-from helpers import cog_upload, half_mask, pixels, smooth_image
 from PIL import Image
+from support.api_server import KEYS, REPO, Server, serving
+from support.cog_server import Receiver, png_bytes
+from support.helpers import cog_upload, half_mask, pixels, smooth_image
 
 from sdxl.config import COG_INPUTS, COG_SCHEMA_FILE
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from api_server import GENERATE, KEYS, Server
-from cog_server import start_server
+from support.api_server import GENERATE, KEYS, Server
+from support.cog_server import start_server
 
 from sdxl.cog.outputs import COGLET_PREDICTIONS, KEEP_COGLET_FOLDERS
 

@@ -16,9 +16,15 @@ import threading
 import numpy as np
 import pytest
 import requests
-from api_server import GENERATE, KEYS, REPO, Server, serving
-from helpers import assert_same_image, generator, reference_scheduler, smooth_image, with_scheduler
 from PIL import Image
+from support.api_server import GENERATE, KEYS, REPO, Server, serving
+from support.helpers import (
+    assert_same_image,
+    generator,
+    reference_scheduler,
+    smooth_image,
+    with_scheduler,
+)
 
 from sdxl.core.watermark import apply_watermark
 
@@ -487,7 +493,7 @@ def test_offset_lora_by_name_changes_the_image(server):
 
 
 def test_safety_filter_blackens_flagged_images_end_to_end(tmp_path):
-    from sdxl.weights.tiny import build_tiny_weights
+    from sdxl.builders.tiny import build_tiny_weights
 
     weights = build_tiny_weights(tmp_path / "weights", flag_everything=True)
     srv = Server(weights, tmp_path, {"SDXL_API_KEYS": KEYS[0]})

@@ -21,12 +21,12 @@ from sdxl.api.datacrunch.schema import GenerateRequest
 from sdxl.api.datacrunch.seed_image import decode_seed_image, seed_image
 from sdxl.api.datacrunch.tables import OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULER_ALIASES
 from sdxl.api.settings import Settings, SettingsError
+from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.config import SCHEDULERS, STYLES
 from sdxl.core.encode import encode_image
 from sdxl.core.images import decode_image
 from sdxl.core.request import InputError, Request, check_inputs
 from sdxl.core.schedulers import plan_steps
-from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG
 
 # The scheduler names the DataCrunch document lists, spelled as it spells them.
 DOCUMENTED_SCHEDULERS = {

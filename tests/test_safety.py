@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.config import SAFETY_DIR
 from sdxl.core.request import Request
 from sdxl.core.result import AllFlaggedError, blacken, filter_flagged
 from sdxl.core.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
 from sdxl.errors import InputError
-from sdxl.weights.tiny_safety import build_tiny_safety_checker
 
 CPU = torch.device("cpu")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_server import KEYS, Server
-from postgres import Cluster, fresh_database, wait_until
+from support.api_server import KEYS, Server
+from support.postgres import Cluster, fresh_database, wait_until
 
 pytestmark = pytest.mark.http
 

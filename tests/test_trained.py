@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 import torch
-from lora_helpers import embeddings_pti, params_json, write_tar
 from safetensors.torch import save
+from support.loras import embeddings_pti, params_json, write_tar
 
 from sdxl.errors import InputError
 from sdxl.trained import tar as trained

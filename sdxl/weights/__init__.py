@@ -1,1 +1,2 @@
-"""Weight files: the real SDXL download, and the offline builders (tiny models for tests)."""
+"""The real SDXL 1.0 weights: the pinned download from the Hugging Face Hub (the random-weight
+builders for tests and benchmarks are in sdxl.builders)."""

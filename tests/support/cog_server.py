@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from sdxl.builders import sdxl_configs as configs
+from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode, move_layout
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
-from sdxl.weights import sdxl_configs as configs
-from sdxl.weights.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode, move_layout
 
 CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
 DTYPE = torch.float16
@@ -189,7 +189,7 @@ def _safety_checker(folder: Path) -> None:
 def _offset_lora(folder: Path) -> None:
     from diffusers import UNet2DConditionModel
 
-    from sdxl.weights.random_lora import random_kohya_lora
+    from sdxl.builders.random_lora import random_kohya_lora
 
     folder.mkdir(parents=True)
     with torch.device("meta"):

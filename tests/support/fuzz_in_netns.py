@@ -1,6 +1,6 @@
 """Run one server and schemathesis against it, inside a network namespace with only loopback.
 
-    unshare -n python tests/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR MAX_EXAMPLES
+    unshare -n python tests/support/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR MAX_EXAMPLES
 
 (tests/test_fuzz.py runs it.) It first proves that nothing beyond loopback can be reached,
 brings loopback up, starts `python -m sdxl serve` or `python -m sdxl api` with low caps,
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from urllib.request import Request, urlopen
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = "fuzz-key"
 CAPS = {"SDXL_MAX_STEPS": "2", "SDXL_MAX_PIXELS": "65536", "SDXL_MAX_OUTPUTS": "1"}
 

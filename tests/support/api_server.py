@@ -15,7 +15,7 @@ import requests
 
 from sdxl.net.ports import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GENERATE = "/v1/images/stable-diffusion-xl/generate"
 KEYS = ("test-key-alpha", "test-key-beta")
 START_TIMEOUT_S = 180

@@ -189,8 +189,8 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    from sdxl.weights.random_lora import random_kohya_lora
-    from sdxl.weights.tiny_safety import build_tiny_safety_checker
+    from sdxl.builders.random_lora import random_kohya_lora
+    from sdxl.builders.tiny_safety import build_tiny_safety_checker
 
     root = Path(root)
     staging = root / ".tiny-staging"

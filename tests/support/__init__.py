@@ -1,0 +1,1 @@
+"""What the tests share: servers on loopback, images, LoRAs, PostgreSQL, the bad-input cases."""
