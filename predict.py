@@ -9,10 +9,10 @@ from typing import List, Optional
 from cog import BaseRunner, Input, Path
 
 from sdxl import logs
-from sdxl.cog.inputs import request_from_inputs
-from sdxl.cog.outputs import OutputWriter, without_flagged
-from sdxl.config import Runtime
+from sdxl.cog.inputs import checked_inputs
+from sdxl.cog.outputs import OutputWriter
 from sdxl.engine import Engine, EngineSettings
+from sdxl.settings import Runtime
 
 SCHEDULERS = [
     "DDIM",
@@ -174,12 +174,12 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
+        checked = checked_inputs(inputs, self.engine.settings.caps)  # the operator's caps
         # The engine's log lines are printed here, in the prediction's thread, so that they
         # land in its logs; Cog's cancel, raised in this thread, cancels the job.
-        result = self.engine.run(request_from_inputs(inputs), on_log=print)
-        result = without_flagged(result)  # raises if every image was flagged
-        self.record_metric("seeds", result.seeds)
+        result = self.engine.run(checked.request(), on_log=print)
+        written = self.outputs.write(result, output_format, output_quality)  # flagged left out
+        self.record_metric("seeds", [output.seed for _, output in written])
         self.record_metric("mode", result.mode)
         self.record_metric("refine", refine)
-        paths = self.outputs.write(result, output_format, output_quality)
-        return [Path(p) for p in paths]
+        return [Path(path) for path, _ in written]

@@ -25,10 +25,10 @@ import torch
 from common import weights_or_tiny, write
 from safetensors.torch import save
 
-from sdxl.config import Runtime
 from sdxl.core.request import Request
 from sdxl.engine import Engine, EngineSettings
-from sdxl.trained.fetch import DownloadCache, FetchSettings
+from sdxl.settings import FetchSettings, Runtime
+from sdxl.trained.fetch import DownloadCache
 
 SDXL_BASE_UNET_PARAMETERS = 2_567_463_684  # SDXL 1.0 base UNet (diffusers' config)
 

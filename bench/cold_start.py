@@ -21,8 +21,9 @@ import torch
 from common import median, sync, write
 from safetensors.torch import load_file
 
-from sdxl.config import Runtime
-from sdxl.core.pipelines import load_models, pick_device, pick_dtype
+from sdxl.core.loading import load_models
+from sdxl.core.pipelines import pick_device, pick_dtype
+from sdxl.settings import Runtime
 
 
 def weight_files(root: Path) -> list[Path]:

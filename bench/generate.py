@@ -19,10 +19,11 @@ import time
 import torch
 from common import sync
 
-from sdxl.config import REFINE_MODES, Runtime
+from sdxl.config import REFINE_MODES
 from sdxl.core.generate import generate
-from sdxl.core.pipelines import load_models
+from sdxl.core.loading import load_models
 from sdxl.core.request import Request
+from sdxl.settings import Runtime
 
 
 def time_request(models, req: Request, repeats: int) -> tuple[float, float]:

@@ -40,9 +40,9 @@ CONFIGS = {
 
 
 def child(weights: Path, repeats: int, steps_list: list[int]) -> dict:
-    from sdxl.config import Runtime
     from sdxl.core.request import Request
     from sdxl.engine import Engine, EngineSettings
+    from sdxl.settings import Runtime
 
     started = time.perf_counter()
     engine = Engine(Runtime.from_env(), EngineSettings())

@@ -24,7 +24,7 @@ from common import loaded_engine, median, timed, weights_or_tiny, write
 from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, REFINE_MODES
-from sdxl.core.encode import encode_images
+from sdxl.core.image_output import encode_outputs
 from sdxl.core.request import Request
 from sdxl.core.schedulers import refiner_schedule_for
 from sdxl.engine import Engine
@@ -72,8 +72,7 @@ def bare_call(models, req: Request):
 
 def product_call(engine: Engine, req: Request) -> None:
     result = engine.run(req)
-    metadata = [result.metadata(i) for i in range(len(result.images))]
-    encode_images(result.images, OUTPUT_FORMAT, req.output_quality, metadata)
+    encode_outputs(result, OUTPUT_FORMAT, 80, flagged="drop")
 
 
 def png_levels(size: int) -> dict:

@@ -48,9 +48,9 @@ def _weights_download(args: argparse.Namespace) -> int:
 def _warmup(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sdxl.config import Runtime
     from sdxl.core.compiled import use_cache_dir
-    from sdxl.core.pipelines import load_models
+    from sdxl.core.loading import load_models
+    from sdxl.settings import Runtime
 
     runtime = dataclasses.replace(Runtime.from_env(), compile=True, warmup="1")
     started = time.perf_counter()

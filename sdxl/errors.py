@@ -1,6 +1,6 @@
 """Errors that reach users: each names the input, its value and the fix.
 
-An `InputError` knows which input it is about (`field`, `value`, in the engine's names, which
+A `UserError` knows which input it is about (`field`, `value`, in the engine's names, which
 are the Cog predictor's). A message that mentions inputs by name is written as a template, so
 that each API shows its own spelling without parsing text:
 
@@ -70,7 +70,7 @@ class _Mention:
 
 
 class _Mentions(dict):
-    def __init__(self, err: InputError, naming: Naming):
+    def __init__(self, err: UserError, naming: Naming):
         super().__init__()
         self.err, self.naming = err, naming
 
@@ -83,8 +83,8 @@ class _Mentions(dict):
         return _Mention(key, err.values[key], self.naming, key in err._fields)
 
 
-class InputError(ValueError):
-    """A request that cannot run as given; the message names the input and the fix.
+class UserError(ValueError):
+    """An error a user can act on; the message names the input and the fix.
 
     `values` makes `message` a template (see the module docstring); keys of `values` that are
     not input names (`words`) are plain words substituted as they are.
@@ -118,6 +118,10 @@ class InputError(ValueError):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class InputError(UserError):
+    """A request that cannot run as given (the APIs answer 422, or fail the prediction)."""
 
 
 def field_error(

@@ -38,8 +38,8 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 def load_tiny(weights: Path):
-    from sdxl.config import Runtime
-    from sdxl.core.pipelines import load_models
+    from sdxl.core.loading import load_models
+    from sdxl.settings import Runtime
 
     return load_models(Runtime(weights_dir=weights, dtype="float32"))
 
@@ -52,8 +52,8 @@ def models(tiny_weights):
 
 def start_engine(weights: Path, cache=None, **settings):
     """An engine over its own freshly loaded tiny models (so no test sees another's)."""
-    from sdxl.config import Runtime
     from sdxl.engine import Engine, EngineSettings
+    from sdxl.settings import Runtime
 
     engine = Engine(
         Runtime(weights_dir=weights, dtype="float32"),

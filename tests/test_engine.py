@@ -26,9 +26,10 @@ from sdxl.engine import (
     OutOfMemory,
 )
 from sdxl.engine.jobs import Job
-from sdxl.trained.fetch import DownloadCache, FetchSettings
-from sdxl.trained.prepare import HostBudget
+from sdxl.settings import FetchSettings
+from sdxl.trained.fetch import DownloadCache
 from sdxl.trained.resident import ResidentWeights
+from sdxl.trained.staging import HostBudget
 
 SIZE = 256
 
@@ -244,7 +245,7 @@ def test_memory_queue_is_fifo_and_discards():
         queue.put(job)
     assert queue.discard(jobs[1]) and not queue.discard(jobs[1])
     assert [queue.claim(0), queue.claim(0), queue.claim(0.01)] == [jobs[0], jobs[2], None]
-    assert len(queue) == 0
+    assert queue.waiting() == 0
 
 
 # ---- cancellation and deadlines -----------------------------------------------------------

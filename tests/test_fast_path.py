@@ -13,10 +13,10 @@ import torch
 from conftest import load_tiny, start_engine
 from safetensors import safe_open
 
-from sdxl.config import Runtime
 from sdxl.core import fast
-from sdxl.core.pipelines import load_models
+from sdxl.core.loading import load_models
 from sdxl.core.request import Request
+from sdxl.settings import Runtime
 
 SIZE = 256
 TOLERANCE = 2  # of 255: float32 sums in another order (fused matmul, NHWC convolutions)
@@ -131,11 +131,11 @@ def test_a_vae_that_wants_float32_is_refused_in_float16(tiny_weights, tmp_path):
 
 
 def test_warm_up_runs_each_stage_once_in_setup(tiny_weights, monkeypatch):
-    from sdxl.core import compiled
+    from sdxl.core import loading
 
     calls = []
-    real = compiled.warm_up
-    monkeypatch.setattr(compiled, "warm_up", lambda m, s: calls.append(s) or real(m, ((256, 256),)))
+    real = loading.warm_up
+    monkeypatch.setattr(loading, "warm_up", lambda m, s: calls.append(s) or real(m, ((256, 256),)))
     load_models(Runtime(weights_dir=tiny_weights, dtype="float32", warmup="1"))
     assert calls == [((1024, 1024),)]
 

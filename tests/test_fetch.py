@@ -13,7 +13,9 @@ import pytest
 
 from sdxl.errors import InputError
 from sdxl.net import http_get
-from sdxl.trained.fetch import DownloadCache, FetchError, FetchSettings, parse_size, redact
+from sdxl.net.urls import redact
+from sdxl.settings import FetchSettings, parse_size
+from sdxl.trained.fetch import DownloadCache, FetchError
 
 KB = 1024
 

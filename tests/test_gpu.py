@@ -10,10 +10,10 @@ import pytest
 import torch
 from support.helpers import pixels
 
-from sdxl.config import Runtime
 from sdxl.core.generate import generate
-from sdxl.core.pipelines import load_models
+from sdxl.core.loading import load_models
 from sdxl.core.request import Request
+from sdxl.settings import Runtime
 
 pytestmark = [
     pytest.mark.gpu,

@@ -7,9 +7,13 @@ from PIL import Image
 from support.helpers import half_mask, save, smooth_image
 
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
-from sdxl.core.images import decode_image
-from sdxl.core.request import InputError, Request, check_inputs
+from sdxl.cog.inputs import COG
+from sdxl.core.image_input import ImageSource
+from sdxl.core.request import Request
+from sdxl.core.rules import check_fields, check_request
 from sdxl.core.schedulers import StepPlanError, plan_steps, refiner_schedule_for
+from sdxl.errors import InputError
+from sdxl.settings import Caps
 
 BAD = [
     ({"width": 1000 + 4}, "width=1004 is not a multiple of 8; use 1000 or 1008"),
@@ -32,7 +36,6 @@ BAD = [
     ({"output_format": "gif"}, "output_format='gif'"),
     ({"output_quality": 0}, "output_quality=0"),
     ({"lora_scale": 2.5}, "lora_scale=2.5"),
-    ({"prompt": None}, "prompt"),
     ({"prompt": 5}, "prompt=5 must be a string"),
     ({"num_outputs": 1.5}, "num_outputs=1.5 must be an integer"),
     ({"seed": True}, "seed=true must be an integer"),
@@ -44,34 +47,45 @@ BAD = [
 ]
 
 
+def check(**values) -> None:
+    """Both tiers of the rules, as a request meets them: the boundary, then the preparation."""
+    check_request(check_fields(values, COG, Caps()).request())
+
+
 @pytest.mark.parametrize(("kwargs", "message"), BAD, ids=[str(k)[:40] for k, _ in BAD])
 def test_bad_input_is_named(kwargs, message):
     with pytest.raises(InputError) as err:
-        check_inputs(Request(**kwargs))
+        check(**kwargs)
     assert message in str(err.value)
 
 
 def test_defaults_are_valid():
-    check_inputs(Request())
+    check()
+    check_request(Request())
+
+
+def test_null_means_not_given():
+    assert check_fields({"prompt": None}, COG, Caps()).request().prompt == Request().prompt
 
 
 def test_mask_without_image():
     with pytest.raises(InputError, match="mask was given without image"):
-        check_inputs(Request(mask=half_mask(256, 256)))
+        check_request(Request(mask=half_mask(256, 256)))
 
 
 def test_a_path_is_not_an_image(tmp_path):
     path = save(smooth_image(256, 256), tmp_path, "in.png")
-    with pytest.raises(InputError, match="image=.* must be a decoded image"):
-        check_inputs(Request(image=path))
+    with pytest.raises(InputError, match="image must be a string"):
+        check(image=path)
 
 
 def _run(engine, **kwargs):
-    """A job through the engine; image and mask files are decoded as the APIs decode them."""
+    """A job through the engine; image and mask files go in as their bytes, as the APIs
+    hand them over, and are decoded when the job is prepared."""
     args = {"prompt": "a cat", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1}
     for name in ("image", "mask"):
         if name in kwargs:
-            kwargs[name] = decode_image(kwargs[name], name)
+            kwargs[name] = ImageSource(name, data=kwargs[name].read_bytes())
     return engine.run(Request(**{**args, **kwargs}))
 
 

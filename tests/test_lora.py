@@ -33,11 +33,13 @@ from support.loras import (
 )
 
 from sdxl.builders.random_lora import random_kohya_lora
-from sdxl.core.request import AdapterSpec
+from sdxl.core.request import AdapterSpec, Request
+from sdxl.core.rules import check_adapter_names
 from sdxl.errors import InputError
-from sdxl.trained.fetch import DownloadCache, FetchSettings
+from sdxl.settings import FetchSettings
+from sdxl.trained.fetch import DownloadCache
 from sdxl.trained.lora import LoraError, convert_old_lora
-from sdxl.trained.prepare import prepare_weights
+from sdxl.trained.staging import stage_weights
 from sdxl.trained.tar import TrainedWeightsError
 
 TIGHT = 1e-4  # float32 on the CPU: factored vs merged low-rank update
@@ -75,14 +77,16 @@ def base_image(models):
 
 @contextmanager
 def apply(engine, cache, tmp_path: Path, **spec):
-    """What the engine does with a job's trained weights: prepared off the lock, applied
-    under it, undone after the body. Yields the prepared weights."""
+    """What the engine does with a job's trained weights: their names checked with the rest of
+    the request, staged off the lock, applied under it, undone after the body. Yields the
+    staged weights."""
+    check_adapter_names(Request(**spec))
     runner = engine.runner
     lora_dir = Path(os.environ.get("SDXL_LORA_DIR") or tmp_path / "loras")
     resolver = dataclasses.replace(
         runner.resolver, cache=cache, weights_dir=tmp_path, lora_dir=lora_dir
     )
-    prepared = prepare_weights(AdapterSpec(**spec), resolver)
+    prepared = stage_weights(AdapterSpec(**spec), resolver)
     try:
         with engine.lock:
             active = runner.resident.apply(prepared)

@@ -25,7 +25,8 @@ from support.loras import (
 )
 
 from sdxl.core.request import Request
-from sdxl.trained.fetch import DownloadCache, FetchSettings
+from sdxl.settings import FetchSettings
+from sdxl.trained.fetch import DownloadCache
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -76,7 +76,10 @@ def test_metrics_show_the_queue_and_count_cancels(server):
     running = server.create_prediction(LONG)
     server.wait_prediction(running["id"], until=("processing",))
     waiting = server.create_prediction(LONG)
-    busy = scrape(server)
+    for _ in range(200):  # the claim of the second one may be under way: wait for it to show
+        busy = scrape(server)
+        if value(busy, "sdxl_queue_depth") + value(busy, "sdxl_shared_queue_depth") >= 1:
+            break
     assert value(busy, "sdxl_running_jobs") == 1
     assert value(busy, "sdxl_queue_depth") + value(busy, "sdxl_shared_queue_depth") >= 1
     for prediction in (waiting, running):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdxl.config import Runtime
-from sdxl.core.pipelines import WeightsMissingError, load_models, pick_dtype
+from sdxl.core.loading import load_models
+from sdxl.core.pipelines import WeightsMissingError, pick_dtype
 from sdxl.core.schedulers import make_scheduler
+from sdxl.settings import Runtime
 
 SHARED_WITH_BASE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
 

@@ -7,9 +7,13 @@ import json
 import pytest
 from support.helpers import assert_same_image, generator, smooth_image
 
+from sdxl.cog.inputs import COG
 from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
 from sdxl.core.presets import apply_presets
-from sdxl.core.request import InputError, Request, check_inputs
+from sdxl.core.request import Request
+from sdxl.core.rules import check_fields, check_request
+from sdxl.errors import InputError
+from sdxl.settings import Caps
 
 USUAL_SDXL_STYLES = {
     "cinematic",
@@ -48,16 +52,16 @@ def test_style_wraps_prompt_and_prepends_negative():
 
 def test_unknown_style_and_ratio_are_named():
     with pytest.raises(InputError, match="style_selected='vaporwave' is not supported"):
-        check_inputs(Request(style_selected="vaporwave"))
+        check_fields({"style_selected": "vaporwave"}, COG, Caps())
     with pytest.raises(InputError, match="aspect_ratio='5:4' is not supported; choose one of: 1:1"):
-        check_inputs(Request(aspect_ratio="5:4"))
+        check_fields({"aspect_ratio": "5:4"}, COG, Caps())
 
 
 @pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
 def test_aspect_ratio_sets_trained_resolution(ratio):
     req = apply_presets(Request(aspect_ratio=ratio, width=512, height=512))
     assert (req.width, req.height) == ASPECT_RATIOS[ratio]
-    check_inputs(req)
+    check_request(req)
 
 
 def test_styled_generation_equals_diffusers_with_templated_prompt(engine, reference):

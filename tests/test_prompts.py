@@ -8,8 +8,9 @@ import torch
 from support.helpers import pixels
 
 from sdxl.core import prompts
-from sdxl.core.request import InputError, Request
+from sdxl.core.request import Request
 from sdxl.core.schedulers import make_scheduler
+from sdxl.errors import InputError
 
 LONG = "a photo of a cat with a hat, " * 20  # about 200 tokens
 

@@ -10,13 +10,14 @@ import pytest
 
 from sdxl.api.replicate.replicas import DEAD_MESSAGE, Replicas
 from sdxl.api.replicate.store import Store, new_id
+from sdxl.api.settings import StoreLimits
 
 TIMEOUT_S = 0.3
 
 
 @pytest.fixture
 def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'predictions.db'}")
+    return Store(f"sqlite:///{tmp_path / 'predictions.db'}", StoreLimits())
 
 
 def queued(store: Store) -> str:

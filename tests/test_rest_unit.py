@@ -1,4 +1,4 @@
-"""The REST API's pure pieces: parameter mapping, tables, seed_image decoding, keys, errors."""
+"""The REST API's pure pieces: parameter mapping, tables, seed_image, keys, errors."""
 
 from __future__ import annotations
 
@@ -7,26 +7,23 @@ import io
 
 import pytest
 from PIL import Image
-from pydantic import ValidationError
 
 from sdxl.api.auth import ApiKeys, bearer_token, load_api_keys
-from sdxl.api.datacrunch.errors import (
-    InvalidInput,
-    allowed_range,
-    engine_input_error,
-    format_validation_errors,
-)
-from sdxl.api.datacrunch.params import to_engine_request
-from sdxl.api.datacrunch.schema import GenerateRequest
-from sdxl.api.datacrunch.seed_image import decode_seed_image, seed_image
-from sdxl.api.datacrunch.tables import OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULER_ALIASES
-from sdxl.api.settings import Settings, SettingsError
+from sdxl.api.datacrunch.errors import engine_error
+from sdxl.api.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
+from sdxl.api.settings import Settings
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
-from sdxl.config import SCHEDULERS, STYLES
-from sdxl.core.encode import encode_image
-from sdxl.core.images import decode_image
-from sdxl.core.request import InputError, Request, check_inputs
+from sdxl.config import SCHEDULERS as ENGINE_SCHEDULERS
+from sdxl.config import STYLES
+from sdxl.core.generate import with_images
+from sdxl.core.image_output import encode_image
+from sdxl.core.presets import apply_presets
+from sdxl.core.request import Request
+from sdxl.core.rules import check_fields, check_request
 from sdxl.core.schedulers import plan_steps
+from sdxl.core.surface import InvalidInputs
+from sdxl.errors import InputError
+from sdxl.settings import Caps, SettingsError
 
 # The scheduler names the DataCrunch document lists, spelled as it spells them.
 DOCUMENTED_SCHEDULERS = {
@@ -40,8 +37,12 @@ DOCUMENTED_SCHEDULERS = {
 }
 
 
-def body(**fields) -> GenerateRequest:
-    return GenerateRequest.model_validate({"prompt": "A cat with a hat", **fields})
+def to_engine_request(body: dict) -> Request:
+    return check_fields(body, DATACRUNCH, Caps()).request()
+
+
+def body(**fields) -> dict:
+    return {"prompt": "A cat with a hat", **fields}
 
 
 def png_bytes(width=32, height=24, fmt="PNG") -> bytes:
@@ -76,7 +77,7 @@ def test_every_documented_field_is_in_the_schema():
         "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
-    assert set(GenerateRequest.model_fields) == {*documented, "output_format"}
+    assert set(DATACRUNCH.by_name) == {*documented, "output_format"}
 
 
 def test_names_map_to_the_engine():
@@ -115,15 +116,16 @@ def test_refiner_runs_num_inference_steps_refiner_steps():
 
 
 def test_ensemble_and_refiner_together_is_an_error_naming_both():
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(InvalidInputs) as info:
         to_engine_request(body(is_ensemble=True, refiner=True))
-    assert info.value.field == "is_ensemble"
-    assert "is_ensemble=true" in info.value.message and "refiner=true" in info.value.message
+    (problem,) = info.value.problems
+    assert problem.field == "is_ensemble"
+    assert "is_ensemble=true" in problem.message and "refiner=true" in problem.message
 
 
 def test_scheduler_aliases_cover_the_document_and_the_engine():
-    assert set(SCHEDULER_ALIASES) == DOCUMENTED_SCHEDULERS
-    assert set(SCHEDULER_ALIASES.values()) == set(SCHEDULERS)
+    assert set(SCHEDULERS) == DOCUMENTED_SCHEDULERS
+    assert set(SCHEDULERS.values()) == set(ENGINE_SCHEDULERS)
     assert to_engine_request(body(scheduler="EulerA")).scheduler == "K_EULER_ANCESTRAL"
 
 
@@ -134,8 +136,8 @@ def test_lora_goes_to_the_engine(field, value):
 
 
 def test_unknown_lora_is_a_named_error():
-    with pytest.raises(InputError, match="lora_name"):
-        check_inputs(to_engine_request(body(lora_name="no-such-lora")))
+    with pytest.raises(InputError, match="lora_name='no-such-lora' is not available"):
+        check_request(to_engine_request(body(lora_name="no-such-lora")))
 
 
 def test_style_goes_to_the_engine():
@@ -148,36 +150,35 @@ def test_unknown_style_lists_the_styles():
     (item,) = errors_of(prompt="x", style_selected="no-such-style")
     assert item["field"] == "style_selected"
     assert "style_selected='no-such-style' is not supported" in item["msg"]
-    assert repr(sorted(STYLES)[0]) in item["msg"]
+    assert sorted(STYLES)[0] in item["msg"]
 
 
 # ---- aspect ratios ----
 
 
 def test_aspect_ratio_sets_the_size():
-    req = to_engine_request(body(aspect_ratio="16:9"))
+    req = apply_presets(to_engine_request(body(aspect_ratio="16:9")))
     assert (req.width, req.height) == (1344, 768)
     assert req.aspect_ratio == "16:9"
-    req = to_engine_request(body(aspect_ratio="9:21", width=640, height=1536))
+    req = apply_presets(to_engine_request(body(aspect_ratio="9:21", width=640, height=1536)))
     assert (req.width, req.height) == (640, 1536)
 
 
 def test_aspect_ratio_with_a_different_size_is_an_error():
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(InvalidInputs) as info:
         to_engine_request(body(aspect_ratio="16:9", height=1024))
-    assert info.value.field == "height"
-    assert "16:9" in info.value.message and "height=1024" in info.value.message
+    (problem,) = info.value.problems
+    assert problem.field == "height"
+    assert "16:9" in problem.message and "height=1024" in problem.message
 
 
 # ---- schema errors ----
 
 
 def errors_of(**fields) -> list[dict]:
-    with pytest.raises(ValidationError) as info:
-        GenerateRequest.model_validate(fields)
-    return format_validation_errors(
-        [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
-    )
+    with pytest.raises(InvalidInputs) as info:
+        check_fields(fields, DATACRUNCH, Caps())
+    return [{"field": p.field, "msg": p.message} for p in info.value.problems]
 
 
 def test_unknown_field_suggests_the_right_spelling():
@@ -188,9 +189,18 @@ def test_unknown_field_suggests_the_right_spelling():
 
 def test_range_error_names_value_and_range():
     (item,) = errors_of(prompt="x", strength=2.0)
-    assert item["msg"] == "strength=2.0 is out of range; use a value from 0.05 to 1"
-    (item,) = errors_of(prompt="x", refiner_ratio=1.0)
-    assert "refiner_ratio=1.0" in item["msg"] and "less than 1" in item["msg"]
+    assert item["msg"] == "strength=2.0 is out of range; use 0.05..1"
+    (item,) = errors_of(prompt="x", refiner_ratio=1.5)
+    assert item["msg"] == "refiner_ratio=1.5 is out of range; use 0..1"
+
+
+def test_the_ensemble_split_is_checked_only_for_the_ensemble():
+    check_request(to_engine_request(body(refiner_ratio=1.0)))  # not an ensemble: not used
+    with pytest.raises(InputError) as info:
+        check_request(to_engine_request(body(is_ensemble=True, refiner_ratio=1.0)))
+    problem = DATACRUNCH.problem(info.value)
+    assert problem.field == "refiner_ratio"
+    assert problem.message.startswith("refiner_ratio=1.0 leaves one expert nothing to do")
 
 
 def test_no_coercion_of_strings():
@@ -205,9 +215,9 @@ def test_missing_prompt():
     assert item["msg"].startswith("prompt is required")
 
 
-def test_allowed_range_reads_the_schema():
-    assert allowed_range("num_inference_steps") == "a value from 1 to 500"
-    assert allowed_range("width") == "a value from 256 to 2048"
+def test_every_problem_is_listed():
+    items = errors_of(prompt=3, width="wide", seed=-1)
+    assert [item["field"] for item in items] == ["prompt", "width", "seed"]
 
 
 # ---- engine messages ----
@@ -228,51 +238,63 @@ def test_engine_messages_use_rest_names_and_values():
             refine_strength=0.3,
         )
     assert "high_noise_frac=0.9999" in str(info.value)  # the engine's own names
-    item = engine_input_error(info.value)
+    item = engine_error(info.value)
     assert "refiner_ratio=0.0001 " in item.message  # the base's share turned into the refiner's
     assert "strength must also exceed" in item.message
     assert "high_noise_frac" not in item.message and "prompt_strength" not in item.message
     assert item.field == "num_inference_steps"
 
 
-def test_engine_errors_name_the_rest_field():
-    with pytest.raises(InputError) as info:
-        check_inputs(Request(num_outputs=9))
-    item = engine_input_error(info.value)
-    assert item.field == "num_images_per_prompt"
-    assert item.message.startswith("num_images_per_prompt=9 is out of range")
+def test_caps_name_the_rest_field_and_the_setting():
+    with pytest.raises(InvalidInputs) as info:
+        check_fields(body(num_images_per_prompt=3), DATACRUNCH, Caps(max_outputs=2))
+    (problem,) = info.value.problems
+    assert problem.field == "num_images_per_prompt"
+    assert problem.message == (
+        "num_images_per_prompt=3 is over this server's limit of 2 (SDXL_MAX_OUTPUTS); lower it"
+    )
 
 
-def test_engine_image_message_names_seed_image_and_hides_the_path(tmp_path):
-    path = tmp_path / "upload-x1"
-    path.write_bytes(b"not an image")
+def test_engine_image_message_names_seed_image():
+    image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + png_bytes()[8:60]).decode()
+    request = to_engine_request(body(seed_image=image))
     with pytest.raises(InputError) as info:
-        decode_image(path, "image")
-    item = engine_input_error(info.value)
+        with_images(request)
+    item = engine_error(info.value)
     assert item.message.startswith("seed_image is not a readable image")
-    assert str(tmp_path) not in item.message and "upload-x1" not in item.message
     assert item.field == "seed_image"
 
 
 # ---- seed_image ----
 
 
+def seed_image_bytes(text: str) -> bytes:
+    return check_fields(body(seed_image=text), DATACRUNCH, Caps()).values["image"].data
+
+
+def seed_image_problem(text: str):
+    with pytest.raises(InvalidInputs) as info:
+        check_fields(body(seed_image=text), DATACRUNCH, Caps())
+    (problem,) = info.value.problems
+    return problem
+
+
 def test_raw_base64_decodes():
     raw = png_bytes()
-    assert decode_seed_image(base64.b64encode(raw).decode()) == raw
+    assert seed_image_bytes(base64.b64encode(raw).decode()) == raw
 
 
 def test_data_uri_decodes():
     raw = png_bytes(fmt="JPEG")
     uri = "data:image/jpeg;base64," + base64.b64encode(raw).decode()
-    assert decode_seed_image(uri) == raw
+    assert seed_image_bytes(uri) == raw
 
 
 def test_wrapped_lines_and_missing_padding_are_accepted():
     raw = png_bytes(33, 17)
     text = base64.b64encode(raw).decode().rstrip("=")
     wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
-    assert decode_seed_image(wrapped) == raw
+    assert seed_image_bytes(wrapped) == raw
 
 
 @pytest.mark.parametrize(
@@ -281,22 +303,21 @@ def test_wrapped_lines_and_missing_padding_are_accepted():
         ("", "is empty"),
         ("not base64 at all!", "not valid base64"),
         (base64.b64encode(b"hello, plain text").decode(), "not a readable image"),
-        ("https://example.com/cat.png", "URLs are not fetched"),
-        ("data:image/png," + base64.b64encode(b"x").decode(), "not base64-encoded"),
-        ("data:text/plain;base64,aGVsbG8=", "media type 'text/plain'"),
+        ("https://example.com/cat.png", "https: URLs are not accepted"),
+        ("data:image/png," + base64.b64encode(b"x").decode(), "not base64"),
+        ("data:text/plain;base64,aGVsbG8=", "of type 'text/plain'"),
     ],
 )
 def test_bad_seed_images_name_the_field(text, words):
-    with pytest.raises(InvalidInput) as info:
-        decode_seed_image(text)
-    assert info.value.field == "seed_image"
-    assert info.value.message.startswith("seed_image")
-    assert words in info.value.message
+    problem = seed_image_problem(text)
+    assert problem.field == "seed_image"
+    assert problem.message.startswith("seed_image")
+    assert words in problem.message
 
 
 def test_other_image_formats_are_refused():
-    with pytest.raises(InvalidInput, match="is a GIF image"):
-        decode_seed_image(base64.b64encode(png_bytes(fmt="GIF")).decode())
+    problem = seed_image_problem(base64.b64encode(png_bytes(fmt="GIF")).decode())
+    assert "is a GIF image" in problem.message
 
 
 def test_seed_image_decodes_in_memory_with_exif_applied(tmp_path, monkeypatch):
@@ -305,15 +326,10 @@ def test_seed_image_decodes_in_memory_with_exif_applied(tmp_path, monkeypatch):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 on display
     Image.new("RGB", (40, 24), (10, 20, 30)).save(buffer, "JPEG", exif=exif.tobytes())
-    image = seed_image(base64.b64encode(buffer.getvalue()).decode())
+    request = to_engine_request(body(seed_image=base64.b64encode(buffer.getvalue()).decode()))
+    image = with_images(request).image
     assert image.size == (24, 40) and image.mode == "RGB"
     assert list(tmp_path.iterdir()) == []  # nothing written to disk
-
-
-def test_a_seed_image_that_is_not_an_image_names_seed_image():
-    with pytest.raises(InvalidInput) as info:
-        seed_image(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode())
-    assert info.value.field == "seed_image" and info.value.message.startswith("seed_image")
 
 
 # ---- encoding ----
@@ -321,9 +337,8 @@ def test_a_seed_image_that_is_not_an_image_names_seed_image():
 
 @pytest.mark.parametrize(("name", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_encode_image_formats(name, pil):
-    assert name in OUTPUT_FORMATS
     image = Image.new("RGB", (40, 24), (10, 200, 30))
-    decoded = Image.open(io.BytesIO(encode_image(image, name, OUTPUT_QUALITY)))
+    decoded = Image.open(io.BytesIO(encode_image(image, OUTPUT_FORMATS[name], OUTPUT_QUALITY)))
     assert decoded.format == pil
     assert decoded.size == (40, 24)
 

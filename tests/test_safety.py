@@ -3,6 +3,7 @@ helpers the Cog and REST paths use, and loading from safetensors only."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -15,9 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.config import SAFETY_DIR
+from sdxl.core.image_output import AllFlagged, encode_outputs
 from sdxl.core.request import Request
-from sdxl.core.result import AllFlaggedError, blacken, filter_flagged
+from sdxl.core.result import Result
 from sdxl.core.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
+from sdxl.core.schedulers import StepPlan
 from sdxl.errors import InputError
 
 CPU = torch.device("cpu")
@@ -83,42 +86,56 @@ def images(n: int) -> list[Image.Image]:
     return [Image.new("RGB", (256, 256 + 8 * i), (40 * i, 90, 200)) for i in range(n)]
 
 
-def test_filter_flagged_keeps_the_unflagged_images_and_their_indices() -> None:
+def result_of(ims: list[Image.Image], flags: list[bool]) -> Result:
+    seeds = [100 + i for i in range(len(ims))]
+    return Result(ims, seeds, "txt2img", StepPlan(1), parameters={"prompt": "p"}, nsfw=flags)
+
+
+def decoded(output) -> np.ndarray:
+    with Image.open(io.BytesIO(output.data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_dropping_keeps_the_unflagged_images_with_their_seeds() -> None:
     ims = images(4)
-    kept, indices = filter_flagged(ims, [False, True, False, True])
-    assert indices == [0, 2] and kept == [ims[0], ims[2]]
-    assert filter_flagged(ims, [False] * 4) == (ims, [0, 1, 2, 3])
-    assert filter_flagged([], []) == ([], [])
+    kept = encode_outputs(result_of(ims, [False, True, False, True]), "png", 80, "drop")
+    assert [(o.index, o.seed, o.name) for o in kept] == [
+        (0, 100, "out-0.png"),
+        (2, 102, "out-1.png"),
+    ]
+    for output, image in zip(kept, (ims[0], ims[2]), strict=True):
+        assert np.array_equal(decoded(output), np.asarray(image))
+    assert len(encode_outputs(result_of(ims, [False] * 4), "png", 80, "drop")) == 4
+    assert encode_outputs(result_of([], []), "png", 80, "drop") == []
 
 
 @pytest.mark.parametrize(
     ("n", "start"), [(4, "all 4 images were flagged"), (1, "the image was flagged")]
 )
-def test_filter_flagged_fails_when_every_image_is_flagged(n, start) -> None:
-    with pytest.raises(AllFlaggedError) as caught:
-        filter_flagged(images(n), [True] * n)
-    assert isinstance(caught.value, InputError)
+def test_dropping_fails_when_every_image_is_flagged(n, start) -> None:
+    with pytest.raises(AllFlagged) as caught:
+        encode_outputs(result_of(images(n), [True] * n), "png", 80, "drop")
+    assert not isinstance(caught.value, InputError)  # the request was fine: the images were not
     assert str(caught.value) == (
         f"{start} by the safety checker; try another prompt or seed, or set disable_safety_checker"
     )
 
 
-def test_blacken_replaces_only_the_flagged_images() -> None:
+def test_blackening_replaces_only_the_flagged_images() -> None:
     ims = images(3)
     before = [im.tobytes() for im in ims]
-    out = blacken(ims, [True, False, True])
-    assert out[1] is ims[1]
+    out = encode_outputs(result_of(ims, [True, False, True]), "png", 80, "black")
+    assert [o.flagged for o in out] == [True, False, True]
+    assert np.array_equal(decoded(out[1]), np.asarray(ims[1]))
     for im, black in ((ims[0], out[0]), (ims[2], out[2])):
-        assert black.size == im.size and black.mode == im.mode
-        assert not np.asarray(black).any()
+        assert decoded(black).shape == np.asarray(im).shape
+        assert not decoded(black).any()
     assert [im.tobytes() for im in ims] == before
 
 
-def test_the_helpers_refuse_mismatched_flags() -> None:
+def test_the_step_refuses_mismatched_flags() -> None:
     with pytest.raises(ValueError, match="2 images but 3 safety flags"):
-        filter_flagged(images(2), [False] * 3)
-    with pytest.raises(ValueError, match="2 images but 1 safety flags"):
-        blacken(images(2), [True])
+        encode_outputs(result_of(images(2), [False] * 3), "png", 80, "drop")
 
 
 def test_a_pickle_checkpoint_is_refused_unread(tmp_path, monkeypatch) -> None:

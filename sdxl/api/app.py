@@ -13,15 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sdxl.api import playground
 from sdxl.api.auth import ApiKeys, AuthMiddleware
-from sdxl.api.caps import with_caps
 from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
+from sdxl.api.datacrunch.fields import body_schema
 from sdxl.api.errors import ApiError
 from sdxl.api.limits import BodyLimitMiddleware
 from sdxl.api.metrics import Metrics
 from sdxl.api.replicate import routes as replicate
-from sdxl.api.replicate.predictions import Predictions
-from sdxl.api.service import FAILED, READY, Service
+from sdxl.api.replicate.api import ReplicateApi
+from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import Settings
 
 DESCRIPTION = """\
@@ -37,21 +37,20 @@ bounded queue (429 with Retry-After when it is full). `/health` always answers a
 
 
 def create_app(
-    service: Service, settings: Settings, keys: ApiKeys | None, predictions: Predictions | None
+    service: Service, settings: Settings, keys: ApiKeys | None, api: ReplicateApi | None
 ) -> FastAPI:
     """The app around `service`; `keys=None` serves without authentication (--no-auth);
-    `predictions` serves Replicate's API beside the DataCrunch endpoint."""
+    `api` serves Replicate's API beside the DataCrunch endpoint."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start_loading()
-        if predictions is not None:
-            predictions.queue.status = lambda: service.status
-            predictions.start_housekeeping()
+        if api is not None:
+            api.housekeeping.start()
         yield
         await asyncio.to_thread(service.wait_idle)
-        if predictions is not None:
-            await asyncio.to_thread(predictions.stop)
+        if api is not None:
+            await asyncio.to_thread(api.housekeeping.stop)
 
     app = FastAPI(
         title="SDXL REST API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
@@ -73,14 +72,16 @@ def create_app(
     )
     async def health() -> JSONResponse:
         report = {**service.health(), "queue_size": settings.queue_size}
-        return JSONResponse(report, status_code=503 if report["status"] == FAILED else 200)
+        failed = report["status"] == ServerStatus.FAILED
+        return JSONResponse(report, status_code=503 if failed else 200)
 
     @app.get("/ready", summary="Readiness: 200 once the model is loaded and sound, else 503")
     async def ready() -> JSONResponse:
         report = {**service.health(), "queue_size": settings.queue_size}
-        return JSONResponse(report, status_code=200 if report["status"] == READY else 503)
+        ready = report["status"] == ServerStatus.READY
+        return JSONResponse(report, status_code=200 if ready else 503)
 
-    metrics = Metrics(service, None if predictions is None else predictions.store)
+    metrics = Metrics(service, None if api is None else api.store)
 
     @app.get("/metrics", summary="Prometheus metrics of this replica (no key needed)")
     async def prometheus_metrics() -> Response:
@@ -88,9 +89,9 @@ def create_app(
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(datacrunch.router(service, settings))
-    if predictions is not None:
-        app.include_router(replicate.router(predictions, service, settings))
-        app.include_router(playground.router(predictions.catalogue, keys is not None))
+    if api is not None:
+        app.include_router(replicate.router(api, service, settings))
+        app.include_router(playground.router(api.catalogue, keys is not None))
         app.mount("/playground/static", playground.static_files(), name="playground")
 
     def openapi() -> dict:
@@ -101,9 +102,8 @@ def create_app(
                 description=app.description,
                 routes=app.routes,
             )
-            body = schema["components"]["schemas"].get("GenerateRequest")
-            if body is not None:
-                body["properties"] = with_caps(body["properties"], service.engine.settings.caps)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["GenerateRequest"] = body_schema(service.engine.settings.caps)
             if keys is not None:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}

@@ -9,7 +9,7 @@ from pathlib import Path
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sdxl.api.settings import SettingsError
+from sdxl.settings import SettingsError
 
 PROTECTED_PREFIX = "/v1/"
 HOW_TO = "send the header 'Authorization: Bearer <your_api_key>'"

@@ -1,56 +1,57 @@
 """The operator's limits (SDXL_MAX_*) written into the OpenAPI documents this server publishes,
-so that forms and fuzzers stay inside them. The engine enforces them whatever a client read."""
+so that forms and fuzzers stay inside them. The boundary (`sdxl.core.rules`) enforces them
+whatever a client read; which input each cap limits is said once, in `sdxl.config.INPUTS`."""
 
 from __future__ import annotations
 
 import copy
 
-from sdxl.config import MIN_SIDE, SIZE_MULTIPLE, Caps
-
-# Each API's input name -> which cap bounds it.
-CAPPED_NUMBERS = {
-    "num_inference_steps": "max_steps",
-    "refine_steps": "max_steps",
-    "num_inference_steps_refiner": "max_steps",
-    "num_outputs": "max_outputs",
-    "num_images_per_prompt": "max_outputs",
-}
-CAPPED_TEXTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
-SIZES = ("width", "height")
+from sdxl.config import INPUTS, MIN_SIDE, SIZE_MULTIPLE
+from sdxl.core.surface import Surface
+from sdxl.settings import Caps
 
 
-def with_caps(properties: dict, caps: Caps) -> dict:
-    """A copy of a JSON-schema `properties` object with the caps applied."""
+def with_caps(properties: dict, caps: Caps, surface: Surface) -> dict:
+    """A copy of a JSON-schema `properties` object (in `surface`'s names) with the caps."""
     out = copy.deepcopy(properties)
-    for name, cap_name in CAPPED_NUMBERS.items():
-        prop = out.get(name)
-        if prop is not None and "maximum" in prop:
-            prop["maximum"] = min(prop["maximum"], getattr(caps, cap_name))
-    for name in CAPPED_TEXTS:
-        prop = out.get(name)
-        if prop is not None and prop.get("type") == "string":
+    for field in surface.fields:
+        cap_name = INPUTS[field.input].cap if field.input else None
+        prop = _plain(out.get(field.name))
+        if cap_name is None or prop is None:
+            continue
+        if cap_name == "max_prompt_chars" and prop.get("type") == "string":
             prop["maxLength"] = min(
                 prop.get("maxLength", caps.max_prompt_chars), caps.max_prompt_chars
             )
-    if caps.max_pixels != Caps.max_pixels:
-        # The widest side that can still be valid (the other side at its minimum).
-        side = caps.max_pixels // MIN_SIDE // SIZE_MULTIPLE * SIZE_MULTIPLE
-        for name in SIZES:
-            if name in out:
-                note = f" Width x height at most {caps.max_pixels} pixels (SDXL_MAX_PIXELS)."
-                out[name]["description"] = out[name].get("description", "") + note
-                if "maximum" in out[name]:
-                    out[name]["maximum"] = max(MIN_SIDE, min(out[name]["maximum"], side))
+        elif cap_name == "max_pixels" and caps.max_pixels != Caps.max_pixels:
+            # The widest side that can still be valid (the other side at its minimum).
+            side = caps.max_pixels // MIN_SIDE // SIZE_MULTIPLE * SIZE_MULTIPLE
+            note = f" Width x height at most {caps.max_pixels} pixels (SDXL_MAX_PIXELS)."
+            out[field.name]["description"] = out[field.name].get("description", "") + note
+            if "maximum" in prop:
+                prop["maximum"] = max(MIN_SIDE, min(prop["maximum"], side))
+        elif cap_name in ("max_steps", "max_outputs") and "maximum" in prop:
+            prop["maximum"] = min(prop["maximum"], getattr(caps, cap_name))
     return out
 
 
-def cog_schema_with_caps(schema: dict, caps: Caps) -> dict:
+def _plain(prop: dict | None) -> dict | None:
+    """The schema of the value itself: a nullable field's non-null alternative."""
+    if prop is None:
+        return None
+    for option in prop.get("anyOf", ()):
+        if option.get("type") != "null":
+            return option
+    return prop
+
+
+def cog_schema_with_caps(schema: dict, caps: Caps, surface: Surface) -> dict:
     """The predictor's OpenAPI document with the caps in its Input properties."""
     if caps == Caps():
         return schema
     out = copy.deepcopy(schema)
     inputs = out["components"]["schemas"]["Input"]
-    inputs["properties"] = with_caps(inputs["properties"], caps)
+    inputs["properties"] = with_caps(inputs["properties"], caps, surface)
     return out
 
 

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from sdxl.api.service import Service
 from sdxl.engine import Job
-from sdxl.engine.jobs import SUCCEEDED, failure_kind
+from sdxl.engine.jobs import JobStatus, failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Metrics:
         """Count an ended job (an engine observer: runs on the engine's threads)."""
         self.jobs.labels(job.status).inc()
         error = job.error
-        if job.status != SUCCEEDED:
+        if job.status != JobStatus.SUCCEEDED:
             self.failures.labels(failure_kind(error) or "internal").inc()
             return
         result = job.result()

@@ -1,9 +1,10 @@
 """`python -m sdxl api`: settings and keys checked, port bound, model loaded in the background.
 
-SIGTERM (or Ctrl+C) drains: new requests get 503 while the queued and running generations
-finish and their responses go out (a replica of a shared store finishes what it claimed and
-leaves the store's queue to the others); then the server stops and the process exits 0. A second
-signal stops at once after the requests in flight; a third Ctrl+C forces it.
+SIGTERM (or Ctrl+C) drains: new requests get 503 while the generations this process took
+(the synchronous APIs' queue, the predictions it claimed) finish and their responses go out;
+stored predictions nobody claimed stay queued for another replica or the next start. Then the
+server stops and the process exits 0. A second signal stops at once after the requests in
+flight; a third Ctrl+C forces it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ import uvicorn
 from sdxl import logs
 from sdxl.api.app import create_app
 from sdxl.api.auth import ApiKeys, load_api_keys
-from sdxl.api.replicate.predictions import Predictions
-from sdxl.api.replicate.store import Store, StoreLimits
-from sdxl.api.service import DRAINING, FAILED, Service
-from sdxl.api.settings import Settings, SettingsError
-from sdxl.config import Caps, Runtime
-from sdxl.engine import Engine, EngineSettings
-from sdxl.engine.engine import LOAD_FAILED
+from sdxl.api.replicate.api import open_replicate_api
+from sdxl.api.service import ServerStatus, Service
+from sdxl.api.settings import Settings
+from sdxl.engine import Engine, EngineSettings, EngineState
+from sdxl.settings import Runtime, SettingsError
 
 log = logging.getLogger("sdxl.api")
 
@@ -47,7 +46,7 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.service.status in (FAILED, DRAINING):
+        if self.service.status in (ServerStatus.FAILED, ServerStatus.DRAINING):
             super().handle_exit(sig, frame)  # a second signal: stop after what is in flight
         else:
             self.service.begin_drain()
@@ -55,7 +54,7 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
             return True
-        return self.service.drained or self.service.engine.state == LOAD_FAILED
+        return self.service.drained or self.service.engine.state == EngineState.LOAD_FAILED
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -122,22 +121,6 @@ def _keys(no_auth: bool, host: str) -> ApiKeys | None:
     return ApiKeys(keys)
 
 
-def open_predictions(settings: Settings, caps: Caps) -> Predictions:
-    """The Replicate API's store (SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set),
-    with what a restart left behind settled."""
-    if settings.database_url is None:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    limits = StoreLimits(
-        ttl_s=settings.prediction_ttl_s,
-        max_predictions=settings.max_stored_predictions,
-        max_bytes=settings.max_stored_bytes,
-        max_queued=settings.max_queued_predictions,
-    )
-    predictions = Predictions(Store(settings.store_url, limits), settings, caps)
-    predictions.recover()
-    return predictions
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -152,16 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         keys = _keys(args.no_auth, args.host)
         runtime = Runtime.from_env()
         engine_settings = EngineSettings.from_env()
-    except ValueError as err:  # SettingsError, or SDXL_DTYPE / SDXL_MAX_* settings
+    except SettingsError as err:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        predictions = open_predictions(settings, engine_settings.caps)
+        api = open_replicate_api(settings, engine_settings.caps, engine_settings.fetch)
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
         return USAGE_ERROR
-    service = Service(Engine(runtime, engine_settings, queue=predictions.queue))
-    app = create_app(service, settings, keys, predictions)
+    service = Service(Engine(runtime, engine_settings, queue=api.queue))
+    app = create_app(service, settings, keys, api)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -186,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if server.force_exit:  # a third Ctrl+C: do not wait for the generation still running
         logging.shutdown()
         os._exit(1)
-    if service.engine.state == LOAD_FAILED:
+    if service.engine.state == EngineState.LOAD_FAILED:
         print(f"sdxl api: the model failed to load: {service.reason}", file=sys.stderr)
         return 1
     return 0

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
+from enum import StrEnum
 
-from sdxl.engine import Engine
-from sdxl.engine.engine import BROKEN, LOAD_FAILED, LOADED, LOADING
+from sdxl.engine import Engine, EngineState
 
 log = logging.getLogger(__name__)
 
-STARTING, READY, FAILED, DRAINING = "loading", "ready", "failed", "draining"
+
+class ServerStatus(StrEnum):
+    """What /health reports."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"  # the load failed, or the models can no longer be trusted
+    DRAINING = "draining"  # stopping: no new requests
 
 
 class Service:
@@ -26,27 +33,27 @@ class Service:
         self.engine.start_loading()
 
     @property
-    def status(self) -> str:
-        """loading | ready | failed (load failed, or the models can no longer be trusted) |
-        draining"""
+    def status(self) -> ServerStatus:
         state = self.engine.state
-        if state in (LOAD_FAILED, BROKEN):
-            return FAILED
+        if state in (EngineState.LOAD_FAILED, EngineState.BROKEN):
+            return ServerStatus.FAILED
         if self._draining:
-            return DRAINING
-        return STARTING if state == LOADING else READY
+            return ServerStatus.DRAINING
+        return ServerStatus.LOADING if state == EngineState.LOADING else ServerStatus.READY
 
     @property
     def reason(self) -> str | None:
         """Why the status is failed."""
-        if self.engine.state == BROKEN:
+        if self.engine.state == EngineState.BROKEN:
             return self.engine.broken_message()
         return self.engine.reason
 
     def begin_drain(self) -> None:
-        """Take no new work; what is queued or running still finishes."""
+        """Take no new work; what this process accepted still finishes, stored predictions
+        stay queued for another replica or the next start."""
         if not self._draining:
             self._draining = True
+            self.engine.drain()
             counts = self.engine.counts()
             waiting = counts["queued"] + counts["preparing"] + counts["ready"]
             log.info(
@@ -61,7 +68,7 @@ class Service:
 
     def wait_idle(self) -> None:
         """Block until no job is queued or running (or the engine can run none)."""
-        while self.engine.state == LOADED and not self.engine.idle:
+        while self.engine.state == EngineState.READY and not self.engine.idle:
             time.sleep(0.1)
 
     def health(self) -> dict:
@@ -71,6 +78,6 @@ class Service:
             "running": counts["running"],
             "queued": counts["queued"] + counts["preparing"] + counts["ready"],
         }
-        if self.status == FAILED:
+        if self.status == ServerStatus.FAILED:
             report["error"] = self.reason
         return report

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sdxl.config import env_number
+from sdxl.settings import SettingsError, env_number, parse_size
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # 20 MiB: room for a large base64 seed_image
 DEFAULT_QUEUE_SIZE = 8
@@ -16,17 +16,6 @@ LOADING_RETRY_AFTER_S = 10
 DRAINING_RETRY_AFTER_S = 5
 # The model the Replicate guide calls, with the version id it uses.
 GUIDE_MODEL = "stability-ai/sdxl:39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message names the variable and the fix."""
-
-
-def _number(environ: Mapping[str, str], name: str, default, minimum, parse=int):
-    try:
-        return env_number(environ, name, parse, minimum, default)
-    except ValueError as err:
-        raise SettingsError(str(err)) from None
 
 
 def _public_url(raw: str) -> str | None:
@@ -63,16 +52,34 @@ def default_state_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class StoreLimits:
+    """What the Replicate API's prediction store keeps."""
+
+    ttl_s: float = 3600.0  # SDXL_PREDICTION_TTL: kept this long after they end
+    max_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
+    max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
+    max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StoreLimits:
+        return cls(
+            ttl_s=env_number(env, "SDXL_PREDICTION_TTL", float, 1.0, cls.ttl_s),
+            max_predictions=env_number(
+                env, "SDXL_MAX_STORED_PREDICTIONS", int, 1, cls.max_predictions
+            ),
+            max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, cls.max_bytes),
+            max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, cls.max_queued),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_size: int = DEFAULT_QUEUE_SIZE  # DataCrunch requests that may wait for the GPU
     public_url: str | None = None  # SDXL_PUBLIC_URL: the origin of every URL the API returns
     state_dir: Path = field(default_factory=default_state_dir)  # SDXL_STATE_DIR
     database_url: str | None = None  # SDXL_DATABASE_URL (default: SQLite in state_dir)
-    prediction_ttl_s: float = 3600.0  # SDXL_PREDICTION_TTL
-    max_stored_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
-    max_stored_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES
-    max_queued_predictions: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS
+    store: StoreLimits = field(default_factory=StoreLimits)  # SDXL_PREDICTION_TTL, ...
     models: tuple[str, ...] = (GUIDE_MODEL,)  # SDXL_REPLICATE_MODELS
     page_size: int = 100  # SDXL_PAGE_SIZE: predictions per page of GET /v1/predictions
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (default: made once, stored)
@@ -81,15 +88,6 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        from sdxl.trained.fetch import parse_size
-
-        def size(name: str, default: int) -> int:
-            raw = environ.get(name, "").strip()
-            try:
-                return parse_size(raw) if raw else default
-            except ValueError as err:
-                raise SettingsError(f"{name}={raw!r} is not a size such as 10G ({err})") from None
-
         secret = environ.get("SDXL_WEBHOOK_SECRET", "").strip() or None
         if secret is not None and (not secret.startswith("whsec_") or secret.count("_") != 1):
             raise SettingsError(
@@ -97,21 +95,18 @@ class Settings:
                 "Replicate's secrets do"
             )
         return cls(
-            max_body_bytes=_number(
-                environ, "SDXL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
+            max_body_bytes=env_number(
+                environ, "SDXL_MAX_BODY_BYTES", int, 1024, DEFAULT_MAX_BODY_BYTES
             ),
-            queue_size=_number(environ, "SDXL_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, minimum=0),
+            queue_size=env_number(environ, "SDXL_QUEUE_SIZE", int, 0, DEFAULT_QUEUE_SIZE),
             public_url=_public_url(environ.get("SDXL_PUBLIC_URL", "")),
             state_dir=Path(environ.get("SDXL_STATE_DIR") or default_state_dir()),
             database_url=environ.get("SDXL_DATABASE_URL", "").strip() or None,
-            prediction_ttl_s=_number(environ, "SDXL_PREDICTION_TTL", 3600.0, 1.0, float),
-            max_stored_predictions=_number(environ, "SDXL_MAX_STORED_PREDICTIONS", 10_000, 1),
-            max_stored_bytes=size("SDXL_MAX_STORED_BYTES", 10 << 30),
-            max_queued_predictions=_number(environ, "SDXL_MAX_QUEUED_PREDICTIONS", 1000, 1),
+            store=StoreLimits.from_env(environ),
             models=_models(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
-            page_size=_number(environ, "SDXL_PAGE_SIZE", 100, 1),
+            page_size=env_number(environ, "SDXL_PAGE_SIZE", int, 1, 100),
             webhook_secret=secret,
-            replica_timeout_s=_number(environ, "SDXL_REPLICA_TIMEOUT", 30.0, 1.0, float),
+            replica_timeout_s=env_number(environ, "SDXL_REPLICA_TIMEOUT", float, 1.0, 30.0),
         )
 
     @property

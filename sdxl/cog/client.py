@@ -21,10 +21,12 @@ import urllib.request
 from pathlib import Path
 
 from sdxl.cog.serve import ROOT
-from sdxl.config import cog_input_kinds
+from sdxl.config import COG_INPUTS
 from sdxl.net.ports import free_port
+from sdxl.settings import env_number
 
-READY_TIMEOUT = float(os.environ.get("SDXL_READY_TIMEOUT", "1800"))  # real weights load slowly
+# SDXL_READY_TIMEOUT: seconds to wait for the server (real weights load slowly)
+READY_TIMEOUT = env_number(os.environ, "SDXL_READY_TIMEOUT", float, 1.0, 1800.0)
 
 
 class ClientError(RuntimeError):
@@ -116,7 +118,7 @@ def write_outputs(outputs: list, folder: Path) -> list[Path]:
 
 
 def predict(pairs: list[str], out_dir: Path) -> int:
-    inputs = parse_inputs(pairs, cog_input_kinds())
+    inputs = parse_inputs(pairs, {name: spec.kind for name, spec in COG_INPUTS.items()})
     port = free_port()
     cmd = [sys.executable, "-m", "sdxl", "serve", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"

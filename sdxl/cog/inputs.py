@@ -1,4 +1,9 @@
-"""Cog's inputs -> an engine Request: file inputs checked and decoded here, nothing else."""
+"""Cog's inputs -> a checked request: the predictor's inputs under their own names.
+
+coglet has checked types, bounds and choices against the schema already; the rules
+(`sdxl.core.rules`) add the operator's caps. File inputs are read here (only files Cog itself
+wrote for this request) and decoded when the engine prepares the job.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,23 @@ import os
 import pathlib
 import tempfile
 
-from sdxl.core.images import decode_image
-from sdxl.core.request import Request
+from sdxl.config import COG_INPUTS
+from sdxl.core.rules import check_fields
+from sdxl.core.surface import Checked, Field, Surface
 from sdxl.errors import InputError
+from sdxl.settings import Caps
 
+COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))
 FILE_INPUTS = ("image", "mask")
 
 
-def request_from_inputs(inputs: dict) -> Request:
-    """The Request for `run()`'s arguments; image and mask are decoded (EXIF applied)."""
+def checked_inputs(inputs: dict, caps: Caps) -> Checked:
+    """`run()`'s arguments checked; InputError (InvalidInputs) names every input at fault."""
     values = dict(inputs)
     for name in FILE_INPUTS:
         if values.get(name) is not None:
-            values[name] = decode_image(_uploaded(name, values[name]), name)
-    return Request(**values)
+            values[name] = _uploaded(name, values[name]).read_bytes()
+    return check_fields(values, COG, caps)
 
 
 def _uploaded(name: str, value: object) -> pathlib.Path:

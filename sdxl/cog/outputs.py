@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
-from sdxl.core.encode import FORMATS, encode_images
-from sdxl.core.result import Result, filter_flagged
+from sdxl.core.image_output import OutputImage, encode_outputs
+from sdxl.core.result import Result
 
 # coglet (0.23) keeps an empty inputs/outputs folder per prediction here and never removes it.
 COGLET_PREDICTIONS = Path("/tmp/coglet/predictions")
@@ -42,31 +41,25 @@ class OutputWriter:
     def __init__(self, root: Path | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="sdxl-outputs-")) if root is None else root
 
-    def write(self, result: Result, fmt: str, quality: int) -> list[Path]:
+    def write(self, result: Result, fmt: str, quality: int) -> list[tuple[Path, OutputImage]]:
+        """The images not flagged (Replicate's behaviour; AllFlagged when none is left), each
+        encoded to a file: (its path, what it holds)."""
+        outputs = encode_outputs(result, fmt, quality, flagged="drop")
+        if len(outputs) < len(result.images):
+            print(f"left out {len(result.images) - len(outputs)} image(s) flagged as unsafe")
         self.clear()
         sweep_coglet_folders()
         folder = self.root / uuid.uuid4().hex
         folder.mkdir(parents=True)
-        metadata = [result.metadata(i) for i in range(len(result.images))]
-        paths = []
-        for i, data in enumerate(encode_images(result.images, fmt, quality, metadata)):
-            path = folder / f"out-{i}{FORMATS[fmt].extension}"
-            path.write_bytes(data)
-            paths.append(path)
-        return paths
+        written = []
+        for output in outputs:
+            path = folder / output.name
+            path.write_bytes(output.data)
+            written.append((path, output))
+        return written
 
     def clear(self) -> None:
         """Remove every earlier prediction's outputs."""
         if self.root.exists():
             for child in self.root.iterdir():
                 shutil.rmtree(child, ignore_errors=True)
-
-
-def without_flagged(result: Result) -> Result:
-    """The result without the images the safety checker flagged (Replicate's behaviour);
-    AllFlaggedError when none is left."""
-    images, kept = filter_flagged(result.images, result.nsfw)
-    if len(kept) < len(result.images):
-        print(f"left out {len(result.images) - len(kept)} image(s) flagged as unsafe")
-    seeds = [result.seeds[i] for i in kept]
-    return dataclasses.replace(result, images=images, seeds=seeds, nsfw=[False] * len(kept))

@@ -1,7 +1,7 @@
-"""torch.compile for a fixed set of shapes (SDXL_COMPILE=1), and the warm-up in setup.
+"""torch.compile for a fixed set of shapes (SDXL_COMPILE=1); warmed in setup by `sdxl.core.loading`.
 
 The UNets and the VAE decoder are compiled once, as fixed shapes (`dynamic=False`): the sizes
-in SDXL_COMPILE_SHAPES, one image, classifier-free guidance on, and all three are warmed in
+in SDXL_COMPILE_SHAPES, one image, classifier-free guidance on; all three are warmed in
 setup. A job of any other shape, or with trained weights (a LoRA changes the modules' graph),
 runs the eager modules instead, so no request ever waits for a recompile. The compiled
 modules share every parameter with the eager ones.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -54,13 +53,13 @@ class Compiled:
             "vae": _with_decoder(models.base.vae, compiled(models.base.vae.decoder)),
         }
 
-    def modules_for(self, job, trained: bool) -> dict | None:
-        """The compiled modules when `job` has a compiled shape, else None (eager)."""
-        req = job.request
+    def modules_for(self, generation, trained: bool) -> dict | None:
+        """The compiled modules when `generation` has a compiled shape, else None (eager)."""
+        req = generation.request
         refiner_guidance = (
             req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
         )
-        fits = (job.width, job.height) in self.shapes and req.num_outputs == 1
+        fits = (generation.width, generation.height) in self.shapes and req.num_outputs == 1
         guided = req.guidance_scale > 1 and (req.refine == "no_refiner" or refiner_guidance > 1)
         return self.modules if fits and guided and not trained else None
 
@@ -72,27 +71,3 @@ def _with_decoder(vae, decoder):
     view._modules = dict(vae._modules)
     view._modules["decoder"] = decoder
     return view
-
-
-def warm_up(models, shapes) -> float:
-    """One short generation per shape through each stage (compiling what is compiled);
-    returns the seconds it took."""
-    from sdxl.core.generate import denoise, prepare
-    from sdxl.core.request import Request
-
-    started = time.perf_counter()
-    for width, height in shapes:
-        request = Request(
-            prompt="warm-up",
-            width=width,
-            height=height,
-            num_inference_steps=4,
-            seed=0,
-            refine="expert_ensemble_refiner",
-        )
-        job = prepare(models, request)
-        compiled = models.compiled.modules_for(job, False) if models.compiled else None
-        denoise(models, job, compiled=compiled)
-    if models.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started

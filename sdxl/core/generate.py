@@ -1,12 +1,14 @@
 """A request through diffusers' SDXL pipelines, in three phases the engine runs separately:
 
-1. `prepare`: check the inputs, apply presets, fit the images, plan the steps, fix the seeds.
-   No model is touched, so it runs off the engine's lock.
+1. `plan_generation`: apply presets, fit the images, plan the steps, fix the seeds (a request
+   whose model rules were checked and whose images are decoded goes in). No model is touched,
+   so it runs off the engine's lock.
 2. `denoise`: the base (and refiner) pipelines over the shared modules: the GPU work.
 3. `finish`: watermark, paste kept pixels back, safety checker; the parameters for metadata.
 
-`generate` runs all three for a request without trained weights (tests and benchmarks); the
-engine (`sdxl.engine`) adds trained weights, cancellation and deadlines around them.
+`generate` runs the model's checks and all three for a request without trained weights (tests
+and benchmarks); the engine (`sdxl.engine`) adds trained weights, image downloads,
+cancellation and deadlines around them.
 """
 
 from __future__ import annotations
@@ -19,23 +21,27 @@ from typing import Any
 
 from PIL import Image
 
-from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, Caps
+from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.core import prompts
+from sdxl.core.image_input import ImageSource, load
 from sdxl.core.images import fit_image, fit_mask, keep_unmasked
 from sdxl.core.pipelines import Models
 from sdxl.core.presets import apply_presets
-from sdxl.core.request import Request, check_inputs
+from sdxl.core.request import Request
 from sdxl.core.result import Result
+from sdxl.core.rules import check_request
 from sdxl.core.schedulers import StepPlan, make_scheduler, plan_steps
 from sdxl.core.watermark import apply_watermark
+from sdxl.settings import Caps, FetchSettings
 
 # on_step(stage, steps done, steps planned); it may raise to stop the job at once.
 StepCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A checked request, ready for the GPU: presets applied, seed fixed, images fitted."""
+class Generation:
+    """A checked request, ready for the GPU: presets applied, seed fixed, images fitted, steps
+    planned."""
 
     request: Request
     image: Image.Image | None  # at the output size (None for text to image)
@@ -56,10 +62,9 @@ class Prepared:
         )
 
 
-def prepare(models: Models, req: Request, caps: Caps = Caps()) -> Prepared:  # noqa: B008
-    """Phase 1. Raises InputError (naming the input) before anything runs; `caps` are the
-    operator's limits."""
-    check_inputs(req, caps)
+def plan_generation(models: Models, req: Request, caps: Caps = Caps()) -> Generation:  # noqa: B008
+    """Phase 1. Raises InputError (naming the input) before anything runs: an image too small,
+    a mask of another aspect, a stage with no step. `caps` are the operator's limits."""
     req = apply_presets(req).with_seed()
     image = mask = None
     width, height = req.width, req.height
@@ -80,12 +85,12 @@ def prepare(models: Models, req: Request, caps: Caps = Caps()) -> Prepared:  # n
         refine_steps=req.refine_steps,
         refine_strength=BASE_IMAGE_REFINER_STRENGTH,
     )
-    return Prepared(req, image, mask, width, height, plan)
+    return Generation(req, image, mask, width, height, plan)
 
 
 def denoise(
     models: Models,
-    job: Prepared,
+    generation: Generation,
     *,
     unet: Any = None,
     compiled: dict | None = None,
@@ -94,8 +99,9 @@ def denoise(
     """Phase 2: the images before post-processing. `unet` replaces the base UNet (a resident
     fine-tune); `compiled` holds compiled modules for this job's shape (sdxl.core.compiled)."""
     compiled = compiled or {}
-    with vae_tiling(models.base.vae, job.width * job.height > models.vae_tile_above):
-        return _denoise(models, job, unet or compiled.get("base"), compiled, on_step)
+    tiled = generation.width * generation.height > models.vae_tile_above
+    with vae_tiling(models.base.vae, tiled):
+        return _denoise(models, generation, unet or compiled.get("base"), compiled, on_step)
 
 
 @contextmanager
@@ -111,11 +117,11 @@ def vae_tiling(vae, on: bool):
         vae.disable_tiling()
 
 
-def _denoise(models, job: Prepared, unet, compiled: dict, on_step) -> list[Image.Image]:
+def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> list[Image.Image]:
     import torch
 
-    req = job.request
-    generators = [torch.Generator("cpu").manual_seed(s) for s in job.seeds]
+    req = gen.request
+    generators = [torch.Generator("cpu").manual_seed(s) for s in gen.seeds]
     refine = req.refine != "no_refiner"
     base = models.pipeline(
         req.mode, _scheduler(models, req, "base"), unet=unet, vae=compiled.get("vae")
@@ -127,42 +133,54 @@ def _denoise(models, job: Prepared, unet, compiled: dict, on_step) -> list[Image
         "num_images_per_prompt": req.num_outputs,
         "generator": generators,
         "output_type": "latent" if refine else "pil",
-        "callback_on_step_end": _progress("base", job.plan.base_steps, on_step),
+        "callback_on_step_end": _progress("base", gen.plan.base_steps, on_step),
     }
     if req.mode == "txt2img":
-        kwargs.update(width=job.width, height=job.height)
+        kwargs.update(width=gen.width, height=gen.height)
     else:
-        kwargs.update(image=job.image, strength=req.prompt_strength)
+        kwargs.update(image=gen.image, strength=req.prompt_strength)
     if req.mode == "inpaint":
-        kwargs.update(mask_image=job.mask, width=job.width, height=job.height)
+        kwargs.update(mask_image=gen.mask, width=gen.width, height=gen.height)
     if req.refine == "expert_ensemble_refiner":
         kwargs["denoising_end"] = req.high_noise_frac
     output = base(**kwargs).images
     if not refine:
         return output
-    return _refine(models, job, output, generators, on_step, compiled)
+    return _refine(models, gen, output, generators, on_step, compiled)
 
 
-def finish(models: Models, job: Prepared, images: list[Image.Image], **extra: Any) -> Result:
+def finish(models: Models, gen: Generation, images: list[Image.Image], **extra: Any) -> Result:
     """Phase 3: watermark, kept pixels, safety verdicts; `extra` goes into the parameters."""
-    req = job.request
+    req = gen.request
     if req.apply_watermark:
         images = apply_watermark(images)
-    if job.mask is not None:  # after the mark, so kept pixels stay exactly the input's
-        images = [keep_unmasked(img, job.image, job.mask) for img in images]
+    if gen.mask is not None:  # after the mark, so kept pixels stay exactly the input's
+        images = [keep_unmasked(img, gen.image, gen.mask) for img in images]
     nsfw = [False] * len(images)
     if not req.disable_safety_checker:
         nsfw = models.safety_checker.check(images)
-    parameters = {**_parameters(job), **extra}
-    return Result(images, job.seeds, req.mode, job.plan, parameters=parameters, nsfw=nsfw)
+    parameters = {**_parameters(gen), **extra}
+    return Result(images, gen.seeds, req.mode, gen.plan, parameters=parameters, nsfw=nsfw)
 
 
 def generate(models: Models, req: Request, on_step: StepCallback | None = None) -> Result:
-    """All three phases at once, for a request without trained weights."""
+    """The model's checks and all three phases at once, for a request without trained weights
+    whose images are decoded or given as bytes."""
     if not req.adapters.empty:
         raise ValueError("requests with trained weights run through sdxl.engine.Engine")
-    job = prepare(models, req)
-    return finish(models, job, denoise(models, job, on_step=on_step))
+    check_request(req)
+    generation = plan_generation(models, with_images(req))
+    return finish(models, generation, denoise(models, generation, on_step=on_step))
+
+
+def with_images(req: Request, fetch: FetchSettings | None = None, check=None) -> Request:
+    """`req` with its image and mask decoded (fetched first when they are URLs)."""
+    loaded = {
+        name: load(source, fetch or FetchSettings(), check)
+        for name in ("image", "mask")
+        if isinstance(source := getattr(req, name), ImageSource)
+    }
+    return dataclasses.replace(req, **loaded) if loaded else req
 
 
 def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
@@ -189,8 +207,8 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     return args if embeds is None else embeds
 
 
-def _refine(models, job: Prepared, latents, generators, on_step, compiled) -> list[Image.Image]:
-    req = job.request
+def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> list[Image.Image]:
+    req = gen.request
     refiner = models.pipeline(
         "refiner",
         _scheduler(models, req, "refiner"),
@@ -204,10 +222,10 @@ def _refine(models, job: Prepared, latents, generators, on_step, compiled) -> li
         **_prompt_kwargs(refiner, req, for_refiner=True),
         "image": latents,
         "num_images_per_prompt": req.num_outputs,
-        "num_inference_steps": job.plan.refiner_schedule,
+        "num_inference_steps": gen.plan.refiner_schedule,
         "guidance_scale": guidance,
         "generator": generators,
-        "callback_on_step_end": _progress("refiner", job.plan.refiner_steps, on_step),
+        "callback_on_step_end": _progress("refiner", gen.plan.refiner_steps, on_step),
     }
     if req.refine == "expert_ensemble_refiner":
         kwargs["denoising_start"] = req.high_noise_frac
@@ -232,22 +250,22 @@ def _progress(stage: str, total: int, on_step: StepCallback | None):
     return callback
 
 
-def _parameters(job: Prepared) -> dict:
-    params = job.request.describe()
+def _parameters(gen: Generation) -> dict:
+    params = gen.request.describe()
     params.update(
-        mode=job.request.mode,
-        width=job.width,
-        height=job.height,
-        base_steps=job.plan.base_steps,
-        refiner_steps=job.plan.refiner_steps,
+        mode=gen.request.mode,
+        width=gen.width,
+        height=gen.height,
+        base_steps=gen.plan.base_steps,
+        refiner_steps=gen.plan.refiner_steps,
         model="stable-diffusion-xl-1.0",
     )
     return params
 
 
-def with_prompts(job: Prepared, rewrite: Callable[[str | None], str | None]) -> Prepared:
-    """`job` with every prompt field rewritten (trained weights' special tokens)."""
-    req = job.request
+def with_prompts(gen: Generation, rewrite: Callable[[str | None], str | None]) -> Generation:
+    """`gen` with every prompt field rewritten (trained weights' special tokens)."""
+    req = gen.request
     fields = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
     changes = {name: rewrite(getattr(req, name)) for name in fields}
-    return dataclasses.replace(job, request=dataclasses.replace(req, **changes))
+    return dataclasses.replace(gen, request=dataclasses.replace(req, **changes))

@@ -1,58 +1,18 @@
-"""Images in: decode and validate what a request sends, size it; paste kept pixels back."""
+"""Decoded input images fitted to the output size, and kept pixels pasted back after inpainting.
+(Images come in through `sdxl.core.image_input`.)"""
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from sdxl.config import MAX_PIXELS, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
-from sdxl.errors import InputError, escape
+from sdxl.core.image_input import ImageInputError
 
-# Refuse decompression bombs before decoding: 16 x the largest output (67 megapixels) covers
-# any camera; PIL warns above this (turned into an error below) and refuses at twice it.
-Image.MAX_IMAGE_PIXELS = 16 * MAX_PIXELS
 MASK_ASPECT_TOLERANCE = 0.01
 FEATHER_RADIUS = 2  # pixels of soft edge inside the repainted region
-
-
-class ImageInputError(InputError):
-    """An input image or mask that cannot be used; the message names the input."""
-
-
-def decode_image(source: bytes | Path | str, name: str) -> Image.Image:
-    """Decode an uploaded image (its bytes, or a file Cog downloaded) fully, apply its EXIF
-    orientation, return it as RGB. `name` is the input ("image" or "mask")."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(opened) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        detail = escape(
-            str(err).replace(str(source), name) if not isinstance(source, bytes) else str(err)
-        )
-        raise ImageInputError(
-            "{field:name} is not a readable image (" + detail + "); send a PNG, JPEG or WebP",
-            name,
-            values={},
-        ) from err
-    except Image.DecompressionBombError as err:
-        raise ImageInputError(
-            "{field:name}: image too large to decode (" + escape(str(err)) + ")", name, values={}
-        ) from err
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        # Flatten transparency onto white rather than letting it turn black.
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
-        return background
-    return img.convert("RGB")
 
 
 def output_size_for(width: int, height: int, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

@@ -7,19 +7,16 @@ never change what the next one sees.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdxl.config import BASE_DIR, REFINER_DIR, Runtime
+from sdxl.config import BASE_DIR, REFINER_DIR
 from sdxl.core import fast
 from sdxl.core.safety import SafetyChecker, check_folder, load_safety_checker
-
-log = logging.getLogger(__name__)
+from sdxl.settings import Runtime
 
 # Each mode's diffusers class, by stage.
 PIPELINE_CLASSES = {
@@ -115,9 +112,9 @@ class Models:
         return dict(self.scheduler_configs["refiner" if stage == "refiner" else "base"])
 
 
-def load_models(runtime: Runtime) -> Models:
-    """Load base and refiner from `runtime.weights_dir` once, sharing what SDXL shares, then
-    apply the fast path (`sdxl.core.fast`)."""
+def read_models(runtime: Runtime) -> Models:
+    """Base and refiner from `runtime.weights_dir`, loaded once and sharing what SDXL shares
+    (the fast path is applied by `sdxl.core.loading`)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     root = runtime.weights_dir
@@ -125,7 +122,6 @@ def load_models(runtime: Runtime) -> Models:
     device = pick_device()
     dtype = pick_dtype(runtime.dtype, device)
     cuda = device.type == "cuda"
-    started = time.perf_counter()
     # On CUDA the weights go straight from the files to the GPU (no copy in host memory).
     placement = {"device_map": str(device)} if cuda else {}
     options = dict(dtype=dtype, use_safetensors=True, add_watermarker=False, **placement)
@@ -146,38 +142,4 @@ def load_models(runtime: Runtime) -> Models:
     safety_checker = load_safety_checker(root, device, dtype)
     models = Models(base, refiner, device, dtype, safety_checker, weights_dir=root)
     models.vae_tile_above = runtime.vae_tile_above
-    switches = _apply_fast_path(models, runtime, cuda)
-    log.info(
-        "loaded SDXL base and refiner from %s on %s in %s in %.1f s (%s)",
-        root.resolve(),
-        device,
-        str(dtype).removeprefix("torch."),
-        time.perf_counter() - started,
-        ", ".join(switches) or "no fast-path switches",
-    )
     return models
-
-
-def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
-    base, refiner = models.base, models.refiner
-    switches = []
-    if cuda:
-        fast.set_tf32(True)
-        switches.append("TF32")
-    if runtime.switch("channels_last", cuda):
-        fast.to_channels_last(base.unet, refiner.unet, base.vae)
-        switches.append("channels-last")
-    if runtime.switch("fuse_qkv", cuda):
-        models.fused = {"base": fast.fuse_qkv(base.unet), "refiner": fast.fuse_qkv(refiner.unet)}
-        switches.append("fused QKV")
-    if runtime.compile:
-        from sdxl.core.compiled import Compiled
-
-        models.compiled = Compiled(models, runtime.compile_shapes)
-        switches.append(f"compiled for {runtime.compile_shapes}")
-    if runtime.switch("warmup", cuda):
-        from sdxl.core.compiled import warm_up
-
-        seconds = warm_up(models, runtime.compile_shapes if runtime.compile else ((1024, 1024),))
-        switches.append(f"warmed up in {seconds:.1f} s")
-    return switches

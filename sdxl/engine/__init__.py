@@ -3,13 +3,14 @@
 It knows nothing of Cog or HTTP; see `sdxl.engine.engine` for how a job moves through it.
 """
 
-from sdxl.engine.engine import Engine
+from sdxl.engine.engine import Engine, EngineState
 from sdxl.engine.jobs import (
     DeadlineExceeded,
     EngineBroken,
     Job,
     JobCanceled,
     JobEvents,
+    JobStatus,
     OutOfMemory,
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
@@ -20,10 +21,12 @@ __all__ = [
     "Engine",
     "EngineBroken",
     "EngineSettings",
+    "EngineState",
     "Job",
     "JobCanceled",
     "JobEvents",
     "JobQueue",
+    "JobStatus",
     "MemoryQueue",
     "OutOfMemory",
 ]

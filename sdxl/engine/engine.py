@@ -15,40 +15,40 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sdxl.config import LORAS_DIR, Runtime
+from sdxl.config import LORAS_DIR
 from sdxl.core.request import Request
 from sdxl.engine.jobs import (
-    CANCELED,
     ENDED,
-    FAILED,
-    PREPARING,
-    QUEUED,
-    READY,
-    RUNNING,
-    SUCCEEDED,
     EngineBroken,
     Job,
     JobCanceled,
     JobEvents,
+    JobStatus,
     Poisoned,
     notify,
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
 from sdxl.logs import adopt_library_loggers, job_context
+from sdxl.settings import Runtime
 
 log = logging.getLogger(__name__)
 job_log = logging.getLogger("sdxl.engine")
 
-LOADING, LOADED, LOAD_FAILED, BROKEN = "loading", "ready", "failed", "broken"
+
+class EngineState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"  # loaded and sound: it takes jobs
+    LOAD_FAILED = "failed"
+    BROKEN = "broken"  # the shared models can no longer be trusted
 
 
 class Engine:
@@ -65,8 +65,8 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.queue = queue if queue is not None else MemoryQueue()
         self.models = models  # sdxl.core.pipelines.Models, once loaded
-        self.cache = cache  # sdxl.trained.fetch.DownloadCache (None: the process-wide one)
-        self.state = LOADING
+        self.cache = cache  # sdxl.trained.fetch.DownloadCache (None: one for settings.fetch)
+        self.state = EngineState.LOADING
         self.reason: str | None = None  # why the state is failed or broken
         self.load_seconds: float | None = None
         self.lock = threading.RLock()  # held while the shared models are in use or changed
@@ -76,6 +76,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._closed = False
+        self.draining = False  # set by drain(): stored jobs are left for others or the next start
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
         self.runner: Any = None  # sdxl.engine.gpu.Runner, once loaded
@@ -91,16 +92,16 @@ class Engine:
             from sdxl.engine.gpu import Runner
 
             if self.models is None:
-                from sdxl.core.pipelines import load_models
+                from sdxl.core.loading import load_models
 
                 self.models = load_models(self.runtime)
             self.runner = Runner(self.models, self.settings, self._lora_dir(), self.cache)
         except BaseException as err:
-            self.state, self.reason = LOAD_FAILED, f"{type(err).__name__}: {err}"
+            self.state, self.reason = EngineState.LOAD_FAILED, f"{type(err).__name__}: {err}"
             raise
         self.load_seconds = time.perf_counter() - started
         self._start_threads()
-        self.state = LOADED
+        self.state = EngineState.READY
 
     def start_loading(self) -> threading.Thread:
         """`load` on a thread of its own (the APIs answer while the model loads)."""
@@ -121,7 +122,7 @@ class Engine:
             self._closed = True
             pending = list(self._claimed)
             self._cond.notify_all()
-        while (job := self.queue.claim(0)) is not None:
+        while (job := self.queue.claim(0, stored=False)) is not None:
             pending.append(job)
         for job in pending:
             job.cancel("the server is shutting down")
@@ -131,8 +132,18 @@ class Engine:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def drain(self) -> None:
+        """Take no stored job any more (they stay queued for another replica or the next start);
+        what was submitted to this process still runs."""
+        self.draining = True
+
+    @property
+    def takes_stored(self) -> bool:
+        """Whether the engine takes jobs from a store shared with replicas or the next start."""
+        return self.state == EngineState.READY and not self.draining
+
     def _lora_dir(self) -> Path:
-        return Path(os.environ.get("SDXL_LORA_DIR") or self.models.weights_dir / LORAS_DIR)
+        return self.settings.lora_dir or self.models.weights_dir / LORAS_DIR
 
     def _start_threads(self) -> None:
         self._pool = ThreadPoolExecutor(self.settings.prepare_workers, "sdxl-prepare")
@@ -175,9 +186,9 @@ class Engine:
             claimed = [job.status for job in self._claimed]
             running = 1 if self._running is not None else 0
         return {
-            "queued": len(self.queue),
-            "preparing": claimed.count(PREPARING) + claimed.count(QUEUED),
-            "ready": claimed.count(READY),
+            "queued": self.queue.waiting(stored=self.takes_stored),
+            "preparing": claimed.count(JobStatus.PREPARING) + claimed.count(JobStatus.QUEUED),
+            "ready": claimed.count(JobStatus.READY),
             "running": running,
         }
 
@@ -205,14 +216,14 @@ class Engine:
         while not self._closed:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or len(self._claimed) < lookahead)
-            job = self.queue.claim(timeout=0.5)
+            job = self.queue.claim(0.5, stored=self.takes_stored)
             if job is None:
                 continue
             with self._cond:
                 if job.cancel_requested:
                     self._end(job, JobCanceled(job.cancel_reason))
                     continue
-                job.status = PREPARING
+                job.status = JobStatus.PREPARING
                 job.seq = next(self._seq)
                 job._on_cancel = self._cancel
                 self._claimed.append(job)
@@ -229,7 +240,7 @@ class Engine:
             if job.cancel_requested:
                 self._end(job, JobCanceled(job.cancel_reason))
                 return
-            job.status = READY
+            job.status = JobStatus.READY
             self._cond.notify_all()
 
     def _cancel(self, job: Job) -> None:
@@ -237,7 +248,7 @@ class Engine:
             self._end(job, JobCanceled(job.cancel_reason))
             return
         with self._cond:
-            ready = job.status == READY and job in self._claimed
+            ready = job.status == JobStatus.READY and job in self._claimed
         if ready:
             self._end(job, JobCanceled(job.cancel_reason))
         # preparing: the preparation sees it; running: the next denoising step sees it
@@ -252,7 +263,7 @@ class Engine:
                 job = self._next_ready()
                 self._claimed.remove(job)
                 self._running = job
-                job.status = RUNNING
+                job.status = JobStatus.RUNNING
                 self._cond.notify_all()
             try:
                 with job_context(job.id):
@@ -267,7 +278,7 @@ class Engine:
         nothing is ready within moments, so it is waited for rather than overtaken; one that
         downloads may be overtaken by the prepared jobs behind it."""
         for job in sorted(self._claimed, key=lambda j: j.seq):
-            if job.status == READY:
+            if job.status == JobStatus.READY:
                 return job
             if not job.downloads:
                 return None
@@ -278,11 +289,11 @@ class Engine:
         notify(job.events.started, job)
         with self.lock:
             try:
-                if self.state == BROKEN:
+                if self.state == EngineState.BROKEN:
                     raise EngineBroken(self.broken_message())
                 result = self.runner.run(job)
             except Poisoned as err:
-                self.state, self.reason = BROKEN, err.reason
+                self.state, self.reason = EngineState.BROKEN, err.reason
                 log.error("the shared models can no longer be trusted: %s", err.reason)
                 self._end(job, EngineBroken(self.broken_message()))
                 return
@@ -304,7 +315,7 @@ class Engine:
                 return
             if job in self._claimed:
                 self._claimed.remove(job)
-            job.status = SUCCEEDED if error is None else _status_of(error)
+            job.status = JobStatus.SUCCEEDED if error is None else _status_of(error)
             job.finished_at = time.time()
             self._cond.notify_all()
         if self.runner is not None:
@@ -321,8 +332,8 @@ class Engine:
         notify(job.events.finished, job)
 
 
-def _status_of(error: BaseException) -> str:
-    return CANCELED if isinstance(error, JobCanceled) else FAILED
+def _status_of(error: BaseException) -> JobStatus:
+    return JobStatus.CANCELED if isinstance(error, JobCanceled) else JobStatus.FAILED
 
 
 def _hand_out(job: Job, on_log) -> None:
@@ -344,11 +355,11 @@ def _wait_through_interruptions(job: Job) -> None:
 def end_line(job: Job, error: BaseException | None) -> str:
     took = job.run_seconds
     if error is None:
-        plan = job.prepared.plan
+        plan = job.generation.plan
         return (
             f"done in {took or 0.0:.2f} s: base ran {job.steps['base']} steps, refiner ran "
             f"{job.steps['refiner']} steps (planned {plan.base_steps} + {plan.refiner_steps}); "
-            f"seeds {job.prepared.seeds}"
+            f"seeds {job.generation.seeds}"
         )
     status = _status_of(error)
     if took is None:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from sdxl.core.generate import denoise, finish, prepare, with_prompts
+from sdxl.core.generate import denoise, finish, plan_generation, with_images, with_prompts
 from sdxl.core.result import Result
+from sdxl.core.rules import check_request
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
 from sdxl.engine.settings import EngineSettings
-from sdxl.trained.fetch import default_cache
-from sdxl.trained.prepare import HostBudget, Resolver, prepare_weights
+from sdxl.trained.fetch import DownloadCache
 from sdxl.trained.resident import ResidentLimits, ResidentWeights, RestoreError
+from sdxl.trained.staging import HostBudget, Resolver, stage_weights
 
 log = logging.getLogger("sdxl.engine")
 
@@ -45,21 +46,23 @@ class Runner:
             unet_config=models.base.unet.config,
             weights_dir=models.weights_dir,
             lora_dir=lora_dir,
-            cache=cache or default_cache(),
+            cache=cache or DownloadCache(settings.fetch),
             budget=self.budget,
             is_resident=self.resident.is_resident,
         )
 
     # ---- a preparation thread -----------------------------------------------------------
     def prepare(self, job: Job) -> None:
+        """The model's rules checked, the images fetched and decoded, the steps planned and
+        the trained weights staged in host memory: everything but the GPU."""
         job.check()
-        if job.build is not None:
-            job.request = job.build(job)
-        prepared = prepare(self.models, job.request, self.settings.caps)
-        job.weights = prepare_weights(prepared.request.adapters, self.resolver, job.check)
+        check_request(job.request)
+        request = with_images(job.request, self.settings.fetch, job.check)
+        generation = plan_generation(self.models, request, self.settings.caps)
+        job.weights = stage_weights(generation.request.adapters, self.resolver, job.check)
         if job.weights is not None:
-            prepared = with_prompts(prepared, job.weights.rewrite)
-        job.prepared = prepared
+            generation = with_prompts(generation, job.weights.rewrite)
+        job.generation = generation
 
     def release(self, job: Job) -> None:
         """Give back what the job held in host memory (idempotent)."""
@@ -78,9 +81,9 @@ class Runner:
         job.check()  # cancelled while it waited for the GPU
         max_seconds = self.settings.max_seconds
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        prepared = job.prepared
-        job.log(prepared.summary())
-        log.info("job %s started: %s", job.id, prepared.summary())  # operators' log
+        generation = job.generation
+        job.log(generation.summary())
+        log.info("job %s started: %s", job.id, generation.summary())  # operators' log
         extra = {}
         try:
             active = self.resident.apply(job.weights)
@@ -90,7 +93,7 @@ class Runner:
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
                 images = denoise(
                     self.models,
-                    prepared,
+                    generation,
                     unet=active.unet,
                     compiled=self._compiled(job),
                     on_step=_stepper(job, deadline),
@@ -98,7 +101,7 @@ class Runner:
                 job.check(deadline)
             finally:
                 self.resident.undo(active)
-            return finish(self.models, prepared, images, **extra)
+            return finish(self.models, generation, images, **extra)
         except RestoreError as err:
             raise Poisoned(f"the shared models could not be put back: {err}") from err
         except DeadlineExceeded:
@@ -106,7 +109,7 @@ class Runner:
         except Exception as err:
             if isinstance(err, torch.OutOfMemoryError):
                 _free_device_memory()
-                raise _out_of_memory(prepared) from None
+                raise _out_of_memory(generation) from None
             if any(word in str(err) for word in _POISON_WORDS):
                 raise Poisoned(f"{type(err).__name__}: {str(err)[:300]}") from err
             raise
@@ -118,7 +121,7 @@ class Runner:
         if compiled is None:
             return None
         trained = job.weights is not None or bool(self.resident.loras)
-        return compiled.modules_for(job.prepared, trained)
+        return compiled.modules_for(job.generation, trained)
 
 
 def _stepper(job: Job, deadline: float | None):
@@ -150,10 +153,10 @@ def _deadline_message(job: Job, max_seconds: float | None) -> str:
     )
 
 
-def _out_of_memory(prepared) -> OutOfMemory:
-    req = prepared.request
+def _out_of_memory(generation) -> OutOfMemory:
+    req = generation.request
     refiner = " (and the refiner)" if req.refine != "no_refiner" else ""
-    size = f"{prepared.width}x{prepared.height}"
+    size = f"{generation.width}x{generation.height}"
     return OutOfMemory(
         "the GPU ran out of memory for {num_outputs} at {size} with {num_inference_steps}"
         "{refiner}; lower {width:name} and {height:name} or {num_outputs:name}, or use fewer "

@@ -12,14 +12,26 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sdxl.core.request import Request
-from sdxl.errors import InputError
+from sdxl.errors import InputError, UserError
 
-QUEUED, PREPARING, READY, RUNNING = "queued", "preparing", "ready", "running"
-SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
-ENDED = (SUCCEEDED, FAILED, CANCELED)
+
+class JobStatus(StrEnum):
+    """Where a job is in the engine."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    READY = "ready"  # prepared, waiting for the GPU
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ENDED = frozenset((JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED))
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,7 @@ class Poisoned(Exception):
         self.reason = reason
 
 
-class OutOfMemory(InputError):
+class OutOfMemory(UserError):
     """The device ran out of memory for this job; the message says what to lower."""
 
 
@@ -76,36 +88,26 @@ class JobEvents:
 
 
 class Job:
-    """`request`, or `build(job)` called on a preparation thread to make it (a job whose inputs
-    must be fetched first); `build` may call `job.check()` and raise InputError."""
+    """One request on its way through the engine; its images are decoded and its trained
+    weights read when it is prepared."""
 
-    def __init__(
-        self,
-        job_id: str,
-        request: Request | None,
-        events: JobEvents | None = None,
-        build: Callable[[Job], Request] | None = None,
-        downloads: bool | None = None,
-    ):
+    def __init__(self, job_id: str, request: Request, events: JobEvents | None = None):
         self.id = job_id
         self.request = request
-        self.build = build
         self.events = events or JobEvents()
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
-        # Whether preparing it may fetch something (trained weights, image URLs): only such a
+        # Whether preparing it fetches something (trained weights, image URLs): only such a
         # job can be overtaken by the ones behind it; the others are waited for, in order.
-        if downloads is None:
-            downloads = request is not None and bool(request.replicate_weights)
-        self.downloads = downloads
-        self.status = QUEUED
+        self.downloads = request.fetches
+        self.status = JobStatus.QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.future: Future = Future()
         self.logs: list[str] = []
         self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
-        self.prepared: Any = None  # sdxl.core.generate.Prepared
-        self.weights: Any = None  # sdxl.trained.prepare.PreparedWeights
+        self.generation: Any = None  # sdxl.core.generate.Generation, once prepared
+        self.weights: Any = None  # sdxl.trained.staging.StagedWeights, once prepared
         self._taken = 0  # log lines handed out by take_logs
         self._lock = threading.Lock()
         self._cancel_reason: str | None = None

@@ -1,8 +1,8 @@
 """Where submitted jobs wait until the engine claims them.
 
 The engine talks to one `JobQueue`. `MemoryQueue` is the in-process FIFO every API of one
-process shares; a store that outlives the process, or one shared by many replicas, implements
-the same four methods.
+process shares; `SharedQueue` (`sdxl.engine.shared_queue`) adds jobs stored in a database that
+outlives the process and may be shared by many replicas.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ class JobQueue(Protocol):
     def put(self, job: Job) -> None:
         """Accept `job`; it waits behind the jobs put before it."""
 
-    def claim(self, timeout: float) -> Job | None:
-        """The oldest waiting job, now the caller's; None if none came within `timeout` s."""
+    def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
+        """The oldest waiting job, now the caller's; None if none came within `timeout` s.
+        `stored=False`: only jobs in this process's memory (the engine takes no stored job
+        while it is draining or broken; other replicas, or the next start, take them)."""
 
     def discard(self, job: Job) -> bool:
         """Take `job` out if it is still waiting (a cancel); True if it was."""
 
-    def __len__(self) -> int:
-        """How many jobs wait for this engine."""
+    def waiting(self, *, stored: bool = True) -> int:
+        """How many jobs wait for this engine (`stored` as in `claim`)."""
 
     # Optional: `lookahead`, how many jobs the engine may hold claimed but not yet running
     # (a queue shared by replicas keeps it at 1, so that the others get the rest).
@@ -43,7 +45,7 @@ class MemoryQueue:
             self._jobs.append(job)
             self._cond.notify()
 
-    def claim(self, timeout: float) -> Job | None:
+    def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
         with self._cond:
             if not self._cond.wait_for(lambda: self._jobs, timeout):
                 return None
@@ -62,6 +64,6 @@ class MemoryQueue:
                 return False
             return True
 
-    def __len__(self) -> int:
+    def waiting(self, *, stored: bool = True) -> int:
         with self._cond:
             return len(self._jobs)

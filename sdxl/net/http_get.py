@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
+from sdxl.settings import FetchSettings
+
 _CHUNK = 1 << 20
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -35,6 +37,19 @@ class Limits:
     public_only: bool
     user_agent: str = "sdxl-cog"
     check: Callable[[], None] | None = None  # called between chunks; raises to stop (cancel)
+
+    @classmethod
+    def of(cls, settings: FetchSettings, check=None, deadline: float | None = None) -> Limits:
+        """The limits of `settings` (SDXL_FETCH_*); `deadline` (monotonic) when it is sooner."""
+        own = time.monotonic() + settings.deadline
+        return cls(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            deadline=own if deadline is None else min(own, deadline),
+            max_redirects=settings.max_redirects,
+            public_only=settings.public_only,
+            check=check,
+        )
 
 
 def open_url(url: str, lim: Limits, fail: Fail):

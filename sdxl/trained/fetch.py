@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from sdxl.errors import InputError
 from sdxl.net import http_get
+from sdxl.net.urls import redact
+from sdxl.settings import FetchSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,78 +39,6 @@ _MAX_URL = 4096
 
 class FetchError(InputError):
     """A file named in a request could not be fetched or used; the message says why."""
-
-
-def parse_size(text: str) -> int:
-    """'20G', '512M', '64K' or plain bytes -> bytes."""
-    text = text.strip().upper().removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    value = int(float(number) * scale)
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class FetchSettings:
-    """Limits and places, from the environment (see `from_env`) or given by tests."""
-
-    cache_dir: Path
-    max_total_bytes: int = 20 << 30
-    max_file_bytes: int = 12 << 30
-    connect_timeout: float = 15.0
-    read_timeout: float = 60.0
-    deadline: float = 1800.0  # seconds for one whole download
-    max_redirects: int = 5
-    local_dirs: tuple[Path, ...] = ()
-    public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
-
-    @classmethod
-    def from_env(cls) -> FetchSettings:
-        env = os.environ
-        default_dir = Path.home() / ".cache" / "sdxl-cog"
-        dirs = tuple(Path(p) for p in env.get("SDXL_LOCAL_WEIGHTS_DIRS", "").split(os.pathsep) if p)
-        try:
-            return cls(
-                cache_dir=Path(env.get("SDXL_CACHE_DIR") or default_dir),
-                max_total_bytes=parse_size(env.get("SDXL_CACHE_MAX_SIZE", "20G")),
-                max_file_bytes=parse_size(env.get("SDXL_FETCH_MAX_SIZE", "12G")),
-                connect_timeout=float(env.get("SDXL_FETCH_CONNECT_TIMEOUT", "15")),
-                read_timeout=float(env.get("SDXL_FETCH_READ_TIMEOUT", "60")),
-                deadline=float(env.get("SDXL_FETCH_DEADLINE", "1800")),
-                local_dirs=dirs,
-                public_only=not allow_private_urls(env),
-            )
-        except ValueError as err:
-            raise ValueError(f"bad SDXL_CACHE_*/SDXL_FETCH_* setting: {err}") from err
-
-
-def allow_private_urls(env=None) -> bool:
-    """SDXL_ALLOW_PRIVATE_URLS=1: URLs from requests may reach private and loopback addresses
-    (an operator's own network, the tests on loopback). Off by default."""
-    env = os.environ if env is None else env
-    return env.get("SDXL_ALLOW_PRIVATE_URLS", "0").strip().lower() in ("1", "true", "yes")
-
-
-def redact(url: str) -> str:
-    """The URL without query, fragment or credentials: safe to log and to show users."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    port = f":{parts.port}" if _port_or_none(parts) else ""
-    tail = "?…" if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{tail}"[:300]
-
-
-def _port_or_none(parts) -> int | None:
-    try:
-        return parts.port
-    except ValueError:
-        return None
 
 
 def cache_key(url: str) -> str:
@@ -133,8 +63,8 @@ class _Entry:
 class DownloadCache:
     """`fetch(source, input_name)` -> a local file path; see the module docstring."""
 
-    def __init__(self, settings: FetchSettings | None = None):
-        self.settings = settings or FetchSettings.from_env()
+    def __init__(self, settings: FetchSettings):
+        self.settings = settings
         self.folder = self.settings.cache_dir / "fetch"
 
     # ---- public -------------------------------------------------------------------------
@@ -298,14 +228,7 @@ class DownloadCache:
         def fail(why: str) -> FetchError:
             return FetchError(f"{input_name}: could not fetch {shown}: {why}")
 
-        lim = http_get.Limits(
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
-            deadline=time.monotonic() + s.deadline,
-            max_redirects=s.max_redirects,
-            public_only=s.public_only,
-            check=check,
-        )
+        lim = http_get.Limits.of(s, check)
         conn, response, final = http_get.open_url(url, lim, fail)
         try:
             expected = http_get.content_length(response)
@@ -342,14 +265,3 @@ class DownloadCache:
         }
         self._write_record(_Entry(key, data, record))
         return data
-
-
-_default_cache: DownloadCache | None = None
-
-
-def default_cache() -> DownloadCache:
-    """The process-wide cache, configured from the environment on first use."""
-    global _default_cache
-    if _default_cache is None:
-        _default_cache = DownloadCache()
-    return _default_cache

@@ -30,8 +30,8 @@ import torch
 
 from sdxl.core import fast
 from sdxl.trained.lora import LoraError, LoraState, read_lora
-from sdxl.trained.prepare import FinetuneSource, LoraSource, PreparedWeights
 from sdxl.trained.session import Session, checked_cast
+from sdxl.trained.staging import FinetuneSource, LoraSource, StagedWeights
 from sdxl.trained.tar import load_safetensors
 
 log = logging.getLogger(__name__)
@@ -93,31 +93,31 @@ class ResidentWeights:
         }
 
     # ---- under the engine's lock --------------------------------------------------------
-    def apply(self, prepared: PreparedWeights | None) -> Active:
+    def apply(self, staged: StagedWeights | None) -> Active:
         active = Active(Session(self.models))
-        if prepared is None:
+        if staged is None:
             return active
         try:
-            if prepared.tokens:
-                active.session.add_tokens(prepared.tokens, prepared.embeddings)
-            if prepared.finetune is not None:
-                if prepared.loras:
+            if staged.tokens:
+                active.session.add_tokens(staged.tokens, staged.embeddings)
+            if staged.finetune is not None:
+                if staged.loras:
                     raise LoraError("a fine-tuned UNet and a LoRA cannot be combined in one job")
-                active.unet = self._finetune(prepared.finetune, active.session)
-            active.adapters = [self._lora(source) for source in prepared.loras]
+                active.unet = self._finetune(staged.finetune, active.session)
+            active.adapters = [self._lora(source) for source in staged.loras]
             if active.adapters:
                 base = self.models.base
                 fast.use_fused(base.unet, self.models.fused.get("base"), False)  # LoRA sees q/k/v
                 base.enable_lora()
-                base.set_adapters(active.adapters, [prepared.scale] * len(active.adapters))
+                base.set_adapters(active.adapters, [staged.scale] * len(active.adapters))
             log.info(
                 "trained weights active: LoRA %s (scale %g), fine-tuned UNet: %s, new tokens "
                 "%s; LoRA and fine-tune apply to the base UNet only, new tokens reach the "
                 "refiner through the shared text_encoder_2",
-                [s.label for s in prepared.loras] or "none",
-                prepared.scale,
-                "resident module" if active.unet is not None else prepared.finetune is not None,
-                prepared.tokens or "none",
+                [s.label for s in staged.loras] or "none",
+                staged.scale,
+                "resident module" if active.unet is not None else staged.finetune is not None,
+                staged.tokens or "none",
             )
         except BaseException:
             self.undo(active)

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
+import json
 import logging
 import threading
 
 from fastapi import APIRouter, Response
 from fastapi import Request as HttpRequest
 
-from sdxl.api.datacrunch.errors import engine_input_error
-from sdxl.api.datacrunch.params import to_engine_request
-from sdxl.api.datacrunch.schema import (
-    ErrorBody,
-    GenerateRequest,
-    GenerateResponse,
-    ValidationErrorBody,
-)
-from sdxl.api.datacrunch.seed_image import seed_image
-from sdxl.api.datacrunch.tables import OUTPUT_QUALITY
+from sdxl.api.datacrunch.errors import InvalidInput, body_error, engine_error
+from sdxl.api.datacrunch.fields import DATACRUNCH
+from sdxl.api.datacrunch.schema import ErrorBody, GenerateResponse, ValidationErrorBody
 from sdxl.api.errors import (
     ClientDisconnected,
     GenerationFailed,
@@ -33,13 +26,15 @@ from sdxl.api.errors import (
     Unavailable,
     retry_after,
 )
-from sdxl.api.service import STARTING, Service
+from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, Settings
-from sdxl.core.encode import encode_images
-from sdxl.core.request import Request, check_inputs
-from sdxl.core.result import Result, blacken
+from sdxl.core.image_output import encode_outputs
+from sdxl.core.request import Request
+from sdxl.core.result import Result
+from sdxl.core.rules import check_fields
+from sdxl.core.surface import Checked, InvalidInputs
 from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents
-from sdxl.errors import InputError
+from sdxl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +91,15 @@ class Waiting:
 
 def check_accepting(service: Service) -> None:
     status = service.status
-    if status == "ready":
+    if status == ServerStatus.READY:
         return
-    if status == STARTING:
+    if status == ServerStatus.LOADING:
         raise Unavailable(
             "the model is still loading; retry in a few seconds (GET /health says when it "
             "is ready)",
             headers=retry_after(LOADING_RETRY_AFTER_S),
         )
-    if status == "failed":
+    if status == ServerStatus.FAILED:
         raise Unavailable(f"the model is not available ({service.reason}); see the server log")
     raise Unavailable(
         "the server is shutting down and takes no new requests; send the request again",
@@ -141,8 +136,8 @@ async def result_unless_disconnected(http: HttpRequest, job: Job) -> Result:
 def _result_or_error(job: Job, done: asyncio.Future) -> Result:
     try:
         return done.result()
-    except InputError as err:
-        raise engine_input_error(err) from err
+    except UserError as err:  # a rule of the model, or out of memory: the request's size
+        raise engine_error(err) from err
     except JobCanceled as err:
         raise ClientDisconnected(str(err)) from err
     except DeadlineExceeded as err:
@@ -157,45 +152,56 @@ def _result_or_error(job: Job, done: asyncio.Future) -> Result:
         ) from err
 
 
-def encoded(result: Result, output_format: str) -> list[str]:
-    """Flagged images black, each image encoded with its parameters, base64."""
-    images = blacken(result.images, result.nsfw)
-    metadata = [result.metadata(i) for i in range(len(images))]
-    encoded = encode_images(images, output_format, OUTPUT_QUALITY, metadata)
-    return [base64.b64encode(data).decode("ascii") for data in encoded]
+def encoded(result: Result, checked: Checked) -> list[str]:
+    """Each image encoded with its parameters (flagged ones black), base64."""
+    fmt, quality = checked.output("output_format"), checked.output("output_quality")
+    outputs = encode_outputs(result, fmt, quality, flagged="black")
+    return [base64.b64encode(o.data).decode("ascii") for o in outputs]
+
+
+async def checked_body(http: HttpRequest, settings: Settings, service: Service) -> Checked:
+    try:
+        body = json.loads(await http.body() or b"null")
+    except ValueError as err:
+        raise body_error(f"the body is not valid JSON ({err})") from None
+    if body is None:
+        raise body_error("the request has no body")
+    if not isinstance(body, dict):
+        raise body_error("the body must be a JSON object of generation parameters")
+    try:
+        return check_fields(body, DATACRUNCH, service.engine.settings.caps)
+    except InvalidInputs as err:
+        raise InvalidInput(err.problems) from None
 
 
 def router(service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter()
     waiting = Waiting(settings.queue_size)
 
+    body_doc = {"$ref": "#/components/schemas/GenerateRequest"}
+    openapi_extra = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body_doc}}}
+    }
+
     @routes.post(
         GENERATE_PATH,
         response_model=GenerateResponse,
         responses=ERRORS,
         summary="Generate images from a prompt (and optionally a seed image)",
+        openapi_extra=openapi_extra,
     )
-    async def generate(
-        body: GenerateRequest, http: HttpRequest, response: Response
-    ) -> GenerateResponse:
-        request = to_engine_request(body)
-        if body.seed_image is not None:
-            image = await asyncio.to_thread(seed_image, body.seed_image)
-            request = dataclasses.replace(request, image=image)
-        try:
-            check_inputs(request, service.engine.settings.caps)
-        except InputError as err:
-            raise engine_input_error(err) from err
+    async def generate(http: HttpRequest, response: Response) -> GenerateResponse:
+        checked = await checked_body(http, settings, service)
         check_accepting(service)
-        job = waiting.submit(service, request)
+        job = waiting.submit(service, checked.request())
         result = await result_unless_disconnected(http, job)
-        images = await asyncio.to_thread(encoded, result, body.output_format)
+        images = await asyncio.to_thread(encoded, result, checked)
         response.headers["X-Request-Id"] = job.id
         return GenerateResponse(
             images=images,
             seeds=result.seeds,
             nsfw_content_detected=list(result.nsfw),
-            output_format=body.output_format,
+            output_format=checked.given.get("output_format", "png"),
         )
 
     return routes

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from sdxl.api.caps import cog_schema_with_caps
-from sdxl.config import COG_SCHEMA_FILE, Caps
+from sdxl.api.replicate.inputs import REPLICATE
+from sdxl.config import COG_SCHEMA_FILE
+from sdxl.settings import Caps
 
 COG_VERSION = "0.23.1"
 CREATED_AT = "2023-07-26T00:00:00.000000Z"  # when the guide's version was published
@@ -45,7 +47,7 @@ class Catalogue:
     @cached_property
     def schema(self) -> dict:
         """The schema versions publish: the predictor's, with this server's caps."""
-        return cog_schema_with_caps(self.predictor_schema, self.caps)
+        return cog_schema_with_caps(self.predictor_schema, self.caps, REPLICATE)
 
     @cached_property
     def own_version(self) -> str:

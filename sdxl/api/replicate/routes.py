@@ -15,11 +15,12 @@ from fastapi.responses import JSONResponse
 
 from sdxl.api.caps import inline_input_schema
 from sdxl.api.errors import ApiError, retry_after
-from sdxl.api.replicate.predictions import InputInvalid, Predictions, iso
+from sdxl.api.replicate.api import ReplicateApi
 from sdxl.api.replicate.store import ENDED, StoreFull
 from sdxl.api.replicate.webhooks import EVENTS
-from sdxl.api.service import DRAINING, FAILED, Service
+from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import DRAINING_RETRY_AFTER_S, Settings
+from sdxl.core.surface import InvalidInputs
 
 DEFAULT_WAIT_S = 60.0
 EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client reads 60.5 s)
@@ -62,22 +63,22 @@ async def json_body(http: HttpRequest) -> dict:
     return body
 
 
-def router(predictions: Predictions, service: Service, settings: Settings) -> APIRouter:
+def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter()
-    store, catalogue = predictions.store, predictions.catalogue
+    store, catalogue, predictions, render = api.store, api.catalogue, api.predictions, api.renderer
 
     def origin(http: HttpRequest) -> str:
         return settings.public_url or str(http.base_url).rstrip("/")
 
     def accepting() -> None:
-        if service.status == DRAINING:
+        if service.status == ServerStatus.DRAINING:
             raise ReplicateError(
                 503,
                 "Service unavailable",
                 "the server is shutting down and takes no new predictions; create it again",
                 headers=retry_after(DRAINING_RETRY_AFTER_S),
             )
-        if service.status == FAILED:
+        if service.status == ServerStatus.FAILED:
             raise ReplicateError(503, "Service unavailable", str(service.reason))
 
     async def create(http: HttpRequest, version, body: dict) -> JSONResponse:
@@ -85,8 +86,8 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
         base = origin(http)
         try:
             row = await asyncio.to_thread(predictions.create, version, body, base)
-        except InputInvalid as err:
-            lines = "".join(f"- input.{p.field}: {p.message}\n" for p in err.problems)
+        except InvalidInputs as err:
+            lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
             fields = [{"field": p.field, "description": p.message} for p in err.problems]
             raise ReplicateError(
                 422, "Input validation failed", lines, invalid_fields=fields
@@ -105,7 +106,7 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
             row = await _wait(row["id"], wait - EARLY_S)
             if row["status"] not in ENDED:
                 status = "starting"  # Replicate's answer to a wait that ran out
-        rendered = await asyncio.to_thread(predictions.render, row, base, status)
+        rendered = await asyncio.to_thread(render.prediction, row, base, status)
         return JSONResponse(rendered, status_code=201)
 
     async def _wait(prediction_id: str, seconds: float) -> dict:
@@ -175,7 +176,7 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
         row = store.get(prediction_id)
         if row is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
-        return predictions.render(row, origin(http))
+        return render.prediction(row, origin(http))
 
     @routes.get("/v1/predictions", summary="List predictions, newest first")
     def list_predictions(http: HttpRequest, cursor: str | None = None) -> dict:
@@ -187,7 +188,7 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
         return {
             "previous": None,
             "next": f"{base}/v1/predictions?cursor={after}" if after else None,
-            "results": [predictions.render(row, base) for row in page],
+            "results": [render.prediction(row, base) for row in page],
         }
 
     @routes.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
@@ -196,7 +197,7 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         await asyncio.to_thread(predictions.cancel, prediction_id)
         row = await _wait(prediction_id, 2.0)  # a running one stops at its next step
-        return await asyncio.to_thread(predictions.render, row, origin(http))
+        return await asyncio.to_thread(render.prediction, row, origin(http))
 
     @routes.get("/v1/models/{owner}/{name}", summary="Get a model")
     def get_model(owner: str, name: str, http: HttpRequest) -> dict:
@@ -244,18 +245,18 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
             data,
             metadata,
         )
-        return JSONResponse(_file_json(row, origin(http)), status_code=201)
+        return JSONResponse(render.file(row, origin(http)), status_code=201)
 
     @routes.get("/v1/files/{file_id}", summary="Get an uploaded file's description")
     def get_file(file_id: str, http: HttpRequest) -> dict:
         row = store.get_file(file_id)
         if row is None:
             raise not_found(f"the file {file_id[:40]!r}")
-        return _file_json(row, origin(http))
+        return render.file(row, origin(http))
 
     @routes.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
     def webhook_secret() -> dict:
-        return {"key": predictions.webhooks.secret}
+        return {"key": api.webhooks.secret}
 
     @routes.get("/outputs/{token}/{name}", summary="An output file (no key: the URL is secret)")
     def output_file(token: str, name: str) -> Response:
@@ -263,20 +264,6 @@ def router(predictions: Predictions, service: Service, settings: Settings) -> AP
         if row is None or row["name"] != name:
             raise not_found("the output")
         return Response(row["data"], media_type=row["content_type"])
-
-    def _file_json(row: dict, base: str) -> dict:
-        return {
-            "id": row["id"],
-            "name": row["name"],
-            "content_type": row["content_type"],
-            "size": row["size"],
-            "etag": row["sha256"],
-            "checksums": {"sha256": row["sha256"]},
-            "metadata": row["metadata"],
-            "created_at": iso(row["created_at"]),
-            "expires_at": iso(row["created_at"] + settings.prediction_ttl_s),
-            "urls": {"get": f"{base}/v1/files/{row['id']}"},
-        }
 
     return routes
 

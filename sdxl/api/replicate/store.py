@@ -18,15 +18,28 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 
+from sdxl.api.settings import StoreLimits
+
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING = "starting", "processing"
-ENDED = ("succeeded", "failed", "canceled")
+
+class PredictionStatus(StrEnum):
+    """A prediction's status, as Replicate names them."""
+
+    STARTING = "starting"  # queued, or being prepared
+    PROCESSING = "processing"  # running
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+QUEUED, RUNNING = PredictionStatus.STARTING, PredictionStatus.PROCESSING
+ENDED = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED)
 
 meta = sa.MetaData()
 predictions = sa.Table(
@@ -92,14 +105,6 @@ class StoreFull(Exception):
     """Too many predictions wait already."""
 
 
-@dataclass(frozen=True)
-class StoreLimits:
-    ttl_s: float = 3600.0  # SDXL_PREDICTION_TTL: kept this long after they end
-    max_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
-    max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
-    max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
-
-
 def new_id() -> str:
     """A Replicate-style id: 26 lowercase letters and digits."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -107,8 +112,8 @@ def new_id() -> str:
 
 
 class Store:
-    def __init__(self, url: str, limits: StoreLimits | None = None):
-        self.limits = limits or StoreLimits()
+    def __init__(self, url: str, limits: StoreLimits):
+        self.limits = limits
         # SQLite is one process's file; any other database may be shared by many replicas.
         self.shared = not url.startswith("sqlite")
         options: dict[str, Any] = {"future": True, "pool_pre_ping": self.shared}
@@ -238,7 +243,7 @@ class Store:
         values.update(error=error, metrics=metrics, claimed_by=None)
         if logs is not None:
             values["logs"] = logs
-        if status == "succeeded":
+        if status == PredictionStatus.SUCCEEDED:
             values["output_count"] = len(images)
         where = [predictions.c.id == prediction_id, predictions.c.status.not_in(ENDED)]
         if replica is not None:
@@ -283,7 +288,11 @@ class Store:
                     predictions.c.status == QUEUED,
                     predictions.c.claimed_by.is_(None),
                 )
-                .values(status="canceled", completed_at=time.time(), cancel_requested=True)
+                .values(
+                    status=PredictionStatus.CANCELED,
+                    completed_at=time.time(),
+                    cancel_requested=True,
+                )
             ).rowcount
             if done:
                 return True
@@ -338,7 +347,9 @@ class Store:
             failed = conn.execute(
                 predictions.update()
                 .where(predictions.c.claimed_by.in_(names), predictions.c.status == RUNNING)
-                .values(status="failed", error=message, completed_at=now, claimed_by=None)
+                .values(
+                    status=PredictionStatus.FAILED, error=message, completed_at=now, claimed_by=None
+                )
             ).rowcount
             requeued = conn.execute(
                 predictions.update()
@@ -361,7 +372,9 @@ class Store:
             failed = conn.execute(
                 predictions.update()
                 .where(predictions.c.status == RUNNING)
-                .values(status="failed", error=message, completed_at=now, claimed_by=None)
+                .values(
+                    status=PredictionStatus.FAILED, error=message, completed_at=now, claimed_by=None
+                )
             ).rowcount
             requeued = conn.execute(
                 predictions.update()

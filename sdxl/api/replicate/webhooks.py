@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sdxl.net import http_get
-from sdxl.trained.fetch import redact
+from sdxl.net.urls import redact
 
 log = logging.getLogger(__name__)
 

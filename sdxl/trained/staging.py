@@ -1,6 +1,6 @@
-"""Trained weights resolved off the GPU: downloaded, checked, converted and read into memory.
+"""Trained weights staged off the GPU: downloaded, checked, converted and read into memory.
 
-`prepare_weights` does every part of using `replicate_weights`, `lora_name` or `lora_id` that
+`stage_weights` does every part of using `replicate_weights`, `lora_name` or `lora_id` that
 needs no model: the download (into the bounded cache), the tar checks, the LoRA key conversion,
 the shape checks of a fine-tune against the UNet's table, and reading the tensors into host
 memory. It runs on the engine's preparation threads, so a slow URL delays only its own job.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sdxl.config import NAMED_LORAS
-from sdxl.core.request import AdapterSpec, check_adapters
+from sdxl.core.request import AdapterSpec
 from sdxl.trained.fetch import DownloadCache
 from sdxl.trained.lora import LoraError, LoraState, read_lora, rewrite_prompt
 from sdxl.trained.tar import (
@@ -53,7 +53,7 @@ class FinetuneSource:
 
 
 @dataclass
-class PreparedWeights:
+class StagedWeights:
     """Everything a job's trained weights need, in host memory, nothing applied yet."""
 
     scale: float
@@ -124,14 +124,14 @@ class Resolver:
     is_resident: Callable[[str], bool] = lambda key: False
 
 
-def prepare_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
-    """The job's trained weights as PreparedWeights, or None without any; raises InputError."""
-    check_adapters(spec)
+def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
+    """The job's trained weights as StagedWeights, or None without any; raises InputError.
+    (Their names were checked with the request's other rules, `sdxl.core.rules`.)"""
     if spec.empty:
         return None
     root = r.cache.settings.cache_dir / "work"
     root.mkdir(parents=True, exist_ok=True)
-    prepared = PreparedWeights(scale=spec.lora_scale, folder=Path(tempfile.mkdtemp(dir=root)))
+    prepared = StagedWeights(scale=spec.lora_scale, folder=Path(tempfile.mkdtemp(dir=root)))
     try:
         if spec.replicate_weights:
             _from_url(prepared, spec.replicate_weights, r, check)
@@ -162,7 +162,7 @@ def prepare_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
     return prepared
 
 
-def _from_url(prepared: PreparedWeights, url: str, r: Resolver, check: Check | None) -> None:
+def _from_url(prepared: StagedWeights, url: str, r: Resolver, check: Check | None) -> None:
     label = "replicate_weights"
     path = r.cache.fetch(url, label, check)
     digest = r.cache.digest(path) or file_sha256(path)

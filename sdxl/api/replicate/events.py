@@ -1,0 +1,28 @@
+"""A prediction changed: its webhook gets the event, if its filter lets it through."""
+
+from __future__ import annotations
+
+from sdxl.api.replicate.render import Renderer
+from sdxl.api.replicate.store import Store
+from sdxl.api.replicate.webhooks import Webhooks
+
+
+class Events:
+    def __init__(self, store: Store, renderer: Renderer, webhooks: Webhooks):
+        self.store = store
+        self.renderer = renderer
+        self.webhooks = webhooks
+
+    def changed(self, prediction_id: str, event: str) -> None:
+        """`event` (start, logs, output, completed) happened to `prediction_id`."""
+        row = self.store.get(prediction_id)
+        if row is None or not row["webhook"]:
+            return
+        base = self.renderer.public_url or row.get("origin") or ""
+        self.webhooks.send(
+            prediction_id,
+            row["webhook"],
+            event,
+            row["webhook_events_filter"],
+            lambda: self.renderer.prediction(self.store.get(prediction_id), base),
+        )

@@ -1,0 +1,123 @@
+"""Stored predictions on the engine: the job for a claimed row, and every change of its state
+written back to the store (start, logs, the encoded outputs or the error)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from sdxl.api.replicate.events import Events
+from sdxl.api.replicate.inputs import stored_request
+from sdxl.api.replicate.store import PredictionStatus, Store
+from sdxl.config import INPUTS, OUTPUT_INPUTS
+from sdxl.core.image_output import encode_outputs
+from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents, OutOfMemory
+from sdxl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOG_FLUSH_S = 0.5  # logs are written to the store (and sent to webhooks) at most this often
+LOST_CLAIM = (
+    "this replica was presumed dead and lost its claim on the prediction, which another "
+    "replica settled"
+)
+STORAGE_FAILED = "storing the result failed ({}); create the prediction again"
+
+
+class StoredRuns:
+    """Turns claimed rows into jobs (`job_for`, the shared queue's) and their ends into stored
+    results; one per replica."""
+
+    def __init__(self, store: Store, events: Events, replica: str, public_url: str | None):
+        self.store = store
+        self.events = events
+        self.replica = replica
+        self.public_url = public_url
+        self._outputs = ThreadPoolExecutor(1, thread_name_prefix="sdxl-outputs")
+        self._flushed: dict[str, float] = {}
+
+    def job_for(self, row: dict) -> Job:
+        origins = tuple(o for o in (row.get("origin"), self.public_url) if o)
+        given = row["input"]
+        request = stored_request(given, origins, self._file_bytes)
+        output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
+
+        def finished(job: Job) -> None:
+            self._flushed.pop(job.id, None)
+            self._outputs.submit(self._store_result, job, *output)  # off the GPU thread
+
+        events = JobEvents(started=self._started, log=self._logged, finished=finished)
+        job = Job(row["id"], request, events)
+        if row["cancel_requested"]:
+            job.cancel("the prediction was cancelled")
+        return job
+
+    def _file_bytes(self, file_id: str) -> bytes | None:
+        row = self.store.get_file(file_id, with_data=True)
+        return None if row is None else row["data"]
+
+    def _started(self, job: Job) -> None:
+        if not self.store.started(job.id, self.replica):
+            job.cancel(LOST_CLAIM)
+            return
+        self.events.changed(job.id, "start")
+
+    def _logged(self, job: Job, line: str) -> None:
+        now = time.monotonic()
+        if now - self._flushed.get(job.id, 0.0) >= LOG_FLUSH_S:
+            self._flushed[job.id] = now
+            self.store.update(job.id, logs=_text(job.logs))
+            self.events.changed(job.id, "logs")
+
+    def _store_result(self, job: Job, fmt: str, quality: int) -> None:
+        status = PredictionStatus.FAILED
+        try:
+            status, error, images, metrics = self._result(job, fmt, quality)
+            kept = self.store.finish(
+                job.id,
+                status,
+                error=error,
+                metrics=metrics,
+                logs=_text(job.logs),
+                images=images,
+                replica=self.replica,
+            )
+        except Exception as err:  # never leave a prediction running forever
+            log.exception("storing the result of prediction %s failed", job.id)
+            status = PredictionStatus.FAILED
+            error = STORAGE_FAILED.format(type(err).__name__)
+            kept = self.store.finish(job.id, status, error=error, replica=self.replica)
+        if not kept:  # cancelled while queued, or settled by another replica: theirs stands
+            return
+        if status == PredictionStatus.SUCCEEDED:
+            self.events.changed(job.id, "output")
+        self.events.changed(job.id, "completed")
+
+    def _result(self, job: Job, fmt: str, quality: int):
+        metrics = {} if job.run_seconds is None else {"predict_time": job.run_seconds}
+        error = job.error
+        if isinstance(error, JobCanceled):
+            return PredictionStatus.CANCELED, None, [], metrics
+        if error is not None:
+            return PredictionStatus.FAILED, failure_message(job.id, error), [], metrics
+        result = job.result()
+        try:
+            outputs = encode_outputs(result, fmt, quality, flagged="drop")
+        except UserError as err:  # every image flagged
+            return PredictionStatus.FAILED, str(err), [], metrics
+        images = [(o.name, o.mime, o.data) for o in outputs]
+        metrics.update(seeds=[o.seed for o in outputs], mode=result.mode)
+        metrics["refine"] = job.request.refine
+        return PredictionStatus.SUCCEEDED, None, images, metrics
+
+
+def failure_message(job_id: str, error: BaseException) -> str:
+    if isinstance(error, UserError | EngineBroken | DeadlineExceeded | OutOfMemory):
+        return str(error)
+    log.error("prediction %s failed: %s: %s", job_id, type(error).__name__, error)
+    return f"generation failed ({type(error).__name__}); retry, or change the inputs"
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)

@@ -1,0 +1,225 @@
+"""Settings read from the environment once, at start, with one parser for every kind of value.
+
+Every setting is parsed here (numbers, sizes, switches); a value that cannot be used is a
+`SettingsError` naming the variable and what to write instead, so that a server refuses to start
+rather than misbehave. The engine's and the API's own settings (`sdxl.engine.settings`,
+`sdxl.api.settings`) use the same parsers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sdxl.config import (
+    DEFAULT_WEIGHTS_DIR,
+    DTYPES,
+    MAX_PIXELS,
+    MAX_PROMPT_CHARS,
+    MAX_SIDE,
+    MIN_SIDE,
+    SIZE_MULTIPLE,
+)
+from sdxl.numbers import ASCII_BLANKS, number_from_text
+
+Env = Mapping[str, str]
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and the fix."""
+
+
+def parse_size(text: str) -> int:
+    """'20G', '512M', '64K', '1.5G' or plain bytes -> bytes (positive)."""
+    text = text.strip(ASCII_BLANKS).upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = number_from_text(text[:-1] if scale > 1 else text)
+    if number is None or int(number * scale) <= 0:
+        raise ValueError(f"{text!r} is not a positive size such as 10G")
+    return int(number * scale)
+
+
+def _parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """int and float read with the one number grammar (sdxl.numbers), never Python's own."""
+    if parse is int or parse is float:
+        integer = parse is int
+
+        def strict(text: str):
+            value = number_from_text(text, integer)
+            if value is None:
+                raise ValueError(text)
+            return value
+
+        return strict
+    return parse
+
+
+def env_number(
+    env: Env,
+    name: str,
+    parse: Callable[[str], Any],
+    minimum,
+    default,
+    maximum=None,
+    hint: str = "",
+):
+    """The number in `env[name]` (`default` when unset or blank): finite, from `minimum` to
+    `maximum`. `parse` is int, float or parse_size. SettingsError names the variable and the fix."""
+    raw = env.get(name, "").strip(ASCII_BLANKS)
+    if not raw:
+        return default
+    try:
+        value = _parser(parse)(raw)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        kind = {int: "a whole number", parse_size: "a size"}.get(parse, "a number")
+        shown = "unset" if default is None else default
+        bounds = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        hint = "; sizes may end in K, M or G" if parse is parse_size else hint and f"; {hint}"
+        raise SettingsError(
+            f"{name}={raw!r} is not valid; use {kind} {bounds} (default {shown}{hint})"
+        )
+    return value
+
+
+def env_choice(env: Env, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} is not valid; use one of {', '.join(choices)}")
+    return raw
+
+
+def env_flag(env: Env, name: str) -> bool:
+    """A yes/no setting: 1, true or yes is on; unset, 0, false or no is off."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name}={raw!r} is not valid; use 1 (on) or 0 (off)")
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Limits an operator sets below the schema's bounds, for every API of the process. Which
+    input each one limits is said once, in the input table (`sdxl.config.InputSpec.cap`)."""
+
+    max_steps: int = 500  # SDXL_MAX_STEPS: num_inference_steps, and refine_steps when it runs
+    max_pixels: int = MAX_PIXELS  # SDXL_MAX_PIXELS: width x height (images are scaled to it)
+    max_outputs: int = 4  # SDXL_MAX_OUTPUTS: images per request
+    max_prompt_chars: int = MAX_PROMPT_CHARS  # SDXL_MAX_PROMPT_CHARS: each prompt field
+
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "max_steps": "SDXL_MAX_STEPS",
+        "max_pixels": "SDXL_MAX_PIXELS",
+        "max_outputs": "SDXL_MAX_OUTPUTS",
+        "max_prompt_chars": "SDXL_MAX_PROMPT_CHARS",
+    }
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Caps:
+        env = os.environ if env is None else env
+        values = {}
+        for name, variable in cls.VARIABLES.items():
+            most = getattr(cls, name)
+            values[name] = env_number(env, variable, int, 1, most, maximum=most)
+        return cls(**values)
+
+
+SWITCHES = ("auto", "1", "0")  # auto: on where it helps (the CUDA fast path), 1: on, 0: off
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the models are loaded and run, read from the environment once at setup()."""
+
+    weights_dir: Path  # SDXL_WEIGHTS_DIR
+    dtype: str  # SDXL_DTYPE, one of DTYPES; auto: float16 on CUDA, bfloat16 on a CPU that has
+    # it natively (AVX512-BF16 or AMX), float32 on other CPUs
+    channels_last: str = "auto"  # SDXL_CHANNELS_LAST: UNets and VAE in channels-last layout
+    fuse_qkv: str = "auto"  # SDXL_FUSE_QKV: one projection for Q, K, V (unfused under a LoRA)
+    warmup: str = "auto"  # SDXL_WARMUP: one small generation in setup (kernels, cuDNN plans)
+    compile: bool = False  # SDXL_COMPILE=1: torch.compile the UNets and the VAE decoder
+    compile_shapes: tuple[tuple[int, int], ...] = ((1024, 1024),)  # SDXL_COMPILE_SHAPES
+    vae_tile_above: int = 2560 * 1024  # SDXL_VAE_TILE_ABOVE: pixels beyond which decode tiles
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Runtime:
+        env = os.environ if env is None else env
+        return cls(
+            weights_dir=Path(env.get("SDXL_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR),
+            dtype=env_choice(env, "SDXL_DTYPE", DTYPES, "auto"),
+            channels_last=env_choice(env, "SDXL_CHANNELS_LAST", SWITCHES, "auto"),
+            fuse_qkv=env_choice(env, "SDXL_FUSE_QKV", SWITCHES, "auto"),
+            warmup=env_choice(env, "SDXL_WARMUP", SWITCHES, "auto"),
+            compile=env_choice(env, "SDXL_COMPILE", ("0", "1"), "0") == "1",
+            compile_shapes=parse_shapes(env.get("SDXL_COMPILE_SHAPES", "1024x1024")),
+            vae_tile_above=env_number(env, "SDXL_VAE_TILE_ABOVE", int, 1, cls.vae_tile_above),
+        )
+
+    def switch(self, name: str, cuda: bool) -> bool:
+        value = getattr(self, name)
+        return cuda if value == "auto" else value == "1"
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """ "1024x1024,1152x896" -> ((1024, 1024), (1152, 896)), each a valid size."""
+    shapes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        width, x, height = part.lower().partition("x")
+        if not (
+            x and width.isascii() and width.isdigit() and height.isascii() and height.isdigit()
+        ):
+            raise SettingsError(f"SDXL_COMPILE_SHAPES has {part!r}; write sizes as 1024x1024")
+        w, h = int(width), int(height)
+        if (
+            w % SIZE_MULTIPLE
+            or h % SIZE_MULTIPLE
+            or not MIN_SIDE <= min(w, h) <= max(w, h) <= MAX_SIDE
+        ):
+            raise SettingsError(
+                f"SDXL_COMPILE_SHAPES has {part!r}; sides are multiples of {SIZE_MULTIPLE} "
+                f"from {MIN_SIDE} to {MAX_SIDE}"
+            )
+        shapes.append((w, h))
+    return tuple(shapes)
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """What the server may fetch for a request (trained weights, image URLs, webhooks), and
+    where downloads are cached."""
+
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sdxl-cog")
+    # SDXL_CACHE_DIR: where downloads are cached
+    max_total_bytes: int = 20 << 30  # SDXL_CACHE_MAX_SIZE: the download cache, all files
+    max_file_bytes: int = 12 << 30  # SDXL_FETCH_MAX_SIZE: one download
+    connect_timeout: float = 15.0  # SDXL_FETCH_CONNECT_TIMEOUT, seconds
+    read_timeout: float = 60.0  # SDXL_FETCH_READ_TIMEOUT: seconds without a byte
+    deadline: float = 1800.0  # SDXL_FETCH_DEADLINE: seconds for one whole download
+    max_redirects: int = 5
+    local_dirs: tuple[Path, ...] = ()  # SDXL_LOCAL_WEIGHTS_DIRS: folders local paths may name
+    public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> FetchSettings:
+        env = os.environ if env is None else env
+        dirs = env.get("SDXL_LOCAL_WEIGHTS_DIRS", "").split(os.pathsep)
+
+        def seconds(name: str, default: float) -> float:
+            return env_number(env, name, float, 0.001, default)
+
+        return cls(
+            cache_dir=Path(env.get("SDXL_CACHE_DIR") or cls().cache_dir),
+            max_total_bytes=env_number(env, "SDXL_CACHE_MAX_SIZE", parse_size, 1, 20 << 30),
+            max_file_bytes=env_number(env, "SDXL_FETCH_MAX_SIZE", parse_size, 1, 12 << 30),
+            connect_timeout=seconds("SDXL_FETCH_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=seconds("SDXL_FETCH_READ_TIMEOUT", cls.read_timeout),
+            deadline=seconds("SDXL_FETCH_DEADLINE", cls.deadline),
+            local_dirs=tuple(Path(p) for p in dirs if p),
+            public_only=not env_flag(env, "SDXL_ALLOW_PRIVATE_URLS"),
+        )
