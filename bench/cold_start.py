@@ -54,7 +54,7 @@ def main() -> int:
     runtime = dataclasses.replace(
         Runtime.from_env({"SDXL_WEIGHTS_DIR": str(args.weights)}), warmup="0", compile=False
     )
-    device = pick_device()
+    device = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, device)
     files = weight_files(args.weights)
     size = sum(p.stat().st_size for p in files)

@@ -130,6 +130,7 @@ class Caps:
         return cls(**values)
 
 
+DEVICES = ("auto", "cuda", "cpu")
 SWITCHES = ("auto", "1", "0")  # auto: on where it helps (the CUDA fast path), 1: on, 0: off
 
 
@@ -140,9 +141,11 @@ class Runtime:
     weights_dir: Path  # SDXL_WEIGHTS_DIR
     dtype: str  # SDXL_DTYPE, one of DTYPES; auto: float16 on CUDA, bfloat16 on a CPU that has
     # it natively (AVX512-BF16 or AMX), float32 on other CPUs
+    device: str = "auto"  # SDXL_DEVICE: auto (CUDA where there is a GPU), cuda or cpu
     channels_last: str = "auto"  # SDXL_CHANNELS_LAST: UNets and VAE in channels-last layout
     fuse_qkv: str = "auto"  # SDXL_FUSE_QKV: one projection for Q, K, V (unfused under a LoRA)
     warmup: str = "auto"  # SDXL_WARMUP: one small generation in setup (kernels, cuDNN plans)
+    tf32: str = "auto"  # SDXL_TF32: TF32 matrix products for what still runs in float32
     compile: bool = False  # SDXL_COMPILE=1: torch.compile the UNets and the VAE decoder
     compile_shapes: tuple[tuple[int, int], ...] = ((1024, 1024),)  # SDXL_COMPILE_SHAPES
     vae_tile_above: int = 2560 * 1024  # SDXL_VAE_TILE_ABOVE: pixels beyond which decode tiles
@@ -153,9 +156,11 @@ class Runtime:
         return cls(
             weights_dir=Path(env.get("SDXL_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR),
             dtype=env_choice(env, "SDXL_DTYPE", DTYPES, "auto"),
+            device=env_choice(env, "SDXL_DEVICE", DEVICES, "auto"),
             channels_last=env_choice(env, "SDXL_CHANNELS_LAST", SWITCHES, "auto"),
             fuse_qkv=env_choice(env, "SDXL_FUSE_QKV", SWITCHES, "auto"),
             warmup=env_choice(env, "SDXL_WARMUP", SWITCHES, "auto"),
+            tf32=env_choice(env, "SDXL_TF32", SWITCHES, "auto"),
             compile=env_choice(env, "SDXL_COMPILE", ("0", "1"), "0") == "1",
             compile_shapes=parse_shapes(env.get("SDXL_COMPILE_SHAPES", "1024x1024")),
             vae_tile_above=env_number(env, "SDXL_VAE_TILE_ABOVE", int, 1, cls.vae_tile_above),

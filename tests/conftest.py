@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.helpers import TEST_DEVICE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Pixels are compared with diffusers' float32 pipelines: an explicit dtype, so that every
-# machine runs the tests alike (SDXL_DTYPE=auto picks bfloat16 on CPUs that have it).
+# Pixels are compared with diffusers' float32 pipelines on the same device, like with like: an
+# explicit dtype and device, so that every machine runs the tests alike (SDXL_DTYPE=auto picks
+# bfloat16 on CPUs that have it, SDXL_DEVICE=auto a GPU where there is one). The servers the
+# tests start inherit both. SDXL_TEST_DEVICE=cuda runs the pixel tests on a GPU (bench/device.sh).
 os.environ.setdefault("SDXL_DTYPE", "float32")
+os.environ.setdefault("SDXL_DEVICE", TEST_DEVICE)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -28,20 +32,41 @@ def _remove_cog_uploads():
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "sdxl", "weights", "tiny", str(root)],
         cwd=REPO,
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    # A newcomer's first command says what it did, and nothing else (no library notices, no
+    # progress bars).
+    assert done.stdout.startswith(f"tiny random-weight SDXL written to {root} in "), done.stdout
+    assert done.stdout.count("\n") == 1, done.stdout
     return root
+
+
+def runtime_for_tests(weights: Path):
+    """float32 on the test device, without the fast path's switches (fused QKV, channels-last
+    and TF32 change the arithmetic): what diffusers' own pipelines compute."""
+    from sdxl.settings import Runtime
+
+    return Runtime(
+        weights_dir=weights,
+        dtype="float32",
+        device=TEST_DEVICE,
+        channels_last="0",
+        fuse_qkv="0",
+        warmup="0",
+        tf32="0",
+    )
 
 
 def load_tiny(weights: Path):
     from sdxl.core.loading import load_models
-    from sdxl.settings import Runtime
 
-    return load_models(Runtime(weights_dir=weights, dtype="float32"))
+    return load_models(runtime_for_tests(weights))
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +75,16 @@ def models(tiny_weights):
     return load_tiny(tiny_weights)
 
 
-def start_engine(weights: Path, cache=None, **settings):
+def start_engine(weights: Path, cache=None, clock=None, **settings):
     """An engine over its own freshly loaded tiny models (so no test sees another's)."""
     from sdxl.engine import Engine, EngineSettings
-    from sdxl.settings import Runtime
 
     engine = Engine(
-        Runtime(weights_dir=weights, dtype="float32"),
+        runtime_for_tests(weights),
         EngineSettings(**settings),
         models=load_tiny(weights),
         cache=cache,
+        **({} if clock is None else {"clock": clock}),
     )
     engine.load()
     return engine
@@ -75,15 +100,18 @@ def engine(tiny_weights):
 
 @pytest.fixture(scope="session")
 def reference(tiny_weights):
-    """diffusers' own SDXL pipelines over the tiny weights, composed without `sdxl`."""
+    """diffusers' own SDXL pipelines over the tiny weights, composed without `sdxl`, in float32
+    on the test device."""
+    import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    base = StableDiffusionXLPipeline.from_pretrained(tiny_weights / "base", add_watermarker=False)
+    options = {"torch_dtype": torch.float32, "add_watermarker": False}
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_weights / "base", **options)
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
         tiny_weights / "refiner",
         text_encoder_2=base.text_encoder_2,
         vae=base.vae,
         tokenizer_2=base.tokenizer_2,
-        add_watermarker=False,
+        **options,
     )
-    return base, refiner
+    return base.to(TEST_DEVICE), refiner.to(TEST_DEVICE)

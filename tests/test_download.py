@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -276,10 +277,30 @@ def go_online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
 
 
-def run_main(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, float, str]:
-    start = time.monotonic()
+class Attempts:
+    """Every TCP connection the process tries and every pause it asks for, while it runs:
+    failing fast is trying once (or not at all) and never waiting to retry."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.connects: list = []
+        self.sleeps: list[float] = []
+        real_connect, real_sleep = socket.socket.connect, time.sleep
+
+        def connect(sock, address):
+            self.connects.append(address)
+            return real_connect(sock, address)
+
+        def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+            real_sleep(seconds)
+
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        monkeypatch.setattr(time, "sleep", sleep)
+
+
+def run_main(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(str(root))
-    return code, time.monotonic() - start, capsys.readouterr().err
+    return code, capsys.readouterr().err
 
 
 def test_main_offline_mode_fails_fast(
@@ -289,8 +310,9 @@ def test_main_offline_mode_fails_fast(
     go_online(monkeypatch, "http://127.0.0.1:9")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, seconds, err = run_main(root, capsys)
-    assert code == 1 and seconds < 10
+    attempts = Attempts(monkeypatch)
+    code, err = run_main(root, capsys)
+    assert code == 1 and attempts.connects == [] and attempts.sleeps == []  # not even tried
     assert err.count("\n") == 1 and err.startswith("error: cannot reach the Hugging Face Hub")
     assert "HF_HUB_OFFLINE" in err and "nothing was downloaded" in err
     assert "python -m sdxl weights tiny" in err
@@ -303,8 +325,13 @@ def test_main_unreachable_endpoint_fails_fast(
     # Closed loopback ports (9 is "discard"); HF_ENDPOINT is set after import, as a user might.
     go_online(monkeypatch, "http://127.0.0.1:10")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    code, seconds, err = run_main(root, capsys)
-    assert code == 1 and seconds < 10
+    attempts = Attempts(monkeypatch)
+    code, err = run_main(root, capsys)
+    assert code == 1 and attempts.sleeps == []  # no retry with backoff
+    # One probe of the endpoint, refused: nothing more (":10" is huggingface_hub's own side
+    # request to its import-time endpoint, see go_online).
+    assert attempts.connects.count(("127.0.0.1", 9)) == 1
+    assert set(attempts.connects) <= {("127.0.0.1", 9), ("127.0.0.1", 10)}
     assert err.count("\n") == 1 and "http://127.0.0.1:9" in err and "refused" in err
     assert "nothing was downloaded" in err and "Traceback" not in err
     assert not root.exists()

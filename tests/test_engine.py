@@ -7,13 +7,14 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 from conftest import start_engine
 from safetensors.torch import save
+from support.files import Files
+from support.helpers import wait_until
 from support.loras import old_format_lora, trained_token_files
 
 from sdxl.core.request import Request
@@ -48,49 +49,6 @@ def pixels(result) -> list[bytes]:
     return [np.asarray(im).tobytes() for im in result.images]
 
 
-class Files:
-    """A loopback HTTP server for test files; a path listed in `held` sends its first bytes,
-    then waits for `release` before sending the rest (a slow or stalled download)."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.held: set[str] = set()
-        self.release = threading.Event()
-        self.started = threading.Event()  # a held download has begun
-        files = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = files.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.path in files.held:
-                    self.wfile.write(data[:100])
-                    self.wfile.flush()
-                    files.started.set()
-                    while not files.release.wait(0.05):
-                        pass
-                    self.wfile.write(data[100:])
-                else:
-                    self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def files():
     server = Files()
@@ -123,8 +81,8 @@ def fresh(tiny_weights):
 def new_engine(tiny_weights, cache):
     engines = []
 
-    def make(**settings):
-        engines.append(start_engine(tiny_weights, cache=cache, **settings))
+    def make(clock=None, **settings):
+        engines.append(start_engine(tiny_weights, cache=cache, clock=clock, **settings))
         return engines[-1]
 
     yield make
@@ -209,8 +167,7 @@ def test_prepared_jobs_run_in_submission_order(new_engine):
     started: list[str] = []
     events = JobEvents(started=lambda job: started.append(job.id))
     first = engine.submit(long(), events=events)
-    while first.status != "running":
-        time.sleep(0.01)
+    wait_until(lambda: first.status == "running", "running")
     jobs = [engine.submit(small(seed=i), events=events) for i in range(4)]
     first.cancel()
     for job in jobs:
@@ -317,12 +274,27 @@ def test_an_exception_in_the_callers_thread_cancels_its_job(new_engine):
     assert engine.run(small()).images
 
 
+class StepClock:
+    """A clock that moves only when told: a second per step of the job that moves it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, *_) -> None:
+        self.now += 1.0
+
+
 def test_a_job_past_sdxl_max_seconds_fails_naming_the_limit(new_engine, fresh):
-    engine = new_engine(max_seconds=2.0)
-    over = engine.submit(long())
-    behind = engine.submit(small(seed=4))  # waits ~2 s: time in the queue does not count
+    clock = StepClock()
+    engine = new_engine(max_seconds=2.5, clock=clock)
+    over = engine.submit(long(), events=JobEvents(step=clock.tick))  # one second a step
+    behind = engine.submit(small(seed=4))  # waits 3 s by that clock: queue time does not count
     assert over.wait(60) and over.status == "failed"
-    with pytest.raises(DeadlineExceeded, match=r"SDXL_MAX_SECONDS=2 s .* lower"):
+    assert over.steps == {"base": 3, "refiner": 0}  # 3 s after it started: past 2.5 s
+    with pytest.raises(DeadlineExceeded, match=r"SDXL_MAX_SECONDS=2.5 s .* after 3 base"):
         over.result()
     assert behind.wait(60) and pixels(behind.result()) == fresh(small(seed=4))
 

@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).parent / "support" / "fuzz_in_netns.py"
 EXAMPLES = "25"  # per operation and phase: bounded for CI
 
 
+@pytest.mark.timeout(1300)  # the fuzzer's own bound is 1200 s
 @pytest.mark.parametrize("kind", ["cog", "api"])
 def test_fuzz_in_a_network_namespace(tiny_weights, tmp_path, kind):
     assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux and iproute2"

@@ -10,14 +10,14 @@ import io
 import random
 import tarfile
 import threading
-import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 import torch
 from safetensors.torch import save
-from support.api_server import GENERATE, KEYS, Server
+from support.api_server import ENDED, GENERATE, KEYS, Server
+from support.helpers import wait_until
 from support.loras import kohya_lora, old_format_lora, save_safetensors, trained_token_files
 
 pytestmark = pytest.mark.http
@@ -138,14 +138,14 @@ def random_step(server, rng: random.Random, weights: str) -> str:
         long = {**SMALL, "num_inference_steps": 300, "replicate_weights": f"{weights}/a.tar"}
         started = replicate(server, long, wait=False)
         url = f"{server.base}/v1/predictions/{started['id']}"
-        while requests.get(url, headers=AUTH, timeout=10).json()["status"] == "starting":
-            time.sleep(0.02)
+
+        def status() -> str:
+            return requests.get(url, headers=AUTH, timeout=10).json()["status"]
+
+        wait_until(lambda: status() != "starting", "started")
         requests.post(url + "/cancel", headers=AUTH, timeout=30)
-        while requests.get(url, headers=AUTH, timeout=10).json()["status"] not in (
-            "canceled",
-            "succeeded",
-        ):
-            time.sleep(0.05)
+        ended = wait_until(lambda: (now := status()) in ENDED and now, "ended")
+        assert ended in ("canceled", "succeeded")  # a cancel may land after the last step
     return kind
 
 

@@ -17,6 +17,7 @@ import pytest
 import requests
 from support.api_server import GENERATE, KEYS, Server
 from support.cog_server import start_server
+from support.helpers import wait_until
 
 from sdxl.net.ports import free_port
 
@@ -165,11 +166,12 @@ def test_sigterm_during_a_burst_loses_nothing(tiny_weights, tmp_path):
         again.stop()
 
 
-class SlowReceiver:
-    """A webhook receiver that takes `delay` seconds to answer each delivery."""
+class GatedReceiver:
+    """A webhook receiver that takes each delivery and answers none until `open()`."""
 
-    def __init__(self, delay: float):
-        self.deliveries: list[float] = []
+    def __init__(self):
+        self.answered = 0
+        self.gate = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,26 +180,30 @@ class SlowReceiver:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                time.sleep(delay)
-                receiver.deliveries.append(time.monotonic())
+                receiver.gate.wait(120)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                receiver.answered += 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def open(self) -> None:
+        self.gate.set()
+
     def close(self):
+        self.gate.set()
         self.server.shutdown()
 
 
 def test_webhook_receivers_down_or_slow_never_delay_generation(api):
-    slow = SlowReceiver(delay=4.0)
+    held = GatedReceiver()
     down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     try:
         finished = []
-        for i, webhook in enumerate((slow.url, down, slow.url, down)):
+        for i, webhook in enumerate((held.url, down, held.url, down)):
             response = requests.post(
                 api.base + "/v1/predictions",
                 json={"version": GUIDE_VERSION, "input": {**SMALL, "seed": i}, "webhook": webhook},
@@ -205,15 +211,15 @@ def test_webhook_receivers_down_or_slow_never_delay_generation(api):
                 timeout=120,
             )
             finished.append(response.json())
+        # Generation did not wait for any delivery: all four ran while the held receiver had
+        # answered none of its deliveries (and the other receiver does not exist).
         assert [p["status"] for p in finished] == ["succeeded"] * 4
-        # Generation did not wait for any delivery: the four ran back to back, while the slow
-        # receiver (4 s an answer) had not yet taken all of its deliveries.
-        assert len(slow.deliveries) < 6  # start + completed for two predictions = 6 at the end
-        deadline = time.monotonic() + 90
-        while "gave up the completed webhook" not in api.log() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        assert held.answered == 0
+        held.open()  # now every delivery to it goes through: start and completed, two each
+        wait_until(lambda: held.answered >= 4, "four deliveries answered", timeout=120)
+        wait_until(lambda: "gave up the completed webhook" in api.log(), "given up", timeout=120)
         assert re.search(
             r"gave up the completed webhook of prediction \w+ to http://127\.0\.0\.1", api.log()
         )
     finally:
-        slow.close()
+        held.close()

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 from PIL import Image
 from support.api_server import KEYS, REPO, Server, serving
 from support.cog_server import Receiver, png_bytes
-from support.helpers import cog_upload, half_mask, pixels, smooth_image
+from support.files import Files
+from support.helpers import cog_upload, half_mask, pixels, smooth_image, wait_until
 
 from sdxl.config import COG_INPUTS, COG_SCHEMA_FILE
 
@@ -128,7 +130,29 @@ def test_the_guides_five_javascript_calls(server, predictor, tmp_path):
     assert (pixels(got)[kept] == pixels(smooth_image(256, 256))[kept]).all()
 
 
-def test_javascript_run_returns_images_when_generation_outlasts_the_wait(server, tmp_path):
+@pytest.fixture
+def held_image(server):
+    """An image URL whose download stalls until `release`: its prediction stays `starting`,
+    in preparation, as long as the test wants it to."""
+    files = Files()
+    files.files["/photo.png"] = png_bytes(smooth_image(256, 256))
+    files.held.add("/photo.png")
+    yield files
+    files.close()
+
+
+def polled(server, prediction_id: str) -> int:
+    """How many times a client asked for the prediction (the access log's GETs)."""
+    return server.log().count(f"GET /v1/predictions/{prediction_id} ")
+
+
+def outlasting_input(held) -> dict:
+    return {"prompt": "a cat", **SMALL, "image": held.url + "/photo.png", "prompt_strength": 0.6}
+
+
+def test_javascript_run_returns_images_when_generation_outlasts_the_wait(
+    server, tmp_path, held_image
+):
     script = tmp_path / "outlast.cjs"
     script.write_text(
         """
@@ -141,14 +165,26 @@ replicate.run(process.argv[2], {input: JSON.parse(process.argv[3]),
   .catch((err) => { console.error(err.message); process.exit(1); });
 """
     )
-    inputs = {**LONG, "num_inference_steps": 60}
-    env = {"REPLICATE_API_TOKEN": KEYS[0], "REPLICATE_BASE_URL": server.base + "/v1"}
-    env["NODE_PATH"] = str(JS / "node_modules")
-    started = time.monotonic()
-    done = node(str(script), MODEL, json.dumps(inputs), env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("data:image/png;base64,")
-    assert time.monotonic() - started > 1.0  # it did outlast the wait
+    env = {**os.environ, "REPLICATE_API_TOKEN": KEYS[0]}
+    env.update(REPLICATE_BASE_URL=server.base + "/v1", NODE_PATH=str(JS / "node_modules"))
+    inputs = json.dumps(outlasting_input(held_image))
+    run = subprocess.Popen(
+        ["node", str(script), MODEL, inputs], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert held_image.started.wait(60)  # the job is in preparation: it cannot end yet
+        latest = wait_until(lambda: newest_prediction(server), "created")
+        wait_until(lambda: polled(server, latest) >= 1, "polled after the wait ran out")
+        held_image.release.set()
+        output, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0 and output.startswith("data:image/png;base64,")
+
+
+def newest_prediction(server) -> str | None:
+    results = server.api("GET", "/v1/predictions").json()["results"]
+    return results[0]["id"] if results and results[0]["status"] == "starting" else None
 
 
 # ---- the Python client ----------------------------------------------------------------------
@@ -175,10 +211,18 @@ def test_python_run_by_model_name_and_numeric_strings(client):
     assert decoded(output.read()).size == (256, 256)
 
 
-def test_python_run_returns_images_when_generation_outlasts_the_wait(client):
-    started = time.monotonic()
-    (output,) = client.run(MODEL, input={**LONG, "num_inference_steps": 60}, wait=1)
-    assert time.monotonic() - started > 1.0
+def test_python_run_returns_images_when_generation_outlasts_the_wait(client, server, held_image):
+    outputs = []
+    run = threading.Thread(
+        target=lambda: outputs.extend(client.run(MODEL, input=outlasting_input(held_image), wait=1))
+    )
+    run.start()
+    assert held_image.started.wait(60)  # the job is in preparation: it cannot end yet
+    latest = wait_until(lambda: newest_prediction(server), "created")
+    wait_until(lambda: polled(server, latest) >= 1, "polled after the wait ran out")
+    held_image.release.set()
+    run.join(120)
+    (output,) = outputs
     assert decoded(output.read()).size == (256, 256)
 
 
@@ -311,8 +355,7 @@ def test_a_killed_server_leaves_its_running_prediction_failed(tiny_weights, tmp_
         done.wait()
         running = client.predictions.create(version=GUIDE_VERSION, input=LONG)
         queued = client.predictions.create(version=GUIDE_VERSION, input={"prompt": "b", **SMALL})
-        while client.predictions.get(running.id).status != "processing":
-            time.sleep(0.05)
+        wait_until(lambda: client.predictions.get(running.id).status == "processing", "running")
         first.proc.kill()  # SIGKILL: no drain, no cleanup
         first.proc.wait(30)
     finally:

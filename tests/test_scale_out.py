@@ -9,19 +9,21 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from support.api_server import KEYS, Server
-from support.postgres import Cluster, fresh_database, wait_until
+from support.helpers import wait_until
+from support.postgres import Cluster, fresh_database
 
 pytestmark = pytest.mark.http
 
 TIMEOUT_S = 2  # SDXL_REPLICA_TIMEOUT: a replica silent this long is dead
 QUICK = {"prompt": "a harbour", "width": 256, "height": 256, "num_inference_steps": 12}
-LONG = {**QUICK, "num_inference_steps": 500}
+# Long enough on any machine that it is still running when the test cancels or kills it: 500
+# steps of a batch of four (the tests stop it long before its end).
+LONG = {**QUICK, "num_inference_steps": 500, "num_outputs": 4}
 
 
 @pytest.fixture(scope="session")
@@ -105,13 +107,13 @@ def test_any_replica_reads_lists_and_cancels_any_prediction(pair):
     assert on_first["id"] in [p["id"] for p in listed]
     on_second = second.create_prediction(LONG)  # the other GPU is free: it runs there
     first.wait_prediction(on_second["id"], until=("processing",))
-    started = time.monotonic()
     for prediction, elsewhere in ((on_first, second), (on_second, first)):
         answer = elsewhere.api("POST", f"/v1/predictions/{prediction['id']}/cancel")
         assert answer.status_code == 200, answer.text
     for prediction in (on_first, on_second):
-        assert first.wait_prediction(prediction["id"], timeout=30)["status"] == "canceled"
-    assert time.monotonic() - started < 10  # a watcher polls every 0.25 s; a step or two more
+        ended = first.wait_prediction(prediction["id"], timeout=60)
+        assert ended["status"] == "canceled"
+        assert "base step 500/500" not in ended["logs"]  # it stopped at a step, not at its end
     for prediction in (on_first, on_second):
         cancels = [runs(server, prediction["id"], "canceled") for server in pair]
         assert sorted(cancels) == [0, 1]  # cancelled where it ran, and only there
@@ -121,27 +123,38 @@ def test_a_killed_replica_fails_its_job_and_the_others_run_once(
     tiny_weights, postgres_url, tmp_path
 ):
     database = fresh_database(postgres_url, "sdxl_kill")
-    servers = start_pair(tiny_weights, tmp_path, database)
+    env = {
+        "SDXL_API_KEYS": KEYS[0],
+        "SDXL_DATABASE_URL": database,
+        "SDXL_REPLICA_TIMEOUT": str(TIMEOUT_S),
+    }
+    # Each step waits for the event it needs, so that which replica holds what is decided by
+    # the order of events, never by a race between the replicas' claims.
+    victim = Server(tiny_weights, tmp_path, env)
+    servers = [victim]
     try:
-        doomed = servers[0].create_prediction(LONG)
-        servers[1].wait_prediction(doomed["id"], until=("processing",))
-        victim = runner_of(database, doomed["id"], servers)
-        survivor = servers[1] if victim is servers[0] else servers[0]
-        busy = survivor.create_prediction(LONG)  # the survivor's GPU is busy too
+        victim.wait_ready()  # alone: it takes the doomed job and claims one more
+        doomed = victim.create_prediction(LONG)
+        victim.wait_prediction(doomed["id"], until=("processing",))
+        claimed = victim.create_prediction({**QUICK, "seed": 1})
+        wait_until(lambda: runner_of_or_none(database, claimed["id"], servers), "claimed")
+        survivor = Server(tiny_weights, tmp_path, env)  # the victim is full: the rest is its
+        servers.append(survivor)
+        survivor.wait_ready()
+        busy = survivor.create_prediction(LONG)
         survivor.wait_prediction(busy["id"], until=("processing",))
-        # Each replica claims one more to prepare while its GPU works: then both have one.
-        waiting = [survivor.create_prediction({**QUICK, "seed": s}) for s in range(2)]
-        wait_until(
-            lambda: all(runner_of_or_none(database, p["id"], servers) for p in waiting),
-            "both quick predictions claimed",
-        )
+        waiting = survivor.create_prediction({**QUICK, "seed": 2})
+        wait_until(lambda: runner_of_or_none(database, waiting["id"], servers), "claimed")
+        assert runner_of(database, claimed["id"], servers) is victim
+        assert runner_of(database, waiting["id"], servers) is survivor
+        assert victim.prediction(doomed["id"])["status"] == "processing"
         victim.proc.kill()  # SIGKILL: no drain, no goodbye
         victim.proc.wait(30)
         lost = survivor.wait_prediction(doomed["id"], timeout=60)
         assert lost["status"] == "failed"
         assert "replica running this prediction stopped answering" in lost["error"]
         survivor.api("POST", f"/v1/predictions/{busy['id']}/cancel")
-        for prediction in waiting:  # the victim's claim went back to the queue
+        for prediction in (claimed, waiting):  # the victim's claim went back to the queue
             assert survivor.wait_prediction(prediction["id"])["status"] == "succeeded"
             assert runs(survivor, prediction["id"]) == 1
             assert runs(victim, prediction["id"], "started") == 0

@@ -38,7 +38,7 @@ def load_models(runtime: Runtime) -> Models:
 def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
     base, refiner = models.base, models.refiner
     switches = []
-    if cuda:
+    if runtime.switch("tf32", cuda):
         fast.set_tf32(True)
         switches.append("TF32")
     if runtime.switch("channels_last", cuda):

@@ -31,8 +31,13 @@ class WeightsMissingError(RuntimeError):
     """The weights folder lacks what setup() needs."""
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(setting: str = "auto") -> torch.device:
+    """`auto` is CUDA where there is a GPU, else the CPU."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SDXL_DEVICE=cuda, but torch sees no CUDA GPU; use auto or cpu")
+    return torch.device(setting)
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -119,7 +124,7 @@ def read_models(runtime: Runtime) -> Models:
 
     root = runtime.weights_dir
     check_weights(root)
-    device = pick_device()
+    device = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, device)
     cuda = device.type == "cuda"
     # On CUDA the weights go straight from the files to the GPU (no copy in host memory).

@@ -37,7 +37,7 @@ from sdxl.engine.jobs import (
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
-from sdxl.logs import adopt_library_loggers, job_context
+from sdxl.logs import adopt_library_loggers, job_context, quiet_libraries
 from sdxl.settings import Runtime
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,14 @@ class Engine:
         *,
         models: Any = None,
         cache: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.runtime = runtime
         self.settings = settings or EngineSettings()
         self.queue = queue if queue is not None else MemoryQueue()
         self.models = models  # sdxl.core.pipelines.Models, once loaded
         self.cache = cache  # sdxl.trained.fetch.DownloadCache (None: one for settings.fetch)
+        self.clock = clock  # what SDXL_MAX_SECONDS is measured on (tests give their own)
         self.state = EngineState.LOADING
         self.reason: str | None = None  # why the state is failed or broken
         self.load_seconds: float | None = None
@@ -88,14 +90,17 @@ class Engine:
         """Load the models (unless given), then start taking jobs. Raises if loading fails."""
         started = time.perf_counter()
         try:
-            adopt_library_loggers()  # before diffusers and transformers say anything
+            quiet_libraries()  # before diffusers and transformers say anything
+            adopt_library_loggers()
             from sdxl.engine.gpu import Runner
 
             if self.models is None:
                 from sdxl.core.loading import load_models
 
                 self.models = load_models(self.runtime)
-            self.runner = Runner(self.models, self.settings, self._lora_dir(), self.cache)
+            self.runner = Runner(
+                self.models, self.settings, self._lora_dir(), self.cache, self.clock
+            )
         except BaseException as err:
             self.state, self.reason = EngineState.LOAD_FAILED, f"{type(err).__name__}: {err}"
             raise

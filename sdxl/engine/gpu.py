@@ -29,9 +29,12 @@ _POISON_WORDS = ("CUDA error", "illegal memory access", "device-side assert", "C
 
 
 class Runner:
-    def __init__(self, models, settings: EngineSettings, lora_dir: Path, cache=None):
+    def __init__(
+        self, models, settings: EngineSettings, lora_dir: Path, cache=None, clock=time.monotonic
+    ):
         self.models = models
         self.settings = settings
+        self.clock = clock  # what SDXL_MAX_SECONDS is measured on
         self.budget = HostBudget(settings.max_prepared_bytes)
         limits = ResidentLimits(
             max_loras=settings.max_resident_loras,
@@ -80,7 +83,7 @@ class Runner:
     def run(self, job: Job) -> Result:
         job.check()  # cancelled while it waited for the GPU
         max_seconds = self.settings.max_seconds
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        deadline = None if max_seconds is None else self.clock() + max_seconds
         generation = job.generation
         job.log(generation.summary())
         log.info("job %s started: %s", job.id, generation.summary())  # operators' log
@@ -96,9 +99,9 @@ class Runner:
                     generation,
                     unet=active.unet,
                     compiled=self._compiled(job),
-                    on_step=_stepper(job, deadline),
+                    on_step=_stepper(job, deadline, self.clock),
                 )
-                job.check(deadline)
+                job.check(deadline, self.clock)
             finally:
                 self.resident.undo(active)
             return finish(self.models, generation, images, **extra)
@@ -124,12 +127,12 @@ class Runner:
         return compiled.modules_for(job.generation, trained)
 
 
-def _stepper(job: Job, deadline: float | None):
+def _stepper(job: Job, deadline: float | None, clock):
     def on_step(stage: str, done: int, total: int) -> None:
         job.steps[stage] += 1
         job.log(f"{stage} step {done}/{total}")
         notify(job.events.step, job, stage, done, total)
-        job.check(deadline)  # raises out of the pipeline: no further step, no decode
+        job.check(deadline, clock)  # raises out of the pipeline: no further step, no decode
 
     return on_step
 

@@ -165,11 +165,12 @@ class Job:
         return (self.finished_at or time.time()) - self.started_at
 
     # ---- for the engine -----------------------------------------------------------------
-    def check(self, deadline: float | None = None) -> None:
-        """Raise JobCanceled or DeadlineExceeded if the job must stop now."""
+    def check(self, deadline: float | None = None, clock=time.monotonic) -> None:
+        """Raise JobCanceled or DeadlineExceeded if the job must stop now (`deadline` is a time
+        of `clock`)."""
         if self._cancel_reason is not None:
             raise JobCanceled(self._cancel_reason)
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and clock() > deadline:
             raise DeadlineExceeded()
 
     def log(self, line: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from sdxl.net.ports import free_port
+from support.helpers import SERVER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATE = "/v1/images/stable-diffusion-xl/generate"
@@ -59,7 +60,7 @@ class Server:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SDXL_")}
         # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make the
         # tiny model's microsecond ops 10-50x slower whenever another process holds a core.
-        clean.update(SDXL_WEIGHTS_DIR=str(weights), SDXL_DTYPE="float32", OMP_NUM_THREADS="1")
+        clean.update(SERVER_ENV, SDXL_WEIGHTS_DIR=str(weights), OMP_NUM_THREADS="1")
         clean.update(SDXL_STATE_DIR=str(folder / f"state-{self.port}"))
         clean.update(SDXL_ALLOW_PRIVATE_URLS="1")  # the tests' files and webhooks are on loopback
         clean.update(env)

@@ -18,6 +18,8 @@ from pathlib import Path
 import requests
 from PIL import Image
 
+from support.helpers import SERVER_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -72,8 +74,8 @@ def start_server(weights: Path, workdir: Path, *extra: str, timeout: float = 120
     tmpdir = workdir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
-    # An explicit dtype: pixels are compared with diffusers' float32 pipelines on every machine.
-    env = dict(os.environ, SDXL_WEIGHTS_DIR=str(weights), TMPDIR=str(tmpdir), SDXL_DTYPE="float32")
+    # The test device, float32, no fast-path switch: as the pixels it is compared with.
+    env = dict(os.environ, **SERVER_ENV, SDXL_WEIGHTS_DIR=str(weights), TMPDIR=str(tmpdir))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     cmd = [sys.executable, "-m", "sdxl", "serve", "--port", str(port), *extra]
     with log.open("w") as out:

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+# Where the pixel tests run: the CPU (every CI run), or a GPU (SDXL_TEST_DEVICE=cuda, run by
+# bench/device.sh), the product and diffusers' own pipelines alike, in float32 on that device.
+TEST_DEVICE = os.environ.get("SDXL_TEST_DEVICE", "cpu")
+# On the CPU the product computes exactly what diffusers computes. On a GPU the same kernels in
+# the same order give the same bytes in practice; a step of 2/255 is allowed there, as a bound
+# until bench/device.sh has measured it (it reports the largest difference it saw).
+PIXEL_TOLERANCE = 0 if TEST_DEVICE == "cpu" else 2
+# The environment of the servers the tests start: float32 on the test device, no fast-path
+# switch (each changes the arithmetic), as the in-process fixtures (conftest.runtime_for_tests).
+SERVER_ENV = {
+    "SDXL_DTYPE": "float32",
+    "SDXL_DEVICE": TEST_DEVICE,
+    "SDXL_CHANNELS_LAST": "0",
+    "SDXL_FUSE_QKV": "0",
+    "SDXL_TF32": "0",
+    "SDXL_WARMUP": "0",
+}
 
 # An independent statement of what each scheduler name means (the product has its own table).
 REFERENCE_SCHEDULERS = {
@@ -41,9 +62,13 @@ def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.int16)
 
 
-def assert_same_image(a: Image.Image, b: Image.Image, tolerance: int = 0) -> None:
+def assert_same_image(a: Image.Image, b: Image.Image, tolerance: int = PIXEL_TOLERANCE) -> None:
     assert a.size == b.size, (a.size, b.size)
     diff = np.abs(pixels(a) - pixels(b)).max()
+    record = os.environ.get("SDXL_PIXEL_REPORT")  # bench/device.sh: the largest difference seen
+    if record:
+        with open(record, "a") as out:
+            out.write(f"{diff}\n")
     assert diff <= tolerance, f"images differ by up to {diff}/255"
 
 
@@ -91,3 +116,15 @@ def cog_upload(img: Image.Image | bytes, name: str = "file.png") -> Path:
 def remove_uploads() -> None:
     while _UPLOADS:
         _UPLOADS.pop().unlink(missing_ok=True)
+
+
+def wait_until(condition, what: str, timeout: float = 60, every: float = 0.05):
+    """What `condition()` returns once it is true; the test fails naming `what` if that takes
+    longer than `timeout` s (a bound against hanging, never a measure of speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    pytest.fail(f"never {what} within {timeout:g} s")

@@ -8,7 +8,6 @@ import glob
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -75,13 +74,3 @@ def fresh_database(admin_url: str, name: str) -> str:
     finally:
         admin.dispose()
     return admin.url.set(database=name).render_as_string(hide_password=False)
-
-
-def wait_until(condition, what: str, timeout: float = 60, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(every)
-    pytest.fail(f"never {what}")
