@@ -302,3 +302,31 @@ def test_replicate_guide_requests(server, receiver):
         assert img.size == ((768, 768) if "image" in inputs else (1024, 1024))
     kept = np.asarray(half_mask(768, 768)) < 128
     assert (pixels(img)[kept] == pixels(smooth_image(768, 768))[kept]).all()
+
+
+def test_the_readmes_predict_command_writes_the_servers_image(tiny_weights, tmp_path, fresh_bytes):
+    """`python -m sdxl predict`, the quickstart's main command: a server of its own, one
+    prediction, the image written to a file; its pixels equal the Cog server's."""
+    import os
+    import subprocess
+    import sys
+
+    from support.helpers import SERVER_ENV
+
+    env = {**os.environ, **SERVER_ENV, "SDXL_WEIGHTS_DIR": str(tiny_weights)}
+    args = []
+    for name, value in VALID.items():
+        args += ["-i", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl", "predict", *args, "-o", str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (written,) = done.stdout.split()
+    assert written == str(tmp_path / "out" / "output.0.png")
+    with open(written, "rb") as f:
+        assert_same_image(image_from_bytes(f.read()), image_from_bytes(fresh_bytes[0]), 0)

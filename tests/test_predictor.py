@@ -134,11 +134,16 @@ def test_mask_with_same_aspect_is_resized(predictor, tmp_path):
     assert (out[:, :250] == pixels(source)[:, :250]).all()
 
 
-def test_transparent_image_is_flattened(predictor, tmp_path):
-    rgba = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
-    (path,) = call(predictor, image=cog_upload(rgba, "clear.png"), prompt_strength=0.5)
-    with Image.open(path) as img:
+def test_transparent_image_is_flattened_onto_white(predictor, tmp_path):
+    rgba = Image.new("RGBA", (256, 256), (0, 0, 0, 0))  # black, but fully transparent
+    white = Image.new("RGB", (256, 256), (255, 255, 255))
+    (clear,) = call(predictor, image=cog_upload(rgba, "clear.png"), prompt_strength=0.5)
+    with Image.open(clear) as img:  # read now: the next prediction removes this one's files
         assert img.size == (256, 256)
+        from_clear = pixels(img)
+    (plain,) = call(predictor, image=cog_upload(white, "white.png"), prompt_strength=0.5)
+    with Image.open(plain) as img:
+        assert np.array_equal(from_clear, pixels(img))
 
 
 def test_all_flagged_fails_and_disable_lets_them_through(tmp_path_factory):

@@ -45,8 +45,13 @@ def test_style_file_has_the_usual_set_with_templates():
 
 def test_style_wraps_prompt_and_prepends_negative():
     req = apply_presets(Request(prompt="a cat", negative_prompt="text", style_selected="anime"))
-    assert req.prompt == STYLES["anime"]["prompt"].replace("{prompt}", "a cat")
-    assert req.negative_prompt == STYLES["anime"]["negative_prompt"] + ", text"
+    assert req.prompt == (
+        "a cat, anime illustration, clean line work, cel shading, vivid colours, detailed "
+        "background"
+    )
+    assert req.negative_prompt == (
+        "photograph, realistic skin, 3d render, muddy colours, deformed, text"
+    )
     assert req.prompt_2 is None
 
 
@@ -57,10 +62,30 @@ def test_unknown_style_and_ratio_are_named():
         check_fields({"aspect_ratio": "5:4"}, COG, Caps())
 
 
-@pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
+# SDXL's training buckets for these ratios (the SDXL report, appendix I; about 1 megapixel each).
+TRAINED = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+    "4:3": (1152, 896),
+    "3:4": (896, 1152),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "21:9": (1536, 640),
+    "9:21": (640, 1536),
+}
+
+
+def test_every_ratio_offered_is_a_trained_resolution():
+    assert set(ASPECT_RATIOS) == set(TRAINED)
+
+
+@pytest.mark.parametrize("ratio", list(TRAINED))
 def test_aspect_ratio_sets_trained_resolution(ratio):
     req = apply_presets(Request(aspect_ratio=ratio, width=512, height=512))
-    assert (req.width, req.height) == ASPECT_RATIOS[ratio]
+    assert (req.width, req.height) == TRAINED[ratio]
+    wide, high = map(int, ratio.split(":"))
+    assert abs(req.width / req.height - wide / high) < 0.1
     check_request(req)
 
 

@@ -203,7 +203,7 @@ def test_seed_image_gives_an_image_of_its_size(server, as_data_uri):
     response = server.post(small(seed_image=text, strength=0.6, num_inference_steps=4))
     (image,) = images_of(response)
     assert image.size == (320, 256)
-    assert "img2img" in server.log()
+    assert f"job {response.headers['X-Request-Id']} started: mode=img2img " in server.log()
 
 
 def test_aspect_ratio_sets_the_size(server):
@@ -213,10 +213,17 @@ def test_aspect_ratio_sets_the_size(server):
 
 
 def test_style_preset_is_applied(server):
-    plain = server.post(small(seed=21)).json()["images"]
-    styled = server.post(small(seed=21, style_selected="anime"))
-    assert styled.status_code == 200
-    assert styled.json()["images"] != plain
+    styled = server.post(small(seed=21, prompt="a fox", style_selected="anime"))
+    by_hand = server.post(  # the anime template and negative prompt, written out
+        small(
+            seed=21,
+            prompt="a fox, anime illustration, clean line work, cel shading, vivid colours, "
+            "detailed background",
+            negative_prompt="photograph, realistic skin, 3d render, muddy colours, deformed",
+        )
+    )
+    (styled_image,), (by_hand_image,) = images_of(styled), images_of(by_hand)
+    assert_same_image(styled_image, by_hand_image)  # the pixels: the metadata names the style
 
 
 def test_no_state_leaks_between_requests(server):
