@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from sdxl import logs
 from sdxl.config import DEFAULT_WEIGHTS_DIR
 
 
@@ -19,6 +20,7 @@ def _default_weights_dir() -> str:
 def _weights_tiny(args: argparse.Namespace) -> int:
     from sdxl.builders.tiny import build_tiny_weights
 
+    logs.quiet_libraries()
     started = time.perf_counter()
     root = build_tiny_weights(Path(args.dir), flag_everything=args.flag_everything)
     print(f"tiny random-weight SDXL written to {root} in {time.perf_counter() - started:.1f} s")
@@ -28,6 +30,7 @@ def _weights_tiny(args: argparse.Namespace) -> int:
 def _weights_random_full(args: argparse.Namespace) -> int:
     from sdxl.builders.random_full import build_random_full
 
+    logs.quiet_libraries()
     started = time.perf_counter()
     try:
         root = build_random_full(Path(args.dir))

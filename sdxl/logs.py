@@ -81,6 +81,27 @@ def configure(level: int = logging.INFO, job_lines: bool = True) -> None:
         logger.propagate = False
 
 
+class NoTorchvisionNotice(logging.Filter):
+    """Drops transformers' notice that its image processors fall back to PIL without
+    torchvision: that fallback is what this product uses (it never installs torchvision)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+def quiet_libraries() -> None:
+    """Keep what the libraries print to what a user needs: no torchvision notice, no progress
+    bar per file written (the builders save many small models)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(NoTorchvisionNotice())
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 _server_handler: logging.Handler | None = None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 
-import pytest
 import torch
 
 from sdxl.builders import random_full
@@ -133,10 +132,13 @@ def _small_lora(folder) -> None:
     save_file({"lora_unet_x.alpha": torch.ones(())}, str(folder / "offset.safetensors"))
 
 
-@pytest.mark.skipif(random_full.clip_bpe_file() is None, reason="open_clip_torch not installed")
 def test_the_real_clip_vocabulary_tokenizes_as_sdxls_tokenizer(tmp_path):
     from transformers import CLIPTokenizer
 
+    assert random_full.clip_bpe_file() is not None, (
+        "open_clip_torch carries CLIP's vocabulary: `pip install --no-deps -r "
+        "requirements-nodeps.txt` (the README's test command does)"
+    )
     random_full.write_clip_tokenizer(tmp_path, "<|endoftext|>", random_full.clip_bpe_file())
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
     assert len(tokenizer) == 49408
