@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU check in one command, for a CUDA machine with its own torch, none of this project's
+# other packages and no network (the device tool's H200); about 6 minutes there:
+#   1. installs the wheels carried in .whl/ (bench/device_wheels.sh fetches them, with network);
+#   2. builds the full-size random-weight SDXL (python -m sdxl weights random-full);
+#   3. runs the GPU test tier and the pixel tests on the GPU (SDXL_TEST_DEVICE=cuda: the
+#      product and diffusers' own pipelines, both in float32 on the GPU);
+#   4. runs bench/gpu.py's eager (plain float16) and fast-path rows at 30 steps;
+#   5. writes $OUT/device.json: the commit, the GPU, the tests' counts and largest pixel
+#      differences, and the benchmark's rows.
+# Without CUDA, steps 3 and 4 are skipped and the rest runs (a dry run on a CPU machine).
+#
+#   OUT=/tmp/out bench/device.sh      (the device tool sets OUT; default bench/results/device)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/device}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+py=${PYTHON:-python3}
+weights=${WEIGHTS:-/tmp/sdxl-random-full}
+step() { echo "== $(date +%T) $*"; }
+
+step "1. packages"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/sdxl-site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/sdxl-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$py" -c "import diffusers, transformers, peft, pywt, cv2, pytest" || exit 1
+cuda=$("$py" -c "import torch; print(int(torch.cuda.is_available()))")
+
+step "2. full-size random weights in $weights"
+if [ ! -f "$weights/refiner/model_index.json" ]; then
+  "$py" -m sdxl weights random-full "$weights" || exit 1
+fi
+
+tests_status=skipped
+bench_status=skipped
+if [ "$cuda" = 1 ]; then
+  step "3. the GPU tier and the pixel tests on the GPU"
+  rm -f "$OUT/pixels.txt" "$OUT/gpu-tests.json"
+  SDXL_TEST_DEVICE=cuda SDXL_PIXEL_REPORT="$OUT/pixels.txt" SDXL_GPU_REPORT="$OUT/gpu-tests.json" \
+    "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
+    tests/test_gpu.py tests/test_matches_diffusers.py tests/test_presets.py \
+    tests/test_engine.py tests/test_lora_generate.py 2>&1 | tee "$OUT/tests.log"
+  tests_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo passed || echo failed)
+
+  step "4. bench/gpu.py: eager and fast path, 30 steps"
+  "$py" bench/gpu.py --weights "$weights" --configs plain,fast --steps 30 --repeats 3 \
+    --out "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
+  bench_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo done || echo failed)
+else
+  step "3, 4. no CUDA here: the GPU tier, the pixel tests on the GPU and bench/gpu.py skipped"
+fi
+
+step "5. $OUT/device.json"
+TESTS=$tests_status BENCH=$bench_status "$py" - "$OUT" <<'PY'
+import json, os, re, subprocess, sys, time
+from pathlib import Path
+
+out = Path(sys.argv[1])
+import torch
+
+def read(name):
+    path = out / name
+    return path.read_text() if path.exists() else ""
+
+found = re.findall(r"(\d+) (passed|failed|skipped|errors?)", read("tests.log"))
+counts = {word: int(number) for number, word in found}
+pixels = [int(n) for n in read("pixels.txt").split()]
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+record = {
+    "when": time.strftime("%Y-%m-%d %H:%M"),
+    "commit": commit.strip() or None,
+    "cuda": torch.cuda.is_available(),
+    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    "torch": torch.__version__,
+    "tests": {"status": os.environ["TESTS"], **counts},
+    "pixel_tests_largest_difference": max(pixels) if pixels else None,
+    "pixel_comparisons": len(pixels),
+    "gpu_tier": json.loads(read("gpu-tests.json") or "null"),
+    "bench": {"status": os.environ["BENCH"], **json.loads(read("gpu.json") or "{}")},
+}
+(out / "device.json").write_text(json.dumps(record, indent=2) + "\n")
+print(json.dumps(record, indent=2))
+PY
