@@ -55,10 +55,23 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def commit() -> str:
+    """The commit the code measured is at ("+changes" when the tree differs from it)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "sdxl", "bench") else "")
+
+
 def write(name: str, record: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), **record}
+    when = time.strftime("%Y-%m-%d %H:%M")
+    record = {"machine": machine(), "when": when, "commit": commit(), **record}
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
@@ -90,8 +103,10 @@ def weights_or_tiny(weights: Path | None, folder: Path | None = None) -> Path:
     """`weights`, or the tiny model built now under `folder` (a temporary folder)."""
     if weights is not None:
         return weights
+    from sdxl import logs
     from sdxl.builders.tiny import build_tiny_weights
 
+    logs.quiet_libraries()
     return build_tiny_weights((folder or Path(tempfile.mkdtemp())) / "weights")
 
 

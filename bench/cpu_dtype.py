@@ -5,10 +5,11 @@
 2. A whole 512x512 generation (base only, safety checker and watermark off): the product's
    engine with its defaults against diffusers' StableDiffusionXLPipeline in float32, same
    arguments and seed; and how far apart their pixels are.
-Each side runs in its own process (float32 base and the product's models do not fit in 24 GB
-together).
+Each measurement runs in a process of its own (float32 base and the product's models do not fit
+in 24 GB together), after a warm-up call; the processes are interleaved in rounds (each side
+once a round, in turn) and the medians over the rounds compared.
 
-    python bench/cpu_dtype.py --weights DIR    # DIR: python -m sdxl weights random-full DIR
+    python bench/cpu_dtype.py --weights DIR [--rounds 3]   # DIR: sdxl weights random-full
 
 Target: product / diffusers float32 time <= 0.5 on the whole generation. Writes
 bench/results/cpu-dtype.json.
@@ -31,7 +32,7 @@ from common import loaded_engine, median, write
 PROMPT = "A studio portrait photo of a cat"
 
 
-def unet_step(weights: Path, dtype: str, channels_last: bool, repeats: int) -> float:
+def unet_step(weights: Path, dtype: str, channels_last: bool) -> float:
     from diffusers import UNet2DConditionModel
 
     torch_dtype = getattr(torch, dtype)
@@ -47,14 +48,14 @@ def unet_step(weights: Path, dtype: str, channels_last: bool, repeats: int) -> f
     }
     times = []
     with torch.no_grad():
-        for _ in range(repeats + 1):
+        for _ in range(2):  # the first call warms up
             started = time.perf_counter()
             unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=added)
             times.append(time.perf_counter() - started)
-    return median(times[1:])  # the first call warms up
+    return times[-1]
 
 
-def product_generation(weights: Path, steps: int, repeats: int) -> tuple[float, bytes, str]:
+def product_generation(weights: Path, steps: int) -> tuple[float, bytes, str]:
     from sdxl.core.request import Request
 
     engine = loaded_engine(weights)
@@ -68,15 +69,15 @@ def product_generation(weights: Path, steps: int, repeats: int) -> tuple[float, 
         disable_safety_checker=True,
     )
     times, image = [], None
-    for _ in range(repeats):
+    for _ in range(2):  # the first call warms up
         started = time.perf_counter()
         image = engine.run(request).images[0]
         times.append(time.perf_counter() - started)
     engine.close()
-    return median(times), _png(image), str(engine.models.dtype)
+    return times[-1], _png(image), str(engine.models.dtype)
 
 
-def diffusers_generation(weights: Path, steps: int, repeats: int) -> tuple[float, bytes, str]:
+def diffusers_generation(weights: Path, steps: int) -> tuple[float, bytes, str]:
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(
@@ -84,7 +85,7 @@ def diffusers_generation(weights: Path, steps: int, repeats: int) -> tuple[float
     )
     pipe.set_progress_bar_config(disable=True)
     times, image = [], None
-    for _ in range(repeats):
+    for _ in range(2):  # the first call warms up
         started = time.perf_counter()
         image = pipe(
             prompt=PROMPT,
@@ -94,7 +95,7 @@ def diffusers_generation(weights: Path, steps: int, repeats: int) -> tuple[float
             generator=[torch.Generator("cpu").manual_seed(1)],
         ).images[0]
         times.append(time.perf_counter() - started)
-    return median(times), _png(image), "torch.float32"
+    return times[-1], _png(image), "torch.float32"
 
 
 def _png(image) -> bytes:
@@ -106,11 +107,11 @@ def _png(image) -> bytes:
 def child(args) -> None:
     """One measurement in this process; JSON on stdout."""
     if args.child == "unet":
-        seconds = unet_step(args.weights, args.dtype, args.channels_last, args.repeats)
+        seconds = unet_step(args.weights, args.dtype, args.channels_last)
         print(json.dumps({"seconds": seconds}))
         return
     run = product_generation if args.child == "product" else diffusers_generation
-    seconds, png, dtype = run(args.weights, args.steps, args.repeats)
+    seconds, png, dtype = run(args.weights, args.steps)
     (args.out).write_bytes(png)
     print(json.dumps({"seconds": seconds, "dtype": dtype}))
 
@@ -125,7 +126,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", choices=("unet", "product", "diffusers"))
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--channels-last", action="store_true")
@@ -137,22 +138,34 @@ def main() -> int:
     from sdxl.core.fast import auto_dtype
 
     product_dtype = str(auto_dtype(torch.device("cpu"))).removeprefix("torch.")
-    weights = ["--weights", str(args.weights), "--repeats", str(args.repeats)]
-    unet = {
-        "float32": measure(*weights, "--child", "unet", "--dtype", "float32")["seconds"],
-        product_dtype: measure(*weights, "--child", "unet", "--dtype", product_dtype)["seconds"],
-        f"{product_dtype} channels-last": measure(
-            *weights, "--child", "unet", "--dtype", product_dtype, "--channels-last"
-        )["seconds"],
+    weights = ["--weights", str(args.weights)]
+    unet_runs = {
+        "float32": ["--dtype", "float32"],
+        product_dtype: ["--dtype", product_dtype],
+        f"{product_dtype} channels-last": ["--dtype", product_dtype, "--channels-last"],
     }
+    folder = Path(args.weights)
+    sides = ("diffusers", "product")
+    seen: dict = {name: [] for name in [*unet_runs, *sides]}
+    generation: dict = {}
+    for round_number in range(args.rounds):  # interleaved: each measurement once a round
+        for name, extra in unet_runs.items():
+            seen[name].append(measure(*weights, "--child", "unet", *extra)["seconds"])
+        for side in sides:
+            out = folder / f".bench-{side}.png"
+            found = measure(
+                *weights, "--child", side, "--steps", str(args.steps), "--out", str(out)
+            )
+            seen[side].append(found["seconds"])
+            generation[side] = {"dtype": found["dtype"], "image": out}
+        print(
+            f"round {round_number + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seen.items())
+        )
+    unet = {name: median(seen[name]) for name in unet_runs}
     for name, seconds in unet.items():
         print(f"UNet step at 512x512, {name:26} {seconds:6.2f} s  x{unet['float32'] / seconds:.2f}")
-    folder = Path(args.weights)
-    generation = {}
-    for side in ("diffusers", "product"):
-        out = folder / f".bench-{side}.png"
-        found = measure(*weights, "--child", side, "--steps", str(args.steps), "--out", str(out))
-        generation[side] = {**found, "image": out}
+    for side in sides:
+        generation[side]["seconds"] = median(seen[side])
     from PIL import Image
 
     a, b = (np.asarray(Image.open(generation[s]["image"]), dtype=np.int16) for s in generation)
@@ -172,7 +185,10 @@ def main() -> int:
             "steps": args.steps,
             "product_dtype": product_dtype,
             "unet_step_s": unet,
+            "rounds": args.rounds,
+            "unet_step_s_each_round": {k: seen[k] for k in unet_runs},
             "generation_s": {k: v["seconds"] for k, v in generation.items()},
+            "generation_s_each_round": {k: seen[k] for k in sides},
             "speedup": speedup,
             "pixel_difference": {"mean": float(diff.mean()), "max": int(diff.max())},
         },
