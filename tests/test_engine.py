@@ -403,3 +403,29 @@ def test_a_finetuned_unet_stays_resident_as_its_own_module(new_engine, files, fr
     assert all(torch.equal(after[k], v) for k, v in shared.items())  # shared UNet untouched
     assert pixels(resident.run(small(seed=4))) == fresh(small(seed=4))
     assert pixels(copying.run(small(seed=4))) == fresh(small(seed=4))
+
+
+# ---- previews ------------------------------------------------------------------------------
+
+
+def test_previews_come_in_step_order_before_the_end_and_change_no_pixel(new_engine, fresh):
+    engine = new_engine()
+    events: list[tuple] = []
+    request = small(seed=5, num_inference_steps=5, refine="expert_ensemble_refiner")
+    job = engine.submit(
+        request,
+        preview_every=2,
+        events=JobEvents(
+            preview=lambda job, p: events.append((p.stage, p.step, p.total, p.width, p.jpeg[:2])),
+            finished=lambda job: events.append(("finished",)),
+        ),
+    )
+    assert job.wait(120) and job.status == "succeeded", job.error
+    base, refiner = job.generation.plan.base_steps, job.generation.plan.refiner_steps
+    expected = [("base", s, base) for s in range(2, base + 1, 2)]
+    expected += [("base", base, base)] if base % 2 else []
+    expected += [("refiner", s, refiner) for s in range(2, refiner + 1, 2)]
+    expected += [("refiner", refiner, refiner)] if refiner % 2 else []
+    assert [e[:3] for e in events[:-1]] == expected and events[-1] == ("finished",)
+    assert {e[3:] for e in events[:-1]} == {(SIZE // 8, b"\xff\xd8")}  # JPEGs, latent-sized
+    assert pixels(job.result()) == fresh(request)  # previews on or off: the same pixels

@@ -34,8 +34,9 @@ from sdxl.core.schedulers import StepPlan, make_scheduler, plan_steps
 from sdxl.core.watermark import apply_watermark
 from sdxl.settings import Caps, FetchSettings
 
-# on_step(stage, steps done, steps planned); it may raise to stop the job at once.
-StepCallback = Callable[[str, int, int], None]
+# on_step(stage, steps done, steps planned, the latents after that step); it may raise to stop
+# the job at once. The latents are the pipeline's own: read them, never change them.
+StepCallback = Callable[[str, int, int, Any], None]
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def _progress(stage: str, total: int, on_step: StepCallback | None):
 
     def callback(pipe, index, timestep, tensors):
         if on_step is not None:
-            on_step(stage, index + 1, total)
+            on_step(stage, index + 1, total, tensors["latents"])
         return tensors
 
     return callback

@@ -136,6 +136,8 @@ class Engine:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.runner is not None:
+            self.runner.close()
 
     def drain(self) -> None:
         """Take no stored job any more (they stay queued for another replica or the next start);
@@ -159,10 +161,16 @@ class Engine:
 
     # ---- jobs ---------------------------------------------------------------------------
     def submit(
-        self, request: Request, *, events: JobEvents | None = None, job_id: str | None = None
+        self,
+        request: Request,
+        *,
+        events: JobEvents | None = None,
+        job_id: str | None = None,
+        preview_every: int = 0,
     ) -> Job:
-        """Queue `request`; the returned job ends succeeded, failed or canceled."""
-        job = Job(job_id or str(next(self._ids)), request, events)
+        """Queue `request`; the returned job ends succeeded, failed or canceled. With
+        `preview_every`, it hands out a preview of its latents every that many steps."""
+        job = Job(job_id or str(next(self._ids)), request, events, preview_every)
         job._on_cancel = self._cancel
         if self._closed:
             self._end(job, JobCanceled("the server is shutting down"))

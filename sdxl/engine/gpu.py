@@ -8,13 +8,17 @@ importing the engine does not import torch.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 
 import torch
 
 from sdxl.core.generate import denoise, finish, plan_generation, with_images, with_prompts
+from sdxl.core.preview import make_preview
 from sdxl.core.result import Result
 from sdxl.core.rules import check_request
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
@@ -35,6 +39,8 @@ class Runner:
         self.models = models
         self.settings = settings
         self.clock = clock  # what SDXL_MAX_SECONDS is measured on
+        # Previews are made here, off the GPU thread: it only copies the latents.
+        self._previews = ThreadPoolExecutor(1, thread_name_prefix="sdxl-preview")
         self.budget = HostBudget(settings.max_prepared_bytes)
         limits = ResidentLimits(
             max_loras=settings.max_resident_loras,
@@ -88,6 +94,7 @@ class Runner:
         job.log(generation.summary())
         log.info("job %s started: %s", job.id, generation.summary())  # operators' log
         extra = {}
+        pending: list[Future] = []  # this job's previews being made
         try:
             active = self.resident.apply(job.weights)
             try:
@@ -99,11 +106,12 @@ class Runner:
                     generation,
                     unet=active.unet,
                     compiled=self._compiled(job),
-                    on_step=_stepper(job, deadline, self.clock),
+                    on_step=self._stepper(job, deadline, pending),
                 )
                 job.check(deadline, self.clock)
             finally:
                 self.resident.undo(active)
+                wait_futures(pending)  # every preview is out before the job ends
             return finish(self.models, generation, images, **extra)
         except RestoreError as err:
             raise Poisoned(f"the shared models could not be put back: {err}") from err
@@ -126,15 +134,31 @@ class Runner:
         trained = job.weights is not None or bool(self.resident.loras)
         return compiled.modules_for(job.generation, trained)
 
+    def close(self) -> None:
+        self._previews.shutdown(wait=True)
 
-def _stepper(job: Job, deadline: float | None, clock):
-    def on_step(stage: str, done: int, total: int) -> None:
-        job.steps[stage] += 1
-        job.log(f"{stage} step {done}/{total}")
-        notify(job.events.step, job, stage, done, total)
-        job.check(deadline, clock)  # raises out of the pipeline: no further step, no decode
+    def _stepper(self, job: Job, deadline: float | None, pending: list[Future]):
+        def on_step(stage: str, done: int, total: int, latents) -> None:
+            job.steps[stage] += 1
+            job.log(f"{stage} step {done}/{total}")
+            notify(job.events.step, job, stage, done, total)
+            every = job.preview_every
+            if every and (done % every == 0 or done == total):
+                copied = latents[:1].detach().clone()  # the pipeline's own tensor stays as is
+                with contextlib.suppress(RuntimeError):  # the engine is closing: no preview
+                    pending.append(self._previews.submit(_preview, job, stage, done, total, copied))
+            job.check(deadline, self.clock)  # raises out of the pipeline: no further step
 
-    return on_step
+        return on_step
+
+
+def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
+    try:
+        job.preview = make_preview(stage, done, total, latents)
+    except Exception:  # a preview that cannot be made must not fail the job
+        log.exception("the preview of job %s failed", job.id)
+        return
+    notify(job.events.preview, job, job.preview)
 
 
 def _trained_line(described: dict, resident_unet: bool) -> str:

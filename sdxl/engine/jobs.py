@@ -84,6 +84,7 @@ class JobEvents:
     started: Callable[[Job], Any] | None = None
     step: Callable[[Job, str, int, int], Any] | None = None  # stage, steps done, planned
     log: Callable[[Job, str], Any] | None = None
+    preview: Callable[[Job, Any], Any] | None = None  # a sdxl.core.preview.Preview, in order
     finished: Callable[[Job], Any] | None = None
 
 
@@ -91,10 +92,20 @@ class Job:
     """One request on its way through the engine; its images are decoded and its trained
     weights read when it is prepared."""
 
-    def __init__(self, job_id: str, request: Request, events: JobEvents | None = None):
+    def __init__(
+        self,
+        job_id: str,
+        request: Request,
+        events: JobEvents | None = None,
+        preview_every: int = 0,
+    ):
         self.id = job_id
         self.request = request
         self.events = events or JobEvents()
+        # A preview of the latents every this many steps of each stage, and after its last
+        # (0: none); each is in `preview` and goes to events.preview, all before `finished`.
+        self.preview_every = preview_every
+        self.preview: Any = None  # the latest sdxl.core.preview.Preview
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
         # Whether preparing it fetches something (trained weights, image URLs): only such a
         # job can be overtaken by the ones behind it; the others are waited for, in order.
