@@ -249,13 +249,20 @@ def _paths() -> dict[str, Any]:
     request = {"content": {"application/json": {"schema": _ref("PredictionRequest")}}}
     param = {"required": True, "schema": _text("Prediction Id"), "name": "prediction_id"}
     predict = _op(
-        "Predict", "predict_predictions_post", _ref("PredictionResponse"), True,
-        description="Run a single prediction on the model", requestBody=request,
-    )  # fmt: skip
+        "Predict",
+        "predict_predictions_post",
+        _ref("PredictionResponse"),
+        True,
+        description="Run a single prediction on the model",
+        requestBody=request,
+    )
     cancel = _op(
-        "Cancel", "cancel_predictions__prediction_id__cancel_post", {}, True,
+        "Cancel",
+        "cancel_predictions__prediction_id__cancel_post",
+        {},
+        True,
         parameters=[{**param, "in": "path"}],
-    )  # fmt: skip
+    )
     return {
         "/": {"get": _op("Root", "root__get", {}, False)},
         "/health-check": {"get": _op("Healthcheck", "healthcheck_health_check_get", {}, False)},
