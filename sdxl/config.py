@@ -30,6 +30,7 @@ MAX_SIDE = 2048
 MAX_PIXELS = 2048 * 2048  # about 4 megapixels
 MAX_PROMPT_CHARS = 10_000  # far beyond what any encoder reads; bounds request size
 MAX_SEED = 2**32 - 1
+MAX_IMAGES = 10  # images one request may ask for (a job makes at most num_outputs' 4)
 MAX_URL_CHARS = 4096  # replicate_weights and image URLs
 MAX_NAME_CHARS = 128  # lora_id, lora_name
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from sdxl.config import (
     DEFAULT_WEIGHTS_DIR,
     DTYPES,
+    MAX_IMAGES,
     MAX_PIXELS,
     MAX_PROMPT_CHARS,
     MAX_SIDE,
@@ -110,7 +111,7 @@ class Caps:
 
     max_steps: int = 500  # SDXL_MAX_STEPS: num_inference_steps, and refine_steps when it runs
     max_pixels: int = MAX_PIXELS  # SDXL_MAX_PIXELS: width x height (images are scaled to it)
-    max_outputs: int = 4  # SDXL_MAX_OUTPUTS: images per request
+    max_outputs: int = MAX_IMAGES  # SDXL_MAX_OUTPUTS: images per request (OpenAI's n up to 10)
     max_prompt_chars: int = MAX_PROMPT_CHARS  # SDXL_MAX_PROMPT_CHARS: each prompt field
 
     VARIABLES: ClassVar[dict[str, str]] = {

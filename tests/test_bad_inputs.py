@@ -1,7 +1,8 @@
-"""The bad-input matrix over all three APIs: Cog's server (coglet, `python -m sdxl serve`), the
-DataCrunch endpoint and the Replicate API (`python -m sdxl api`), real servers on loopback.
+"""The bad-input matrix over every API: Cog's server (coglet, `python -m sdxl serve`), and on
+`python -m sdxl api` the DataCrunch endpoint, the Replicate API, OpenAI's Images API
+(generations and edits) and AUTOMATIC1111's (txt2img and img2img), real servers on loopback.
 
-Every case (tests/bad_inputs.py: the wrong values of every input of each API's own published
+Every case (tests/support/bad_inputs.py: the wrong values of every input of each API's own published
 schema, hostile files, the edges of the model) gives a precise error that names the input, or
 a correct image: never a 5xx, never a traceback, and the server answers afterwards.
 """
@@ -123,7 +124,7 @@ def outcome(case: Case, status: int, error: str | None) -> None:
         )
 
 
-# ---- the three servers ------------------------------------------------------------------------
+# ---- the servers ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,164 @@ def test_replicate_api(api):
         outcome(case, response.status_code, error)
         assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
     print(f"Replicate API: {len(cases)} cases")
+
+
+# ---- OpenAI's Images API and AUTOMATIC1111's ---------------------------------------------------
+
+OPENAI_BASE = {"prompt": "a cat", "size": f"{SIZE}x{SIZE}", "num_inference_steps": 2, "seed": 1}
+A1111_BASE = {"prompt": "a cat", "width": SIZE, "height": SIZE, "steps": 2, "seed": 1}
+
+
+def properties(schema: dict, title: str) -> dict:
+    return schema["components"]["schemas"][title]["properties"]
+
+
+def openai_cases(schema: dict) -> list[Case]:
+    cases = schema_cases(properties(schema, "ImageGenerationRequest"), schema)
+    cases += [
+        Case("size not a size", {"size": "big"}, "size", "error"),
+        Case("size too large", {"size": "4096x4096"}, "size", "error"),
+        Case("size not a multiple of 8", {"size": "260x260"}, "size", "error"),
+        Case("size auto", {"size": "auto", "num_inference_steps": 1}, "size", "image"),
+        Case("an unknown model", {"model": "dall-e-3"}, "model", "error"),
+        Case("an unknown field", {"bogus": 1}, "bogus", "error"),
+        Case("a replicate-only field", {"version": GUIDE_VERSION}, "version", "error"),
+        Case("a transparent background", {"background": "transparent"}, "background", "error"),
+        Case("stream with n 2", {"stream": True, "n": 2}, "n", "error"),
+        Case("width as an extra", {"width": SIZE}, "width", "error"),  # size says it
+    ]
+    return cases
+
+
+def edit_cases() -> list[Case]:
+    """Multipart: the files are parts, the other fields text."""
+    cases = [
+        Case(f"image: {label}", {"image": data}, "image", expect)
+        for label, data, expect in image_files()
+    ]
+    png = encoded(photo())
+    cases += [
+        Case(label, {"image": png, "mask": data}, "mask", expect)
+        for label, data, expect in mask_files()
+    ]
+    cases += [
+        Case("no image", {}, "image", "error"),
+        Case("n not a number", {"image": png, "n": "seven"}, "n", "error"),
+        Case("n 2.5", {"image": png, "n": "2.5"}, "n", "error"),
+        Case(
+            "steps NaN",
+            {"image": png, "num_inference_steps": "nan"},
+            "num_inference_steps",
+            "error",
+        ),
+        Case("size of another image", {"image": png, "size": "512x512"}, "size", "error"),
+        Case(
+            "prompt_strength 0", {"image": png, "prompt_strength": "0"}, "prompt_strength", "error"
+        ),
+        Case("an unknown field", {"image": png, "bogus": "1"}, "bogus", "error"),
+    ]
+    return cases
+
+
+def a1111_cases(schema: dict, title: str) -> list[Case]:
+    cases = schema_cases(properties(schema, title), schema)
+    img2img = title == "Img2ImgRequest"  # its size is the init image's: width is not read
+    cases += [
+        Case("width not a multiple of 8", {"width": 260}, "width", "image" if img2img else "error"),
+        Case("a sampler it does not have", {"sampler_name": "UniPC"}, "sampler_name", "image"),
+        Case("an unknown schedule", {"scheduler": "exponential"}, "scheduler", "error"),
+        Case("two styles", {"styles": ["a", "b"]}, "styles", "error"),
+        Case("a style it does not have", {"styles": ["nope"]}, "styles", "error"),
+        Case("hires fix", {"enable_hr": True}, "enable_hr", "error"),
+        Case("a script", {"script_name": "x/y/z plot"}, "script_name", "error"),
+        Case("an extension's field", {"an_extensions_field": 1}, "an_extensions_field", "image"),
+    ]
+    if img2img:
+        cases = [c for c in cases if c.field != "init_images"]
+        b64 = base64.b64encode
+        for label, data, expect in image_files():
+            changes = {"init_images": [b64(data).decode()]}
+            cases.append(Case(f"init_images: {label}", changes, "image", expect))
+        for label, data, expect in mask_files():
+            cases.append(Case(label, {"mask": b64(data).decode()}, "mask", expect))
+        cases += [
+            Case("two init images", {"init_images": ["a", "b"]}, "init_images", "error"),
+            Case("no init images", {"init_images": []}, "init_images", "error"),
+            Case("init image not base64", {"init_images": ["%%%"]}, "image", "error"),
+            Case("denoising_strength 0", {"denoising_strength": 0}, "denoising_strength", "error"),
+        ]
+    return cases
+
+
+def test_openai_generations(api):
+    schema = requests.get(api.base + "/openapi.json", timeout=10).json()
+    cases = marked(openai_cases(schema))
+    for case in cases:
+        response = requests.post(
+            api.base + "/v1/images/generations",
+            data=json.dumps({**OPENAI_BASE, **case.changes}),
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=120,
+        )
+        outcome(case, response.status_code, openai_answer(response))
+        assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
+    print(f"OpenAI generations: {len(cases)} cases")
+
+
+def test_openai_edits(api):
+    cases = edit_cases()
+    for case in cases:
+        files = {k: (k + ".png", v, "image/png") for k, v in case.changes.items() if k in FILES}
+        form = {k: v for k, v in case.changes.items() if k not in FILES}
+        response = requests.post(
+            api.base + "/v1/images/edits",
+            data={**{k: str(v) for k, v in OPENAI_BASE.items() if k != "size"}, **form},
+            files=files or {"unused": ("", b"")},
+            headers=AUTH,
+            timeout=120,
+        )
+        outcome(case, response.status_code, openai_answer(response))
+        assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
+    print(f"OpenAI edits: {len(cases)} cases")
+
+
+FILES = ("image", "mask")
+
+
+def openai_answer(response) -> str | None:
+    """None for an image; else the error, which must be in OpenAI's shape."""
+    body = response.json()
+    if response.status_code == 200:
+        check_image(base64.b64decode(body["data"][0]["b64_json"]))
+        return None
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"])
+    return json.dumps(body)
+
+
+A1111_ROUTES = [("txt2img", "Txt2ImgRequest"), ("img2img", "Img2ImgRequest")]
+
+
+@pytest.mark.parametrize(("route", "title"), A1111_ROUTES)
+def test_automatic1111(api, route, title):
+    schema = requests.get(api.base + "/openapi.json", timeout=10).json()
+    base = dict(A1111_BASE)
+    if route == "img2img":
+        base["init_images"] = [base64.b64encode(encoded(photo())).decode()]
+    cases = marked(a1111_cases(schema, title))
+    for case in cases:
+        response = requests.post(
+            f"{api.base}/sdapi/v1/{route}",
+            data=json.dumps({**base, **case.changes}),
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=120,
+        )
+        body = response.json()
+        error = None
+        if response.status_code == 200:
+            check_image(base64.b64decode(body["images"][0]))
+        else:
+            assert set(body) == {"error", "detail", "body", "errors"}, body
+            error = json.dumps(body)
+        outcome(case, response.status_code, error)
+        assert requests.get(api.base + "/ready", timeout=10).status_code == 200, case.label
+    print(f"AUTOMATIC1111 {route}: {len(cases)} cases")

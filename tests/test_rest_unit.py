@@ -8,8 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from sdxl.api.auth import ApiKeys, bearer_token, load_api_keys
-from sdxl.api.datacrunch.errors import engine_error
+from sdxl.api.auth import ApiKeys, load_api_keys, presented_key
 from sdxl.api.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
 from sdxl.api.settings import Settings
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
@@ -238,7 +237,7 @@ def test_engine_messages_use_rest_names_and_values():
             refine_strength=0.3,
         )
     assert "high_noise_frac=0.9999" in str(info.value)  # the engine's own names
-    item = engine_error(info.value)
+    item = DATACRUNCH.problem(info.value)
     assert "refiner_ratio=0.0001 " in item.message  # the base's share turned into the refiner's
     assert "strength must also exceed" in item.message
     assert "high_noise_frac" not in item.message and "prompt_strength" not in item.message
@@ -260,7 +259,7 @@ def test_engine_image_message_names_seed_image():
     request = to_engine_request(body(seed_image=image))
     with pytest.raises(InputError) as info:
         with_images(request)
-    item = engine_error(info.value)
+    item = DATACRUNCH.problem(info.value)
     assert item.message.startswith("seed_image is not a readable image")
     assert item.field == "seed_image"
 
@@ -373,12 +372,25 @@ def test_key_matching():
     assert "alpha" not in repr(keys)
 
 
+BASIC = b"Basic " + base64.b64encode(b"anyone:the-key")
+
+
 @pytest.mark.parametrize(
     ("header", "token"),
-    [(b"Bearer abc", b"abc"), (b"bearer  abc ", b"abc"), (b"Basic abc", None), (None, None)],
+    [
+        (b"Bearer abc", b"abc"),
+        (b"bearer  abc ", b"abc"),
+        (BASIC, b"the-key"),  # AUTOMATIC1111's --api-auth: the key is the password
+        (b"Basic " + base64.b64encode(b"no-password:"), None),
+        (b"Basic abc", None),  # not base64 of user:password
+        (b"Basic ", None),  # what Open WebUI sends without credentials
+        (b"", None),
+        (b"Digest abc", None),
+        (None, None),
+    ],
 )
-def test_bearer_token(header, token):
-    assert bearer_token(header)[0] == token
+def test_presented_key(header, token):
+    assert presented_key(header)[0] == token
 
 
 def test_settings_from_env():

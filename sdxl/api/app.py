@@ -10,24 +10,44 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
 from sdxl.api import playground
+from sdxl.api.a1111 import fields as a1111_fields
+from sdxl.api.a1111 import routes as a1111
 from sdxl.api.auth import ApiKeys, AuthMiddleware
 from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
-from sdxl.api.datacrunch.fields import body_schema
-from sdxl.api.errors import ApiError
+from sdxl.api.datacrunch.fields import DATACRUNCH
+from sdxl.api.errors import ApiError, InvalidRequest
 from sdxl.api.limits import BodyLimitMiddleware
 from sdxl.api.metrics import Metrics
+from sdxl.api.openai import fields as openai_fields
+from sdxl.api.openai import routes as openai
 from sdxl.api.replicate import routes as replicate
 from sdxl.api.replicate.api import ReplicateApi
+from sdxl.api.schemas import body_schema
 from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import Settings
+from sdxl.api.shapes import DEFAULT, error_response, shape_of
+from sdxl.api.sync import SyncJobs
+from sdxl.core.surface import Problem
+
+# The request bodies whose schemas the routes refer to: (title, surface, a multipart form)
+BODIES = (
+    ("GenerateRequest", DATACRUNCH, False),
+    ("ImageGenerationRequest", openai_fields.GENERATIONS, False),
+    ("ImageEditRequest", openai_fields.surface(edit=True), True),
+    ("Txt2ImgRequest", a1111_fields.TXT2IMG, False),
+    ("Img2ImgRequest", a1111_fields.IMG2IMG, False),
+)
 
 DESCRIPTION = """\
-Stable Diffusion XL 1.0 behind two APIs: Replicate's prediction API (`/v1/predictions`, for
-the official Replicate clients) and the DataCrunch inference endpoint (the same JSON body,
-the same defaults). Authenticate with `Authorization: Bearer <your_api_key>`.
+Stable Diffusion XL 1.0 behind four APIs: Replicate's prediction API (`/v1/predictions`, for
+the official Replicate clients), the DataCrunch inference endpoint (the same JSON body, the
+same defaults), OpenAI's Images API (`/v1/images/generations`, `/v1/images/edits`) and
+AUTOMATIC1111's (`/sdapi/v1/...`). Authenticate with `Authorization: Bearer <your_api_key>`
+(or HTTP Basic with the key as the password).
 
 The defaults are DataCrunch's (DDIM, guidance_scale 4.0, linspace spacing, seed 42), not
 the Cog predictor's, so the same prompt gives different images on the two APIs unless the
@@ -61,11 +81,23 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": format_validation_errors(exc.errors())}, status_code=422)
+        items = format_validation_errors(exc.errors())
+        if shape_of(request.url.path) == DEFAULT:
+            return JSONResponse({"detail": items}, status_code=422)
+        problems = [Problem(item["field"], item["msg"]) for item in items]
+        return error_response(request.url.path, InvalidRequest(problems))
 
     @app.exception_handler(ApiError)
     async def on_api_error(request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return error_response(request.url.path, exc)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, exc: HTTPException) -> JSONResponse:
+        """Not found, method not allowed: as FastAPI answers, in the path's API's shape."""
+        error = ApiError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status = exc.status_code
+        error.retry = False
+        return error_response(request.url.path, error)
 
     @app.get(
         "/health", summary="Liveness: answers at once; 503 only when the server is out of order"
@@ -88,7 +120,10 @@ def create_app(
         text = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(datacrunch.router(service, settings))
+    sync = SyncJobs(service, settings.queue_size)
+    app.include_router(datacrunch.router(sync))
+    app.include_router(openai.router(sync, settings, None if api is None else api.store))
+    app.include_router(a1111.router(sync, settings))
     if api is not None:
         app.include_router(replicate.router(api, service, settings))
         app.include_router(playground.router(api.catalogue, keys is not None))
@@ -103,12 +138,14 @@ def create_app(
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components["GenerateRequest"] = body_schema(service.engine.settings.caps)
+            caps = service.engine.settings.caps
+            for title, surface, form in BODIES:
+                components[title] = body_schema(surface, caps, title, form)
             if keys is not None:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}
                 for path, operations in schema["paths"].items():
-                    if path.startswith("/v1/"):
+                    if path.startswith(("/v1/", "/sdapi/")):
                         for operation in operations.values():
                             operation["security"] = [{"bearerAuth": []}]
             app.openapi_schema = schema

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sdxl.api.errors import Unauthenticated
+from sdxl.api.shapes import error_response
 from sdxl.settings import SettingsError
 
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", "/sdapi/")
 HOW_TO = "send the header 'Authorization: Bearer <your_api_key>'"
+ANONYMOUS = "anonymous"  # the caller when the server runs without keys (--no-auth)
 
 
 def _split(text: str) -> list[str]:
@@ -72,34 +77,64 @@ class ApiKeys:
         return found
 
 
-def bearer_token(header: bytes | None) -> tuple[bytes | None, str | None]:
-    """(token, None) from an Authorization header value, or (None, why it is unusable)."""
-    if header is None:
+def presented_key(header: bytes | None) -> tuple[bytes | None, str | None]:
+    """(key, None) from an Authorization header value, or (None, why it is unusable).
+
+    `Bearer <key>`, or HTTP Basic with the key as the password and any user name
+    (AUTOMATIC1111's --api-auth user:password). An empty header, or a scheme with nothing after
+    it (Open WebUI sends `Basic ` when no credentials are configured), is no key."""
+    if header is None or not header.strip():
         return None, f"missing Authorization header; {HOW_TO}"
     scheme, _, token = header.strip().partition(b" ")
-    if scheme.lower() != b"bearer" or not token.strip():
-        return None, f"the Authorization header must use the Bearer scheme; {HOW_TO}"
-    return token.strip(), None
+    token = token.strip()
+    if not token:
+        return None, f"missing API key; {HOW_TO}"
+    if scheme.lower() == b"bearer":
+        return token, None
+    if scheme.lower() == b"basic":
+        try:
+            _user, colon, password = base64.b64decode(token, validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            colon, password = b"", b""
+        if colon and password:
+            return password, None
+        return (
+            None,
+            f"the Basic credentials are not user:password with a key as the password; {HOW_TO}",
+        )
+    return None, f"the Authorization header must use the Bearer or Basic scheme; {HOW_TO}"
+
+
+def caller_of(http) -> str:
+    """Who made the request: the key's tenant (a digest of the key; "anonymous" without keys)."""
+    return getattr(http.state, "caller", ANONYMOUS)
+
+
+def key_digest(key: bytes) -> str:
+    return "key-" + hashlib.sha256(b"sdxl-caller:" + key).hexdigest()[:12]
 
 
 class AuthMiddleware:
-    """Answers 401 for requests under /v1/ without a valid key, before their body is read."""
+    """Answers 401 for requests under /v1/ and /sdapi/ without a valid key, before their body
+    is read, in the shape of the path's API; names the caller of the others."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys):
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization")
-        token, problem = bearer_token(header)
-        if token is not None and not self.keys.matches(token):
+        key, problem = presented_key(header)
+        if key is not None and not self.keys.matches(key):
             problem = f"invalid API key; check the key, then {HOW_TO}"
         if problem is None:
+            scope.setdefault("state", {})["caller"] = key_digest(key)
             await self.app(scope, receive, send)
             return
-        body = {"title": "Unauthenticated", "detail": problem, "status": 401}  # Replicate's shape
-        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        scheme = 'Basic realm="sdxl"' if path.startswith("/sdapi/") else "Bearer"
+        error = Unauthenticated(problem, headers={"WWW-Authenticate": scheme})
+        await error_response(path, error)(scope, receive, send)

@@ -5,15 +5,19 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sdxl.api.errors import BodyTooLarge
+from sdxl.api.shapes import DATACRUNCH_PREFIX, error_response
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {
-            "detail": f"the request body is larger than the limit of {limit} bytes "
-            "(SDXL_MAX_BODY_BYTES); send a smaller seed_image (for example as JPEG or WebP, "
-            "or scaled down), or raise the limit on the server"
-        },
-        status_code=413,
+
+def _too_large(limit: int, path: str) -> JSONResponse:
+    image = "seed_image" if path.startswith(DATACRUNCH_PREFIX) else "image"
+    return error_response(
+        path,
+        BodyTooLarge(
+            f"the request body is larger than the limit of {limit} bytes "
+            f"(SDXL_MAX_BODY_BYTES); send a smaller {image} (for example as JPEG or WebP, or "
+            "scaled down), or raise the limit on the server"
+        ),
     )
 
 
@@ -34,7 +38,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
+            await _too_large(self.limit, scope["path"])(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -45,7 +49,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
+                await _too_large(self.limit, scope["path"])(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

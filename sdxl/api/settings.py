@@ -46,6 +46,15 @@ def _models(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _model_name(raw: str, variable: str) -> str:
+    name = raw.strip()
+    if not name or "/" in name or not name.isprintable() or " " in name:
+        raise SettingsError(
+            f"{variable} has {raw!r}; a model name is one word without '/' (e.g. sdxl)"
+        )
+    return name
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "sdxl-cog"
@@ -85,6 +94,14 @@ class Settings:
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (default: made once, stored)
     # SDXL_REPLICA_TIMEOUT: on a shared database, a replica silent this long is dead
     replica_timeout_s: float = 30.0
+    # SDXL_MODEL_NAME: the served model's id on OpenAI's and AUTOMATIC1111's APIs (no "/")
+    model_name: str = "sdxl"
+    # SDXL_MODEL_ALIASES: other names accepted for it, for front-ends that cannot change theirs
+    model_aliases: tuple[str, ...] = ()
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.model_aliases)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -107,6 +124,12 @@ class Settings:
             page_size=env_number(environ, "SDXL_PAGE_SIZE", int, 1, 100),
             webhook_secret=secret,
             replica_timeout_s=env_number(environ, "SDXL_REPLICA_TIMEOUT", float, 1.0, 30.0),
+            model_name=_model_name(environ.get("SDXL_MODEL_NAME", "sdxl"), "SDXL_MODEL_NAME"),
+            model_aliases=tuple(
+                _model_name(name, "SDXL_MODEL_ALIASES")
+                for name in environ.get("SDXL_MODEL_ALIASES", "").split(",")
+                if name.strip()
+            ),
         )
 
     @property

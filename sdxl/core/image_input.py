@@ -42,15 +42,25 @@ def _fail(name: str, why: str) -> ImageInputError:
     return ImageInputError("{field:name}" + escape(f" {why}"), name, values={})
 
 
+MASK_CONVENTIONS = ("white", "transparent", "opaque")
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """An image input as a request gives it: its bytes (checked cheaply), an http(s) URL that
-    is fetched when the job is prepared, or `read` (a file this server keeps)."""
+    is fetched when the job is prepared, or `read` (a file this server keeps).
+
+    A mask says which pixels to repaint: white ones (SDXL's own convention); or, when it has
+    transparency, the fully transparent ones (OpenAI's edits) or the opaque ones
+    (AUTOMATIC1111's), and otherwise white ones. `invert` swaps kept and repainted.
+    """
 
     name: str  # the input: image or mask
     data: bytes | None = None
     url: str | None = None
     read: Callable[[], bytes] | None = None
+    mask: str = "white"  # for a mask: one of MASK_CONVENTIONS
+    invert: bool = False
 
     @property
     def fetches(self) -> bool:
@@ -159,12 +169,16 @@ def _opened(data: bytes) -> Image.Image:
 # ---- when the job is prepared: fetched and decoded once ---------------------------------
 def load(source: ImageSource, fetch: FetchSettings, check=None) -> Image.Image:
     """The decoded image of `source` (fetched first if it is a URL); `check` may raise to stop
-    a download (a cancelled job)."""
+    a download (a cancelled job). A mask comes back white where it repaints, black elsewhere."""
     if source.data is not None:
-        return decode(source.data, source.name)
-    if source.read is not None:
-        return decode(source.read(), source.name)
-    return decode(_fetched(source, fetch, check), source.name)
+        data = source.data
+    elif source.read is not None:
+        data = source.read()
+    else:
+        data = _fetched(source, fetch, check)
+    if source.mask == "white" and not source.invert:
+        return decode(data, source.name)
+    return decode_mask(data, source.name, source.mask, source.invert)
 
 
 def _fetched(source: ImageSource, fetch: FetchSettings, check) -> bytes:
@@ -179,15 +193,40 @@ def _fetched(source: ImageSource, fetch: FetchSettings, check) -> bytes:
 def decode(data: bytes, name: str) -> Image.Image:
     """Decode an image fully, apply its EXIF orientation, return it as RGB (transparency
     flattened onto white). `name` is the input ("image" or "mask")."""
-    check_header(data, name)
-    try:
-        with _opened(data) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise _fail(name, f"is not a readable image ({err}); send {FORMAT_WORDS}") from err
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    img = _decoded(data, name)
+    if _transparent(img):
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def decode_mask(data: bytes, name: str, convention: str, invert: bool) -> Image.Image:
+    """A mask as SDXL reads it (RGB, white = repaint), from `convention` (MASK_CONVENTIONS):
+    with transparency, its fully transparent or its opaque pixels repaint; without, white."""
+    img = _decoded(data, name)
+    alpha = img.convert("RGBA").getchannel("A") if _transparent(img) else None
+    if convention != "white" and alpha is not None and alpha.getextrema() != (255, 255):
+        if convention == "transparent":
+            gray = alpha.point(lambda a: 255 if a == 0 else 0)
+        else:
+            gray = alpha.point(lambda a: 255 if a > 128 else 0)
+    else:
+        gray = decode(data, name).convert("L")
+    if invert:
+        gray = gray.point(lambda v: 255 - v)
+    return gray.convert("RGB")
+
+
+def _decoded(data: bytes, name: str) -> Image.Image:
+    check_header(data, name)
+    try:
+        with _opened(data) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _fail(name, f"is not a readable image ({err}); send {FORMAT_WORDS}") from err
+
+
+def _transparent(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)

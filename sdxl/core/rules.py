@@ -18,6 +18,7 @@ numbers sent as strings, and what null means. Nothing else about validity lives 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -45,6 +46,9 @@ KIND_WORDS = {
     "number": "a number",
     "boolean": "true or false",
     "image": "an image",
+    "strings": "a list of strings",
+    "object": "a JSON object",
+    "any": "a JSON value",
 }
 LORA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -59,7 +63,8 @@ def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Check
     for name, raw in body.items():
         spec = surface.by_name.get(name) if isinstance(name, str) else None
         if spec is None:
-            problems.append(_unknown(str(name), surface))
+            if not surface.ignore_unknown:
+                problems.append(_unknown(str(name), surface))
             continue
         if raw is None and not spec.nullable and surface.null_is_unset:
             continue
@@ -102,39 +107,62 @@ def _parse(spec: Field, raw: Any, surface: Surface) -> Any:
         )
     if kind == "image":
         if isinstance(raw, bytes):
-            return bytes_source(raw, spec.name)
-        if not isinstance(raw, str):
+            source = bytes_source(raw, spec.name)
+        elif isinstance(raw, str):
+            source = source_from_text(raw, spec.name, spec.image_forms)
+        else:
             raise field_error("{field:name} must be a string (a URL or a data URI)", spec.name, raw)
-        return source_from_text(raw, spec.name, spec.image_forms)
-    value = _typed(spec, raw, kind, surface.numbers_from_strings)
+        return dataclasses.replace(source, name=spec.input or spec.name, mask=spec.mask)
+    value = _typed(spec, raw, kind, surface)
     choices = spec.choice_map
     if choices is not None:
-        if value not in choices:
-            template = "{field} is not supported; choose one of: {choices}"
-            words = {"choices": ", ".join(map(str, choices))}
-            raise field_error(template, spec.name, value, words=words)
+        check_choice(spec.name, value, choices)
         return value
-    lo, hi = spec.bounds
-    if kind in ("integer", "number") and not (
-        (lo is None or value >= lo) and (hi is None or value <= hi)
-    ):
-        words = {"lo": f"{lo:g}", "hi": f"{hi:g}"}
-        raise field_error("{field} is out of range; use {lo}..{hi}", spec.name, value, words=words)
+    if kind in ("integer", "number"):
+        check_range(spec.name, value, *spec.bounds)
     limit = spec.spec.max_length if spec.spec is not None else None
     if kind == "string" and limit is not None and len(value) > limit:
         raise _too_long(spec.name, value, limit, None)
     return value
 
 
-def _typed(spec: Field, raw: Any, kind: str, from_strings: bool) -> Any:
-    if kind in ("integer", "number") and from_strings and isinstance(raw, str):
+def check_range(name: str, value: float, lo: float | None, hi: float | None) -> None:
+    """The bounds rule, for a field's value or a value an API derives from its own fields
+    (OpenAI's size, AUTOMATIC1111's sampler)."""
+    if (lo is None or value >= lo) and (hi is None or value <= hi):
+        return
+    words = {"lo": f"{lo:g}", "hi": f"{hi:g}"}
+    raise field_error("{field} is out of range; use {lo}..{hi}", name, value, words=words)
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    """The choices rule, likewise."""
+    if value not in choices:
+        words = {"choices": ", ".join(map(str, choices))}
+        raise field_error(
+            "{field} is not supported; choose one of: {choices}", name, value, words=words
+        )
+
+
+def _typed(spec: Field, raw: Any, kind: str, surface: Surface) -> Any:
+    text = isinstance(raw, str)
+    if (
+        kind in ("integer", "number")
+        and text
+        and (surface.numbers_from_strings or surface.form_text)
+    ):
         number = number_from_text(raw, integer=kind == "integer")
         raw = raw if number is None else number
+    if kind == "boolean" and text and surface.form_text and raw in ("true", "false"):
+        raw = raw == "true"
     ok = {
         "string": isinstance(raw, str),
         "integer": isinstance(raw, int) and not isinstance(raw, bool),
         "number": isinstance(raw, int | float) and not isinstance(raw, bool),
         "boolean": isinstance(raw, bool),
+        "strings": isinstance(raw, list) and all(isinstance(item, str) for item in raw),
+        "object": isinstance(raw, dict),
+        "any": True,
     }[kind]
     if not ok:
         raise field_error(
@@ -180,6 +208,15 @@ def _value(values: Mapping[str, Any], name: str) -> Any:
     return values.get(name, INPUTS[name].default)
 
 
+def check_cap(name: str, value: int, cap_name: str, caps: Caps) -> None:
+    """A cap's rule, for a value an API derives (OpenAI's n, AUTOMATIC1111's batches)."""
+    cap = getattr(caps, cap_name)
+    if value > cap:
+        words = {"cap": cap, "variable": Caps.VARIABLES[cap_name]}
+        template = "{field} is over this server's limit of {cap} ({variable}); lower it"
+        raise field_error(template, name, value, words=words)
+
+
 def _over_caps(values: Mapping[str, Any], caps: Caps) -> list[InputError]:
     """The operator's caps on the inputs that apply to this request."""
     found = []
@@ -189,12 +226,12 @@ def _over_caps(values: Mapping[str, Any], caps: Caps) -> list[InputError]:
         "num_outputs": True,
     }
     for name, applied in applies.items():
-        cap_name = INPUTS[name].cap
-        value, cap = _value(values, name), getattr(caps, cap_name)
-        if applied and value is not None and value > cap:
-            words = {"cap": cap, "variable": Caps.VARIABLES[cap_name]}
-            template = "{field} is over this server's limit of {cap} ({variable}); lower it"
-            found.append(field_error(template, name, value, words=words))
+        value = _value(values, name)
+        if applied and value is not None:
+            try:
+                check_cap(name, value, INPUTS[name].cap, caps)
+            except InputError as err:
+                found.append(err)
     for name, spec in INPUTS.items():
         text = values.get(name)
         if (

@@ -34,6 +34,7 @@ class Field:
     to_input: Callable[[Any], Any] | None = None  # the API's value -> the engine's
     from_input: Callable[[Any], Any] | None = None  # the engine's value -> the API's (messages)
     image_forms: tuple[str, ...] = ("data", "url")  # kind image: data URI, base64, http(s) URL
+    mask: str = "white"  # kind image, a mask: which pixels repaint (image_input.MASK_CONVENTIONS)
     description: str = ""
 
     @property
@@ -65,10 +66,20 @@ class Surface:
 
     fields: tuple[Field, ...]
     numbers_from_strings: bool = False  # "0.8" for a number (the Replicate guide's JavaScript)
+    form_text: bool = False  # a form's fields: numbers and true/false come as text too
+    ignore_unknown: bool = False  # fields it does not know are ignored (AUTOMATIC1111's way)
     null_is_unset: bool = True  # null on a field that is not nullable: as if not given
     fixed: Mapping[str, Any] = field(default_factory=dict)  # engine values it always sets
     # Its values (by its names) -> engine values, for fields that set no input one to one.
     assemble: Callable[[dict, set], dict] | None = None
+    # Engine inputs that `assemble` sets from one of its fields: errors about them name it.
+    part_of: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"fields declared twice: {', '.join(twice)}")
 
     @cached_property
     def by_name(self) -> dict[str, Field]:
@@ -82,7 +93,11 @@ class Surface:
 
     def problem(self, err: UserError) -> Problem:
         """An engine error in this API's names."""
-        return Problem(err.api_field(self.naming), err.render(self.naming))
+        message = err.render(self.naming)
+        whole = self.part_of.get(err.field)
+        if whole is not None:
+            return Problem(whole, f"{whole}: {message}")
+        return Problem(err.api_field(self.naming), message)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,9 @@ Whether a request is valid is decided by `sdxl.core.rules`; this table is all th
 
 from __future__ import annotations
 
-from sdxl.api.caps import with_caps
 from sdxl.config import ASPECT_RATIOS
-from sdxl.core.surface import UNSET, Field, Surface
+from sdxl.core.surface import Field, Surface
 from sdxl.errors import InputError
-from sdxl.settings import Caps
 
 OUTPUT_QUALITY = 90  # webp and jpeg outputs
 # DataCrunch's scheduler names -> the engine's (Replicate's) names.
@@ -220,33 +218,3 @@ DATACRUNCH = Surface(
     fixed={"output_quality": OUTPUT_QUALITY},
     assemble=_assemble,
 )
-
-
-def body_schema(caps: Caps) -> dict:
-    """The JSON schema of the request body, with the operator's caps (OpenAPI 3.1)."""
-    properties = {}
-    for spec in FIELDS:
-        kind = spec.value_kind
-        prop: dict = {"type": "string" if kind == "image" else kind}
-        lo, hi = spec.bounds
-        if kind in ("integer", "number"):
-            prop.update({k: v for k, v in (("minimum", lo), ("maximum", hi)) if v is not None})
-        if spec.choice_map is not None:
-            prop["enum"] = list(spec.choice_map)
-        limit = spec.spec.max_length if spec.spec is not None else None
-        if kind == "string" and limit is not None:
-            prop["maxLength"] = limit
-        if spec.default is not UNSET:
-            prop["default"] = spec.default
-        if spec.nullable:
-            prop = {"anyOf": [prop, {"type": "null"}], "default": prop.pop("default", None)}
-        properties[spec.name] = {"title": spec.name, **prop, "description": spec.description}
-    capped = with_caps(properties, caps, DATACRUNCH)
-    required = [spec.name for spec in FIELDS if spec.required]
-    return {
-        "title": "GenerateRequest",
-        "type": "object",
-        "properties": capped,
-        "required": required,
-        "additionalProperties": False,
-    }

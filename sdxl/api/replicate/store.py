@@ -86,6 +86,24 @@ files = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+previews = sa.Table(  # the latest preview of a running prediction (the playground shows it)
+    "previews",
+    meta,
+    sa.Column("prediction_id", sa.String(40), primary_key=True),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # JPEG
+)
+image_urls = sa.Table(  # OpenAI's url outputs: served at /outputs/<token>/<name> until the TTL
+    "image_urls",
+    meta,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
 replicas = sa.Table(
     "replicas",
     meta,
@@ -251,6 +269,7 @@ class Store:
         with self._tx() as conn:
             if not conn.execute(predictions.update().where(*where).values(**values)).rowcount:
                 return False
+            conn.execute(previews.delete().where(previews.c.prediction_id == prediction_id))
             for index, (name, content_type, data) in enumerate(images):
                 conn.execute(
                     outputs.insert().values(
@@ -274,8 +293,45 @@ class Store:
             return [dict(r._mapping) for r in rows]
 
     def output_by_token(self, token: str) -> dict | None:
+        """An output of a prediction, or an image stored for a URL, by its unguessable token."""
         with self.db.connect() as conn:
             row = conn.execute(sa.select(outputs).where(outputs.c.token == token)).first()
+            if row is None:
+                row = conn.execute(sa.select(image_urls).where(image_urls.c.token == token)).first()
+        return None if row is None else dict(row._mapping)
+
+    def add_images(self, images: list[tuple[str, str, bytes]]) -> list[str]:
+        """Store images (name, content type, bytes) to be served by URL; their tokens."""
+        rows = [
+            {"token": secrets.token_urlsafe(24), "name": name, "content_type": kind, "data": data}
+            for name, kind, data in images
+        ]
+        with self._tx() as conn:
+            for row in rows:
+                conn.execute(image_urls.insert().values(**row, created_at=time.time()))
+        return [row["token"] for row in rows]
+
+    # ---- previews -----------------------------------------------------------------------
+    def set_preview(self, prediction_id: str, stage: str, step: int, total: int, data: bytes):
+        """The latest preview of a prediction that is still running (replaces the one before)."""
+        with self._tx() as conn:
+            running = conn.scalar(
+                sa.select(predictions.c.status).where(predictions.c.id == prediction_id)
+            )
+            if running != RUNNING:
+                return
+            conn.execute(previews.delete().where(previews.c.prediction_id == prediction_id))
+            conn.execute(
+                previews.insert().values(
+                    prediction_id=prediction_id, stage=stage, step=step, total=total, data=data
+                )
+            )
+
+    def preview_of(self, prediction_id: str) -> dict | None:
+        with self.db.connect() as conn:
+            row = conn.execute(
+                sa.select(previews).where(previews.c.prediction_id == prediction_id)
+            ).first()
         return None if row is None else dict(row._mapping)
 
     def request_cancel(self, prediction_id: str) -> bool:
@@ -435,6 +491,9 @@ class Store:
             ).scalars()
             removed += self._delete_predictions(conn, list(old))
             removed += conn.execute(files.delete().where(files.c.created_at < cutoff)).rowcount
+            removed += conn.execute(
+                image_urls.delete().where(image_urls.c.created_at < cutoff)
+            ).rowcount
             while self._over_bounds(conn):
                 oldest = conn.execute(
                     sa.select(predictions.c.id)
@@ -452,6 +511,7 @@ class Store:
         if not ids:
             return 0
         conn.execute(outputs.delete().where(outputs.c.prediction_id.in_(ids)))
+        conn.execute(previews.delete().where(previews.c.prediction_id.in_(ids)))
         return conn.execute(predictions.delete().where(predictions.c.id.in_(ids))).rowcount
 
     def _over_bounds(self, conn) -> bool:
@@ -465,9 +525,13 @@ class Store:
 
 
 def _stored_bytes(conn) -> int:
-    total = sa.func.coalesce(sa.func.sum(sa.func.length(outputs.c.data)), 0)
-    return conn.scalar(sa.select(total)) + conn.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
+    def total(column) -> int:
+        return conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(column), 0)))
+
+    return (
+        total(sa.func.length(outputs.c.data))
+        + total(files.c.size)
+        + total(sa.func.length(image_urls.c.data))
     )
 
 

@@ -1,0 +1,1 @@
+"""AUTOMATIC1111 stable-diffusion-webui's API on this server (/sdapi/v1/...)."""

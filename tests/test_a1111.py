@@ -1,0 +1,196 @@
+"""AUTOMATIC1111's API on `python -m sdxl api`, called by `webuiapi` 0.9.17 (PyPI), the common
+client of that API, with its own defaults: txt2img, img2img and inpainting, progress with a
+preview, interrupt, the lists and options, HTTP Basic. A real server on loopback, the tiny
+model; pixels are compared with the Replicate API's for the same effective inputs and seed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from PIL import Image
+from support.api_server import KEYS, serving
+from support.helpers import half_mask, pixels, smooth_image, wait_until
+
+pytestmark = pytest.mark.http
+
+SMALL = {"width": 256, "height": 256, "steps": 3, "seed": 7, "cfg_scale": 7.0}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, tmp_path_factory):
+    with serving(tiny_weights, tmp_path_factory.mktemp("a1111"), {"SDXL_API_KEYS": KEYS[0]}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    """webuiapi as its users make it: host, port, and --api-auth credentials (any user name,
+    an API key as the password)."""
+    parts = urlsplit(server.base)
+    return webuiapi.WebUIApi(
+        host=parts.hostname, port=parts.port, username="anyone", password=KEYS[0]
+    )
+
+
+def replicate_image(server, inputs: dict) -> Image.Image:
+    created = server.create_prediction(inputs)
+    done = server.wait_prediction(created["id"])
+    assert done["status"] == "succeeded", done
+    with Image.open(io.BytesIO(base64.b64decode(done["output"][0].partition(",")[2]))) as img:
+        img.load()
+        return img
+
+
+def same(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(pixels(a), pixels(b))
+
+
+def reference_inputs(scheduler: str, **extra) -> dict:
+    """The Replicate API's inputs for SMALL: the same prompt, size, steps, seed and guidance."""
+    return {"prompt": "a cat", "negative_prompt": "", "width": 256, "height": 256,
+            "num_inference_steps": 3, "seed": 7, "guidance_scale": 7.0, "scheduler": scheduler,
+            **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "engine"),
+    [
+        ("Euler a", "automatic", "K_EULER_ANCESTRAL"),
+        ("Euler", "automatic", "K_EULER"),
+        ("DPM++ 2M", "automatic", "DPMSolverMultistep"),
+        ("DPM++ 2M", "karras", "KarrasDPM"),
+        ("DPM++ 2M Karras", "automatic", "KarrasDPM"),  # a legacy name carries its schedule
+        ("DDIM", "automatic", "DDIM"),
+        ("Heun", "automatic", "HeunDiscrete"),
+        ("PLMS", "automatic", "PNDM"),
+        ("UniPC", "automatic", "DPMSolverMultistep"),  # not here: A1111's fallback, DPM++ 2M
+    ],
+)
+def test_txt2img_equals_the_replicate_apis_pixels(api, server, sampler, scheduler, engine):
+    result = api.txt2img(prompt="a cat", sampler_name=sampler, scheduler=scheduler, **SMALL)
+    assert same(result.image, replicate_image(server, reference_inputs(engine)))
+    assert result.info["all_seeds"] == [7] and result.info["seed"] == 7
+
+
+def test_info_is_a1111s_with_an_infotext_per_image(api):
+    result = api.txt2img(prompt="a cat", negative_prompt="dog", batch_size=2, **SMALL)
+    info = result.info
+    assert len(result.images) == 2 and info["all_seeds"] == [7, 8]
+    assert info["sampler_name"] == "Euler a" and info["sd_model_name"] == "sdxl"
+    assert info["infotexts"][1] == (
+        "a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, "
+        "CFG scale: 7.0, Seed: 8, Size: 256x256, Model: sdxl, Version: sdxl-cog"
+    )
+    assert result.parameters["eta"] == 1.0  # webuiapi's default, accepted and not used
+
+
+def test_n_iter_runs_batches_with_the_seeds_continuing(api):
+    result = api.txt2img(prompt="a cat", batch_size=2, n_iter=2, **SMALL)
+    assert result.info["all_seeds"] == [7, 8, 9, 10] and len(result.images) == 4
+
+
+def test_img2img_equals_the_replicate_apis_pixels(api, server):
+    source = smooth_image(320, 256)
+    result = api.img2img(images=[source], prompt="a cat", denoising_strength=0.6, **SMALL)
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    expected = replicate_image(
+        server, reference_inputs("K_EULER_ANCESTRAL", image=uri, prompt_strength=0.6)
+    )
+    assert same(result.image, expected)  # the init image's size: width and height unused
+
+
+def test_inpainting_repaints_white_and_keeps_black_exactly(api):
+    source = smooth_image(256, 256)
+    result = api.img2img(
+        images=[source], mask_image=half_mask(256, 256), prompt="a cat",
+        denoising_strength=0.9, **SMALL,
+    )  # fmt: skip
+    got = pixels(result.image)
+    assert np.array_equal(got[:, :128], pixels(source)[:, :128])  # black: kept
+    assert np.abs(got[:, 140:] - pixels(source)[:, 140:]).mean() > 5  # white: repainted
+    inverted = api.img2img(
+        images=[source], mask_image=half_mask(256, 256), inpainting_mask_invert=1,
+        prompt="a cat", denoising_strength=0.9, **SMALL,
+    )  # fmt: skip
+    assert np.array_equal(pixels(inverted.image)[:, 128:], pixels(source)[:, 128:])
+
+
+def test_progress_shows_a_preview_and_interrupt_answers_with_what_there_is(api, server):
+    answers = []
+    long = {**SMALL, "steps": 400}
+    thread = threading.Thread(target=lambda: answers.append(api.txt2img(prompt="a cat", **long)))
+    thread.start()
+    progress = wait_until(
+        lambda: (p := api.get_progress()).get("current_image") and p, "a preview in /progress"
+    )
+    assert 0 < progress["progress"] < 1 and progress["state"]["job_count"] == 1
+    assert progress["state"]["sampling_steps"] == 400
+    with Image.open(io.BytesIO(base64.b64decode(progress["current_image"]))) as preview:
+        assert preview.size == (32, 32)  # the latents' size: an eighth of the image's
+    api.interrupt()
+    thread.join(120)
+    (answer,) = answers
+    assert answer.images == [] and answer.info["all_seeds"] == []  # 200, with nothing made
+    idle = api.get_progress()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+
+
+def test_the_lists_and_options_clients_read(api, server):
+    assert api.util_get_model_names() == ["sdxl"]
+    assert api.util_get_current_model() == "sdxl"
+    assert "Euler a" in api.util_get_sampler_names()
+    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    options = api.get_options()
+    api.set_options(options)  # what Open WebUI posts back: accepted
+    api.util_set_model("sdxl")
+    styles = {style["name"] for style in api.get_prompt_styles()}
+    assert "cinematic" in styles
+
+
+def test_errors_in_a1111s_shape(server):
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    cases = [
+        ({"steps": 0}, "steps"),
+        ({"width": 260}, "width"),  # a rule of the model: answered after preparation
+        ({"enable_hr": True}, "enable_hr"),
+        ({"styles": ["one", "two"]}, "styles"),
+        ({"batch_size": 4, "n_iter": 3}, "batch_size x n_iter"),
+    ]
+    for body, field in cases:
+        answer = requests.post(
+            server.base + "/sdapi/v1/txt2img", json={**SMALL, **body}, headers=auth, timeout=60
+        )
+        assert answer.status_code == 422, answer.text
+        found = answer.json()
+        assert set(found) == {"error", "detail", "body", "errors"}
+        assert found["detail"][0]["field"] == field, found
+    unknown = requests.post(
+        server.base + "/sdapi/v1/txt2img",
+        json={**SMALL, "prompt": "a cat", "a_field_of_some_extension": 1},
+        headers=auth,
+        timeout=60,
+    )
+    assert unknown.status_code == 200  # ignored, as A1111 ignores fields it does not know
+    wrong_model = requests.post(
+        server.base + "/sdapi/v1/options",
+        json={"sd_model_checkpoint": "sd_xl_turbo"},
+        headers=auth,
+        timeout=10,
+    )
+    assert wrong_model.status_code == 422 and "sd_xl_turbo" in json.dumps(wrong_model.json())
+    for headers in ({}, {"Authorization": "Basic "}, {"Authorization": "Bearer wrong"}):
+        denied = requests.get(server.base + "/sdapi/v1/options", headers=headers, timeout=10)
+        assert denied.status_code == 401 and denied.json()["error"] == "HTTPException"
+    missing = requests.get(server.base + "/sdapi/v1/nothing", headers=auth, timeout=10)
+    assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
