@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
@@ -242,10 +243,24 @@ def test_a_long_run_shows_progress_and_cancels(page, server):
     page.find_element(By.ID, "run").click()
     wait(page, lambda d: d.find_element(By.ID, "status").text.startswith("Running: base"))
     wait(page, lambda d: float(d.find_element(By.ID, "progress").get_attribute("value")) > 0)
+    preview = page.find_element(By.ID, "preview")
+    wait(page, lambda d: preview.is_displayed() and preview.get_attribute("data-step"))
+    size = page.execute_script(
+        "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", preview
+    )
+    assert size == [32, 32]  # the latents' size, an eighth of 256x256
+    prediction_id = page.find_element(By.TAG_NAME, "body").get_attribute("data-prediction-id")
+    route = requests.get(
+        f"{server.base}/v1/predictions/{prediction_id}/preview",
+        headers={"Authorization": f"Bearer {KEYS[0]}"},
+        timeout=10,
+    )
+    assert route.headers["Content-Type"] == "image/jpeg", route
+    assert route.headers["X-Preview-Total"] == "400" and int(route.headers["X-Preview-Step"]) >= 5
     page.find_element(By.ID, "cancel").click()
     run_and_wait(page, until=("canceled",))
     assert page.find_element(By.ID, "status").text == "Canceled."
-    prediction_id = page.find_element(By.TAG_NAME, "body").get_attribute("data-prediction-id")
+    assert not preview.is_displayed()
     assert server.prediction(prediction_id)["status"] == "canceled"
 
 

@@ -178,6 +178,20 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         return render.prediction(row, origin(http))
 
+    @routes.get(
+        "/v1/predictions/{prediction_id}/preview",
+        summary="The running prediction's latest preview (JPEG; 204 before the first)",
+    )
+    def get_preview(prediction_id: str) -> Response:
+        if store.get(prediction_id) is None:
+            raise not_found(f"the prediction {prediction_id[:40]!r}")
+        preview = store.preview_of(prediction_id)
+        if preview is None:
+            return Response(status_code=204)
+        headers = {"X-Preview-Step": str(preview["step"]), "X-Preview-Total": str(preview["total"])}
+        headers["X-Preview-Stage"] = preview["stage"]
+        return Response(preview["data"], media_type="image/jpeg", headers=headers)
+
     @routes.get("/v1/predictions", summary="List predictions, newest first")
     def list_predictions(http: HttpRequest, cursor: str | None = None) -> dict:
         before = _decode_cursor(cursor)

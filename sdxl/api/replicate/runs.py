@@ -18,6 +18,7 @@ from sdxl.errors import UserError
 log = logging.getLogger(__name__)
 
 LOG_FLUSH_S = 0.5  # logs are written to the store (and sent to webhooks) at most this often
+PREVIEW_EVERY = 5  # steps between the previews a running prediction stores (the playground's)
 LOST_CLAIM = (
     "this replica was presumed dead and lost its claim on the prediction, which another "
     "replica settled"
@@ -47,8 +48,10 @@ class StoredRuns:
             self._flushed.pop(job.id, None)
             self._outputs.submit(self._store_result, job, *output)  # off the GPU thread
 
-        events = JobEvents(started=self._started, log=self._logged, finished=finished)
-        job = Job(row["id"], request, events)
+        events = JobEvents(
+            started=self._started, log=self._logged, preview=self._preview, finished=finished
+        )
+        job = Job(row["id"], request, events, preview_every=PREVIEW_EVERY)
         if row["cancel_requested"]:
             job.cancel("the prediction was cancelled")
         return job
@@ -62,6 +65,9 @@ class StoredRuns:
             job.cancel(LOST_CLAIM)
             return
         self.events.changed(job.id, "start")
+
+    def _preview(self, job: Job, preview) -> None:
+        self.store.set_preview(job.id, preview.stage, preview.step, preview.total, preview.jpeg)
 
     def _logged(self, job: Job, line: str) -> None:
         now = time.monotonic()

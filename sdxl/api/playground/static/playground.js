@@ -120,6 +120,21 @@ function progressOf(logs) {
   return { done, total, line: Object.entries(steps).map(([s, [d, t]]) => `${s} ${d}/${t}`) };
 }
 
+async function showPreview(id) {
+  // The latest preview of the running job's latents (GET /v1/predictions/<id>/preview).
+  const headers = state.config.auth ? { Authorization: `Bearer ${apiKey()}` } : {};
+  const response = await fetch(`/v1/predictions/${id}/preview`, { headers }).catch(() => null);
+  if (!response || response.status !== 200 || state.prediction !== id) return;
+  const step = response.headers.get("X-Preview-Step");
+  const preview = $("preview");
+  if (preview.dataset.step === step) return;
+  const previous = preview.src;
+  preview.src = URL.createObjectURL(await response.blob());
+  if (previous.startsWith("blob:")) URL.revokeObjectURL(previous);
+  preview.dataset.step = step; // for scripts and tests
+  preview.hidden = false;
+}
+
 function showRunning(prediction) {
   $("logs").textContent = prediction.logs || "";
   const progress = progressOf(prediction.logs || "");
@@ -156,6 +171,7 @@ function showImages(prediction) {
 
 function finish(prediction) {
   state.prediction = null;
+  $("preview").hidden = true;
   $("cancel").hidden = true;
   $("progress").hidden = true;
   $("run").disabled = false;
@@ -186,6 +202,7 @@ async function poll(id) {
     }
     if (ENDED.includes(prediction.status)) return finish(prediction);
     showRunning(prediction);
+    if (prediction.status === "processing") await showPreview(id);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
 }
