@@ -1,7 +1,8 @@
 """Load and faults on real servers: bursts served or refused cleanly (409/429 with Retry-After),
-none lost or run twice, in order; SIGTERM during a burst finishes what was accepted; a webhook
+none lost or run twice, in order; SIGTERM with a backlog loses nothing; a webhook
 receiver that is down or slow never delays generation, and its deliveries are retried, then
-given up with a log line."""
+given up with a log line. SIGTERM with a backlog stops after the running job; the backlog
+waits in the store for the next start."""
 
 from __future__ import annotations
 
@@ -124,14 +125,18 @@ def test_replicate_burst_is_queued_and_run_in_order(api):
     assert all(len(re.findall(rf"job {i} done", log)) == 1 for i in ids)  # none run twice
 
 
-def test_sigterm_during_a_burst_loses_nothing(tiny_weights, tmp_path):
-    """SIGTERM while the first of five stored predictions runs: new ones get 503, the process
-    exits 0, and every prediction runs exactly once, on this process or on the next start."""
+def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
+    tiny_weights, tmp_path
+):
+    """SIGTERM while the first of eight stored predictions runs and a DataCrunch request waits in
+    memory: new requests and the waiting one get 503 with Retry-After, the running prediction
+    finishes, the process exits 0 without running the backlog (what it had claimed goes back to
+    the queue), and every prediction runs exactly once: the rest on the next start."""
     env = {"SDXL_API_KEYS": KEYS[0], "SDXL_STATE_DIR": str(tmp_path / "state")}
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        inputs = {**SMALL, "num_inference_steps": 20}
+        inputs = {**SMALL, "num_inference_steps": 40}
         ids = [
             requests.post(
                 server.base + "/v1/predictions",
@@ -139,27 +144,37 @@ def test_sigterm_during_a_burst_loses_nothing(tiny_weights, tmp_path):
                 headers=AUTH,
                 timeout=30,
             ).json()["id"]
-            for i in range(5)
+            for i in range(8)
         ]
         server.wait_for(lambda h: h["running"] == 1, "busy")
-        server.proc.send_signal(signal.SIGTERM)
-        server.wait_for(lambda h: h["status"] == "draining", "draining", timeout=30)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(server.post, SMALL)  # behind the stored backlog, in memory
+            server.wait_for(lambda h: h["queued"] >= 8, "the DataCrunch request queued")
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for(lambda h: h["status"] == "draining", "draining", timeout=30)
+            answered = waiting.result(timeout=120)
+        assert answered.status_code == 503, answered.text
+        assert "stopping" in answered.text and int(answered.headers["Retry-After"]) > 0
         late = requests.post(
             server.base + "/v1/predictions",
             json={"version": GUIDE_VERSION, "input": SMALL},
             headers=AUTH,
             timeout=30,
         )
-        assert late.status_code == 503
+        assert late.status_code == 503 and int(late.headers["Retry-After"]) > 0
         assert server.proc.wait(timeout=300) == 0, server.log()[-3000:]
     finally:
         server.stop()
+    first_run = server.log()
+    assert len(re.findall(r"job \w+ done", first_run)) == 1, first_run[
+        -3000:
+    ]  # only the running one
     again = Server(tiny_weights, tmp_path, env)
     try:
         again.wait_ready()
         for prediction_id in ids:
             assert again.wait_prediction(prediction_id)["status"] == "succeeded"
-        logs = server.log() + again.log()
+        logs = first_run + again.log()
         for prediction_id in ids:
             assert logs.count(f"job {prediction_id} done") == 1, prediction_id
     finally:

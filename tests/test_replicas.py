@@ -70,3 +70,15 @@ def test_a_replica_that_leaves_is_forgotten_without_a_warning(store):
     time.sleep(TIMEOUT_S * 1.5)
     assert watcher.reap() == []
     assert store.heartbeats() == {}
+
+
+def test_a_stopping_replica_hands_back_what_it_claimed_and_did_not_start(store):
+    running, claimed = queued(store), queued(store)
+    assert store.claim("stopping")["id"] == running and store.started(running, "stopping")
+    assert store.claim("stopping")["id"] == claimed
+    assert store.release("stopping") == 1
+    assert store.get(running)["claimed_by"] == "stopping"  # it finishes the one it runs
+    assert store.get(claimed)["status"] == "starting" and store.get(claimed)["claimed_by"] is None
+    assert not store.started(claimed, "stopping")  # too late to start it: it is not its own
+    assert not store.finish(claimed, "canceled", replica="stopping")  # nor to end it
+    assert store.claim("another")["id"] == claimed

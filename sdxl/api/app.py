@@ -19,16 +19,17 @@ from sdxl.api.auth import ApiKeys, AuthMiddleware
 from sdxl.api.datacrunch import routes as datacrunch
 from sdxl.api.datacrunch.errors import format_validation_errors
 from sdxl.api.datacrunch.fields import DATACRUNCH
-from sdxl.api.errors import ApiError, InvalidRequest
+from sdxl.api.errors import ApiError, InvalidRequest, Unavailable, retry_after
 from sdxl.api.limits import BodyLimitMiddleware
 from sdxl.api.metrics import Metrics
 from sdxl.api.openai import fields as openai_fields
 from sdxl.api.openai import routes as openai
 from sdxl.api.replicate import routes as replicate
 from sdxl.api.replicate.api import ReplicateApi
+from sdxl.api.replicate.store import StoreDiskFull, StoreUnavailable
 from sdxl.api.schemas import body_schema
 from sdxl.api.service import ServerStatus, Service
-from sdxl.api.settings import Settings
+from sdxl.api.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S, Settings
 from sdxl.api.shapes import DEFAULT, error_response, shape_of
 from sdxl.api.sync import SyncJobs
 from sdxl.core.surface import Problem
@@ -70,6 +71,7 @@ def create_app(
         yield
         await asyncio.to_thread(service.wait_idle)
         if api is not None:
+            await asyncio.to_thread(api.runs.close)  # the last results stored
             await asyncio.to_thread(api.housekeeping.stop)
 
     app = FastAPI(
@@ -90,6 +92,14 @@ def create_app(
     @app.exception_handler(ApiError)
     async def on_api_error(request, exc: ApiError) -> JSONResponse:
         return error_response(request.url.path, exc)
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_store_unavailable(request, exc: StoreUnavailable) -> JSONResponse:
+        """The prediction store's database is away (or its disk full): a 503 to retry, on
+        the routes that need it; the others keep working."""
+        wait = DISK_FULL_RETRY_AFTER_S if isinstance(exc, StoreDiskFull) else STORE_RETRY_AFTER_S
+        error = Unavailable(f"{exc.message}; retry later", headers=retry_after(wait))
+        return error_response(request.url.path, error)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException) -> JSONResponse:

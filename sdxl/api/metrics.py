@@ -3,7 +3,8 @@
 Counters and the histogram move when a job ends (an engine observer); gauges are read from the
 engine and the store when Prometheus scrapes. Every figure is this replica's own, except
 `sdxl_shared_queue_depth`: read from the prediction store, it is the same on every replica of
-one database, so an autoscaler takes it once (max), never summed over replicas.
+one database, so an autoscaler takes it once (max), never summed over replicas. While the
+store cannot be read it is absent (not a stale value) and `sdxl_prediction_store_up` is 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 
 # Seconds one generation runs: from a fast GPU's 1024x1024 in about 2 s to long CPU runs.
 GENERATION_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800)
+STORE_UP = "sdxl_prediction_store_up"
+STORE_UP_HELP = (
+    "1 when the prediction store's database answered this scrape; 0 when it did not (then "
+    "sdxl_shared_queue_depth is left out rather than stale)"
+)
 FAILURE_KINDS = ("input", "canceled", "deadline", "out_of_memory", "broken", "internal")
 
 
@@ -119,7 +125,9 @@ class EngineCollector(Collector):
                 waiting = self.store.count_queued()
             except Exception as err:  # the database is away: the other metrics still go out
                 log.warning("reading the shared queue's depth failed: %s", err)
+                yield _gauge(STORE_UP, STORE_UP_HELP, 0)  # and the depth is absent, not stale
             else:
+                yield _gauge(STORE_UP, STORE_UP_HELP, 1)
                 yield _gauge(
                     "sdxl_shared_queue_depth",
                     "Predictions waiting in the prediction store that no replica has claimed "

@@ -1,10 +1,11 @@
 """`python -m sdxl api`: settings and keys checked, port bound, model loaded in the background.
 
-SIGTERM (or Ctrl+C) drains: new requests get 503 while the generations this process took
-(the synchronous APIs' queue, the predictions it claimed) finish and their responses go out;
-stored predictions nobody claimed stay queued for another replica or the next start. Then the
-server stops and the process exits 0. A second signal stops at once after the requests in
-flight; a third Ctrl+C forces it.
+SIGTERM (or Ctrl+C) stops it: new requests get 503 with Retry-After, the generation running
+finishes and its response goes out; the synchronous requests still waiting get 503 "the server
+is stopping; retry", and stored predictions stay queued for another replica or the next start
+(those this process claimed go back to the queue). Then the process exits 0: the grace period
+it needs is SDXL_MAX_SECONDS plus half a minute. A second signal stops at once after the
+requests in flight; a third Ctrl+C forces it.
 """
 
 from __future__ import annotations

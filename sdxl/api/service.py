@@ -1,4 +1,4 @@
-"""The engine as the HTTP APIs see it: loading in the background, draining on SIGTERM.
+"""The engine as the HTTP APIs see it: loading in the background, stopping on SIGTERM.
 
 Nothing here knows HTTP or torch: the engine imports torch in its loading thread, so the
 server binds its port at once and answers /health while the model loads.
@@ -14,6 +14,8 @@ from sdxl.engine import Engine, EngineState
 
 log = logging.getLogger(__name__)
 
+STOPPING = "the server is stopping; retry (another replica, or this one once back, takes it)"
+
 
 class ServerStatus(StrEnum):
     """What /health reports."""
@@ -21,7 +23,7 @@ class ServerStatus(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"  # the load failed, or the models can no longer be trusted
-    DRAINING = "draining"  # stopping: no new requests
+    DRAINING = "draining"  # stopping: no new requests, only the running job finishes
 
 
 class Service:
@@ -49,17 +51,17 @@ class Service:
         return self.engine.reason
 
     def begin_drain(self) -> None:
-        """Take no new work; what this process accepted still finishes, stored predictions
-        stay queued for another replica or the next start."""
+        """Stop: take no new work and let only the running job finish. Stored predictions
+        this process claimed and did not start go back to the store's queue (for another
+        replica or the next start); synchronous requests still waiting are answered 503."""
         if not self._draining:
             self._draining = True
-            self.engine.drain()
-            counts = self.engine.counts()
-            waiting = counts["queued"] + counts["preparing"] + counts["ready"]
+            running = self.engine.counts()["running"]
+            handed_back = self.engine.drain(STOPPING)
             log.info(
-                "draining: %d running and %d queued will finish; new requests get 503",
-                counts["running"],
-                waiting,
+                "stopping: %d running will finish, %d waiting handed back; new requests get 503",
+                running,
+                handed_back,
             )
 
     @property

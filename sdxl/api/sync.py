@@ -28,7 +28,7 @@ from sdxl.api.settings import DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S
 from sdxl.core.request import Request
 from sdxl.core.result import Result
 from sdxl.core.surface import Surface
-from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents
+from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents, ServerStopping
 from sdxl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,10 @@ class SyncJobs:
             return [job for job in self._by_caller.get(caller, []) if not job.done()]
 
 
+def stopping_headers() -> dict[str, str]:
+    return {**retry_after(DRAINING_RETRY_AFTER_S), "Connection": "close"}
+
+
 def check_accepting(service: Service) -> None:
     status = service.status
     if status == ServerStatus.READY:
@@ -131,7 +135,7 @@ def check_accepting(service: Service) -> None:
         raise Unavailable(f"the model is not available ({service.reason}); see the server log")
     raise Unavailable(
         "the server is shutting down and takes no new requests; send the request again",
-        headers={**retry_after(DRAINING_RETRY_AFTER_S), "Connection": "close"},
+        headers=stopping_headers(),
     )
 
 
@@ -172,6 +176,8 @@ def outcome(job: Job, surface: Surface) -> Result:
         return job.result()
     if isinstance(error, UserError):  # a rule of the model, or out of memory: the request's
         raise InvalidRequest([surface.problem(error)]) from error
+    if isinstance(error, ServerStopping):  # it never ran: the caller should send it again
+        raise Unavailable(str(error), headers=stopping_headers()) from error
     if isinstance(error, JobCanceled):
         raise ClientDisconnected(str(error)) from error
     if isinstance(error, DeadlineExceeded):

@@ -12,6 +12,7 @@ from sdxl.engine.jobs import (
     JobEvents,
     JobStatus,
     OutOfMemory,
+    ServerStopping,
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
@@ -29,4 +30,5 @@ __all__ = [
     "JobStatus",
     "MemoryQueue",
     "OutOfMemory",
+    "ServerStopping",
 ]

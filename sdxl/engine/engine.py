@@ -33,12 +33,15 @@ from sdxl.engine.jobs import (
     JobEvents,
     JobStatus,
     Poisoned,
+    ServerStopping,
     notify,
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
 from sdxl.logs import adopt_library_loggers, job_context, quiet_libraries
 from sdxl.settings import Runtime
+
+STOPPING = "the server is stopping and this job had not started; send it again"
 
 log = logging.getLogger(__name__)
 job_log = logging.getLogger("sdxl.engine")
@@ -139,10 +142,26 @@ class Engine:
         if self.runner is not None:
             self.runner.close()
 
-    def drain(self) -> None:
-        """Take no stored job any more (they stay queued for another replica or the next start);
-        what was submitted to this process still runs."""
-        self.draining = True
+    def drain(self, reason: str = STOPPING) -> int:
+        """Stop: only the running job finishes. Stored jobs claimed and not started go back to
+        the store's queue (for another replica or the next start); every other job not running
+        ends with ServerStopping(`reason`), and so does any job submitted from now on. Returns
+        how many were handed back."""
+        with self._cond:
+            self.draining = True
+            waiting = list(self._claimed)
+        while (job := self.queue.claim(0, stored=False)) is not None:
+            waiting.append(job)
+        self._hand_back(waiting, reason)
+        return len(waiting)
+
+    def _hand_back(self, jobs: list[Job], reason: str = STOPPING) -> None:
+        release = getattr(self.queue, "release_claims", None)  # a queue that stores jobs
+        if release is not None:
+            release()  # first: their end must not be written as theirs
+        for job in jobs:
+            job.cancel(reason)
+            self._end(job, ServerStopping(reason))
 
     @property
     def takes_stored(self) -> bool:
@@ -174,6 +193,9 @@ class Engine:
         job._on_cancel = self._cancel
         if self._closed:
             self._end(job, JobCanceled("the server is shutting down"))
+            return job
+        if self.draining:
+            self._end(job, ServerStopping(STOPPING))
             return job
         self.queue.put(job)
         return job
@@ -233,14 +255,19 @@ class Engine:
             if job is None:
                 continue
             with self._cond:
-                if job.cancel_requested:
+                late = self.draining  # claimed as the drain began: drain() did not see it
+                if not late and job.cancel_requested:
                     self._end(job, JobCanceled(job.cancel_reason))
                     continue
-                job.status = JobStatus.PREPARING
-                job.seq = next(self._seq)
-                job._on_cancel = self._cancel
-                self._claimed.append(job)
-            self._pool.submit(self._prepare, job)
+                if not late:
+                    job.status = JobStatus.PREPARING
+                    job.seq = next(self._seq)
+                    job._on_cancel = self._cancel
+                    self._claimed.append(job)
+            if late:
+                self._hand_back([job])
+            else:
+                self._pool.submit(self._prepare, job)
 
     def _prepare(self, job: Job) -> None:
         try:
@@ -346,7 +373,8 @@ class Engine:
 
 
 def _status_of(error: BaseException) -> JobStatus:
-    return JobStatus.CANCELED if isinstance(error, JobCanceled) else JobStatus.FAILED
+    stopped = isinstance(error, JobCanceled | ServerStopping)
+    return JobStatus.CANCELED if stopped else JobStatus.FAILED
 
 
 def _hand_out(job: Job, on_log) -> None:

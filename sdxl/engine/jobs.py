@@ -40,6 +40,11 @@ class JobCanceled(Exception):
     """The job was cancelled: by its client, or by a client that went away."""
 
 
+class ServerStopping(Exception):
+    """The process is stopping and the job had not started: it is handed back (a stored job
+    stays queued for another replica or the next start; a caller waiting for it should retry)."""
+
+
 class DeadlineExceeded(Exception):
     """The job ran longer than SDXL_MAX_SECONDS."""
 

@@ -5,7 +5,8 @@ the two heads.
 
 The engine asks for stored jobs only while it is ready and not draining (`stored=True`). On a
 shared store a replica claims at most one beyond the one it runs: it prepares (downloads) that
-one while the GPU works, and leaves the rest to replicas with a free GPU.
+one while the GPU works, and leaves the rest to replicas with a free GPU. When the engine
+stops, what it claimed and did not start goes back to the store (`release_claims`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class JobStore(Protocol):
     def claim(self, replica: str) -> dict | None: ...  # the oldest unclaimed row, now claimed
 
     def count_queued(self) -> int: ...
+
+    def release(self, replica: str) -> int: ...  # its claimed, unstarted rows queued again
 
 
 class SharedQueue:
@@ -95,6 +98,17 @@ class SharedQueue:
             self._store_failed_at = time.monotonic()
             log.warning("the prediction store cannot be read: %s", err)
             return None
+
+    def release_claims(self) -> None:
+        """The engine stops: the stored jobs claimed here and not started are queued again in
+        the store (Engine.drain ends them here without writing their end)."""
+        try:
+            released = self.store.release(self.replica)
+        except Exception as err:  # the database is away: another replica or the next start
+            log.warning("the claimed predictions could not be handed back: %s", err)
+            return
+        if released:
+            log.info("%d claimed predictions handed back to the store's queue", released)
 
     def _release(self, job_id: str) -> None:
         with self._lock:

@@ -47,8 +47,7 @@ class Cluster:
         if self.as_user:
             shutil.chown(folder, "postgres", "postgres")
         self._run(initdb, "-D", str(self.data), "-U", "sdxl", "--auth=trust", "-E", "UTF8")
-        options = f"-p {self.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+        self.start()
         self.url = f"postgresql+psycopg://sdxl@127.0.0.1:{self.port}/postgres"
 
     @property
@@ -60,7 +59,18 @@ class Cluster:
         if done.returncode != 0:
             pytest.fail(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
 
+    def start(self) -> None:
+        self.running = True
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start"
+        )
+
     def stop(self) -> None:
+        """As a crash or a kill would: no shutdown checkpoint, connections cut."""
+        if not self.running:
+            return
+        self.running = False
         self._run(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop")
 
 

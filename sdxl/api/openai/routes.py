@@ -77,6 +77,10 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
 
     async def answer(http: HttpRequest, found: Checked, shape: Surface, kind: str):
         requests = job_requests(found)
+        if found.given.get("response_format") == "url":  # before any GPU work, not after
+            if store is None:
+                raise Unavailable("url outputs need the prediction store, which is not open")
+            await asyncio.to_thread(store.ping)
         if found.given.get("stream"):
             every = preview_every(found)
             return StreamingResponse(

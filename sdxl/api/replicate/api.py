@@ -30,6 +30,7 @@ class ReplicateApi:
     renderer: Renderer
     webhooks: Webhooks
     housekeeping: Housekeeping
+    runs: StoredRuns  # stored jobs' ends written back to the store
 
 
 def replica_name() -> str:
@@ -61,4 +62,5 @@ def open_replicate_api(settings: Settings, caps: Caps, fetch: FetchSettings) -> 
         renderer=renderer,
         webhooks=webhooks,
         housekeeping=housekeeping,
+        runs=runs,
     )

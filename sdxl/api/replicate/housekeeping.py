@@ -68,6 +68,7 @@ class Housekeeping:
                 self._cancels_from_elsewhere()
             except Exception as err:  # the database is away: try again at the next round
                 log.warning("the shared prediction store cannot be reached: %s", err)
+                self.replicas.forget()
                 time.sleep(self.replicas.beat_every_s)
             time.sleep(CANCEL_POLL_S)
 

@@ -64,5 +64,11 @@ class Replicas:
             )
         return dead
 
+    def forget(self) -> None:
+        """This replica could not read the store: it saw no beat, which proves nothing. The
+        watch starts over once the store answers again, so that an outage of the database
+        never looks like the death of every other replica."""
+        self._seen.clear()
+
     def leave(self) -> None:
         self.store.leave(self.name)

@@ -3,16 +3,27 @@ written back to the store (start, logs, the encoded outputs or the error)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sdxl.api.replicate.events import Events
 from sdxl.api.replicate.inputs import stored_request
-from sdxl.api.replicate.store import PredictionStatus, Store
+from sdxl.api.replicate.store import Store, StoreDiskFull, StoreUnavailable
+from sdxl.api.replicate.tables import PredictionStatus
 from sdxl.config import INPUTS, OUTPUT_INPUTS
 from sdxl.core.image_output import encode_outputs
-from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents, OutOfMemory
+from sdxl.engine import (
+    DeadlineExceeded,
+    EngineBroken,
+    Job,
+    JobCanceled,
+    JobEvents,
+    OutOfMemory,
+    ServerStopping,
+)
 from sdxl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,6 +35,11 @@ LOST_CLAIM = (
     "replica settled"
 )
 STORAGE_FAILED = "storing the result failed ({}); create the prediction again"
+DISK_FULL = "{}: the images were made but could not be kept; create the prediction again later"
+STORE_RETRY_S = 0.5  # the first wait before storing a result again while the store is away
+STORE_RETRY_MAX_S = 10.0  # the longest
+RESULTS_GRACE_S = 20.0  # at a stop, how long results still being stored are waited for
+FAILED = PredictionStatus.FAILED
 
 
 class StoredRuns:
@@ -36,6 +52,7 @@ class StoredRuns:
         self.replica = replica
         self.public_url = public_url
         self._outputs = ThreadPoolExecutor(1, thread_name_prefix="sdxl-outputs")
+        self._stopping = threading.Event()
         self._flushed: dict[str, float] = {}
 
     def job_for(self, row: dict) -> Job:
@@ -67,38 +84,77 @@ class StoredRuns:
         self.events.changed(job.id, "start")
 
     def _preview(self, job: Job, preview) -> None:
-        self.store.set_preview(job.id, preview.stage, preview.step, preview.total, preview.jpeg)
+        with contextlib.suppress(StoreUnavailable):  # the next one, or the result, will do
+            self.store.set_preview(job.id, preview.stage, preview.step, preview.total, preview.jpeg)
 
     def _logged(self, job: Job, line: str) -> None:
         now = time.monotonic()
         if now - self._flushed.get(job.id, 0.0) >= LOG_FLUSH_S:
             self._flushed[job.id] = now
-            self.store.update(job.id, logs=_text(job.logs))
+            try:
+                self.store.update(job.id, logs=_text(job.logs))
+            except StoreUnavailable:  # the store is away: the logs go with the result
+                return
             self.events.changed(job.id, "logs")
 
     def _store_result(self, job: Job, fmt: str, quality: int) -> None:
-        status = PredictionStatus.FAILED
+        if isinstance(job.error, ServerStopping):
+            return  # handed back (Engine.drain): it stays queued in the store
         try:
             status, error, images, metrics = self._result(job, fmt, quality)
-            kept = self.store.finish(
-                job.id,
-                status,
-                error=error,
-                metrics=metrics,
-                logs=_text(job.logs),
-                images=images,
-                replica=self.replica,
-            )
         except Exception as err:  # never leave a prediction running forever
-            log.exception("storing the result of prediction %s failed", job.id)
-            status = PredictionStatus.FAILED
-            error = STORAGE_FAILED.format(type(err).__name__)
-            kept = self.store.finish(job.id, status, error=error, replica=self.replica)
+            log.exception("encoding the result of prediction %s failed", job.id)
+            status, error = FAILED, STORAGE_FAILED.format(type(err).__name__)
+            images, metrics = [], None
+        kept = self._finish(job, status, error, images, metrics)
         if not kept:  # cancelled while queued, or settled by another replica: theirs stands
             return
         if status == PredictionStatus.SUCCEEDED:
             self.events.changed(job.id, "output")
         self.events.changed(job.id, "completed")
+
+    def _finish(self, job: Job, status, error, images, metrics) -> bool:
+        """Store the end of `job`. While the store cannot be reached the result is kept here and
+        stored once it is back; a full disk fails the prediction saying so. False: the row
+        was not this replica's to end, or the server stopped before the store came back."""
+        wait = STORE_RETRY_S
+        while True:
+            try:
+                return self.store.finish(
+                    job.id,
+                    status,
+                    error=error,
+                    metrics=metrics,
+                    logs=_text(job.logs),
+                    images=images,
+                    replica=self.replica,
+                )
+            except StoreDiskFull as err:
+                if images:  # what is kept must fit: the failure, without the images
+                    status, error, images = FAILED, DISK_FULL.format(err.message), []
+                    continue
+            except StoreUnavailable:
+                pass
+            except Exception as err:
+                if status == FAILED and not images:
+                    log.exception("storing the end of prediction %s failed", job.id)
+                    return False
+                log.exception("storing the result of prediction %s failed", job.id)
+                status, error, images = FAILED, STORAGE_FAILED.format(type(err).__name__), []
+                continue
+            if self._stopping.wait(wait):
+                log.warning("prediction %s ended while the store was away: not stored", job.id)
+                return False
+            wait = min(2 * wait, STORE_RETRY_MAX_S)
+
+    def close(self, timeout: float = RESULTS_GRACE_S) -> None:
+        """The server stops: results being stored get `timeout` seconds, then are given up
+        (the next start or another replica settles their predictions)."""
+        done = self._outputs.submit(lambda: None)  # behind every result queued before it
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout)
+        self._stopping.set()
+        self._outputs.shutdown(wait=True)
 
     def _result(self, job: Job, fmt: str, quality: int):
         metrics = {} if job.run_seconds is None else {"predict_time": job.run_seconds}

@@ -6,8 +6,12 @@ are still queued. Outputs and files are stored in the database itself, so that w
 read a prediction can read its outputs. On a server database (PostgreSQL) any number of
 replicas share the store: each claims the oldest unclaimed prediction with
 SELECT ... FOR UPDATE SKIP LOCKED, and beats in `replicas` so that the others can tell when it
-died. Rows are removed SDXL_PREDICTION_TTL seconds after
-they end (files after they were uploaded), and the store is bounded by count and bytes.
+died. Rows are removed SDXL_PREDICTION_TTL seconds after they end (files after they were
+uploaded), and the store is bounded by count and bytes.
+
+A database that cannot be reached (or a disk that is full) raises StoreUnavailable (or
+StoreDiskFull) with a plain message, never the driver's text: the APIs answer 503 and retry
+what they must keep.
 """
 
 from __future__ import annotations
@@ -18,109 +22,69 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 
+from sdxl.api.replicate.tables import (
+    ENDED,
+    QUEUED,
+    RUNNING,
+    PredictionStatus,
+    files,
+    image_urls,
+    meta,
+    outputs,
+    predictions,
+    previews,
+    replicas,
+    settings,
+)
 from sdxl.api.settings import StoreLimits
 
 log = logging.getLogger(__name__)
 
-
-class PredictionStatus(StrEnum):
-    """A prediction's status, as Replicate names them."""
-
-    STARTING = "starting"  # queued, or being prepared
-    PROCESSING = "processing"  # running
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-QUEUED, RUNNING = PredictionStatus.STARTING, PredictionStatus.PROCESSING
-ENDED = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED)
-
-meta = sa.MetaData()
-predictions = sa.Table(
-    "predictions",
-    meta,
-    sa.Column("number", sa.Integer, primary_key=True, autoincrement=True),  # FIFO order
-    sa.Column("id", sa.String(40), unique=True, nullable=False),
-    sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("version", sa.String(200), nullable=False),
-    sa.Column("input", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("logs", sa.Text, nullable=False, default=""),
-    sa.Column("error", sa.Text),
-    sa.Column("metrics", sa.JSON),
-    sa.Column("output_count", sa.Integer),  # None until it succeeds
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("started_at", sa.Float),
-    sa.Column("completed_at", sa.Float),
-    sa.Column("webhook", sa.Text),
-    sa.Column("webhook_events_filter", sa.JSON),
-    sa.Column("claimed_by", sa.String(64)),  # the replica preparing or running it
-    sa.Column("origin", sa.String(300)),  # the creating request's origin, for its file URLs
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-)
-outputs = sa.Table(
-    "outputs",
-    meta,
-    sa.Column("prediction_id", sa.String(40), primary_key=True),
-    sa.Column("index", sa.Integer, primary_key=True),
-    sa.Column("token", sa.String(64), unique=True, nullable=False),  # unguessable URL part
-    sa.Column("name", sa.String(64), nullable=False),
-    sa.Column("content_type", sa.String(64), nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
-files = sa.Table(
-    "files",
-    meta,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("content_type", sa.String(255), nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("metadata", sa.JSON, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
-previews = sa.Table(  # the latest preview of a running prediction (the playground shows it)
-    "previews",
-    meta,
-    sa.Column("prediction_id", sa.String(40), primary_key=True),
-    sa.Column("stage", sa.String(16), nullable=False),
-    sa.Column("step", sa.Integer, nullable=False),
-    sa.Column("total", sa.Integer, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),  # JPEG
-)
-image_urls = sa.Table(  # OpenAI's url outputs: served at /outputs/<token>/<name> until the TTL
-    "image_urls",
-    meta,
-    sa.Column("token", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(64), nullable=False),
-    sa.Column("content_type", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
-replicas = sa.Table(
-    "replicas",
-    meta,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("beats", sa.Integer, nullable=False),  # counts up while the replica lives
-    sa.Column("seen_at", sa.Float, nullable=False),  # its clock, for people reading the table
-)
-settings = sa.Table(
-    "settings",
-    meta,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long a connection attempt may take
+OUTAGE_LOG_EVERY_S = 10.0  # an outage is logged once in this long, not once per request
 
 
 class StoreFull(Exception):
     """Too many predictions wait already."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached now (it is down, restarting or unreachable)."""
+
+    message = "the prediction store cannot be reached (its database is down or unreachable)"
+
+    def __init__(self, cause: str = ""):
+        super().__init__(self.message)
+        self.cause = cause  # the driver's text, for the operator's log only
+
+
+class StoreDiskFull(StoreUnavailable):
+    """The database cannot write: the disk (or the database's quota) is full."""
+
+    message = "the server's disk is full, so the prediction store cannot write"
+
+
+DISK_FULL = ("database or disk is full", "No space left on device", "could not extend file")
+DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+
+
+def unavailable(err: sa.exc.SQLAlchemyError) -> StoreUnavailable | None:
+    """The StoreUnavailable `err` stands for, or None for an error of another kind."""
+    orig = getattr(err, "orig", None)
+    text = str(orig if orig is not None else err)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state == DISK_FULL_SQLSTATE or any(words in text for words in DISK_FULL):
+        return StoreDiskFull(text)
+    connection_lost = isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated
+    if connection_lost or isinstance(
+        err, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError
+    ):
+        return StoreUnavailable(text)
+    return None
 
 
 def new_id() -> str:
@@ -137,6 +101,9 @@ class Store:
         options: dict[str, Any] = {"future": True, "pool_pre_ping": self.shared}
         if not self.shared:
             options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        elif url.startswith("postgresql"):  # an unreachable host fails in seconds, not minutes
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        self._outage_logged = -OUTAGE_LOG_EVERY_S
         self.db = sa.create_engine(url, **options)
         if not self.shared:
             sa.event.listen(self.db, "connect", _sqlite_pragmas)
@@ -148,8 +115,33 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
-        with self.db.begin() as conn:
+        """A transaction: committed at the end, rolled back on an exception."""
+        with self._translated(), self.db.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._translated(), self.db.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as err:
+            down = unavailable(err)
+            if down is None:
+                raise
+            now = time.monotonic()
+            if now - self._outage_logged >= OUTAGE_LOG_EVERY_S:
+                self._outage_logged = now
+                log.warning("%s: %s", down.message, down.cause)
+            raise down from err
+
+    def ping(self) -> None:
+        """StoreUnavailable when the database cannot be reached now."""
+        with self._read() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     # ---- predictions --------------------------------------------------------------------
     def create(self, row: dict) -> dict:
@@ -163,7 +155,7 @@ class Store:
         return self.get(row["id"])
 
     def get(self, prediction_id: str) -> dict | None:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             found = conn.execute(
                 sa.select(predictions).where(predictions.c.id == prediction_id)
             ).first()
@@ -174,15 +166,15 @@ class Store:
         query = sa.select(predictions).order_by(predictions.c.number.desc()).limit(size)
         if before is not None:
             query = query.where(predictions.c.number < before)
-        with self.db.connect() as conn:
+        with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def count(self) -> int:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             return conn.scalar(sa.select(sa.func.count()).select_from(predictions))
 
     def count_queued(self) -> int:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             query = sa.select(sa.func.count()).where(
                 predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)
             )
@@ -190,7 +182,7 @@ class Store:
 
     def oldest_queued(self) -> float | None:
         """When the oldest unclaimed queued prediction was created."""
-        with self.db.connect() as conn:
+        with self._read() as conn:
             return conn.scalar(
                 sa.select(sa.func.min(predictions.c.created_at)).where(
                     predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)
@@ -284,7 +276,7 @@ class Store:
         return True
 
     def outputs_of(self, prediction_id: str) -> list[dict]:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(outputs)
                 .where(outputs.c.prediction_id == prediction_id)
@@ -294,7 +286,7 @@ class Store:
 
     def output_by_token(self, token: str) -> dict | None:
         """An output of a prediction, or an image stored for a URL, by its unguessable token."""
-        with self.db.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(outputs).where(outputs.c.token == token)).first()
             if row is None:
                 row = conn.execute(sa.select(image_urls).where(image_urls.c.token == token)).first()
@@ -328,7 +320,7 @@ class Store:
             )
 
     def preview_of(self, prediction_id: str) -> dict | None:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 sa.select(previews).where(previews.c.prediction_id == prediction_id)
             ).first()
@@ -363,7 +355,7 @@ class Store:
         """Those of `prediction_ids` (claimed here) that a cancel reached on any replica."""
         if not prediction_ids:
             return []
-        with self.db.connect() as conn:
+        with self._read() as conn:
             return list(
                 conn.execute(
                     sa.select(predictions.c.id).where(
@@ -386,7 +378,7 @@ class Store:
 
     def heartbeats(self) -> dict[str, int | None]:
         """Every replica that beats or holds a claim, with its beat count (None: no row)."""
-        with self.db.connect() as conn:
+        with self._read() as conn:
             beats = dict(conn.execute(sa.select(replicas.c.name, replicas.c.beats)).all())
             holders = conn.execute(
                 sa.select(predictions.c.claimed_by)
@@ -419,6 +411,16 @@ class Store:
         """`replica` stops cleanly (it holds no claim any more)."""
         with self._tx() as conn:
             conn.execute(replicas.delete().where(replicas.c.name == replica))
+
+    def release(self, replica: str) -> int:
+        """`replica` stops: the predictions it claimed and did not start are queued again,
+        for another replica or the next start. How many."""
+        with self._tx() as conn:
+            return conn.execute(
+                predictions.update()
+                .where(predictions.c.claimed_by == replica, predictions.c.status == QUEUED)
+                .values(claimed_by=None)
+            ).rowcount
 
     def recover(self, message: str) -> tuple[int, int]:
         """After a restart of the only replica: what was running failed, what was claimed
@@ -457,7 +459,7 @@ class Store:
 
     def get_file(self, file_id: str, with_data: bool = False) -> dict | None:
         columns = [c for c in files.c if with_data or c.name != "data"]
-        with self.db.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(*columns).where(files.c.id == file_id)).first()
         return None if row is None else dict(row._mapping)
 
@@ -472,7 +474,7 @@ class Store:
                     value = make()
                     conn.execute(settings.insert().values(name=name, value=value))
         except sa.exc.IntegrityError:  # another replica stored it first: use theirs
-            with self.db.connect() as conn:
+            with self._read() as conn:
                 value = conn.scalar(query)
         return value
 
@@ -520,7 +522,7 @@ class Store:
         return over or _stored_bytes(conn) > self.limits.max_bytes
 
     def stored_bytes(self) -> int:
-        with self.db.connect() as conn:
+        with self._read() as conn:
             return _stored_bytes(conn)
 
 
