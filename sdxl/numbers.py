@@ -8,6 +8,7 @@ import math
 import re
 
 ASCII_BLANKS = " \t\n\r"  # trimmed; anything else around a number makes it not a number
+MAX_CHARS = 400  # longer is no number any input takes (and int() refuses 4300+ digits)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -17,6 +18,8 @@ def number_from_text(text: str, integer: bool = False) -> int | float | None:
     digits), after trimming ASCII blanks; None when it spells none or a float is not finite.
     "-0" is 0."""
     text = text.strip(ASCII_BLANKS)
+    if len(text) > MAX_CHARS:
+        return None
     if integer:
         return int(text) if _INTEGER.fullmatch(text) else None
     if not _NUMBER.fullmatch(text):

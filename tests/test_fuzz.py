@@ -16,29 +16,34 @@ import pytest
 pytestmark = pytest.mark.http
 SCRIPT = Path(__file__).parent / "support" / "fuzz_in_netns.py"
 EXAMPLES = "25"  # per operation and phase: bounded for CI
+SLOW_EXAMPLES = {"cog": "400", "api": "80"}  # at least 10,000 cases each (checked)
 
 
 @pytest.mark.timeout(1300)  # the fuzzer's own bound is 1200 s
 @pytest.mark.parametrize("kind", ["cog", "api"])
 def test_fuzz_in_a_network_namespace(tiny_weights, tmp_path, kind):
+    summary = fuzz(tiny_weights, tmp_path, kind, EXAMPLES)
+    assert summary["generated"] > 100 and summary["operations"] >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3700)
+@pytest.mark.parametrize("kind", ["cog", "api"])
+def test_ten_thousand_cases_in_a_network_namespace(tiny_weights, tmp_path, kind):
+    """The same, seeded, with at least 10,000 cases (about 10 minutes a server on 2 cores)."""
+    summary = fuzz(tiny_weights, tmp_path, kind, SLOW_EXAMPLES[kind], timeout=3600)
+    assert summary["generated"] >= 10_000, summary["generated"]
+
+
+def fuzz(tiny_weights, tmp_path, kind: str, examples: str, timeout: int = 1200) -> dict:
     assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux and iproute2"
+    argv = [sys.executable, str(SCRIPT), kind, str(tiny_weights), str(tmp_path), examples]
+    argv.append(str(timeout - 120))  # the fuzzer's own bound, inside ours
     done = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            sys.executable,
-            str(SCRIPT),
-            kind,
-            str(tiny_weights),
-            str(tmp_path),
-            EXAMPLES,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
+        ["unshare", "--net", *argv], capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["with_failures"] == 0 and summary["exit_code"] == 0, summary["output_tail"]
-    assert summary["generated"] > 100 and summary["operations"] >= 4
     print(f"{kind}: {summary['generated']} fuzz examples over {summary['operations']} operations")
+    return summary

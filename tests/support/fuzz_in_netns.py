@@ -1,6 +1,6 @@
 """Run one server and schemathesis against it, inside a network namespace with only loopback.
 
-    unshare -n python tests/support/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR MAX_EXAMPLES
+    unshare -n python tests/support/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR EXAMPLES [SECONDS]
 
 (tests/test_fuzz.py runs it.) It first proves that nothing beyond loopback can be reached,
 brings loopback up, starts `python -m sdxl serve` or `python -m sdxl api` with low caps,
@@ -49,6 +49,7 @@ def wait(url: str, headers: dict, seconds: float = 180) -> None:
 
 def main() -> int:
     kind, weights, workdir, examples = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    seconds = int(sys.argv[5]) if len(sys.argv) > 5 else 900  # the fuzzer's own bound
     assert isolated(), "outbound connections are possible: refusing to fuzz"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     port = 8500
@@ -76,7 +77,7 @@ def main() -> int:
         st += ["--request-timeout", "120", "--no-color", "--seed", "1"]
         st += ["--header", f"Authorization: Bearer {KEY}"]
         st += ["--report", "json", "--report-json-path", str(report)]
-        done = subprocess.run(st, cwd=workdir, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(st, cwd=workdir, capture_output=True, text=True, timeout=seconds)
         wait(base + probe, headers, seconds=60)  # still answering after the run
     finally:
         server.terminate()
