@@ -4,12 +4,15 @@ the models loaded from them, and an engine over its own copy of them."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from support.helpers import TEST_DEVICE
+from support.postgres import Cluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Pixels are compared with diffusers' float32 pipelines on the same device, like with like: an
@@ -115,3 +118,19 @@ def reference(tiny_weights):
         **options,
     )
     return base.to(TEST_DEVICE), refiner.to(TEST_DEVICE)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL for the shared-store tests (tests/support/postgres.py)."""
+    url = os.environ.get("SDXL_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sdxl-postgres-"))  # not under a 0700 pytest folder
+    cluster = Cluster(folder)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -246,9 +246,14 @@ def test_auth(server):
     wrong = server.post(small(), key="test-key-alph")
     assert wrong.status_code == 401 and "invalid API key" in wrong.json()["detail"]
     basic = server.post(small(), key=None, headers={"Authorization": f"Basic {KEYS[0]}"})
-    assert basic.status_code == 401 and "Bearer scheme" in basic.json()["detail"]
+    assert basic.status_code == 401 and "not user:password" in basic.json()["detail"]
+    digest = server.post(small(), key=None, headers={"Authorization": f"Digest {KEYS[0]}"})
+    assert digest.status_code == 401 and "Bearer or Basic scheme" in digest.json()["detail"]
     for key in KEYS:
         assert server.post(small(), key=key).status_code == 200
+    credentials = base64.b64encode(f"anyone:{KEYS[1]}".encode()).decode()
+    as_basic = server.post(small(), key=None, headers={"Authorization": f"Basic {credentials}"})
+    assert as_basic.status_code == 200  # AUTOMATIC1111's --api-auth: the key as the password
     assert requests.get(server.base + "/health", timeout=10).status_code == 200  # open
     assert all(key not in server.log() for key in KEYS), "an API key was logged"
 
@@ -409,7 +414,8 @@ def test_importing_the_api_server_does_not_import_torch():
 
 def test_lifecycle_loading_busy_full_draining(tiny_weights, tmp_path):
     """One server through its life: 503 while loading, keys from a file, 429 when the queue
-    (of 1) is full, and on SIGTERM 503 for new requests while the accepted ones finish."""
+    (of 1) is full, and on SIGTERM 503 for new requests and the waiting one while the running
+    one finishes."""
     keyfile, key = tmp_path / "keys.txt", "file-key-1"
     keyfile.write_text(f"# one key a line\n{key}\n")
     env = {"SDXL_API_KEYS_FILE": str(keyfile), "SDXL_QUEUE_SIZE": "1"}
@@ -445,9 +451,11 @@ def test_lifecycle_loading_busy_full_draining(tiny_weights, tmp_path):
         for thread in threads:
             thread.join()
         assert images_of(results["long"]) and results["long"].json()["seeds"] == [3]
-        assert images_of(results["queued"]) and results["queued"].json()["seeds"] == [4]
+        stopped = results["queued"]  # it never ran: the client is told to send it again
+        assert stopped.status_code == 503 and int(stopped.headers["Retry-After"]) >= 1
+        assert "the server is stopping; retry" in stopped.json()["detail"]
         assert srv.proc.wait(timeout=60) == 0, srv.log()
-        assert "draining: 1 running and 1 queued will finish" in srv.log()
+        assert "stopping: 1 running will finish, 1 waiting handed back" in srv.log()
     finally:
         srv.stop()
 

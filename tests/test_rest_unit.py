@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from sdxl.api.auth import ApiKeys, load_api_keys, presented_key
+from sdxl.api.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_key
 from sdxl.api.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
 from sdxl.api.settings import Settings
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
@@ -347,9 +347,16 @@ def test_encode_image_formats(name, pil):
 
 def test_keys_from_env_and_file(tmp_path):
     keyfile = tmp_path / "keys"
-    keyfile.write_text("# staff\nfile-key-1\n\n  file-key-2 , env-key \n")
-    keys = load_api_keys({"SDXL_API_KEYS": " env-key, other ,", "SDXL_API_KEYS_FILE": str(keyfile)})
-    assert keys == ["env-key", "other", "file-key-1", "file-key-2"]
+    keyfile.write_text("# staff\nfile-key-1\n\n  ops:file-key-2 , env-key \n")
+    env = {"SDXL_API_KEYS": " env-key, other ,", "SDXL_API_KEYS_FILE": str(keyfile)}
+    keys = load_api_keys({**env, "SDXL_ADMIN_KEY": "root-key"})
+    assert keys == [
+        KeyEntry("env-key"),
+        KeyEntry("other"),
+        KeyEntry("file-key-1"),
+        KeyEntry("file-key-2", "ops"),
+        KeyEntry("root-key", "admin", admin=True),
+    ]
     assert load_api_keys({}) == []
 
 
@@ -358,18 +365,40 @@ def test_unreadable_key_file_is_a_clear_error(tmp_path):
         load_api_keys({"SDXL_API_KEYS_FILE": str(tmp_path / "missing")})
 
 
-def test_bad_key_is_reported_without_its_value():
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ("good,bad\tsecret-value", "number 2"),
+        ("good,:secret-value", "number 2"),  # a name without letters
+        ("key-abc:secret-value", "not starting with 'key-'"),  # an unnamed key's name
+        ("anonymous:secret-value", "not starting with"),
+        ("a b:secret-value", "number 1"),
+        ("alice:", "number 1"),
+    ],
+)
+def test_bad_key_is_reported_without_its_value(keys, words):
     with pytest.raises(SettingsError) as info:
-        load_api_keys({"SDXL_API_KEYS": "good,bad\tsecret-value"})
-    assert "number 2" in str(info.value)
+        load_api_keys({"SDXL_API_KEYS": keys})
+    assert words in str(info.value)
     assert "secret" not in str(info.value)
 
 
-def test_key_matching():
-    keys = ApiKeys(["alpha", "beta"])
-    assert keys.matches(b"alpha") and keys.matches(b"beta")
-    assert not keys.matches(b"alph") and not keys.matches(b"alphaa") and not keys.matches(b"")
-    assert "alpha" not in repr(keys)
+def test_the_admin_key_cannot_also_be_an_ordinary_key():
+    with pytest.raises(SettingsError, match="SDXL_ADMIN_KEY"):
+        load_api_keys({"SDXL_API_KEYS": "shared-key", "SDXL_ADMIN_KEY": "shared-key"})
+
+
+def test_keys_name_their_tenants():
+    entries = [KeyEntry("alpha"), KeyEntry("new", "alice"), KeyEntry("old", "alice")]
+    keys = ApiKeys([*entries, KeyEntry("root", "admin", admin=True)], salt=b"salt-1")
+    assert keys.identify(b"new") == keys.identify(b"old") == Caller("alice")  # a rotation
+    assert keys.identify(b"root") == Caller("admin", admin=True)
+    unnamed = keys.identify(b"alpha").tenant
+    assert unnamed.startswith("key-") and "alpha" not in unnamed
+    assert ApiKeys(entries, salt=b"salt-2").identify(b"alpha").tenant != unnamed  # keyed
+    for wrong in (b"alph", b"alphaa", b"", b"ALPHA"):
+        assert keys.identify(wrong) is None
+    assert "alpha" not in repr(keys) and keys.tenants == sorted(["admin", "alice", unnamed])
 
 
 BASIC = b"Basic " + base64.b64encode(b"anyone:the-key")

@@ -5,17 +5,14 @@ The tiny model; which replica ran a prediction is read from each process's own l
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from support.api_server import KEYS, Server
 from support.helpers import wait_until
-from support.postgres import Cluster, fresh_database
+from support.postgres import fresh_database
 
 pytestmark = pytest.mark.http
 
@@ -24,21 +21,6 @@ QUICK = {"prompt": "a harbour", "width": 256, "height": 256, "num_inference_step
 # Long enough on any machine that it is still running when the test cancels or kills it: 500
 # steps of a batch of four (the tests stop it long before its end).
 LONG = {**QUICK, "num_inference_steps": 500, "num_outputs": 4}
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    url = os.environ.get("SDXL_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    folder = Path(tempfile.mkdtemp(prefix="sdxl-postgres-"))  # not under a 0700 pytest folder
-    cluster = Cluster(folder)
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_pair(tiny_weights, folder: Path, database_url: str) -> tuple[Server, Server]:

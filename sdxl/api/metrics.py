@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # Seconds one generation runs: from a fast GPU's 1024x1024 in about 2 s to long CPU runs.
 GENERATION_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800)
+NO_TENANT = "none"  # predictions from before tenants, and jobs of the Cog predictor
 STORE_UP = "sdxl_prediction_store_up"
 STORE_UP_HELP = (
     "1 when the prediction store's database answered this scrape; 0 when it did not (then "
@@ -61,6 +62,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.tenant_jobs = Counter(
+            "sdxl_tenant_jobs_finished",
+            "Jobs that ended, by tenant (the API key's name, or a digest of it; never the key) "
+            "and status",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
         for kind in FAILURE_KINDS:  # present at 0, so that rate() sees the first failure
             self.failures.labels(kind)
         self.registry.register(EngineCollector(service, store))
@@ -69,6 +77,7 @@ class Metrics:
     def observe(self, job: Job) -> None:
         """Count an ended job (an engine observer: runs on the engine's threads)."""
         self.jobs.labels(job.status).inc()
+        self.tenant_jobs.labels(job.tenant or NO_TENANT, job.status).inc()
         error = job.error
         if job.status != JobStatus.SUCCEEDED:
             self.failures.labels(failure_kind(error) or "internal").inc()
@@ -123,6 +132,7 @@ class EngineCollector(Collector):
         if self.store is not None:
             try:
                 waiting = self.store.count_queued()
+                by_tenant = self.store.queued_by_tenant()
             except Exception as err:  # the database is away: the other metrics still go out
                 log.warning("reading the shared queue's depth failed: %s", err)
                 yield _gauge(STORE_UP, STORE_UP_HELP, 0)  # and the depth is absent, not stale
@@ -134,6 +144,14 @@ class EngineCollector(Collector):
                     "(the same on every replica of one database: take it once, never sum)",
                     waiting,
                 )
+                tenants = GaugeMetricFamily(
+                    "sdxl_shared_queue_depth_by_tenant",
+                    "Of sdxl_shared_queue_depth, each tenant's (the same on every replica)",
+                    labels=["tenant"],
+                )
+                for tenant, count in sorted(by_tenant.items()):
+                    tenants.add_metric([tenant or NO_TENANT], count)
+                yield tenants
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

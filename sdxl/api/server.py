@@ -25,7 +25,7 @@ import uvicorn
 
 from sdxl import logs
 from sdxl.api.app import create_app
-from sdxl.api.auth import ApiKeys, load_api_keys
+from sdxl.api.auth import ApiKeys, KeyEntry, load_api_keys, new_salt
 from sdxl.api.replicate.api import open_replicate_api
 from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import Settings
@@ -104,7 +104,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _keys(no_auth: bool, host: str) -> ApiKeys | None:
+def _keys(no_auth: bool, host: str) -> list[KeyEntry] | None:
     """The keys to require, or None for --no-auth. Raises SettingsError without any key."""
     keys = load_api_keys(os.environ)
     if no_auth:
@@ -118,8 +118,7 @@ def _keys(no_auth: bool, host: str) -> ApiKeys | None:
             "no API keys configured: set SDXL_API_KEYS (comma-separated) or SDXL_API_KEYS_FILE "
             "(a file with one key a line), or pass --no-auth to serve without authentication"
         )
-    log.info("authentication on: %d API keys", len(keys))  # the count, never the keys
-    return ApiKeys(keys)
+    return keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
         return USAGE_ERROR
+    api_keys = None
+    if keys is not None:
+        api_keys = ApiKeys(keys, api.store.setting("tenant_salt", new_salt).encode())
+        # The count and the tenants' names, never the keys.
+        log.info("authentication on: %d API keys of tenants %s", len(keys), api_keys.tenants)
     service = Service(Engine(runtime, engine_settings, queue=api.queue))
-    app = create_app(service, settings, keys, api)
+    app = create_app(service, settings, api_keys, api)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -70,6 +70,7 @@ class StoreLimits:
     max_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
     max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
     max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
+    max_queued_per_tenant: int | None = None  # SDXL_MAX_QUEUED_PER_KEY: of one tenant (None: any)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreLimits:
@@ -80,6 +81,7 @@ class StoreLimits:
             ),
             max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, cls.max_bytes),
             max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, cls.max_queued),
+            max_queued_per_tenant=env_number(env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, None),
         )
 
 

@@ -105,7 +105,7 @@ class SyncJobs:
             preview=events.preview,
             finished=finished,
         )
-        job = self.service.engine.submit(request, events=own, preview_every=every)
+        job = self.service.engine.submit(request, events=own, preview_every=every, tenant=caller)
         with self._lock:
             if not job.done():
                 self._by_caller.setdefault(caller, []).append(job)

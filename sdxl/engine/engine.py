@@ -160,8 +160,8 @@ class Engine:
         if release is not None:
             release()  # first: their end must not be written as theirs
         for job in jobs:
-            job.cancel(reason)
-            self._end(job, ServerStopping(reason))
+            self._end(job, ServerStopping(reason))  # first: the cancel then finds it ended
+            job.cancel(reason)  # a preparation under way sees it and stops
 
     @property
     def takes_stored(self) -> bool:
@@ -186,10 +186,12 @@ class Engine:
         events: JobEvents | None = None,
         job_id: str | None = None,
         preview_every: int = 0,
+        tenant: str | None = None,
     ) -> Job:
         """Queue `request`; the returned job ends succeeded, failed or canceled. With
-        `preview_every`, it hands out a preview of its latents every that many steps."""
-        job = Job(job_id or str(next(self._ids)), request, events, preview_every)
+        `preview_every`, it hands out a preview of its latents every that many steps; `tenant`
+        is whose it is (queues take tenants in turn)."""
+        job = Job(job_id or str(next(self._ids)), request, events, preview_every, tenant)
         job._on_cancel = self._cancel
         if self._closed:
             self._end(job, JobCanceled("the server is shutting down"))

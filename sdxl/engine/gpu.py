@@ -92,7 +92,8 @@ class Runner:
         deadline = None if max_seconds is None else self.clock() + max_seconds
         generation = job.generation
         job.log(generation.summary())
-        log.info("job %s started: %s", job.id, generation.summary())  # operators' log
+        whose = "" if job.tenant is None else f" tenant={job.tenant}"  # a name, never a key
+        log.info("job %s started: %s%s", job.id, generation.summary(), whose)  # operators' log
         extra = {}
         pending: list[Future] = []  # this job's previews being made
         try:

@@ -103,9 +103,12 @@ class Job:
         request: Request,
         events: JobEvents | None = None,
         preview_every: int = 0,
+        tenant: str | None = None,
     ):
         self.id = job_id
         self.request = request
+        # Whose job it is (a tenant's name, never a key): queues take the tenants in turn.
+        self.tenant = tenant
         self.events = events or JobEvents()
         # A preview of the latents every this many steps of each stage, and after its last
         # (0: none); each is in `preview` and goes to events.preview, all before `finished`.

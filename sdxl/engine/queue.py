@@ -34,7 +34,8 @@ class JobQueue(Protocol):
 
 
 class MemoryQueue:
-    """A first-in first-out queue in this process's memory."""
+    """A first-in first-out queue in this process's memory (`SharedQueue` takes its tenants in
+    turn through `heads` and `discard`)."""
 
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
@@ -51,10 +52,13 @@ class MemoryQueue:
                 return None
             return self._jobs.popleft()
 
-    def oldest(self) -> float | None:
-        """When the oldest waiting job was created (None when none waits)."""
+    def heads(self) -> dict[str | None, Job]:
+        """Each tenant's oldest waiting job."""
         with self._cond:
-            return self._jobs[0].created_at if self._jobs else None
+            found: dict[str | None, Job] = {}
+            for job in self._jobs:
+                found.setdefault(job.tenant, job)
+            return found
 
     def discard(self, job: Job) -> bool:
         with self._cond:

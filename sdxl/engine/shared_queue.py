@@ -1,7 +1,11 @@
 """The engine's queue when jobs are also stored: the synchronous APIs' jobs wait in this process's
 memory, stored jobs (the Replicate API's predictions) in a database, where they survive a
-restart and, on a shared database, can be claimed by any replica. Each claim takes the older of
-the two heads.
+restart and, on a shared database, can be claimed by any replica.
+
+Tenants take turns: each claim takes the oldest job of the tenant served least recently, in
+memory or in the store (where "served" is when a replica last claimed one of its predictions,
+so the turns hold across replicas); within a tenant, first in, first out. With one tenant, each
+claim simply takes the older of the two heads.
 
 The engine asks for stored jobs only while it is ready and not draining (`stored=True`). On a
 shared store a replica claims at most one beyond the one it runs: it prepares (downloads) that
@@ -32,9 +36,9 @@ class JobStore(Protocol):
 
     shared: bool  # other replicas claim from it too
 
-    def oldest_queued(self) -> float | None: ...  # when the oldest unclaimed job was created
+    def turns(self) -> list: ...  # per tenant waiting: .tenant, .created_at, .served_at
 
-    def claim(self, replica: str) -> dict | None: ...  # the oldest unclaimed row, now claimed
+    def claim(self, replica: str, tenant: str | None) -> dict | None: ...  # its oldest, claimed
 
     def count_queued(self) -> int: ...
 
@@ -52,6 +56,9 @@ class SharedQueue:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._store_failed_at = -STORE_RETRY_S
+        # When this replica last took a job of each tenant (the store knows its own claims;
+        # memory jobs only this replica knows).
+        self._served: dict[str | None, float] = {}
 
     def put(self, job: Job) -> None:
         self.memory.put(job)
@@ -74,30 +81,55 @@ class SharedQueue:
             self._wake.wait(min(left, STORE_POLL_S))
 
     def _claim_oldest(self, stored: bool) -> Job | None:
-        in_memory = self.memory.oldest()
-        row = self._claim_from_store(before=in_memory) if stored else None
-        if row is not None:
-            job = self.job_for(row)
-            with self._lock:
-                self.claimed[job.id] = job
-            job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
-            return job
-        return self.memory.claim(0) if in_memory is not None else None
-
-    def _claim_from_store(self, before: float | None) -> dict | None:
-        """The store's oldest job, claimed, if it is older than `before`. A store that cannot
-        be read is left alone a while (memory jobs still run meanwhile)."""
-        if time.monotonic() - self._store_failed_at < STORE_RETRY_S:
-            return None
-        try:
-            oldest = self.store.oldest_queued()
-            if oldest is None or (before is not None and oldest > before):
+        """The next job: the oldest of the tenant served least recently (tenants in turn),
+        whether it waits in memory or in the store."""
+        for _ in range(3):  # a stored head another replica took meanwhile: look again
+            memory = self.memory.heads()
+            turns = self._stored_turns() if stored else []
+            pick = _next_turn(memory, turns, self._served)
+            if pick is None:
                 return None
-            return self.store.claim(self.replica)
+            tenant, in_memory = pick
+            if in_memory:
+                job = memory[tenant]
+                if self.memory.discard(job):  # still there (not cancelled meanwhile)
+                    self._served[tenant] = time.time()
+                    return job
+                continue
+            row = self._claim_from_store(tenant)
+            if row is not None:
+                self._served[tenant] = time.time()
+                return self._adopt(row)
+        return None
+
+    def _adopt(self, row: dict) -> Job:
+        job = self.job_for(row)
+        with self._lock:
+            self.claimed[job.id] = job
+        job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
+        return job
+
+    def _stored_turns(self) -> list:
+        """The store's tenants in waiting (`JobStore.turns`). A store that cannot be read is
+        left alone a while (memory jobs still run meanwhile)."""
+        if time.monotonic() - self._store_failed_at < STORE_RETRY_S:
+            return []
+        try:
+            return self.store.turns()
         except Exception as err:  # the database is away
-            self._store_failed_at = time.monotonic()
-            log.warning("the prediction store cannot be read: %s", err)
+            self._store_failed(err)
+            return []
+
+    def _claim_from_store(self, tenant: str | None) -> dict | None:
+        try:
+            return self.store.claim(self.replica, tenant)
+        except Exception as err:
+            self._store_failed(err)
             return None
+
+    def _store_failed(self, err: Exception) -> None:
+        self._store_failed_at = time.monotonic()
+        log.warning("the prediction store cannot be read: %s", err)
 
     def release_claims(self) -> None:
         """The engine stops: the stored jobs claimed here and not started are queued again in
@@ -136,3 +168,25 @@ class SharedQueue:
             except Exception as err:  # the database is away: what is in memory still counts
                 log.warning("the prediction store cannot be read: %s", err)
         return waiting
+
+
+def _next_turn(memory: dict, turns: list, served: dict) -> tuple[str | None, bool] | None:
+    """(tenant, whether its job waits in memory) for the next job: the tenant served least
+    recently (never served first), ties to the oldest head; within the tenant, the older of
+    its memory and stored heads. None when nothing waits."""
+    stored = {turn.tenant: turn for turn in turns}
+    candidates = []
+    for tenant in set(memory) | set(stored):
+        turn = stored.get(tenant)
+        last = max(
+            (t for t in (served.get(tenant), turn and turn.served_at) if t is not None),
+            default=None,
+        )
+        heads = [(job.created_at, True) for job in [memory.get(tenant)] if job is not None]
+        heads += [(turn.created_at, False)] if turn is not None else []
+        created, in_memory = min(heads)
+        candidates.append(((last is not None, last or 0.0, created), tenant, in_memory))
+    if not candidates:
+        return None
+    _, tenant, in_memory = min(candidates, key=lambda c: c[0])
+    return tenant, in_memory

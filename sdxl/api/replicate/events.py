@@ -25,4 +25,5 @@ class Events:
             event,
             row["webhook_events_filter"],
             lambda: self.renderer.prediction(self.store.get(prediction_id), base),
+            tenant=row.get("tenant"),
         )

@@ -20,8 +20,8 @@ class Predictions:
         self.events = events
         self.caps = caps
 
-    def create(self, version: Version, body: dict, origin: str) -> dict:
-        """Store and queue a prediction; InvalidInputs names every field at fault."""
+    def create(self, version: Version, body: dict, origin: str, tenant: str) -> dict:
+        """Store and queue `tenant`'s prediction; InvalidInputs names every field at fault."""
         problems: list[Problem] = []
         raw = body.get("input")
         given = {}
@@ -53,6 +53,7 @@ class Predictions:
                 "webhook": webhook,
                 "webhook_events_filter": wanted,
                 "origin": origin,
+                "tenant": tenant,
             }
         )
         self.queue.created()

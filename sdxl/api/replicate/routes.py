@@ -13,10 +13,12 @@ from fastapi import APIRouter, Response
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
+from sdxl.api.auth import caller, caller_of
 from sdxl.api.caps import inline_input_schema
 from sdxl.api.errors import ApiError, retry_after
 from sdxl.api.replicate.api import ReplicateApi
 from sdxl.api.replicate.store import ENDED, StoreFull
+from sdxl.api.replicate.tables import ANY
 from sdxl.api.replicate.webhooks import EVENTS
 from sdxl.api.service import ServerStatus, Service
 from sdxl.api.settings import DRAINING_RETRY_AFTER_S, Settings
@@ -70,6 +72,12 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
     def origin(http: HttpRequest) -> str:
         return settings.public_url or str(http.base_url).rstrip("/")
 
+    def whose(http: HttpRequest):
+        """Whose predictions and files the caller sees: its tenant's (the admin key: all).
+        Another tenant's answer 404, exactly as an id that does not exist."""
+        found = caller(http)
+        return ANY if found.admin else found.tenant
+
     def accepting() -> None:
         if service.status == ServerStatus.DRAINING:
             raise ReplicateError(
@@ -85,7 +93,7 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
         accepting()
         base = origin(http)
         try:
-            row = await asyncio.to_thread(predictions.create, version, body, base)
+            row = await asyncio.to_thread(predictions.create, version, body, base, caller_of(http))
         except InvalidInputs as err:
             lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
             fields = [{"field": p.field, "description": p.message} for p in err.problems]
@@ -93,26 +101,31 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
                 422, "Input validation failed", lines, invalid_fields=fields
             ) from None
         except StoreFull as err:
+            whose, setting = (
+                ("of this API key ", "SDXL_MAX_QUEUED_PER_KEY")
+                if err.per_tenant
+                else ("", "SDXL_MAX_QUEUED_PREDICTIONS")
+            )
             raise ReplicateError(
                 429,
                 "Too many predictions",
-                f"{err.args[0]} predictions are already queued, the most this server keeps "
-                "(SDXL_MAX_QUEUED_PREDICTIONS); retry later",
+                f"{err.waiting} predictions {whose}are already queued, the most this server "
+                f"keeps ({setting}); retry later",
                 headers=retry_after(30),
             ) from None
         status = None
         wait = prefer_wait(http.headers.get("prefer"))
         if wait is not None:
-            row = await _wait(row["id"], wait - EARLY_S)
+            row = await _wait(row["id"], wait - EARLY_S, ANY)
             if row["status"] not in ENDED:
                 status = "starting"  # Replicate's answer to a wait that ran out
         rendered = await asyncio.to_thread(render.prediction, row, base, status)
         return JSONResponse(rendered, status_code=201)
 
-    async def _wait(prediction_id: str, seconds: float) -> dict:
+    async def _wait(prediction_id: str, seconds: float, tenant) -> dict:
         deadline = time.monotonic() + seconds
         while True:
-            row = await asyncio.to_thread(store.get, prediction_id)
+            row = await asyncio.to_thread(store.get, prediction_id, tenant)
             if row["status"] in ENDED or time.monotonic() >= deadline:
                 return row
             await asyncio.sleep(0.1)
@@ -173,7 +186,7 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
 
     @routes.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
     def get_prediction(prediction_id: str, http: HttpRequest) -> dict:
-        row = store.get(prediction_id)
+        row = store.get(prediction_id, whose(http))
         if row is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         return render.prediction(row, origin(http))
@@ -182,8 +195,8 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
         "/v1/predictions/{prediction_id}/preview",
         summary="The running prediction's latest preview (JPEG; 204 before the first)",
     )
-    def get_preview(prediction_id: str) -> Response:
-        if store.get(prediction_id) is None:
+    def get_preview(prediction_id: str, http: HttpRequest) -> Response:
+        if store.get(prediction_id, whose(http)) is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         preview = store.preview_of(prediction_id)
         if preview is None:
@@ -195,7 +208,7 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
     @routes.get("/v1/predictions", summary="List predictions, newest first")
     def list_predictions(http: HttpRequest, cursor: str | None = None) -> dict:
         before = _decode_cursor(cursor)
-        rows = store.page(before, settings.page_size + 1)
+        rows = store.page(before, settings.page_size + 1, whose(http))
         page, more = rows[: settings.page_size], len(rows) > settings.page_size
         base = origin(http)
         after = _encode_cursor(page[-1]["number"]) if more else None
@@ -207,10 +220,10 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
 
     @routes.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
     async def cancel_prediction(prediction_id: str, http: HttpRequest) -> dict:
-        if await asyncio.to_thread(store.get, prediction_id) is None:
+        if await asyncio.to_thread(store.get, prediction_id, whose(http)) is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         await asyncio.to_thread(predictions.cancel, prediction_id)
-        row = await _wait(prediction_id, 2.0)  # a running one stops at its next step
+        row = await _wait(prediction_id, 2.0, ANY)  # a running one stops at its next step
         return await asyncio.to_thread(render.prediction, row, origin(http))
 
     @routes.get("/v1/models/{owner}/{name}", summary="Get a model")
@@ -258,19 +271,20 @@ def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter
             content.content_type or "application/octet-stream",
             data,
             metadata,
+            caller_of(http),
         )
         return JSONResponse(render.file(row, origin(http)), status_code=201)
 
     @routes.get("/v1/files/{file_id}", summary="Get an uploaded file's description")
     def get_file(file_id: str, http: HttpRequest) -> dict:
-        row = store.get_file(file_id)
+        row = store.get_file(file_id, whose(http))
         if row is None:
             raise not_found(f"the file {file_id[:40]!r}")
         return render.file(row, origin(http))
 
     @routes.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
-    def webhook_secret() -> dict:
-        return {"key": api.webhooks.secret}
+    def webhook_secret(http: HttpRequest) -> dict:
+        return {"key": api.webhooks.secret_for(caller_of(http))}
 
     @routes.get("/outputs/{token}/{name}", summary="An output file (no key: the URL is secret)")
     def output_file(token: str, name: str) -> Response:

@@ -58,7 +58,13 @@ class StoredRuns:
     def job_for(self, row: dict) -> Job:
         origins = tuple(o for o in (row.get("origin"), self.public_url) if o)
         given = row["input"]
-        request = stored_request(given, origins, self._file_bytes)
+        tenant = row.get("tenant")
+
+        def file_bytes(file_id: str) -> bytes | None:  # only the creator's own uploads
+            found = self.store.get_file(file_id, tenant, with_data=True)
+            return None if found is None else found["data"]
+
+        request = stored_request(given, origins, file_bytes)
         output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
 
         def finished(job: Job) -> None:
@@ -68,14 +74,10 @@ class StoredRuns:
         events = JobEvents(
             started=self._started, log=self._logged, preview=self._preview, finished=finished
         )
-        job = Job(row["id"], request, events, preview_every=PREVIEW_EVERY)
+        job = Job(row["id"], request, events, preview_every=PREVIEW_EVERY, tenant=tenant)
         if row["cancel_requested"]:
             job.cancel("the prediction was cancelled")
         return job
-
-    def _file_bytes(self, file_id: str) -> bytes | None:
-        row = self.store.get_file(file_id, with_data=True)
-        return None if row is None else row["data"]
 
     def _started(self, job: Job) -> None:
         if not self.store.started(job.id, self.replica):

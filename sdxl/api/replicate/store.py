@@ -16,29 +16,36 @@ what they must keep.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from sdxl.api.replicate.tables import (
+from sdxl.api.replicate.store_errors import (  # noqa: F401 (its errors: re-exported)
+    StoreDiskFull,
+    StoreUnavailable,
+    unavailable,
+)
+from sdxl.api.replicate.store_upkeep import Expiry, FileRows, ReplicaRows
+from sdxl.api.replicate.tables import (  # noqa: F401 (new_id: re-exported)
+    ADDED_COLUMNS,
+    ANY,
     ENDED,
     QUEUED,
     RUNNING,
     PredictionStatus,
-    files,
     image_urls,
     meta,
+    new_id,
+    of_tenant,
     outputs,
     predictions,
     previews,
-    replicas,
-    settings,
 )
 from sdxl.api.settings import StoreLimits
 
@@ -49,51 +56,24 @@ OUTAGE_LOG_EVERY_S = 10.0  # an outage is logged once in this long, not once per
 
 
 class StoreFull(Exception):
-    """Too many predictions wait already."""
+    """Too many predictions wait already (`per_tenant`: of the tenant creating one)."""
+
+    def __init__(self, waiting: int, per_tenant: bool = False):
+        super().__init__(waiting)
+        self.waiting = waiting
+        self.per_tenant = per_tenant
 
 
-class StoreUnavailable(Exception):
-    """The database cannot be reached now (it is down, restarting or unreachable)."""
+@dataclass(frozen=True)
+class Turn:
+    """A tenant waiting for the GPU: its oldest queued job's creation, its last service."""
 
-    message = "the prediction store cannot be reached (its database is down or unreachable)"
-
-    def __init__(self, cause: str = ""):
-        super().__init__(self.message)
-        self.cause = cause  # the driver's text, for the operator's log only
-
-
-class StoreDiskFull(StoreUnavailable):
-    """The database cannot write: the disk (or the database's quota) is full."""
-
-    message = "the server's disk is full, so the prediction store cannot write"
+    tenant: str | None
+    created_at: float
+    served_at: float | None
 
 
-DISK_FULL = ("database or disk is full", "No space left on device", "could not extend file")
-DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
-
-
-def unavailable(err: sa.exc.SQLAlchemyError) -> StoreUnavailable | None:
-    """The StoreUnavailable `err` stands for, or None for an error of another kind."""
-    orig = getattr(err, "orig", None)
-    text = str(orig if orig is not None else err)
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if state == DISK_FULL_SQLSTATE or any(words in text for words in DISK_FULL):
-        return StoreDiskFull(text)
-    connection_lost = isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated
-    if connection_lost or isinstance(
-        err, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError
-    ):
-        return StoreUnavailable(text)
-    return None
-
-
-def new_id() -> str:
-    """A Replicate-style id: 26 lowercase letters and digits."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return "".join(secrets.choice(alphabet) for _ in range(26))
-
-
-class Store:
+class Store(ReplicaRows, FileRows, Expiry):
     def __init__(self, url: str, limits: StoreLimits):
         self.limits = limits
         # SQLite is one process's file; any other database may be shared by many replicas.
@@ -111,6 +91,7 @@ class Store:
             if self.db.dialect.name == "postgresql":  # replicas starting together: one creates
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7106)"))
             meta.create_all(conn)
+            _add_missing_columns(conn)
         self.url = url
 
     @contextmanager
@@ -145,27 +126,38 @@ class Store:
 
     # ---- predictions --------------------------------------------------------------------
     def create(self, row: dict) -> dict:
-        """Insert a queued prediction; StoreFull when too many wait already."""
+        """Insert a queued prediction for `row["tenant"]`; StoreFull when too many wait
+        already, in all or of that tenant."""
+        count = sa.select(sa.func.count()).where(predictions.c.status == QUEUED)
         with self._tx() as conn:
-            waiting = conn.scalar(sa.select(sa.func.count()).where(predictions.c.status == QUEUED))
+            waiting = conn.scalar(count)
             if waiting >= self.limits.max_queued:
                 raise StoreFull(waiting)
+            if self.limits.max_queued_per_tenant is not None:
+                mine = conn.scalar(count.where(of_tenant(row.get("tenant"))))
+                if mine >= self.limits.max_queued_per_tenant:
+                    raise StoreFull(mine, per_tenant=True)
             row = {**row, "status": QUEUED, "logs": "", "created_at": time.time()}
             conn.execute(predictions.insert().values(**row))
         return self.get(row["id"])
 
-    def get(self, prediction_id: str) -> dict | None:
+    def get(self, prediction_id: str, tenant: str | None = ANY) -> dict | None:
+        """The prediction, if it is `tenant`'s (ANY: whoever's)."""
+        query = sa.select(predictions).where(predictions.c.id == prediction_id)
+        if tenant is not ANY:
+            query = query.where(of_tenant(tenant))
         with self._read() as conn:
-            found = conn.execute(
-                sa.select(predictions).where(predictions.c.id == prediction_id)
-            ).first()
+            found = conn.execute(query).first()
         return None if found is None else dict(found._mapping)
 
-    def page(self, before: int | None, size: int) -> list[dict]:
-        """Newest first: `size` predictions numbered below `before` (None: the newest)."""
+    def page(self, before: int | None, size: int, tenant: str | None = ANY) -> list[dict]:
+        """Newest first: `size` of `tenant`'s predictions numbered below `before` (None: the
+        newest)."""
         query = sa.select(predictions).order_by(predictions.c.number.desc()).limit(size)
         if before is not None:
             query = query.where(predictions.c.number < before)
+        if tenant is not ANY:
+            query = query.where(of_tenant(tenant))
         with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -180,22 +172,49 @@ class Store:
             )
             return conn.scalar(query)
 
-    def oldest_queued(self) -> float | None:
-        """When the oldest unclaimed queued prediction was created."""
+    def queued_by_tenant(self) -> dict[str | None, int]:
+        """How many predictions of each tenant wait unclaimed."""
+        query = (
+            sa.select(predictions.c.tenant, sa.func.count())
+            .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None))
+            .group_by(predictions.c.tenant)
+        )
         with self._read() as conn:
-            return conn.scalar(
-                sa.select(sa.func.min(predictions.c.created_at)).where(
-                    predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)
-                )
-            )
+            return {tenant: count for tenant, count in conn.execute(query)}
 
-    def claim(self, replica: str) -> dict | None:
-        """The oldest queued prediction nobody has claimed, now claimed by `replica`."""
+    def turns(self) -> list[Turn]:
+        """Each tenant with predictions queued and unclaimed: when its oldest was created, and
+        when a replica last took one of its predictions (None: never)."""
+        tenant = sa.func.coalesce(predictions.c.tenant, "").label("tenant")
+        heads = (
+            sa.select(tenant, sa.func.min(predictions.c.created_at).label("created_at"))
+            .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None))
+            .group_by(tenant)
+            .subquery()
+        )
+        served = (
+            sa.select(tenant, sa.func.max(predictions.c.claimed_at).label("served_at"))
+            .where(predictions.c.claimed_at.is_not(None))
+            .group_by(tenant)
+            .subquery()
+        )
+        query = sa.select(heads.c.tenant, heads.c.created_at, served.c.served_at).select_from(
+            heads.outerjoin(served, heads.c.tenant == served.c.tenant)
+        )
+        with self._read() as conn:
+            return [Turn(r.tenant or None, r.created_at, r.served_at) for r in conn.execute(query)]
+
+    def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
+        """The oldest queued prediction (of `tenant`) nobody has claimed, now claimed by
+        `replica`."""
+        where = [predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)]
+        if tenant is not ANY:
+            where.append(of_tenant(tenant))
         for _ in range(10):  # another replica may win the race for a row: take the next
             with self._tx() as conn:
                 query = (
                     sa.select(predictions.c.number)
-                    .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None))
+                    .where(*where)
                     .order_by(predictions.c.number)
                     .limit(1)
                     .with_for_update(skip_locked=True)
@@ -206,7 +225,7 @@ class Store:
                 won = conn.execute(
                     predictions.update()
                     .where(predictions.c.number == number, predictions.c.claimed_by.is_(None))
-                    .values(claimed_by=replica)
+                    .values(claimed_by=replica, claimed_at=time.time())
                 ).rowcount
                 if won:
                     row = conn.execute(
@@ -364,177 +383,19 @@ class Store:
                 ).scalars()
             )
 
-    # ---- replicas -----------------------------------------------------------------------
-    def beat(self, replica: str) -> None:
-        """`replica` is alive: count its heartbeat up."""
-        with self._tx() as conn:
-            found = conn.execute(
-                replicas.update()
-                .where(replicas.c.name == replica)
-                .values(beats=replicas.c.beats + 1, seen_at=time.time())
-            ).rowcount
-            if not found:
-                conn.execute(replicas.insert().values(name=replica, beats=1, seen_at=time.time()))
 
-    def heartbeats(self) -> dict[str, int | None]:
-        """Every replica that beats or holds a claim, with its beat count (None: no row)."""
-        with self._read() as conn:
-            beats = dict(conn.execute(sa.select(replicas.c.name, replicas.c.beats)).all())
-            holders = conn.execute(
-                sa.select(predictions.c.claimed_by)
-                .where(predictions.c.claimed_by.is_not(None), predictions.c.status.not_in(ENDED))
-                .distinct()
-            ).scalars()
-        return {**dict.fromkeys(holders), **beats}
-
-    def abandon(self, names: list[str], message: str) -> tuple[int, int]:
-        """Replicas `names` died: what they ran failed with `message`, what they had claimed
-        but not started is queued again, their rows go. (failed, requeued)"""
-        now = time.time()
-        with self._tx() as conn:
-            failed = conn.execute(
-                predictions.update()
-                .where(predictions.c.claimed_by.in_(names), predictions.c.status == RUNNING)
-                .values(
-                    status=PredictionStatus.FAILED, error=message, completed_at=now, claimed_by=None
-                )
-            ).rowcount
-            requeued = conn.execute(
-                predictions.update()
-                .where(predictions.c.claimed_by.in_(names), predictions.c.status == QUEUED)
-                .values(claimed_by=None)
-            ).rowcount
-            conn.execute(replicas.delete().where(replicas.c.name.in_(names)))
-        return failed, requeued
-
-    def leave(self, replica: str) -> None:
-        """`replica` stops cleanly (it holds no claim any more)."""
-        with self._tx() as conn:
-            conn.execute(replicas.delete().where(replicas.c.name == replica))
-
-    def release(self, replica: str) -> int:
-        """`replica` stops: the predictions it claimed and did not start are queued again,
-        for another replica or the next start. How many."""
-        with self._tx() as conn:
-            return conn.execute(
-                predictions.update()
-                .where(predictions.c.claimed_by == replica, predictions.c.status == QUEUED)
-                .values(claimed_by=None)
-            ).rowcount
-
-    def recover(self, message: str) -> tuple[int, int]:
-        """After a restart of the only replica: what was running failed, what was claimed
-        but not started is queued again. (failed, requeued)"""
-        now = time.time()
-        with self._tx() as conn:
-            failed = conn.execute(
-                predictions.update()
-                .where(predictions.c.status == RUNNING)
-                .values(
-                    status=PredictionStatus.FAILED, error=message, completed_at=now, claimed_by=None
-                )
-            ).rowcount
-            requeued = conn.execute(
-                predictions.update()
-                .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_not(None))
-                .values(claimed_by=None)
-            ).rowcount
-        return failed, requeued
-
-    # ---- files --------------------------------------------------------------------------
-    def add_file(self, name: str, content_type: str, data: bytes, metadata: dict) -> dict:
-        row = {
-            "id": new_id(),
-            "name": name,
-            "content_type": content_type,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "metadata": metadata,
-            "created_at": time.time(),
-            "data": data,
-        }
-        with self._tx() as conn:
-            conn.execute(files.insert().values(**row))
-        return row
-
-    def get_file(self, file_id: str, with_data: bool = False) -> dict | None:
-        columns = [c for c in files.c if with_data or c.name != "data"]
-        with self._read() as conn:
-            row = conn.execute(sa.select(*columns).where(files.c.id == file_id)).first()
-        return None if row is None else dict(row._mapping)
-
-    # ---- settings -----------------------------------------------------------------------
-    def setting(self, name: str, make) -> str:
-        """The stored value of `name`, made with `make()` and stored the first time."""
-        query = sa.select(settings.c.value).where(settings.c.name == name)
-        try:
-            with self._tx() as conn:
-                value = conn.scalar(query)
-                if value is None:
-                    value = make()
-                    conn.execute(settings.insert().values(name=name, value=value))
-        except sa.exc.IntegrityError:  # another replica stored it first: use theirs
-            with self._read() as conn:
-                value = conn.scalar(query)
-        return value
-
-    # ---- expiry -------------------------------------------------------------------------
-    def expire(self, now: float | None = None) -> int:
-        """Remove what outlived SDXL_PREDICTION_TTL, then the oldest ended predictions while
-        the store is over its count or byte bound. Returns how many rows went."""
-        now = time.time() if now is None else now
-        cutoff = now - self.limits.ttl_s
-        removed = 0
-        with self._tx() as conn:
-            old = conn.execute(
-                sa.select(predictions.c.id).where(
-                    predictions.c.status.in_(ENDED), predictions.c.completed_at < cutoff
-                )
-            ).scalars()
-            removed += self._delete_predictions(conn, list(old))
-            removed += conn.execute(files.delete().where(files.c.created_at < cutoff)).rowcount
-            removed += conn.execute(
-                image_urls.delete().where(image_urls.c.created_at < cutoff)
-            ).rowcount
-            while self._over_bounds(conn):
-                oldest = conn.execute(
-                    sa.select(predictions.c.id)
-                    .where(predictions.c.status.in_(ENDED))
-                    .order_by(predictions.c.number)
-                    .limit(50)
-                ).scalars()
-                batch = list(oldest)
-                if not batch:
-                    break
-                removed += self._delete_predictions(conn, batch)
-        return removed
-
-    def _delete_predictions(self, conn, ids: list[str]) -> int:
-        if not ids:
-            return 0
-        conn.execute(outputs.delete().where(outputs.c.prediction_id.in_(ids)))
-        conn.execute(previews.delete().where(previews.c.prediction_id.in_(ids)))
-        return conn.execute(predictions.delete().where(predictions.c.id.in_(ids))).rowcount
-
-    def _over_bounds(self, conn) -> bool:
-        count = conn.scalar(sa.select(sa.func.count()).select_from(predictions))
-        over = count > self.limits.max_predictions
-        return over or _stored_bytes(conn) > self.limits.max_bytes
-
-    def stored_bytes(self) -> int:
-        with self._read() as conn:
-            return _stored_bytes(conn)
-
-
-def _stored_bytes(conn) -> int:
-    def total(column) -> int:
-        return conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(column), 0)))
-
-    return (
-        total(sa.func.length(outputs.c.data))
-        + total(files.c.size)
-        + total(sa.func.length(image_urls.c.data))
-    )
+def _add_missing_columns(conn) -> None:
+    """A database made by an older version gets the columns added since (nullable: its rows
+    have no tenant, and only the admin key sees them)."""
+    inspector = sa.inspect(conn)
+    for table, column in ADDED_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            log.info("the store's table %s got the column %s", table.name, column.name)
+    for index in predictions.indexes:  # those of added columns, on an older database
+        index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -3,7 +3,9 @@ uploaded files, OpenAI's url outputs, the replicas' heartbeats and the server's 
 
 from __future__ import annotations
 
+import secrets
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -43,6 +45,9 @@ predictions = sa.Table(
     sa.Column("claimed_by", sa.String(64)),  # the replica preparing or running it
     sa.Column("origin", sa.String(300)),  # the creating request's origin, for its file URLs
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    # Added with tenants (Store.migrate adds them to an older database):
+    sa.Column("tenant", sa.String(64), index=True),  # the key's tenant; None: from before them
+    sa.Column("claimed_at", sa.Float),  # when a replica took it: the tenants' turns go by it
 )
 outputs = sa.Table(
     "outputs",
@@ -65,6 +70,7 @@ files = sa.Table(
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("tenant", sa.String(64)),  # added with tenants, as on predictions
 )
 previews = sa.Table(  # the latest preview of a running prediction (the playground shows it)
     "previews",
@@ -84,6 +90,12 @@ image_urls = sa.Table(  # OpenAI's url outputs: served at /outputs/<token>/<name
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+# Columns a database made before them lacks: (table, column), added at start.
+ADDED_COLUMNS = (
+    (predictions, predictions.c.tenant),
+    (predictions, predictions.c.claimed_at),
+    (files, files.c.tenant),
+)
 replicas = sa.Table(
     "replicas",
     meta,
@@ -97,3 +109,20 @@ settings = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+
+ANY: Any = object()  # a tenant argument: whoever's (the admin key, the engine's own reads)
+
+
+def of_tenant(tenant: str | None):
+    return predictions.c.tenant.is_(None) if tenant is None else predictions.c.tenant == tenant
+
+
+def file_of_tenant(tenant: str | None):
+    return files.c.tenant.is_(None) if tenant is None else files.c.tenant == tenant
+
+
+def new_id() -> str:
+    """A Replicate-style id: 26 lowercase letters and digits."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(26))

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sdxl.api.auth import ANONYMOUS
 from sdxl.net import http_get
 from sdxl.net.urls import redact
 
@@ -54,6 +55,7 @@ class _Delivery:
     url: str
     event: str
     payload: Callable[[], dict]  # rendered when sent: the prediction as it is then
+    secret: str  # the prediction's tenant's
     attempts: int = 0
     message_id: str = field(default_factory=lambda: f"msg_{secrets.token_hex(12)}")
 
@@ -67,11 +69,29 @@ class Webhooks:
         self._pending: dict[str, deque[_Delivery]] = {}
         self.given_up = 0
 
-    def send(self, prediction_id: str, url: str | None, event: str, wanted, payload) -> None:
+    def secret_for(self, tenant: str | None) -> str:
+        """The secret `tenant`'s webhooks are signed with: its own, derived from the server's,
+        so that no tenant can sign a webhook another tenant's receiver would accept (the
+        server's own without keys, and for predictions from before tenants)."""
+        if tenant is None or tenant == ANONYMOUS:
+            return self.secret
+        key = base64.b64decode(self.secret.split("_", 1)[1])
+        derived = hmac.new(key, b"sdxl-tenant:" + tenant.encode(), hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(derived).decode()
+
+    def send(
+        self,
+        prediction_id: str,
+        url: str | None,
+        event: str,
+        wanted,
+        payload,
+        tenant: str | None = None,
+    ) -> None:
         """Queue `event` for `url` unless the prediction's filter leaves it out."""
         if not url or (wanted is not None and event not in wanted):
             return
-        delivery = _Delivery(url, event, payload)
+        delivery = _Delivery(url, event, payload, self.secret_for(tenant))
         with self._lock:
             queue = self._pending.get(prediction_id)
             if queue is None:
@@ -101,7 +121,8 @@ class Webhooks:
         shown = redact(delivery.url)
         for delay in (*RETRY_DELAYS_S, None):
             delivery.attempts += 1
-            headers = signature_headers(self.secret, body, delivery.message_id, int(time.time()))
+            stamp = int(time.time())
+            headers = signature_headers(delivery.secret, body, delivery.message_id, stamp)
             why = self._post(delivery.url, body, headers)
             if why is None:
                 return
