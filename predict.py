@@ -22,6 +22,8 @@ SCHEDULERS = [
     "K_EULER_ANCESTRAL",
     "K_EULER",
     "PNDM",
+    "LCM",
+    "TCD",
 ]
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 TIMESTEP_SPACINGS = ["linspace", "leading", "trailing"]
@@ -170,6 +172,13 @@ class Predictor(BaseRunner):
         ),
         output_quality: int = Input(
             description="Quality of webp / jpg outputs (ignored for png)", default=80, ge=1, le=100
+        ),
+        cache_interval: int = Input(
+            description="DeepCache: compute the UNet's deep features every this many steps and "
+            "reuse them between (1: off; 3 is about 2x faster, with a small cost in quality)",
+            default=1,
+            ge=1,
+            le=10,
         ),
     ) -> List[Path]:
         inputs = dict(locals())

@@ -7,10 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${PYTHON_VERSION:-3.12}
 pin() { grep -h -E "^$1==" requirements.txt requirements-nodeps.txt; }
-# diffusers, transformers and peft as pinned; PyWavelets for the watermark; open_clip_torch for
-# CLIP's vocabulary (weights random-full); regex as transformers requires (the image's is older).
+# diffusers, transformers and peft as pinned; PyWavelets for the watermark; DeepCache for
+# cache_interval; open_clip_torch for CLIP's vocabulary (weights random-full); regex as
+# transformers requires (the image's is older).
 wanted=("$(pin diffusers)" "$(pin transformers)" "$(pin peft)" "$(pin PyWavelets)"
-        "$(pin open_clip_torch)" "regex==2026.11.19")
+        "$(pin DeepCache)" "$(pin open_clip_torch)" "regex==2026.11.19")
 rm -rf .whl && mkdir .whl
 platforms=()
 for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do

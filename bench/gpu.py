@@ -8,7 +8,9 @@ weights. Each configuration runs in its own process:
   (cold compile) and again with the cache it filled (warm compile).
 For each: setup seconds, seconds per image at 30 and 50 steps for each refine mode (median of
 --repeats), images per second at batch 4, peak VRAM; and once the floor of reading the weights
-files onto the GPU, for the cold start ratio.
+files onto the GPU, for the cold start ratio. The fast configuration also runs the fast modes'
+rows at 1024x1024 (bench/fast_modes.py: 30 steps plain, cache_interval 3, 4 Lightning steps;
+goal on an H100-class GPU: under 1.2 s plain, under 0.5 s with cache_interval 3).
 
     python bench/gpu.py --weights DIR [--repeats 3] [--configs plain,fast,compiled]
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 from common import median, sync, write
+from fast_modes import measure, random_lora
 
 MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
 CONFIGS = {
@@ -39,13 +42,14 @@ CONFIGS = {
 }
 
 
-def child(weights: Path, repeats: int, steps_list: list[int]) -> dict:
+def child(weights: Path, repeats: int, steps_list: list[int], fast_modes: bool) -> dict:
     from sdxl.core.request import Request
     from sdxl.engine import Engine, EngineSettings
     from sdxl.settings import Runtime
 
+    loras = Path(tempfile.mkdtemp()) / "loras"
     started = time.perf_counter()
-    engine = Engine(Runtime.from_env(), EngineSettings())
+    engine = Engine(Runtime.from_env(), EngineSettings(lora_dir=loras))
     engine.load()
     sync()
     out: dict = {"setup_s": time.perf_counter() - started, "per_image_s": {}}
@@ -75,6 +79,9 @@ def child(weights: Path, repeats: int, steps_list: list[int]) -> dict:
     sync()
     out["images_per_s_batch4"] = 4 / (time.perf_counter() - t)
     out["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if fast_modes:  # bench/fast_modes.py's rows at 1024x1024: plain, cache_interval 3, 4 steps
+        random_lora(engine.models.base.unet, loras)
+        out["fast_modes"] = measure(engine, 1024, repeats)
     engine.close()
     return out
 
@@ -103,10 +110,11 @@ def main() -> int:
     parser.add_argument("--configs", default="plain,fast,compiled")
     parser.add_argument("--out", type=Path, help="also write the record here")
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--fast-modes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     if args.child:
-        print(json.dumps(child(args.weights, args.repeats, steps)))
+        print(json.dumps(child(args.weights, args.repeats, steps, args.fast_modes)))
         return 0
     if not torch.cuda.is_available():
         print("bench/gpu.py needs a CUDA GPU", file=sys.stderr)
@@ -124,7 +132,8 @@ def main() -> int:
     for label, env in runs:
         child_env = {**os.environ, "SDXL_WEIGHTS_DIR": str(args.weights), **env}
         child_env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
-        done = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
+        extra = ["--fast-modes"] if label == "fast" else []
+        done = subprocess.run(cmd + extra, env=child_env, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{label}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
             record[label] = {"error": done.stderr[-2000:]}
@@ -137,6 +146,8 @@ def main() -> int:
         )
         for key, seconds in result["per_image_s"].items():
             print(f"    {key:34} {seconds:6.3f} s")
+        for key, row in result.get("fast_modes", {}).items():
+            print(f"    {key:34} {row['seconds']:6.3f} s  {row['speedup']:.2f}x plain")
     fast = record.get("fast", {})
     if "setup_s" in fast:
         record["cold_start_ratio"] = fast["setup_s"] / record["floor_s"]

@@ -45,6 +45,8 @@ SCHEDULERS = (
     "K_EULER_ANCESTRAL",
     "K_EULER",
     "PNDM",
+    "LCM",  # few-step: for LCM-LoRA and distilled LoRAs (at most 50 steps)
+    "TCD",  # few-step: for TCD and Hyper-SD LoRAs (at most 50 steps)
 )
 REFINE_MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -115,6 +117,9 @@ COG_INPUTS: dict[str, InputSpec] = {
     "disable_safety_checker": InputSpec("boolean", False),
     "output_format": InputSpec("string", "png", choices=OUTPUT_FORMATS),
     "output_quality": InputSpec("integer", 80, 1, 100),
+    # DeepCache: the UNet's deep features are computed every this many steps, reused between
+    # (1: off). About 2.3-2.6x fewer UNet FLOPs at 3, with a small cost in quality.
+    "cache_interval": InputSpec("integer", 1, 1, 10),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {

@@ -1,6 +1,7 @@
-"""State isolation: after a long random sequence of predictions (modes, schedulers, LoRAs on and
-off with resident adapters switching, a fine-tuned UNet, trained tokens, the watermark on and
-off, failures and cancellations), a fixed probe gives the same bytes as on a fresh server."""
+"""State isolation: after a long random sequence of predictions (modes, schedulers, DeepCache,
+LoRAs on and off with resident adapters switching, a fine-tuned UNet, trained tokens, the
+watermark on and off, failures and cancellations), a fixed probe gives the same bytes as on a
+fresh server."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ PROBE |= {"num_inference_steps": 4, "refine": "expert_ensemble_refiner"}
 DATACRUNCH_PROBE = {"prompt": "a cat <s0>", "width": 256, "height": 256, "seed": 5}
 DATACRUNCH_PROBE |= {"num_inference_steps": 4}
 SCHEDULERS = ["DDIM", "DPMSolverMultistep", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
+SCHEDULERS += ["LCM", "TCD"]
 
 
 def tar(members: dict[str, bytes]) -> bytes:
@@ -109,6 +111,9 @@ def random_step(server, rng: random.Random, weights: str) -> str:
         "refine": rng.choice(["no_refiner", "expert_ensemble_refiner", "base_image_refiner"])
     }
     inputs |= {"refine_steps": 2, "timestep_spacing": rng.choice(["leading", "trailing", None])}
+    inputs |= {"cache_interval": rng.choice([1, 1, 2, 3])}  # DeepCache patches module forwards
+    if inputs["refine"] == "expert_ensemble_refiner":
+        inputs["num_inference_steps"] = 8  # some schedulers leave the refiner no step at 3
     if kind == "trained":
         inputs["replicate_weights"] = (
             f"{weights}/{rng.choice(['a.tar', 'b.tar', 'c.safetensors', 'ft.tar'])}"

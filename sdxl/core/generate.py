@@ -23,6 +23,7 @@ from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.core import prompts
+from sdxl.core.deepcache import feature_cache
 from sdxl.core.image_input import ImageSource, load
 from sdxl.core.images import fit_image, fit_mask, keep_unmasked
 from sdxl.core.pipelines import Models
@@ -144,7 +145,8 @@ def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> list[Ima
         kwargs.update(mask_image=gen.mask, width=gen.width, height=gen.height)
     if req.refine == "expert_ensemble_refiner":
         kwargs["denoising_end"] = req.high_noise_frac
-    output = base(**kwargs).images
+    with feature_cache(base, req.cache_interval):
+        output = base(**kwargs).images
     if not refine:
         return output
     return _refine(models, gen, output, generators, on_step, compiled)
@@ -232,7 +234,8 @@ def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> 
         kwargs["denoising_start"] = req.high_noise_frac
     else:
         kwargs["strength"] = BASE_IMAGE_REFINER_STRENGTH
-    return refiner(**kwargs).images
+    with feature_cache(refiner, req.cache_interval):  # each stage caches its own features
+        return refiner(**kwargs).images
 
 
 def _scheduler(models: Models, req: Request, stage: str):

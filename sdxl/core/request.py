@@ -56,6 +56,7 @@ class Request:
     lora_scale: float = _default("lora_scale")
     replicate_weights: str | None = _default("replicate_weights")
     disable_safety_checker: bool = _default("disable_safety_checker")
+    cache_interval: int = _default("cache_interval")
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
 

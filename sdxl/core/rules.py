@@ -25,9 +25,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sdxl.config import ASPECT_RATIOS, INPUTS, NAMED_LORAS, SIZE_MULTIPLE
+from sdxl.config import (
+    ASPECT_RATIOS,
+    BASE_IMAGE_REFINER_STRENGTH,
+    INPUTS,
+    NAMED_LORAS,
+    SIZE_MULTIPLE,
+)
 from sdxl.core.image_input import ImageSource, bytes_source, source_from_text
 from sdxl.core.request import Request
+from sdxl.core.schedulers import check_few_step, refiner_schedule_for
 from sdxl.core.surface import (
     UNSET,
     Checked,
@@ -83,10 +90,27 @@ def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Check
         values = _engine_values(parsed, surface)
     except InputError as err:
         raise InvalidInputs([surface.problem(err)]) from None
-    problems = [surface.problem(err) for err in _over_caps(values, caps)]
+    problems = [surface.problem(err) for err in (*_over_caps(values, caps), *_few_step(values))]
     if problems:
         raise InvalidInputs(problems)
     return Checked(values, given)
+
+
+def _few_step(values: Mapping[str, Any]) -> list[InputError]:
+    """LCM's and TCD's step limit, on the steps that apply to this request."""
+    name = _value(values, "scheduler")
+    checks = [("num_inference_steps", _value(values, "num_inference_steps"), None)]
+    if _value(values, "refine") == "base_image_refiner":
+        wanted = _value(values, "refine_steps") or _value(values, "num_inference_steps")
+        schedule = refiner_schedule_for(wanted, BASE_IMAGE_REFINER_STRENGTH)
+        checks.append(("refine_steps", schedule, wanted))
+    found = []
+    for field, steps, wanted in checks:
+        try:
+            check_few_step(name, steps, field, wanted, BASE_IMAGE_REFINER_STRENGTH)
+        except InputError as err:
+            found.append(err)
+    return found
 
 
 def _unknown(name: str, surface: Surface) -> Problem:

@@ -12,6 +12,9 @@ from sdxl.errors import InputError
 class SchedulerSpec:
     class_name: str
     options: dict = field(default_factory=dict)
+    # Its own timesteps (a consistency model's): timestep_spacing is ignored, and it takes at
+    # most its original_inference_steps (diffusers' default, 50) steps.
+    few_step: bool = False
 
 
 # Names as Replicate's stability-ai/sdxl spells them.
@@ -23,20 +26,24 @@ SCHEDULER_TABLE: dict[str, SchedulerSpec] = {
     "K_EULER_ANCESTRAL": SchedulerSpec("EulerAncestralDiscreteScheduler"),
     "K_EULER": SchedulerSpec("EulerDiscreteScheduler"),
     "PNDM": SchedulerSpec("PNDMScheduler"),
+    "LCM": SchedulerSpec("LCMScheduler", few_step=True),
+    "TCD": SchedulerSpec("TCDScheduler", few_step=True),
 }
+FEW_STEP_MAX = 50  # LCMScheduler's and TCDScheduler's original_inference_steps
 
 
 def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | None = None) -> Any:
     """A new scheduler of `name`, configured from `pristine_config` and nothing else.
 
-    `timestep_spacing=None` keeps the config's own spacing. Options of the table win over
-    the config (KarrasDPM always uses Karras sigmas, whatever the config says).
+    `timestep_spacing=None` keeps the config's own spacing (LCM and TCD have their own
+    timesteps and ignore it). Options of the table win over the config (KarrasDPM always uses
+    Karras sigmas, whatever the config says).
     """
     import diffusers
 
     spec = SCHEDULER_TABLE[name]
     overrides: dict[str, Any] = dict(spec.options)
-    if timestep_spacing is not None:
+    if timestep_spacing is not None and not spec.few_step:
         overrides["timestep_spacing"] = timestep_spacing
     cls = getattr(diffusers, spec.class_name)
     return cls.from_config(pristine_config, **overrides)
@@ -87,6 +94,7 @@ def plan_steps(
 
     `strength` is None for text to image, else img2img/inpaint strength.
     """
+    check_few_step(name, steps, "num_inference_steps")
     timesteps, order = _timesteps(name, base_config, spacing, steps)
     if strength is not None:
         kept = min(int(steps * strength), steps)
@@ -104,8 +112,32 @@ def plan_steps(
     if refine == "base_image_refiner":
         wanted = steps if refine_steps is None else refine_steps
         schedule = refiner_schedule_for(wanted, refine_strength)
+        check_few_step(name, schedule, "refine_steps", wanted, refine_strength)
         return StepPlan(len(timesteps), wanted, schedule)
     return StepPlan(len(timesteps))
+
+
+def check_few_step(
+    name: str, steps: int, field: str, wanted: int | None = None, strength: float = 0.3
+) -> None:
+    """LCM and TCD schedule at most FEW_STEP_MAX steps (diffusers raises a ValueError past
+    them). `wanted`: the refine_steps whose refiner schedule is `steps`."""
+    if not SCHEDULER_TABLE[name].few_step or steps <= FEW_STEP_MAX:
+        return
+    if wanted is None:
+        template = (
+            "{field} is more than the {scheduler} scheduler takes: at most {limit} (its "
+            "original_inference_steps); few-step schedulers run 1-8 steps"
+        )
+        words = {"scheduler": name, "limit": FEW_STEP_MAX}
+        raise StepPlanError(template, field, steps, words=words)
+    fewer = max(w for w in range(1, wanted) if refiner_schedule_for(w, strength) <= FEW_STEP_MAX)
+    template = (
+        "{field} makes the refiner schedule {steps} steps with the {scheduler} scheduler, which "
+        "takes at most {limit} (its original_inference_steps); use {fewer} or fewer"
+    )
+    words = {"steps": steps, "scheduler": name, "limit": FEW_STEP_MAX, "fewer": fewer}
+    raise StepPlanError(template, field, wanted, words=words)
 
 
 def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fraction) -> StepPlan:

@@ -128,9 +128,10 @@ class Runner:
 
     def _compiled(self, job: Job) -> dict | None:
         """Compiled modules for this job, if it has a compiled shape and no LoRA layer is in
-        the UNet (peft's wrappers change the graph the modules were compiled for)."""
+        the UNet (peft's wrappers change the graph the modules were compiled for), and no
+        feature cache (DeepCache patches the eager modules' forward)."""
         compiled = self.models.compiled
-        if compiled is None:
+        if compiled is None or job.request.cache_interval > 1:
             return None
         trained = job.weights is not None or bool(self.resident.loras)
         return compiled.modules_for(job.generation, trained)

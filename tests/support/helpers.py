@@ -38,6 +38,8 @@ REFERENCE_SCHEDULERS = {
     "K_EULER_ANCESTRAL": ("EulerAncestralDiscreteScheduler", {}),
     "K_EULER": ("EulerDiscreteScheduler", {}),
     "PNDM": ("PNDMScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
 }
 
 
@@ -55,7 +57,18 @@ def reference_scheduler(pipe, name: str, **extra):
 
 def with_scheduler(pipe, scheduler):
     """A copy of a diffusers pipeline object with another scheduler (the original untouched)."""
-    return pipe.__class__(**{**pipe.components, "scheduler": scheduler}, add_watermarker=False)
+    return copied(pipe, scheduler=scheduler)
+
+
+def copied(pipe, **components):
+    """A copy of a diffusers pipeline object with some components replaced, its options kept
+    (the refiner's requires_aesthetics_score, ...)."""
+    options = {
+        name: pipe.config[name]
+        for name in ("requires_aesthetics_score", "force_zeros_for_empty_prompt")
+        if name in pipe.config
+    }
+    return pipe.__class__(**{**pipe.components, **components}, **options, add_watermarker=False)
 
 
 def pixels(img: Image.Image) -> np.ndarray:

@@ -25,6 +25,8 @@ SAMPLERS = {
     "DDIM": ("DDIM", None),
     "Heun": ("HeunDiscrete", None),
     "PLMS": ("PNDM", None),
+    "LCM": ("LCM", None),
+    "TCD": ("TCD", None),
 }
 SAMPLER_ALIASES = {
     "Euler a": ["k_euler_a", "k_euler_ancestral"],
@@ -33,6 +35,8 @@ SAMPLER_ALIASES = {
     "DDIM": ["ddim"],
     "Heun": ["k_heun"],
     "PLMS": ["plms"],
+    "LCM": ["k_lcm"],
+    "TCD": ["tcd"],
 }
 MAX_N_ITER = 100  # batches of one request (SDXL_MAX_OUTPUTS bounds batch_size x n_iter)
 FALLBACK_SAMPLER = "DPM++ 2M"  # A1111 runs its first sampler for a name it does not have
@@ -123,6 +127,7 @@ def _fields(img2img: bool) -> tuple[Field, ...]:
         # Extensions of this server: the predictor's inputs that A1111 has no field for.
         Field("disable_safety_checker", "disable_safety_checker"),
         Field("apply_watermark", "apply_watermark"),
+        Field("cache_interval", "cache_interval"),
     ]
     ignored = IGNORED
     if img2img:

@@ -23,6 +23,8 @@ SCHEDULERS = {
     "KarrasDPM": "KarrasDPM",
     "PNDM": "PNDM",
     "HeunDiscrete": "HeunDiscrete",
+    "LCM": "LCM",  # extensions of this API: the few-step schedulers
+    "TCD": "TCD",
 }
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 SIZE_NOTE = "a multiple of 8. `aspect_ratio` sets it too."
@@ -180,6 +182,13 @@ FIELDS = (
         default="png",
         choices=OUTPUT_FORMATS,
         description="Encoding of the returned images (an extension of this API).",
+    ),
+    Field(
+        "cache_interval",
+        "cache_interval",
+        default=1,
+        description="DeepCache: the UNet's deep features are computed every this many steps "
+        "and reused between (1: off; 3 is about 2x faster). An extension of this API.",
     ),
 )
 
