@@ -136,11 +136,11 @@ def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        inputs = {**SMALL, "num_inference_steps": 40}
+        running = {**SMALL, "num_inference_steps": 40}  # holds the GPU while SIGTERM arrives
         ids = [
             requests.post(
                 server.base + "/v1/predictions",
-                json={"version": GUIDE_VERSION, "input": {**inputs, "seed": i}},
+                json={"version": GUIDE_VERSION, "input": {**(SMALL if i else running), "seed": i}},
                 headers=AUTH,
                 timeout=30,
             ).json()["id"]

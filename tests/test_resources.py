@@ -1,6 +1,6 @@
 """Resources over many predictions: memory does not grow, and temp files, output folders
 (coglet's per-prediction folders included) and stored predictions stay within their bounds.
-Real servers on loopback, 200 predictions each, the tiny model."""
+Real servers on loopback, 200 predictions each, the tiny model: about 80 s, so in the slow tier."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from support.cog_server import start_server
 
 from sdxl.cog.outputs import COGLET_PREDICTIONS, KEEP_COGLET_FOLDERS
 
-pytestmark = pytest.mark.http
+pytestmark = [pytest.mark.http, pytest.mark.slow]
 
 PREDICTIONS = 200
 WARM = 20  # predictions before the first measurement: allocator caches filled

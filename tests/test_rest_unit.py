@@ -76,7 +76,8 @@ def test_every_documented_field_is_in_the_schema():
         "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
-    assert set(DATACRUNCH.by_name) == {*documented, "output_format"}
+    extensions = {"output_format", "cache_interval"}  # ours: the format out, DeepCache
+    assert set(DATACRUNCH.by_name) == {*documented, *extensions}
 
 
 def test_names_map_to_the_engine():
@@ -123,7 +124,7 @@ def test_ensemble_and_refiner_together_is_an_error_naming_both():
 
 
 def test_scheduler_aliases_cover_the_document_and_the_engine():
-    assert set(SCHEDULERS) == DOCUMENTED_SCHEDULERS
+    assert set(SCHEDULERS) == DOCUMENTED_SCHEDULERS | {"LCM", "TCD"}  # ours: few-step LoRAs
     assert set(SCHEDULERS.values()) == set(ENGINE_SCHEDULERS)
     assert to_engine_request(body(scheduler="EulerA")).scheduler == "K_EULER_ANCESTRAL"
 

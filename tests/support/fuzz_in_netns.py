@@ -1,10 +1,12 @@
 """Run one server and schemathesis against it, inside a network namespace with only loopback.
 
-    unshare -n python tests/support/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR EXAMPLES [SECONDS]
+    unshare -n python tests/support/fuzz_in_netns.py {cog|api} WEIGHTS WORKDIR EXAMPLES \
+        [SECONDS [PHASES]]
 
 (tests/test_fuzz.py runs it.) It first proves that nothing beyond loopback can be reached,
 brings loopback up, starts `python -m sdxl serve` or `python -m sdxl api` with low caps,
-fuzzes every operation of the server's own OpenAPI document (positive and negative cases),
+fuzzes every operation of the server's own OpenAPI document (positive and negative cases; by
+default every schemathesis phase: coverage, fuzzing, stateful),
 then checks that the server still answers. Prints one JSON line: the run's summary.
 """
 
@@ -50,6 +52,7 @@ def wait(url: str, headers: dict, seconds: float = 180) -> None:
 def main() -> int:
     kind, weights, workdir, examples = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     seconds = int(sys.argv[5]) if len(sys.argv) > 5 else 900  # the fuzzer's own bound
+    phases = sys.argv[6] if len(sys.argv) > 6 else "coverage,fuzzing,stateful"
     assert isolated(), "outbound connections are possible: refusing to fuzz"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     port = 8500
@@ -73,6 +76,7 @@ def main() -> int:
         wait(base + probe, headers)
         st = [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json"]
         st += ["--checks", "not_a_server_error,unsupported_method", "--mode", "all"]
+        st += ["--phases", phases]
         st += ["--max-examples", examples, "--generation-database", "none", "--workers", "1"]
         st += ["--request-timeout", "120", "--no-color", "--seed", "1"]
         st += ["--header", f"Authorization: Bearer {KEY}"]
