@@ -1,6 +1,7 @@
 """Replicas of one store watching each other (sdxl/api/replicate/replicas.py), on a real
-SQLite file: a replica that stops beating is settled by the others, and one that was only slow
-finds its claims gone and cannot run or end them a second time."""
+SQLite file: a replica that stops beating is settled by the others, one that was only slow
+finds its claims gone and cannot run or end them a second time, and a claim whose answer was
+lost is queued again."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 import pytest
 
 from sdxl.api.replicate.replicas import DEAD_MESSAGE, Replicas
-from sdxl.api.replicate.store import Store, new_id
+from sdxl.api.replicate.store import Store, StoreUnavailable, new_id
 from sdxl.api.settings import StoreLimits
+from sdxl.core.request import Request
+from sdxl.engine import Job, shared_queue
+from sdxl.engine.shared_queue import SharedQueue
 
 TIMEOUT_S = 0.3
 
@@ -82,3 +86,41 @@ def test_a_stopping_replica_hands_back_what_it_claimed_and_did_not_start(store):
     assert not store.started(claimed, "stopping")  # too late to start it: it is not its own
     assert not store.finish(claimed, "canceled", replica="stopping")  # nor to end it
     assert store.claim("another")["id"] == claimed
+
+
+class CommitsThenLosesTheAnswer:
+    """The real store, but the `lost`-th claim is committed and its answer lost, as when the
+    database goes away between the commit and the reply."""
+
+    def __init__(self, store: Store, lost: int):
+        self.store, self.lost, self.claims = store, lost, 0
+        self.shared = True
+
+    def claim(self, replica, tenant=None):
+        self.claims += 1
+        row = self.store.claim(replica, tenant)
+        if self.claims == self.lost:
+            raise StoreUnavailable("server closed the connection unexpectedly")
+        return row
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_claim_whose_answer_was_lost_is_queued_again_once_the_store_answers(store, monkeypatch):
+    monkeypatch.setattr(shared_queue, "STORE_RETRY_S", 0.2)  # then it asks the store again
+    ran_unwritten, lost, after = queued(store), queued(store), queued(store)
+    flaky = CommitsThenLosesTheAnswer(store, lost=2)
+    queue = SharedQueue(flaky, "replica", lambda row: Job(row["id"], Request(prompt="a")))
+    first = queue.claim(timeout=1)
+    assert first.id == ran_unwritten  # runs; its start is never written (the store is away)
+    first.future.set_result(None)  # it ended, its result not yet stored: no longer held
+    assert queue.claim(timeout=0) is None  # the claim of `lost` was committed, its answer lost
+    assert store.get(lost)["claimed_by"] == "replica"
+    # The store answers again: `lost` is queued again and claimed for real, in its turn; the
+    # one that ran keeps its claim (its result is stored under it), and nothing runs twice.
+    assert [queue.claim(timeout=5).id for _ in range(2)] == [lost, after]
+    assert store.get(ran_unwritten)["claimed_by"] == "replica"
+    assert store.get(ran_unwritten)["status"] == "starting"
+    assert store.finish(ran_unwritten, "succeeded", replica="replica", started_at=1.0)
+    assert store.get(ran_unwritten)["started_at"] == 1.0  # the start it could not write

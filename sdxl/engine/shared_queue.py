@@ -10,7 +10,9 @@ claim simply takes the older of the two heads.
 The engine asks for stored jobs only while it is ready and not draining (`stored=True`). On a
 shared store a replica claims at most one beyond the one it runs: it prepares (downloads) that
 one while the GPU works, and leaves the rest to replicas with a free GPU. When the engine
-stops, what it claimed and did not start goes back to the store (`release_claims`).
+stops, what it claimed and did not start goes back to the store (`release_claims`). A claim
+whose answer was lost (the database went away after committing it) is handed back once the store
+answers again, so it cannot stay claimed by a replica that never knew it had it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class JobStore(Protocol):
 
     def count_queued(self) -> int: ...
 
-    def release(self, replica: str) -> int: ...  # its claimed, unstarted rows queued again
+    def release(self, replica: str, *, since=None, keep=()) -> int: ...  # unstarted, requeued
 
 
 class SharedQueue:
@@ -56,6 +58,7 @@ class SharedQueue:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._store_failed_at = -STORE_RETRY_S
+        self._lost_claim_since: float | None = None  # a claim failed: it may be ours all the same
         # When this replica last took a job of each tenant (the store knows its own claims;
         # memory jobs only this replica knows).
         self._served: dict[str | None, float] = {}
@@ -115,17 +118,34 @@ class SharedQueue:
         if time.monotonic() - self._store_failed_at < STORE_RETRY_S:
             return []
         try:
-            return self.store.turns()
+            turns = self.store.turns()
+            if self._lost_claim_since is not None:
+                self._hand_back_lost_claims()
+                turns = self.store.turns()
+            return turns
         except Exception as err:  # the database is away
             self._store_failed(err)
             return []
 
     def _claim_from_store(self, tenant: str | None) -> dict | None:
+        attempted_at = time.time()  # the store stamps claimed_at later than this
         try:
             return self.store.claim(self.replica, tenant)
-        except Exception as err:
+        except Exception as err:  # it may have been committed all the same
+            if self._lost_claim_since is None:
+                self._lost_claim_since = attempted_at
             self._store_failed(err)
             return None
+
+    def _hand_back_lost_claims(self) -> None:
+        """Queue again what this replica claimed since its first failed claim and does not hold
+        (the claim thread's own: no claim of its own is under way meanwhile)."""
+        released = self.store.release(
+            self.replica, since=self._lost_claim_since, keep=self.local_ids()
+        )
+        self._lost_claim_since = None
+        if released:
+            log.info("%d predictions claimed while the store was away queued again", released)
 
     def _store_failed(self, err: Exception) -> None:
         self._store_failed_at = time.monotonic()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from sdxl.api.replicate.render import Renderer
-from sdxl.api.replicate.store import Store
+from sdxl.api.replicate.store import Store, StoreUnavailable
 from sdxl.api.replicate.webhooks import Webhooks
 
 
@@ -14,8 +16,12 @@ class Events:
         self.webhooks = webhooks
 
     def changed(self, prediction_id: str, event: str) -> None:
-        """`event` (start, logs, output, completed) happened to `prediction_id`."""
-        row = self.store.get(prediction_id)
+        """`event` (start, logs, output, completed) happened to `prediction_id`. While the store
+        is away, progress events are skipped (the completed one is sent once the result is
+        stored, which waits for the store)."""
+        row = None
+        with contextlib.suppress(StoreUnavailable):
+            row = self.store.get(prediction_id)
         if row is None or not row["webhook"]:
             return
         base = self.renderer.public_url or row.get("origin") or ""

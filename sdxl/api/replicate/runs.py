@@ -80,8 +80,11 @@ class StoredRuns:
         return job
 
     def _started(self, job: Job) -> None:
-        if not self.store.started(job.id, self.replica):
-            job.cancel(LOST_CLAIM)
+        try:
+            if not self.store.started(job.id, self.replica):
+                job.cancel(LOST_CLAIM)
+                return
+        except StoreUnavailable:  # it runs; its start is written with its end
             return
         self.events.changed(job.id, "start")
 
@@ -130,6 +133,7 @@ class StoredRuns:
                     logs=_text(job.logs),
                     images=images,
                     replica=self.replica,
+                    started_at=job.started_at,
                 )
             except StoreDiskFull as err:
                 if images:  # what is kept must fit: the failure, without the images

@@ -265,10 +265,14 @@ class Store(ReplicaRows, FileRows, Expiry):
         logs: str | None = None,
         images: list[tuple[str, str, bytes]] = (),
         replica: str | None = None,
+        started_at: float | None = None,
     ) -> bool:
         """End a prediction; `images` are (name, content type, bytes) of its outputs. Given
-        `replica`, only while that replica holds its claim. False if it had ended already."""
+        `replica`, only while that replica holds its claim. False if it had ended already.
+        `started_at` is kept where the start could not be written (the store was away)."""
         values: dict[str, Any] = {"status": status, "completed_at": time.time()}
+        if started_at is not None:
+            values["started_at"] = sa.func.coalesce(predictions.c.started_at, started_at)
         values.update(error=error, metrics=metrics, claimed_by=None)
         if logs is not None:
             values["logs"] = logs

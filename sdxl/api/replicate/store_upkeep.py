@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Collection
 
 import sqlalchemy as sa
 
@@ -75,15 +76,19 @@ class ReplicaRows:
         with self._tx() as conn:
             conn.execute(replicas.delete().where(replicas.c.name == replica))
 
-    def release(self, replica: str) -> int:
-        """`replica` stops: the predictions it claimed and did not start are queued again,
-        for another replica or the next start. How many."""
+    def release(
+        self, replica: str, *, since: float | None = None, keep: Collection[str] = ()
+    ) -> int:
+        """The predictions `replica` claimed and did not start are queued again, for another
+        replica or the next start: all of them when it stops; after a claim whose answer was
+        lost, those claimed at or after `since` but for `keep` (the ones it holds). How many."""
+        where = [predictions.c.claimed_by == replica, predictions.c.status == QUEUED]
+        if since is not None:
+            where.append(predictions.c.claimed_at >= since)
+        if keep:
+            where.append(predictions.c.id.not_in(list(keep)))
         with self._tx() as conn:
-            return conn.execute(
-                predictions.update()
-                .where(predictions.c.claimed_by == replica, predictions.c.status == QUEUED)
-                .values(claimed_by=None)
-            ).rowcount
+            return conn.execute(predictions.update().where(*where).values(claimed_by=None)).rowcount
 
     def recover(self, message: str) -> tuple[int, int]:
         """After a restart of the only replica: what was running failed, what was claimed
