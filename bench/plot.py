@@ -44,6 +44,12 @@ def rows() -> list[tuple[str, float, float, bool]]:
         for kind in ("lora", "fine-tune"):
             speedup = record[kind]["reloaded_over_resident"]
             out.append((f"second-call speed-up, resident {kind} (tiny)", speedup, 1.0, False))
+    for kind, name in (("full", "fast-modes"), ("tiny", "fast-modes-tiny")):
+        for label, row in (load(name) or {}).get("rows", {}).items():
+            if row.get("target"):
+                out.append(
+                    (f"{label} / plain 30 steps ({kind})", row["speedup"], row["target"], False)
+                )
     return out
 
 

@@ -288,6 +288,7 @@ def _replicate_guide_bodies(image_url: str, mask_url: str) -> list[dict]:
     ]
 
 
+@pytest.mark.slow  # 35 s of 1024² images; the same calls go verbatim to the Replicate API
 def test_replicate_guide_requests(server, receiver):
     for name, img in (
         ("/out-0-1.png", smooth_image(768, 768)),
