@@ -162,7 +162,9 @@ def test_expert_ensemble(engine, reference):
     assert_same_image(got, expected)
 
 
-def test_base_image_refiner_runs_refine_steps(engine, reference):
+def reference_base_image_refiner(reference, guidance_scale_refiner: float):
+    """diffusers' base, then its refiner for 3 steps at strength 0.3 (a schedule of 10:
+    int(10 * 0.3) == 3), as the product's base_image_refiner with refine_steps=3."""
     base, refiner = reference
     latents = base(
         prompt="a photo of a cat",
@@ -173,15 +175,18 @@ def test_base_image_refiner_runs_refine_steps(engine, reference):
         output_type="latent",
         generator=(g := generator(7)),
     ).images
-    # 3 refiner steps at strength 0.3 means a schedule of 10: int(10 * 0.3) == 3.
-    expected = refiner(
+    return refiner(
         prompt="a photo of a cat",
         image=latents,
         num_inference_steps=10,
         strength=0.3,
         generator=g,
-        guidance_scale=3.0,
+        guidance_scale=guidance_scale_refiner,
     ).images[0]
+
+
+def test_base_image_refiner_runs_refine_steps(engine, reference):
+    expected = reference_base_image_refiner(reference, 3.0)
     (got,) = run(engine, refine="base_image_refiner", refine_steps=3, guidance_scale_refiner=3.0)
     assert_same_image(got, expected)
 
@@ -219,24 +224,7 @@ def test_guidance_at_or_below_one_runs_no_classifier_free_guidance(engine, refer
 
 def test_the_refiner_at_guidance_one_as_datacrunch_defaults_it(engine, reference):
     """DataCrunch's guidance_scale_refiner defaults to 1.0: the refiner runs unguided."""
-    base, refiner = reference
-    latents = base(
-        prompt="a photo of a cat",
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        output_type="latent",
-        generator=(g := generator(7)),
-    ).images
-    expected = refiner(
-        prompt="a photo of a cat",
-        image=latents,
-        num_inference_steps=10,
-        strength=0.3,
-        generator=g,
-        guidance_scale=1.0,
-    ).images[0]
+    expected = reference_base_image_refiner(reference, 1.0)
     sizes, hook = unet_batches(engine.models.refiner.unet)
     try:
         (got,) = run(
