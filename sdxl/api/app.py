@@ -72,6 +72,7 @@ def create_app(
         await asyncio.to_thread(service.wait_idle)
         if api is not None:
             await asyncio.to_thread(api.runs.close)  # the last results stored
+            await asyncio.to_thread(api.webhooks.close)  # and their webhooks, briefly
             await asyncio.to_thread(api.housekeeping.stop)
 
     app = FastAPI(

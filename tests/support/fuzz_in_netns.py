@@ -81,7 +81,11 @@ def main() -> int:
         st += ["--request-timeout", "120", "--no-color", "--seed", "1"]
         st += ["--header", f"Authorization: Bearer {KEY}"]
         st += ["--report", "json", "--report-json-path", str(report)]
-        done = subprocess.run(st, cwd=workdir, capture_output=True, text=True, timeout=seconds)
+        hooks = {"SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(Path(__file__).parent)}
+        fuzz_env = {**os.environ, **hooks} if kind == "cog" else None
+        done = subprocess.run(
+            st, cwd=workdir, capture_output=True, text=True, timeout=seconds, env=fuzz_env
+        )
         wait(base + probe, headers, seconds=60)  # still answering after the run
     finally:
         server.terminate()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("start", "output", "logs", "completed")
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # then given up
+CLOSE_GRACE_S = 10.0  # at a stop, how long queued deliveries still get (one attempt each)
 TIMEOUT_S = 10.0
 
 
@@ -68,6 +69,9 @@ class Webhooks:
         self._lock = threading.Lock()
         self._pending: dict[str, deque[_Delivery]] = {}
         self.given_up = 0
+        self._stopping = threading.Event()  # no more retries
+        self._abandoned = threading.Event()  # what is still queued is dropped
+        self._sending: set[str] = set()  # predictions whose first queued delivery is under way
 
     def secret_for(self, tenant: str | None) -> str:
         """The secret `tenant`'s webhooks are signed with: its own, derived from the server's,
@@ -104,17 +108,39 @@ class Webhooks:
             else:
                 queue.append(delivery)
 
+    def close(self, timeout: float = CLOSE_GRACE_S) -> None:
+        """The server stops: queued deliveries get one attempt each for `timeout` seconds, no
+        retries; what is left then is given up (logged), so hostile receivers cannot hold the
+        stop (the process waits for this pool's threads at exit)."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            self._abandoned.set()
+            queued = sum(len(queue) for queue in self._pending.values())
+            left = queued - len(self._sending)  # those under way count themselves
+            self.given_up += left
+        if left:
+            log.warning("the server stopped: gave up %d queued webhook deliveries", left)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def _drain(self, prediction_id: str) -> None:
         while True:
             with self._lock:
                 queue = self._pending[prediction_id]
-                if not queue:
+                if not queue or self._abandoned.is_set():  # close() counted what is left
                     del self._pending[prediction_id]
                     return
                 delivery = queue[0]
+                self._sending.add(prediction_id)
             self._deliver(prediction_id, delivery)
             with self._lock:
                 self._pending[prediction_id].popleft()
+                self._sending.discard(prediction_id)
 
     def _deliver(self, prediction_id: str, delivery: _Delivery) -> None:
         body = json.dumps(delivery.payload()).encode()
@@ -128,8 +154,8 @@ class Webhooks:
                 return
             if why.startswith("HTTP 4") and why != "HTTP 429":
                 break  # the receiver refuses it: retrying would not help
-            if delay is not None:
-                time.sleep(delay)
+            if delay is None or self._stopping.wait(delay):  # a stopping server stops retrying
+                break
         self.given_up += 1
         log.warning(
             "gave up the %s webhook of prediction %s to %s after %d attempts (%s)",
