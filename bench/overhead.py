@@ -113,9 +113,9 @@ def png_levels(size: int) -> dict:
     return out
 
 
-def previews_only(engine, args, name: str) -> int:
-    """The previews row alone, added to the record the last full run wrote."""
-    req = Request(
+def bench_request(args, **refine) -> Request:
+    """The measured request: watermark and safety checker off (timed apart)."""
+    return Request(
         prompt="A studio portrait photo of a cat",
         width=args.size,
         height=args.size,
@@ -123,7 +123,13 @@ def previews_only(engine, args, name: str) -> int:
         seed=1,
         apply_watermark=False,
         disable_safety_checker=True,
+        **refine,
     )
+
+
+def previews_only(engine, args, name: str) -> int:
+    """The previews row alone, added to the record the last full run wrote."""
+    req = bench_request(args)
     product_call(engine, req)  # warm
     found = previews_ratio(engine, req, 1, args.repeats)
     print(
@@ -162,17 +168,7 @@ def main() -> int:
     record |= {"size": args.size, "steps": args.steps, "dtype": str(models.dtype), "modes": {}}
     print(f"{'refine':26} {'product s':>10} {'bare s':>8} {'ratio':>6}")
     for mode in args.modes.split(","):
-        req = Request(
-            prompt="A studio portrait photo of a cat",
-            width=args.size,
-            height=args.size,
-            num_inference_steps=args.steps,
-            seed=1,
-            refine=mode,
-            refine_steps=max(1, args.steps // 3),
-            apply_watermark=False,
-            disable_safety_checker=True,
-        )
+        req = bench_request(args, refine=mode, refine_steps=max(1, args.steps // 3))
         product_call(engine, req), bare_call(models, req)  # warm both
         product, bare = [], []
         for _ in range(args.repeats):  # interleaved

@@ -117,22 +117,20 @@ def test_replicate_api(server):
     print(f"Replicate API: {count} malformed numbers over {len(fields)} inputs")
 
 
-def test_datacrunch_endpoint(server, schema):
-    props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+@pytest.mark.parametrize(
+    ("body_schema", "path", "shape"),
+    [
+        ("GenerateRequest", "/v1/images/stable-diffusion-xl/generate", "datacrunch"),
+        ("ImageGenerationRequest", "/v1/images/generations", "openai"),
+    ],
+    ids=["datacrunch", "openai_generations"],
+)
+def test_json_endpoint(server, schema, body_schema, path, shape):
+    props = schema["components"]["schemas"][body_schema]["properties"]
     fields = numeric_fields(props, schema)
     with requests.Session() as session:
-        url = server.base + "/v1/images/stable-diffusion-xl/generate"
-        count = run_matrix(session, url, {"prompt": "a cat"}, fields, "datacrunch")
-    print(f"DataCrunch endpoint: {count} malformed numbers over {len(fields)} inputs")
-
-
-def test_openai_generations(server, schema):
-    props = schema["components"]["schemas"]["ImageGenerationRequest"]["properties"]
-    fields = numeric_fields(props, schema)
-    with requests.Session() as session:
-        url = server.base + "/v1/images/generations"
-        count = run_matrix(session, url, {"prompt": "a cat"}, fields, "openai")
-    print(f"OpenAI generations: {count} malformed numbers over {len(fields)} inputs")
+        count = run_matrix(session, server.base + path, {"prompt": "a cat"}, fields, shape)
+    print(f"{path}: {count} malformed numbers over {len(fields)} inputs")
 
 
 def test_openai_edits_as_form_text(server, schema):

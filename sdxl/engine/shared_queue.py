@@ -118,11 +118,9 @@ class SharedQueue:
         if time.monotonic() - self._store_failed_at < STORE_RETRY_S:
             return []
         try:
-            turns = self.store.turns()
             if self._lost_claim_since is not None:
                 self._hand_back_lost_claims()
-                turns = self.store.turns()
-            return turns
+            return self.store.turns()
         except Exception as err:  # the database is away
             self._store_failed(err)
             return []
