@@ -27,10 +27,10 @@ import torch
 from common import weights_or_tiny, write
 from safetensors.torch import save
 
-from sdxl.core.request import Request
+from sdxl.adapters.fetch import DownloadCache
 from sdxl.engine import Engine, EngineSettings
+from sdxl.inputs.request import Request
 from sdxl.settings import FetchSettings, Runtime
-from sdxl.trained.fetch import DownloadCache
 
 
 def trainer_tar(models, kind: str) -> bytes:
@@ -75,12 +75,12 @@ def interleaved_calls(engines: dict[str, Engine], request: Request, calls: int) 
 
 def full_size_copy(weights: Path, calls: int) -> dict:
     """A fine-tune copied into SDXL's base UNet and put back, as a call without a resident UNet
-    does it (sdxl.trained.session), at full size: bytes each way and seconds."""
+    does it (sdxl.adapters.session), at full size: bytes each way and seconds."""
     from types import SimpleNamespace
 
     from diffusers import UNet2DConditionModel
 
-    from sdxl.trained.session import Session
+    from sdxl.adapters.session import Session
 
     unet = UNet2DConditionModel.from_pretrained(
         weights / "base" / "unet", torch_dtype=torch.bfloat16

@@ -21,8 +21,8 @@ import torch
 from common import median, sync, write
 from safetensors.torch import load_file
 
-from sdxl.core.loading import load_models
-from sdxl.core.pipelines import pick_device, pick_dtype
+from sdxl.model.loading import load_models
+from sdxl.model.pipelines import pick_device, pick_dtype
 from sdxl.settings import Runtime
 
 

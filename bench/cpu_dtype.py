@@ -56,7 +56,7 @@ def unet_step(weights: Path, dtype: str, channels_last: bool) -> float:
 
 
 def product_generation(weights: Path, steps: int) -> tuple[float, bytes, str]:
-    from sdxl.core.request import Request
+    from sdxl.inputs.request import Request
 
     engine = loaded_engine(weights)
     request = Request(
@@ -135,7 +135,7 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    from sdxl.core.fast import auto_dtype
+    from sdxl.model.fast import auto_dtype
 
     product_dtype = str(auto_dtype(torch.device("cpu"))).removeprefix("torch.")
     weights = ["--weights", str(args.weights)]

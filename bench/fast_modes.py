@@ -88,7 +88,7 @@ class Counts:
 
 def measure(engine, size: int, rounds: int) -> dict:
     """Each recipe's median seconds per image, its calls, and its speed-up over plain."""
-    from sdxl.core.request import Request
+    from sdxl.inputs.request import Request
 
     def request(recipe: dict) -> Request:
         base = {"prompt": "A studio portrait photo of a cat", "width": size, "height": size}

@@ -20,9 +20,9 @@ import torch
 from common import sync
 
 from sdxl.config import REFINE_MODES
-from sdxl.core.generate import generate
-from sdxl.core.loading import load_models
-from sdxl.core.request import Request
+from sdxl.generate.phases import generate
+from sdxl.inputs.request import Request
+from sdxl.model.loading import load_models
 from sdxl.settings import Runtime
 
 

@@ -43,8 +43,8 @@ CONFIGS = {
 
 
 def child(weights: Path, repeats: int, steps_list: list[int], fast_modes: bool) -> dict:
-    from sdxl.core.request import Request
     from sdxl.engine import Engine, EngineSettings
+    from sdxl.inputs.request import Request
     from sdxl.settings import Runtime
 
     loras = Path(tempfile.mkdtemp()) / "loras"

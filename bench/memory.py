@@ -24,8 +24,8 @@ import torch
 from common import loaded_engine, reset_rss_peak, rss_bytes, rss_peak_bytes, weights_or_tiny, write
 from safetensors import safe_open
 
-from sdxl.core.fast import parameter_bytes
-from sdxl.core.request import Request
+from sdxl.inputs.request import Request
+from sdxl.model.fast import parameter_bytes
 
 
 def safetensors_bytes(root: Path, element_size: int) -> int:

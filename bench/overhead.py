@@ -27,10 +27,10 @@ from common import RESULTS, loaded_engine, median, timed, weights_or_tiny, write
 from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, REFINE_MODES
-from sdxl.core.image_output import PNG_COMPRESS_LEVEL, encode_outputs
-from sdxl.core.request import Request
-from sdxl.core.schedulers import refiner_schedule_for
 from sdxl.engine import Engine
+from sdxl.generate.schedulers import refiner_schedule_for
+from sdxl.images.outputs import PNG_COMPRESS_LEVEL, encode_outputs
+from sdxl.inputs.request import Request
 
 OUTPUT_FORMAT = "png"
 
@@ -196,7 +196,7 @@ def main() -> int:
             disable_safety_checker=True,
         )
     ).images
-    from sdxl.core.watermark import apply_watermark
+    from sdxl.generate.watermark import apply_watermark
 
     record["watermark_s"] = median([timed(lambda: apply_watermark(image)) for _ in range(5)])
     record["safety_checker_s"] = median(

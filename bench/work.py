@@ -20,7 +20,7 @@ from pathlib import Path
 from common import loaded_engine, weights_or_tiny, write
 from PIL import Image
 
-from sdxl.core.request import Request
+from sdxl.inputs.request import Request
 
 IMAGES = 2
 STEPS = 10

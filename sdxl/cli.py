@@ -51,8 +51,8 @@ def _weights_download(args: argparse.Namespace) -> int:
 def _warmup(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sdxl.core.compiled import use_cache_dir
-    from sdxl.core.loading import load_models
+    from sdxl.model.compiled import use_cache_dir
+    from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
 
     runtime = dataclasses.replace(Runtime.from_env(), compile=True, warmup="1")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
     schema.set_defaults(func=_schema)
 
-    # `api` takes its own options (see sdxl.api.server); main() hands them over untouched.
+    # `api` takes its own options (see sdxl.http.server); main() hands them over untouched.
     commands.add_parser("api", help="the REST API: POST /v1/images/stable-diffusion-xl/generate")
     return parser
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["api"]:
-        from sdxl.api.server import main as api_main
+        from sdxl.http.server import main as api_main
 
         return api_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

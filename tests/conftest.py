@@ -67,7 +67,7 @@ def runtime_for_tests(weights: Path):
 
 
 def load_tiny(weights: Path):
-    from sdxl.core.loading import load_models
+    from sdxl.model.loading import load_models
 
     return load_models(runtime_for_tests(weights))
 

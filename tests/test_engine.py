@@ -17,7 +17,9 @@ from support.files import Files
 from support.helpers import wait_until
 from support.loras import old_format_lora, trained_token_files
 
-from sdxl.core.request import Request
+from sdxl.adapters.fetch import DownloadCache
+from sdxl.adapters.resident import ResidentWeights
+from sdxl.adapters.staging import HostBudget
 from sdxl.engine import (
     DeadlineExceeded,
     EngineBroken,
@@ -27,10 +29,8 @@ from sdxl.engine import (
     OutOfMemory,
 )
 from sdxl.engine.jobs import Job
+from sdxl.inputs.request import Request
 from sdxl.settings import FetchSettings
-from sdxl.trained.fetch import DownloadCache
-from sdxl.trained.resident import ResidentWeights
-from sdxl.trained.staging import HostBudget
 
 SIZE = 256
 

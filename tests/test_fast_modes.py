@@ -24,10 +24,10 @@ from support.helpers import (
 )
 from support.loras import kohya_lora, save_safetensors
 
-from sdxl.api.replicate.inputs import REPLICATE
-from sdxl.core.request import Request
-from sdxl.core.rules import check_fields
-from sdxl.core.surface import InvalidInputs
+from sdxl.http.replicate.inputs import REPLICATE
+from sdxl.inputs.request import Request
+from sdxl.inputs.rules import check_fields
+from sdxl.inputs.surface import InvalidInputs
 from sdxl.settings import Caps
 
 SIZE = 256

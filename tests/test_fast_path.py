@@ -1,4 +1,4 @@
-"""Each switch of the fast path (sdxl.core.fast), forced on the CPU where it can run, against
+"""Each switch of the fast path (sdxl.model.fast), forced on the CPU where it can run, against
 the plain modules: same images within a stated tolerance, weights held once, flags undone."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from conftest import load_tiny, start_engine
 from safetensors import safe_open
 
-from sdxl.core import fast
-from sdxl.core.loading import load_models
-from sdxl.core.request import Request
+from sdxl.inputs.request import Request
+from sdxl.model import fast
+from sdxl.model.loading import load_models
 from sdxl.settings import Runtime
 
 SIZE = 256
@@ -131,7 +131,7 @@ def test_a_vae_that_wants_float32_is_refused_in_float16(tiny_weights, tmp_path):
 
 
 def test_warm_up_runs_each_stage_once_in_setup(tiny_weights, monkeypatch):
-    from sdxl.core import loading
+    from sdxl.model import loading
 
     calls = []
     real = loading.warm_up

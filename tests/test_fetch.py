@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sdxl.adapters.fetch import DownloadCache, FetchError
 from sdxl.errors import InputError
 from sdxl.net import http_get
 from sdxl.net.urls import redact
 from sdxl.settings import FetchSettings, parse_size
-from sdxl.trained.fetch import DownloadCache, FetchError
 
 KB = 1024
 

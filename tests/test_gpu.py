@@ -18,9 +18,9 @@ import pytest
 import torch
 from support.helpers import pixels
 
-from sdxl.core.generate import generate
-from sdxl.core.loading import load_models
-from sdxl.core.request import Request
+from sdxl.generate.phases import generate
+from sdxl.inputs.request import Request
+from sdxl.model.loading import load_models
 from sdxl.settings import Runtime
 
 pytestmark = [

@@ -8,11 +8,11 @@ from support.helpers import half_mask, save, smooth_image
 
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.cog.inputs import COG
-from sdxl.core.image_input import ImageSource
-from sdxl.core.request import Request
-from sdxl.core.rules import check_fields, check_request
-from sdxl.core.schedulers import StepPlanError, plan_steps, refiner_schedule_for
 from sdxl.errors import InputError
+from sdxl.generate.schedulers import StepPlanError, plan_steps, refiner_schedule_for
+from sdxl.images.inputs import ImageSource
+from sdxl.inputs.request import Request
+from sdxl.inputs.rules import check_fields, check_request
 from sdxl.settings import Caps
 
 BAD = [

@@ -32,15 +32,15 @@ from support.loras import (
     write_tar,
 )
 
+from sdxl.adapters.fetch import DownloadCache
+from sdxl.adapters.lora import LoraError, convert_old_lora
+from sdxl.adapters.staging import stage_weights
+from sdxl.adapters.tar import TrainedWeightsError
 from sdxl.builders.random_lora import random_kohya_lora
-from sdxl.core.request import AdapterSpec, Request
-from sdxl.core.rules import check_adapter_names
 from sdxl.errors import InputError
+from sdxl.inputs.request import AdapterSpec, Request
+from sdxl.inputs.rules import check_adapter_names
 from sdxl.settings import FetchSettings
-from sdxl.trained.fetch import DownloadCache
-from sdxl.trained.lora import LoraError, convert_old_lora
-from sdxl.trained.staging import stage_weights
-from sdxl.trained.tar import TrainedWeightsError
 
 TIGHT = 1e-4  # float32 on the CPU: factored vs merged low-rank update
 
@@ -265,10 +265,10 @@ def test_full_finetune_changes_the_output_and_is_put_back(
 def test_finetune_restores_from_a_memory_copy_when_the_file_cannot_vouch(
     engine, models, cache, tmp_path, before, monkeypatch
 ):
-    from sdxl.trained.session import UnetOriginals
+    from sdxl.adapters.session import UnetOriginals
 
     monkeypatch.setattr(UnetOriginals, "_registry", {})
-    monkeypatch.setattr("sdxl.trained.session._unet_files", lambda folder: {})
+    monkeypatch.setattr("sdxl.adapters.session._unet_files", lambda folder: {})
     tar = write_tar(tmp_path / "ft.tar", {"unet.safetensors": save(_finetune(models))})
     with apply(engine, cache, tmp_path, replicate_weights=str(tar)):
         originals = UnetOriginals.for_unet(models.base.unet)
@@ -352,9 +352,9 @@ def test_cancellation_mid_lora_load_restores_everything(
 def test_cancellation_mid_finetune_or_tokens_restores_everything(
     engine, models, cache, tmp_path, before, monkeypatch, step
 ):
-    import sdxl.trained.session
+    import sdxl.adapters.session
 
-    owner = sdxl.trained.session if step == "_copy_into" else sdxl.trained.session.Session
+    owner = sdxl.adapters.session if step == "_copy_into" else sdxl.adapters.session.Session
     real = getattr(owner, step)
     calls = []
 

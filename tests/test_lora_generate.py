@@ -24,9 +24,9 @@ from support.loras import (
     write_tar,
 )
 
-from sdxl.core.request import Request
+from sdxl.adapters.fetch import DownloadCache
+from sdxl.inputs.request import Request
 from sdxl.settings import FetchSettings
-from sdxl.trained.fetch import DownloadCache
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -17,7 +17,7 @@ from support.helpers import (
     with_scheduler,
 )
 
-from sdxl.core.request import Request
+from sdxl.inputs.request import Request
 
 SIZE = 256
 STEPS = 4
@@ -245,8 +245,8 @@ def test_bfloat16_as_the_cpu_default_equals_diffusers_in_bfloat16(tiny_weights):
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from sdxl.core.generate import generate
-    from sdxl.core.loading import load_models
+    from sdxl.generate.phases import generate
+    from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
 
     runtime = Runtime(weights_dir=tiny_weights, dtype="bfloat16", device="cpu", warmup="0")

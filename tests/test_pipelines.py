@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdxl.core.loading import load_models
-from sdxl.core.pipelines import WeightsMissingError, pick_dtype
-from sdxl.core.schedulers import make_scheduler
+from sdxl.generate.schedulers import make_scheduler
+from sdxl.model.loading import load_models
+from sdxl.model.pipelines import WeightsMissingError, pick_dtype
 from sdxl.settings import Runtime
 
 SHARED_WITH_BASE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
@@ -89,7 +89,7 @@ def test_setup_without_weights_names_the_command(tmp_path):
 
 
 def test_dtype_setting(monkeypatch):
-    from sdxl.core import fast
+    from sdxl.model import fast
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pick_dtype("auto", cuda) is torch.float16
@@ -102,7 +102,7 @@ def test_dtype_setting(monkeypatch):
 
 def test_native_bf16_agrees_with_torchs_own_cpu_probe():
     """The product reads /proc/cpuinfo; torch asks the CPU itself (cpuinfo, CPUID)."""
-    from sdxl.core.fast import cpu_has_native_bf16
+    from sdxl.model.fast import cpu_has_native_bf16
 
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert cpu_has_native_bf16() == native

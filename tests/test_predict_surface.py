@@ -11,7 +11,7 @@ from support.helpers import REFERENCE_SCHEDULERS
 
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.config import COG_INPUTS, SCHEDULERS
-from sdxl.core.schedulers import make_scheduler
+from sdxl.generate.schedulers import make_scheduler
 
 PREDICT = Path(__file__).resolve().parent.parent / "predict.py"
 

@@ -9,10 +9,10 @@ from support.helpers import assert_same_image, generator, smooth_image
 
 from sdxl.cog.inputs import COG
 from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
-from sdxl.core.presets import apply_presets
-from sdxl.core.request import Request
-from sdxl.core.rules import check_fields, check_request
 from sdxl.errors import InputError
+from sdxl.inputs.presets import apply_presets
+from sdxl.inputs.request import Request
+from sdxl.inputs.rules import check_fields, check_request
 from sdxl.settings import Caps
 
 USUAL_SDXL_STYLES = {

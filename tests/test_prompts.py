@@ -7,10 +7,10 @@ import pytest
 import torch
 from support.helpers import pixels
 
-from sdxl.core import prompts
-from sdxl.core.request import Request
-from sdxl.core.schedulers import make_scheduler
 from sdxl.errors import InputError
+from sdxl.generate import prompts
+from sdxl.generate.schedulers import make_scheduler
+from sdxl.inputs.request import Request
 
 LONG = "a photo of a cat with a hat, " * 20  # about 200 tokens
 

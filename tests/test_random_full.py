@@ -100,7 +100,7 @@ SMALL = {  # stand-ins with SDXL's structure and small dimensions
 
 
 def test_the_builder_writes_the_download_layout_that_the_product_loads(tmp_path, monkeypatch):
-    from sdxl.core.loading import load_models
+    from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
     from sdxl.weights.download import MANIFEST
 

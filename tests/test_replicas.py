@@ -1,4 +1,4 @@
-"""Replicas of one store watching each other (sdxl/api/replicate/replicas.py), on a real
+"""Replicas of one store watching each other (sdxl/http/replicate/replicas.py), on a real
 SQLite file: a replica that stops beating is settled by the others, one that was only slow
 finds its claims gone and cannot run or end them a second time, and a claim whose answer was
 lost is queued again."""
@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from sdxl.api.replicate.replicas import DEAD_MESSAGE, Replicas
-from sdxl.api.replicate.store import Store, StoreUnavailable, new_id
-from sdxl.api.settings import StoreLimits
-from sdxl.core.request import Request
 from sdxl.engine import Job, shared_queue
 from sdxl.engine.shared_queue import SharedQueue
+from sdxl.http.replicate.replicas import DEAD_MESSAGE, Replicas
+from sdxl.http.settings import StoreLimits
+from sdxl.inputs.request import Request
+from sdxl.store.store import Store, StoreUnavailable, new_id
 
 TIMEOUT_S = 0.3
 

@@ -26,7 +26,7 @@ from support.helpers import (
     with_scheduler,
 )
 
-from sdxl.core.watermark import apply_watermark
+from sdxl.generate.watermark import apply_watermark
 
 pytestmark = pytest.mark.http
 
@@ -383,10 +383,10 @@ def test_a_client_that_hangs_up_cancels_its_running_job(server):
 
 # Injected into a server process: restoring the shared models after a LoRA fails.
 BREAK_RESTORE = """
-import sdxl.trained.resident
+import sdxl.adapters.resident
 def _cannot(self):
     raise RuntimeError("restore injected to fail")
-sdxl.trained.resident.ResidentWeights._disable = _cannot
+sdxl.adapters.resident.ResidentWeights._disable = _cannot
 """
 
 
@@ -407,7 +407,7 @@ def test_a_server_whose_models_cannot_be_restored_is_not_ready(tiny_weights, tmp
 
 
 def test_importing_the_api_server_does_not_import_torch():
-    code = "import sys, sdxl.api.server; print('torch' in sys.modules)"
+    code = "import sys, sdxl.http.server; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 

@@ -8,20 +8,20 @@ import io
 import pytest
 from PIL import Image
 
-from sdxl.api.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_key
-from sdxl.api.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
-from sdxl.api.settings import Settings
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.config import SCHEDULERS as ENGINE_SCHEDULERS
 from sdxl.config import STYLES
-from sdxl.core.generate import with_images
-from sdxl.core.image_output import encode_image
-from sdxl.core.presets import apply_presets
-from sdxl.core.request import Request
-from sdxl.core.rules import check_fields, check_request
-from sdxl.core.schedulers import plan_steps
-from sdxl.core.surface import InvalidInputs
 from sdxl.errors import InputError
+from sdxl.generate.phases import with_images
+from sdxl.generate.schedulers import plan_steps
+from sdxl.http.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_key
+from sdxl.http.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
+from sdxl.http.settings import Settings
+from sdxl.images.outputs import encode_image
+from sdxl.inputs.presets import apply_presets
+from sdxl.inputs.request import Request
+from sdxl.inputs.rules import check_fields, check_request
+from sdxl.inputs.surface import InvalidInputs
 from sdxl.settings import Caps, SettingsError
 
 # The scheduler names the DataCrunch document lists, spelled as it spells them.

@@ -1,5 +1,5 @@
-"""sdxl.core.safety: tiny checkers that never flag or flag everything through their thresholds, the
-helpers the Cog and REST paths use, and loading from safetensors only."""
+"""sdxl.generate.safety: tiny checkers that never flag or flag everything through their
+thresholds, the helpers the Cog and REST paths use, and loading from safetensors only."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.config import SAFETY_DIR
-from sdxl.core.image_output import AllFlagged, encode_outputs
-from sdxl.core.request import Request
-from sdxl.core.result import Result
-from sdxl.core.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
-from sdxl.core.schedulers import StepPlan
 from sdxl.errors import InputError
+from sdxl.generate.result import Result
+from sdxl.generate.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
+from sdxl.generate.schedulers import StepPlan
+from sdxl.images.outputs import AllFlagged, encode_outputs
+from sdxl.inputs.request import Request
 
 CPU = torch.device("cpu")
 

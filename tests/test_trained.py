@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save
 from support.loras import embeddings_pti, params_json, write_tar
 
+from sdxl.adapters import tar as trained
+from sdxl.adapters.tar import TrainedWeightsError, read_trained_tar, sniff
 from sdxl.errors import InputError
-from sdxl.trained import tar as trained
-from sdxl.trained.tar import TrainedWeightsError, read_trained_tar, sniff
 
 LORA = {"a.processor.to_q_lora.down.weight": torch.ones(2, 3)}
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl.core import watermark
-from sdxl.core.request import Request
-from sdxl.core.watermark import WATERMARK_BITS, apply_watermark, has_watermark, read_watermark
+from sdxl.generate import watermark
+from sdxl.generate.watermark import WATERMARK_BITS, apply_watermark, has_watermark, read_watermark
+from sdxl.inputs.request import Request
 
 _REFERENCE_MISSING = (
     "the reference encoder is not installed: run "

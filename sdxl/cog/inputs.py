@@ -1,7 +1,7 @@
 """Cog's inputs -> a checked request: the predictor's inputs under their own names.
 
 coglet has checked types, bounds and choices against the schema already; the rules
-(`sdxl.core.rules`) add the operator's caps. File inputs are read here (only files Cog itself
+(`sdxl.inputs.rules`) add the operator's caps. File inputs are read here (only files Cog itself
 wrote for this request) and decoded when the engine prepares the job.
 """
 
@@ -12,9 +12,9 @@ import pathlib
 import tempfile
 
 from sdxl.config import COG_INPUTS
-from sdxl.core.rules import check_fields
-from sdxl.core.surface import Checked, Field, Surface
 from sdxl.errors import InputError
+from sdxl.inputs.rules import check_fields
+from sdxl.inputs.surface import Checked, Field, Surface
 from sdxl.settings import Caps
 
 COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from sdxl.config import LORAS_DIR
-from sdxl.core.request import Request
 from sdxl.engine.jobs import (
     ENDED,
     EngineBroken,
@@ -38,6 +37,7 @@ from sdxl.engine.jobs import (
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
+from sdxl.inputs.request import Request
 from sdxl.logs import adopt_library_loggers, job_context, quiet_libraries
 from sdxl.settings import Runtime
 
@@ -68,8 +68,8 @@ class Engine:
         self.runtime = runtime
         self.settings = settings or EngineSettings()
         self.queue = queue if queue is not None else MemoryQueue()
-        self.models = models  # sdxl.core.pipelines.Models, once loaded
-        self.cache = cache  # sdxl.trained.fetch.DownloadCache (None: one for settings.fetch)
+        self.models = models  # sdxl.model.pipelines.Models, once loaded
+        self.cache = cache  # sdxl.adapters.fetch.DownloadCache (None: one for settings.fetch)
         self.clock = clock  # what SDXL_MAX_SECONDS is measured on (tests give their own)
         self.state = EngineState.LOADING
         self.reason: str | None = None  # why the state is failed or broken
@@ -84,7 +84,7 @@ class Engine:
         self.draining = False  # set by drain(): stored jobs are left for others or the next start
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
-        self.runner: Any = None  # sdxl.engine.gpu.Runner, once loaded
+        self.runner: Any = None  # sdxl.engine.runner.Runner, once loaded
         # Called with each job once it has ended (metrics); on the engine's threads, so short.
         self.observers: list[Callable[[Job], Any]] = []
 
@@ -95,10 +95,10 @@ class Engine:
         try:
             quiet_libraries()  # before diffusers and transformers say anything
             adopt_library_loggers()
-            from sdxl.engine.gpu import Runner
+            from sdxl.engine.runner import Runner
 
             if self.models is None:
-                from sdxl.core.loading import load_models
+                from sdxl.model.loading import load_models
 
                 self.models = load_models(self.runtime)
             self.runner = Runner(

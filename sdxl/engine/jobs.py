@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sdxl.core.request import Request
 from sdxl.errors import InputError, UserError
+from sdxl.inputs.request import Request
 
 
 class JobStatus(StrEnum):
@@ -89,7 +89,7 @@ class JobEvents:
     started: Callable[[Job], Any] | None = None
     step: Callable[[Job, str, int, int], Any] | None = None  # stage, steps done, planned
     log: Callable[[Job, str], Any] | None = None
-    preview: Callable[[Job, Any], Any] | None = None  # a sdxl.core.preview.Preview, in order
+    preview: Callable[[Job, Any], Any] | None = None  # a sdxl.generate.preview.Preview, in order
     finished: Callable[[Job], Any] | None = None
 
 
@@ -113,7 +113,7 @@ class Job:
         # A preview of the latents every this many steps of each stage, and after its last
         # (0: none); each is in `preview` and goes to events.preview, all before `finished`.
         self.preview_every = preview_every
-        self.preview: Any = None  # the latest sdxl.core.preview.Preview
+        self.preview: Any = None  # the latest sdxl.generate.preview.Preview
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
         # Whether preparing it fetches something (trained weights, image URLs): only such a
         # job can be overtaken by the ones behind it; the others are waited for, in order.
@@ -125,8 +125,8 @@ class Job:
         self.future: Future = Future()
         self.logs: list[str] = []
         self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
-        self.generation: Any = None  # sdxl.core.generate.Generation, once prepared
-        self.weights: Any = None  # sdxl.trained.staging.StagedWeights, once prepared
+        self.generation: Any = None  # sdxl.generate.phases.Generation, once prepared
+        self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
         self._taken = 0  # log lines handed out by take_logs
         self._lock = threading.Lock()
         self._cancel_reason: str | None = None

@@ -34,7 +34,7 @@ SHARED_LOOKAHEAD = 1  # stored jobs a replica of a shared store claims beyond th
 
 
 class JobStore(Protocol):
-    """What the queue needs of a store of jobs (`sdxl.api.replicate.store.Store`)."""
+    """What the queue needs of a store of jobs (`sdxl.store.store.Store`)."""
 
     shared: bool  # other replicas claim from it too
 

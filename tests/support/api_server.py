@@ -65,7 +65,7 @@ class Server:
         clean.update(SDXL_ALLOW_PRIVATE_URLS="1")  # the tests' files and webhooks are on loopback
         clean.update(env)
         argv = ["--port", str(self.port), *args]
-        code = preamble + f"from sdxl.api.server import main; raise SystemExit(main({argv!r}))"
+        code = preamble + f"from sdxl.http.server import main; raise SystemExit(main({argv!r}))"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code], cwd=REPO, env=clean, stdout=log, stderr=log

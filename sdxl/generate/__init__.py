@@ -1,0 +1,1 @@
+"""A request through diffusers' SDXL pipelines, in phases: plan, denoise, finish."""

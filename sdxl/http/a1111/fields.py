@@ -1,0 +1,214 @@
+"""AUTOMATIC1111's txt2img and img2img bodies in the engine's terms, with A1111's own defaults
+(512x512, 50 steps, CFG 7, seed -1 random, sampler "Euler"), since its callers rely on them.
+
+Every field A1111's API has is honoured, accepted and ignored (where ignoring changes nothing a
+caller relies on), or refused with the reason (IGNORED and REFUSED below; the README has the
+table). Fields A1111 does not know are ignored, as A1111 ignores them. Validity is decided by
+`sdxl.inputs.rules`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sdxl.config import MAX_SEED, STYLES
+from sdxl.errors import InputError
+from sdxl.images.inputs import source_from_text
+from sdxl.inputs.rules import check_choice
+from sdxl.inputs.surface import Field, Surface
+
+# A1111 sampler name -> (the engine's scheduler with A1111's "automatic" schedule, with "karras")
+SAMPLERS = {
+    "Euler a": ("K_EULER_ANCESTRAL", None),
+    "Euler": ("K_EULER", None),
+    "DPM++ 2M": ("DPMSolverMultistep", "KarrasDPM"),
+    "DDIM": ("DDIM", None),
+    "Heun": ("HeunDiscrete", None),
+    "PLMS": ("PNDM", None),
+    "LCM": ("LCM", None),
+    "TCD": ("TCD", None),
+}
+SAMPLER_ALIASES = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DDIM": ["ddim"],
+    "Heun": ["k_heun"],
+    "PLMS": ["plms"],
+    "LCM": ["k_lcm"],
+    "TCD": ["tcd"],
+}
+MAX_N_ITER = 100  # batches of one request (SDXL_MAX_OUTPUTS bounds batch_size x n_iter)
+FALLBACK_SAMPLER = "DPM++ 2M"  # A1111 runs its first sampler for a name it does not have
+SCHEDULES = {"automatic": "Automatic", "karras": "Karras"}  # name -> label (both accepted)
+
+# Fields read and not used: what they change, SDXL through this engine does not have, or does
+# the same way whatever they say (each is in the README's table with its reason).
+IGNORED = (
+    "subseed",
+    "seed_resize_from_h",
+    "seed_resize_from_w",
+    "eta",
+    "s_min_uncond",
+    "s_churn",
+    "s_tmax",
+    "s_tmin",
+    "s_noise",
+    "override_settings",
+    "override_settings_restore_afterwards",
+    "do_not_save_samples",
+    "do_not_save_grid",
+    "save_images",
+    "disable_extra_networks",
+    "comments",
+    "firstpass_image",
+    "force_task_id",
+    "infotext",
+    "script_args",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_checkpoint_name",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
+    "firstphase_width",
+    "firstphase_height",
+    "resize_mode",
+    "mask_blur",
+    "mask_blur_x",
+    "mask_blur_y",
+    "mask_round",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "image_cfg_scale",
+    "initial_noise_multiplier",
+    "latent_mask",
+    "include_init_images",
+)
+
+
+def _refused(field: str, value, why: str) -> InputError:
+    return InputError(f"{field}={value!r} is not available here: {why}", field, value)
+
+
+def _seed(seed: int) -> int | None:
+    return None if seed == -1 else seed
+
+
+def _fields(img2img: bool) -> tuple[Field, ...]:
+    fields = [
+        Field("prompt", "prompt", default=""),
+        Field("negative_prompt", "negative_prompt", default=""),
+        Field("styles", None, kind="strings", default=[]),
+        Field("seed", "seed", default=-1, ge=-1, le=MAX_SEED, to_input=_seed),
+        Field("subseed_strength", None, kind="number", default=0.0, ge=0, le=1),
+        Field("sampler_name", None, kind="string"),
+        Field("sampler_index", None, kind="string", default="Euler"),
+        Field("scheduler", None, kind="string", default="automatic"),
+        Field("batch_size", "num_outputs", default=1),
+        Field("n_iter", None, kind="integer", default=1, ge=1, le=MAX_N_ITER),
+        Field("steps", "num_inference_steps", default=50),
+        Field("cfg_scale", "guidance_scale", default=7.0),
+        Field("width", "width", default=512),
+        Field("height", "height", default=512),
+        Field("restore_faces", None, kind="boolean"),
+        Field("tiling", None, kind="boolean"),
+        Field("enable_hr", None, kind="boolean", default=False),
+        Field("refiner_checkpoint", None, kind="string"),
+        Field("refiner_switch_at", None, kind="number", default=0.8, ge=0, le=1),
+        Field("script_name", None, kind="string"),
+        Field("alwayson_scripts", None, kind="object", default={}),
+        Field("send_images", None, kind="boolean", default=True),
+        # Extensions of this server: the predictor's inputs that A1111 has no field for.
+        Field("disable_safety_checker", "disable_safety_checker"),
+        Field("apply_watermark", "apply_watermark"),
+        Field("cache_interval", "cache_interval"),
+    ]
+    ignored = IGNORED
+    if img2img:
+        fields += [
+            Field("denoising_strength", "prompt_strength", default=0.75),
+            Field("init_images", None, kind="strings", required=True),
+            Field("mask", "mask", image_forms=("data", "base64"), mask="opaque"),
+            Field("inpainting_mask_invert", None, kind="integer", default=0, ge=0, le=1),
+        ]
+    else:
+        ignored += ("denoising_strength",)  # txt2img: the hires fix's strength
+    fields += [Field(name, None, kind="any") for name in ignored]  # read, not used
+    return tuple(fields)
+
+
+def sampler_of(name: str, schedule: str) -> tuple[str, str, str]:
+    """(the engine's scheduler, A1111's sampler name, its schedule label) for A1111's names.
+    A legacy name may carry its schedule ("DPM++ 2M Karras"); a sampler this server does not
+    have runs as FALLBACK_SAMPLER, as A1111 runs its first sampler for a name it does not know."""
+    for label in (*SCHEDULES.values(), *SCHEDULES):
+        if name.endswith(" " + label):
+            name, schedule = name[: -len(label) - 1], label
+            break
+    if name not in SAMPLERS:
+        name = FALLBACK_SAMPLER
+    by_label = {label: key for key, label in SCHEDULES.items()}
+    key = by_label.get(schedule, schedule)
+    check_choice("scheduler", schedule, [*SCHEDULES, *SCHEDULES.values()])
+    plain, karras = SAMPLERS[name]
+    if key == "karras" and karras is None:
+        raise _refused("scheduler", schedule, f"{name} runs with the automatic schedule only")
+    return (karras if key == "karras" else plain), name, SCHEDULES[key]
+
+
+def _assemble(values: dict, given: set) -> dict:
+    for field, why in (
+        ("restore_faces", "there is no face restoration model"),
+        ("tiling", "SDXL's UNet does not tile"),
+        ("enable_hr", "there is no hires fix; ask for the size you want"),
+    ):
+        if values.get(field):
+            raise _refused(field, True, why)
+    if values.get("script_name"):
+        raise _refused("script_name", values["script_name"], "this server has no scripts")
+    if values["alwayson_scripts"]:
+        names = ", ".join(map(str, values["alwayson_scripts"]))
+        raise _refused("alwayson_scripts", names, "this server has no scripts")
+    if values["subseed_strength"]:
+        raise _refused("subseed_strength", values["subseed_strength"], "no variation seeds")
+    out: dict = {}
+    styles = values["styles"]
+    if len(styles) > 1:
+        raise _refused("styles", styles, "one style at a time")
+    if styles:
+        check_choice("styles", styles[0], STYLES)
+        out["style_selected"] = styles[0]
+    sampler = values.get("sampler_name") or values["sampler_index"]
+    out["scheduler"], _, _ = sampler_of(sampler, values["scheduler"])
+    if values.get("refiner_checkpoint"):
+        out["refine"] = "expert_ensemble_refiner"
+        out["high_noise_frac"] = values["refiner_switch_at"]
+    if "init_images" in values:
+        images = values["init_images"]
+        if len(images) != 1:
+            raise _refused("init_images", f"{len(images)} images", "send one init image")
+        out["image"] = source_from_text(images[0], "image", ("data", "base64"))
+    if values.get("inpainting_mask_invert") and values.get("mask") is not None:
+        out["mask"] = dataclasses.replace(values["mask"], invert=True)
+    return out
+
+
+def surface(img2img: bool) -> Surface:
+    return Surface(
+        fields=_fields(img2img),
+        numbers_from_strings=True,  # A1111's pydantic models read "20" as 20
+        null_is_unset=True,
+        ignore_unknown=True,
+        fixed={"output_format": "png"},
+        assemble=_assemble,
+    )
+
+
+TXT2IMG = surface(img2img=False)
+IMG2IMG = surface(img2img=True)

@@ -1,0 +1,70 @@
+"""The images of OpenAI's answers: the jobs of `n` images, their encoding (flagged ones left
+out), and the answer's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+
+from sdxl.config import MAX_SEED
+from sdxl.http.errors import ApiError
+from sdxl.http.openai.fields import JOB_IMAGES
+from sdxl.images.outputs import AllFlagged, OutputImage, encode_outputs
+from sdxl.inputs.surface import Checked
+
+REPORTED_QUALITY = {"auto": "medium", "standard": "medium", "hd": "high"}
+
+
+class ModerationBlocked(ApiError):
+    """Every image was flagged by the safety checker (OpenAI's moderation refusal)."""
+
+    status = 400
+    retry = False
+    code = "moderation_blocked"
+
+
+def job_requests(found: Checked) -> list:
+    """The jobs of `n` images: at most JOB_IMAGES each, the seeds continuing."""
+    n = found.given.get("n", 1)
+    first = found.request()
+    seed = first.seed if first.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    jobs = []
+    for start in range(0, n, JOB_IMAGES):
+        count = min(JOB_IMAGES, n - start)
+        jobs.append(dataclasses.replace(first, seed=seed + start, num_outputs=count))
+    return jobs
+
+
+def preview_every(found: Checked) -> int:
+    partial = found.given.get("partial_images", 0)
+    steps = found.request().num_inference_steps
+    return max(1, steps // (partial + 1)) if partial else 0
+
+
+def encoded(results, found: Checked) -> list[OutputImage]:
+    fmt, quality = found.output("output_format"), found.output("output_quality")
+    outputs: list[OutputImage] = []
+    for result in results:
+        try:
+            outputs += encode_outputs(result, fmt, quality, flagged="drop")
+        except AllFlagged:
+            continue
+    if not outputs:
+        raise ModerationBlocked(
+            "every image was flagged by the safety checker; try another prompt or seed, or "
+            "set disable_safety_checker"
+        )
+    return outputs
+
+
+def response_body(found: Checked, data: list[dict], size: tuple[int, int]) -> dict:
+    quality = found.given.get("quality", "auto")
+    return {
+        "created": int(time.time()),
+        "data": data,
+        "size": f"{size[0]}x{size[1]}",
+        "quality": REPORTED_QUALITY.get(quality, quality),
+        "output_format": found.given.get("output_format", "png"),
+        "background": "opaque",
+    }

@@ -1,0 +1,66 @@
+"""The Replicate API's parts, built once at start and wired through their constructors."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from sdxl.engine.shared_queue import SharedQueue
+from sdxl.http.replicate.events import Events
+from sdxl.http.replicate.housekeeping import Housekeeping
+from sdxl.http.replicate.models import Catalogue
+from sdxl.http.replicate.predictions import Predictions
+from sdxl.http.replicate.render import Renderer
+from sdxl.http.replicate.replicas import Replicas
+from sdxl.http.replicate.runs import StoredRuns
+from sdxl.http.replicate.webhooks import Webhooks, new_secret
+from sdxl.http.settings import Settings
+from sdxl.settings import Caps, FetchSettings
+from sdxl.store.store import Store
+
+
+@dataclass(frozen=True)
+class ReplicateApi:
+    store: Store
+    queue: SharedQueue  # the engine's queue: memory jobs and stored predictions
+    predictions: Predictions
+    catalogue: Catalogue
+    renderer: Renderer
+    webhooks: Webhooks
+    housekeeping: Housekeeping
+    runs: StoredRuns  # stored jobs' ends written back to the store
+
+
+def replica_name() -> str:
+    host = socket.gethostname()[:40]  # the pod's name on Kubernetes
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def open_replicate_api(settings: Settings, caps: Caps, fetch: FetchSettings) -> ReplicateApi:
+    """The store (SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set) with what a restart
+    left behind settled, and every part around it."""
+    if settings.database_url is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.store_url, settings.store)
+    replica = replica_name()
+    replicas = Replicas(store, replica, settings.replica_timeout_s) if store.shared else None
+    renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
+    secret = settings.webhook_secret or store.setting("webhook_secret", new_secret)
+    webhooks = Webhooks(secret, public_only=fetch.public_only)
+    events = Events(store, renderer, webhooks)
+    runs = StoredRuns(store, events, replica, settings.public_url)
+    queue = SharedQueue(store, replica, runs.job_for)
+    housekeeping = Housekeeping(store, queue, replicas)
+    housekeeping.recover()
+    return ReplicateApi(
+        store=store,
+        queue=queue,
+        predictions=Predictions(store, queue, events, caps),
+        catalogue=Catalogue(settings.models, caps),
+        renderer=renderer,
+        webhooks=webhooks,
+        housekeeping=housekeeping,
+        runs=runs,
+    )

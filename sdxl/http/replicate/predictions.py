@@ -1,0 +1,71 @@
+"""The Replicate API's calls that change predictions: create (checked, stored, queued), cancel."""
+
+from __future__ import annotations
+
+from sdxl.engine.shared_queue import SharedQueue
+from sdxl.http.replicate.events import Events
+from sdxl.http.replicate.inputs import REPLICATE
+from sdxl.http.replicate.models import Version
+from sdxl.http.replicate.webhooks import EVENTS
+from sdxl.inputs.rules import check_fields
+from sdxl.inputs.surface import InvalidInputs, Problem
+from sdxl.settings import Caps
+from sdxl.store.store import Store, new_id
+
+
+class Predictions:
+    def __init__(self, store: Store, queue: SharedQueue, events: Events, caps: Caps):
+        self.store = store
+        self.queue = queue
+        self.events = events
+        self.caps = caps
+
+    def create(self, version: Version, body: dict, origin: str, tenant: str) -> dict:
+        """Store and queue `tenant`'s prediction; InvalidInputs names every field at fault."""
+        problems: list[Problem] = []
+        raw = body.get("input")
+        given = {}
+        if not isinstance(raw, dict):
+            problems.append(Problem("input", "must be a JSON object of the model's inputs"))
+        else:
+            try:
+                given = check_fields(raw, REPLICATE, self.caps).given
+            except InvalidInputs as err:
+                problems += [Problem(f"input.{p.field}", p.message) for p in err.problems]
+        webhook, wanted = body.get("webhook"), body.get("webhook_events_filter")
+        if webhook is not None and not (
+            isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
+        ):
+            problems.append(Problem("webhook", "must be an http(s) URL"))
+        if wanted is not None and not (
+            isinstance(wanted, list) and all(event in EVENTS for event in wanted)
+        ):
+            events = ", ".join(EVENTS)
+            problems.append(Problem("webhook_events_filter", f"must list some of: {events}"))
+        if problems:
+            raise InvalidInputs(problems)
+        row = self.store.create(
+            {
+                "id": new_id(),
+                "model": version.model,
+                "version": version.id,
+                "input": given,
+                "webhook": webhook,
+                "webhook_events_filter": wanted,
+                "origin": origin,
+                "tenant": tenant,
+            }
+        )
+        self.queue.created()
+        if self.store.count() > self.store.limits.max_predictions:
+            self.store.expire()  # over the count bound: the oldest ended ones go now
+        return row
+
+    def cancel(self, prediction_id: str) -> None:
+        if self.store.request_cancel(prediction_id):  # it was still queued
+            self.events.changed(prediction_id, "completed")
+            return
+        job = self.queue.local(prediction_id)
+        if job is not None:
+            job.cancel("the prediction was cancelled")
+        # claimed by another replica: it sees cancel_requested at its next poll

@@ -1,0 +1,70 @@
+"""Replicate's JSON objects: a prediction (with its output URLs) and an uploaded file."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from sdxl.store.store import Store
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Renderer:
+    """Renders stored rows; `public_url` (SDXL_PUBLIC_URL) makes outputs URLs under it."""
+
+    def __init__(self, store: Store, public_url: str | None, ttl_s: float):
+        self.store = store
+        self.public_url = public_url
+        self.ttl_s = ttl_s
+
+    def prediction(self, row: dict, base: str, status: str | None = None) -> dict:
+        """Replicate's prediction object; `status` overrides the stored one (a wait that ran
+        out answers "starting", as Replicate does, so that the clients go on polling)."""
+        output = None
+        if row["status"] == "succeeded":
+            output = [self.output_uri(o) for o in self.store.outputs_of(row["id"])]
+        return {
+            "id": row["id"],
+            "model": row["model"],
+            "version": row["version"],
+            "input": row["input"],
+            "output": output,
+            "logs": row["logs"],
+            "error": row["error"],
+            "status": status or row["status"],
+            "created_at": iso(row["created_at"]),
+            "started_at": iso(row["started_at"]),
+            "completed_at": iso(row["completed_at"]),
+            "urls": {
+                "get": f"{base}/v1/predictions/{row['id']}",
+                "cancel": f"{base}/v1/predictions/{row['id']}/cancel",
+            },
+            "metrics": row["metrics"] or {},
+            "source": "api",
+            "data_removed": False,
+        }
+
+    def output_uri(self, output: dict) -> str:
+        if self.public_url:
+            return f"{self.public_url}/outputs/{output['token']}/{output['name']}"
+        payload = base64.b64encode(output["data"]).decode("ascii")
+        return f"data:{output['content_type']};base64,{payload}"
+
+    def file(self, row: dict, base: str) -> dict:
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "content_type": row["content_type"],
+            "size": row["size"],
+            "etag": row["sha256"],
+            "checksums": {"sha256": row["sha256"]},
+            "metadata": row["metadata"],
+            "created_at": iso(row["created_at"]),
+            "expires_at": iso(row["created_at"] + self.ttl_s),
+            "urls": {"get": f"{base}/v1/files/{row['id']}"},
+        }

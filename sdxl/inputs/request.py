@@ -1,0 +1,115 @@
+"""A generation request: what one job asks of the engine. Its values are checked by
+`sdxl.inputs.rules` (the APIs' boundary, then the model's rules when the job is prepared).
+
+No torch here: the APIs build requests before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from sdxl.config import COG_INPUTS, MAX_SEED
+
+if TYPE_CHECKING:
+    from sdxl.images.inputs import ImageSource
+
+
+def _default(name: str):
+    return dataclasses.field(default=COG_INPUTS[name].default)
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one prediction needs; defaults are those of the Cog predictor.
+
+    `image` and `mask` are where the images come from (`ImageSource`: bytes or a URL), which
+    the engine decodes when it prepares the job, or images decoded already.
+    """
+
+    prompt: str = _default("prompt")
+    negative_prompt: str = _default("negative_prompt")
+    prompt_2: str | None = _default("prompt_2")
+    negative_prompt_2: str | None = _default("negative_prompt_2")
+    style_selected: str | None = _default("style_selected")
+    image: Image.Image | ImageSource | None = _default("image")
+    mask: Image.Image | ImageSource | None = _default("mask")
+    width: int = _default("width")
+    height: int = _default("height")
+    aspect_ratio: str | None = _default("aspect_ratio")
+    num_outputs: int = _default("num_outputs")
+    scheduler: str = _default("scheduler")
+    num_inference_steps: int = _default("num_inference_steps")
+    guidance_scale: float = _default("guidance_scale")
+    guidance_scale_refiner: float | None = _default("guidance_scale_refiner")
+    prompt_strength: float = _default("prompt_strength")
+    seed: int | None = _default("seed")
+    refine: str = _default("refine")
+    high_noise_frac: float = _default("high_noise_frac")
+    refine_steps: int | None = _default("refine_steps")
+    timestep_spacing: str | None = _default("timestep_spacing")
+    apply_watermark: bool = _default("apply_watermark")
+    lora_scale: float = _default("lora_scale")
+    replicate_weights: str | None = _default("replicate_weights")
+    disable_safety_checker: bool = _default("disable_safety_checker")
+    cache_interval: int = _default("cache_interval")
+    lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
+    lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
+
+    @property
+    def mode(self) -> str:
+        if self.image is None:
+            return "txt2img"
+        return "img2img" if self.mask is None else "inpaint"
+
+    @property
+    def adapters(self) -> AdapterSpec:
+        return AdapterSpec(
+            replicate_weights=self.replicate_weights or None,
+            lora_name=self.lora_name,
+            lora_id=self.lora_id,
+            lora_scale=float(self.lora_scale),
+        )
+
+    @property
+    def fetches(self) -> bool:
+        """Whether preparing it fetches something (trained weights, an image URL)."""
+        urls = [getattr(img, "url", None) for img in (self.image, self.mask)]
+        return bool(self.replicate_weights) or any(urls)
+
+    def with_seed(self) -> Request:
+        """This request with a concrete seed: the given one, or a random 32-bit one."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(MAX_SEED + 1))
+
+    def seeds(self) -> list[int]:
+        """One seed per image: `seed + i`, so image i can be made again alone."""
+        if self.seed is None:
+            raise ValueError("resolve the seed first (Request.with_seed)")
+        return [self.seed + i for i in range(self.num_outputs)]
+
+    def describe(self) -> dict[str, Any]:
+        """The request's values for logs and metadata: no image data, no weights URL."""
+        hidden = ("image", "mask", "replicate_weights")
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
+        }
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The trained weights one request asks for. Empty: nothing is loaded or touched."""
+
+    replicate_weights: str | None = None  # URL of a trainer tar or of a LoRA .safetensors
+    lora_name: str | None = None  # a LoRA we ship: "offset"
+    lora_id: str | None = None  # <SDXL_LORA_DIR>/<id>.safetensors
+    lora_scale: float = 0.6
+
+    @property
+    def empty(self) -> bool:
+        return not (self.replicate_weights or self.lora_name or self.lora_id)

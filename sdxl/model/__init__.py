@@ -1,0 +1,1 @@
+"""The loaded models: weights read once, pipelines over the shared modules, the fast path."""

@@ -1,0 +1,150 @@
+"""Load the base and the refiner once; hand out per-request pipelines that share their modules.
+
+Nothing here is mutated by a request. `Models.pipeline()` builds a lightweight diffusers
+pipeline object around the already-loaded modules and a fresh scheduler, so a request can
+never change what the next one sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdxl.config import BASE_DIR, REFINER_DIR
+from sdxl.generate.safety import SafetyChecker, check_folder, load_safety_checker
+from sdxl.model import fast
+from sdxl.settings import Runtime
+
+# Each mode's diffusers class, by stage.
+PIPELINE_CLASSES = {
+    "txt2img": "StableDiffusionXLPipeline",
+    "img2img": "StableDiffusionXLImg2ImgPipeline",
+    "inpaint": "StableDiffusionXLInpaintPipeline",
+    "refiner": "StableDiffusionXLImg2ImgPipeline",
+}
+
+
+class WeightsMissingError(RuntimeError):
+    """The weights folder lacks what setup() needs."""
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    """`auto` is CUDA where there is a GPU, else the CPU."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SDXL_DEVICE=cuda, but torch sees no CUDA GPU; use auto or cpu")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on CUDA, bfloat16 on a CPU that has it natively, else float32."""
+    if setting == "auto":
+        return fast.auto_dtype(device)
+    return getattr(torch, setting)
+
+
+def check_weights(root: Path) -> None:
+    """Fail early, naming the command that fixes it, when the layout is incomplete."""
+    needed = [root / BASE_DIR / "model_index.json", root / REFINER_DIR / "model_index.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise WeightsMissingError(
+            f"SDXL weights not found in {root} (missing {', '.join(missing)}). "
+            f"Run `python -m sdxl weights download {root}` for the real SDXL 1.0 weights, "
+            f"or `python -m sdxl weights tiny {root}` for a tiny random-weight test model; "
+            "set SDXL_WEIGHTS_DIR to use another folder."
+        )
+    check_folder(root)
+
+
+@dataclass
+class Models:
+    """The loaded modules of base and refiner, and what is read from them once at load, so
+    that work off the engine's lock (checking trained weights) never reads a live module."""
+
+    base: Any  # StableDiffusionXLPipeline, as loaded
+    refiner: Any  # StableDiffusionXLImg2ImgPipeline sharing the base's text_encoder_2 and vae
+    device: torch.device
+    dtype: torch.dtype
+    safety_checker: SafetyChecker
+    weights_dir: Path = Path(".")
+    progress_bars: bool = False  # tqdm bars per stage; the engine logs each step as a line
+    scheduler_configs: dict[str, dict] = field(default_factory=dict)  # pristine, per stage
+    unet_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = field(default_factory=dict)
+    unet_linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # (in, out) features
+    fused: dict[str, dict] = field(default_factory=dict)  # stage -> fused QKV processors
+    vae_tile_above: int = 2560 * 1024  # pixels beyond which the VAE decodes in tiles
+    compiled: Any = None  # sdxl.model.compiled.Compiled, with SDXL_COMPILE=1
+
+    def __post_init__(self) -> None:
+        for stage, pipe in (("base", self.base), ("refiner", self.refiner)):
+            self.scheduler_configs.setdefault(stage, dict(pipe.scheduler.config))
+        if not self.unet_shapes:
+            state = self.base.unet.state_dict()
+            self.unet_shapes = {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}
+        if not self.unet_linears:
+            self.unet_linears = {
+                name: (m.in_features, m.out_features)
+                for name, m in self.base.unet.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+
+    def pipeline(self, stage: str, scheduler: Any, unet: Any = None, vae: Any = None) -> Any:
+        """A pipeline of `stage`'s class over the shared modules, with its own scheduler, and
+        another UNet or VAE object when given (a resident fine-tune, compiled modules)."""
+        import diffusers
+
+        source = self.refiner if stage == "refiner" else self.base
+        cls = getattr(diffusers, PIPELINE_CLASSES[stage])
+        components = {**source.components, "scheduler": scheduler}
+        if unet is not None:
+            components["unet"] = unet
+        if vae is not None:
+            components["vae"] = vae
+        options = {"force_zeros_for_empty_prompt": source.config.force_zeros_for_empty_prompt}
+        if stage != "txt2img":
+            options["requires_aesthetics_score"] = stage == "refiner"
+        pipe = cls(**components, **options, add_watermarker=False)
+        pipe.set_progress_bar_config(disable=not self.progress_bars)
+        return pipe
+
+    def scheduler_config(self, stage: str) -> dict:
+        """The scheduler config as loaded from disk (a copy: callers may not change it)."""
+        return dict(self.scheduler_configs["refiner" if stage == "refiner" else "base"])
+
+
+def read_models(runtime: Runtime) -> Models:
+    """Base and refiner from `runtime.weights_dir`, loaded once and sharing what SDXL shares
+    (the fast path is applied by `sdxl.model.loading`)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    root = runtime.weights_dir
+    check_weights(root)
+    device = pick_device(runtime.device)
+    dtype = pick_dtype(runtime.dtype, device)
+    cuda = device.type == "cuda"
+    # On CUDA the weights go straight from the files to the GPU (no copy in host memory).
+    placement = {"device_map": str(device)} if cuda else {}
+    options = dict(dtype=dtype, use_safetensors=True, add_watermarker=False, **placement)
+    base = StableDiffusionXLPipeline.from_pretrained(root / BASE_DIR, **options)
+    fast.check_vae(base.vae, dtype)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        root / REFINER_DIR,
+        text_encoder_2=base.text_encoder_2,
+        vae=base.vae,
+        tokenizer_2=base.tokenizer_2,
+        **options,
+    )
+    if not cuda:
+        base.to(device)
+        refiner.to(device)
+    for module in (base.unet, base.vae, base.text_encoder, base.text_encoder_2, refiner.unet):
+        module.requires_grad_(False).eval()
+    safety_checker = load_safety_checker(root, device, dtype)
+    models = Models(base, refiner, device, dtype, safety_checker, weights_dir=root)
+    models.vae_tile_above = runtime.vae_tile_above
+    return models

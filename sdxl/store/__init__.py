@@ -1,0 +1,1 @@
+"""Where the server keeps what outlives a request: predictions and files."""
