@@ -145,6 +145,29 @@ def test_progress_shows_a_preview_and_interrupt_answers_with_what_there_is(api, 
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
 
 
+def test_a_callers_second_request_never_hides_the_progress_of_its_first(api, server):
+    """Two requests of one caller at once: /progress shows the running one until it ends, then
+    the next; skip stops the running batch only."""
+    answers: dict[str, object] = {}
+    first = threading.Thread(
+        target=lambda: answers.update(first=api.txt2img(prompt="a cat", **{**SMALL, "steps": 400}))
+    )
+    first.start()
+    wait_until(lambda: api.get_progress()["state"]["sampling_step"] > 0, "the first one running")
+    second = threading.Thread(
+        target=lambda: answers.update(second=api.txt2img(prompt="a dog", **SMALL, n_iter=2))
+    )
+    second.start()
+    wait_until(lambda: server.health()["queued"] >= 1, "the second one queued")
+    progress = api.get_progress()
+    assert progress["state"]["sampling_steps"] == 400 and progress["state"]["job_count"] == 1
+    api.skip()  # the first one's only batch: it answers with nothing made
+    first.join(120)
+    second.join(120)
+    assert answers["first"].images == []
+    assert len(answers["second"].images) == 2  # the second request ran whole after it
+
+
 def test_the_lists_and_options_clients_read(api, server):
     assert api.util_get_model_names() == ["sdxl"]
     assert api.util_get_current_model() == "sdxl"

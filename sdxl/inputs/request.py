@@ -85,7 +85,7 @@ class Request:
         """This request with a concrete seed: the given one, or a random 32-bit one."""
         if self.seed is not None:
             return self
-        return dataclasses.replace(self, seed=secrets.randbelow(MAX_SEED + 1))
+        return dataclasses.replace(self, seed=draw_seed())
 
     def seeds(self) -> list[int]:
         """One seed per image: `seed + i`, so image i can be made again alone."""
@@ -99,6 +99,23 @@ class Request:
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
         }
+
+
+def draw_seed() -> int:
+    """The one random seed draw: a seed not given is a random 32-bit one."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def in_batches(request: Request, sizes: list[int]) -> list[Request]:
+    """`request` as jobs of `sizes` images each, the seeds continuing from one job to the next
+    (seed, seed + 1, ...: image i of the whole request has seed + i, as in one job), its seed
+    drawn once when it has none."""
+    seed = request.seed if request.seed is not None else draw_seed()
+    jobs, first = [], 0
+    for size in sizes:
+        jobs.append(dataclasses.replace(request, seed=seed + first, num_outputs=size))
+        first += size
+    return jobs
 
 
 @dataclass(frozen=True)

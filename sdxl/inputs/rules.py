@@ -12,8 +12,9 @@ Two tiers, each run once per request and only for the inputs that apply to it:
    the images (`sdxl.images.inputs`, `sdxl.images.fit`).
 
 An API describes itself as a `Surface` (`sdxl.inputs.surface`): its `Field`s (its spelling of
-each engine input, its own defaults, bounds and choices where it has them), whether it reads
-numbers sent as strings, and what null means. Nothing else about validity lives in an API.
+each engine input, its own defaults, bounds and choices where it has them) and what null
+means; values arrive typed (the API layer reads numbers sent as strings, `sdxl.http.wire`).
+Nothing else about validity lives in an API.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from sdxl.inputs.surface import (
     Problem,
     Surface,
 )
-from sdxl.numbers import number_from_text
 from sdxl.settings import Caps
 
 KIND_WORDS = {
@@ -137,7 +137,7 @@ def _parse(spec: Field, raw: Any, surface: Surface) -> Any:
         else:
             raise field_error("{field:name} must be a string (a URL or a data URI)", spec.name, raw)
         return dataclasses.replace(source, name=spec.input or spec.name, mask=spec.mask)
-    value = _typed(spec, raw, kind, surface)
+    value = _typed(spec, raw, kind)
     choices = spec.choice_map
     if choices is not None:
         check_choice(spec.name, value, choices)
@@ -168,17 +168,7 @@ def check_choice(name: str, value: Any, choices) -> None:
         )
 
 
-def _typed(spec: Field, raw: Any, kind: str, surface: Surface) -> Any:
-    text = isinstance(raw, str)
-    if (
-        kind in ("integer", "number")
-        and text
-        and (surface.numbers_from_strings or surface.form_text)
-    ):
-        number = number_from_text(raw, integer=kind == "integer")
-        raw = raw if number is None else number
-    if kind == "boolean" and text and surface.form_text and raw in ("true", "false"):
-        raw = raw == "true"
+def _typed(spec: Field, raw: Any, kind: str) -> Any:
     ok = {
         "string": isinstance(raw, str),
         "integer": isinstance(raw, int) and not isinstance(raw, bool),

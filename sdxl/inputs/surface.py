@@ -1,6 +1,8 @@
 """How an API spells a request: its fields (its names, defaults, bounds and choices where it
-has its own), whether numbers may come as strings, what null means. The rules that decide
-whether a request is valid read this description; they are all in `sdxl.inputs.rules`."""
+has its own), what null means, whether unknown fields are refused. The rules that decide
+whether a request is valid read this description; they are all in `sdxl.inputs.rules`. How
+its clients write values on the wire (numbers as strings, form text) is the API layer's
+(`sdxl.http.wire`)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class Field:
     to_input: Callable[[Any], Any] | None = None  # the API's value -> the engine's
     from_input: Callable[[Any], Any] | None = None  # the engine's value -> the API's (messages)
     image_forms: tuple[str, ...] = ("data", "url")  # kind image: data URI, base64, http(s) URL
-    mask: str = "white"  # kind image, a mask: which pixels repaint (image_input.MASK_CONVENTIONS)
+    mask: str = "white"  # kind image, a mask: which pixels repaint (images.inputs.MASK_CONVENTIONS)
     description: str = ""
 
     @property
@@ -65,8 +67,6 @@ class Surface:
     """How one API spells a request: its fields, and how it sends values."""
 
     fields: tuple[Field, ...]
-    numbers_from_strings: bool = False  # "0.8" for a number (the Replicate guide's JavaScript)
-    form_text: bool = False  # a form's fields: numbers and true/false come as text too
     ignore_unknown: bool = False  # fields it does not know are ignored (AUTOMATIC1111's way)
     null_is_unset: bool = True  # null on a field that is not nullable: as if not given
     fixed: Mapping[str, Any] = field(default_factory=dict)  # engine values it always sets

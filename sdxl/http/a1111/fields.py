@@ -13,6 +13,7 @@ import dataclasses
 
 from sdxl.config import MAX_SEED, STYLES
 from sdxl.errors import InputError
+from sdxl.http.wire import Wire
 from sdxl.images.inputs import source_from_text
 from sdxl.inputs.rules import check_choice
 from sdxl.inputs.surface import Field, Surface
@@ -202,7 +203,6 @@ def _assemble(values: dict, given: set) -> dict:
 def surface(img2img: bool) -> Surface:
     return Surface(
         fields=_fields(img2img),
-        numbers_from_strings=True,  # A1111's pydantic models read "20" as 20
         null_is_unset=True,
         ignore_unknown=True,
         fixed={"output_format": "png"},
@@ -210,5 +210,6 @@ def surface(img2img: bool) -> Surface:
     )
 
 
+WIRE = Wire(numbers_from_strings=True)  # A1111's pydantic models read "20" as 20
 TXT2IMG = surface(img2img=False)
 IMG2IMG = surface(img2img=True)

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
-import io
-import secrets
-import time
-from dataclasses import dataclass, field
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
-from PIL import Image
 
-from sdxl.config import MAX_SEED, STYLES
+from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
 from sdxl.http.a1111.fields import (
@@ -28,57 +22,46 @@ from sdxl.http.a1111.fields import (
     SAMPLERS,
     SCHEDULES,
     TXT2IMG,
+    WIRE,
     sampler_of,
 )
-from sdxl.http.a1111.info import Made, info_json, job_timestamp
+from sdxl.http.a1111.info import Made, info_json
 from sdxl.http.a1111.options import OptionsApi
+from sdxl.http.a1111.progress import Run, Runs, progress_of
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.schemas import body_doc
-from sdxl.http.settings import Settings
+from sdxl.http.settings import PREVIEW_EVERY, Settings
 from sdxl.http.sync import SyncJobs, outcome, until_done
+from sdxl.http.wire import checked as wire_checked
 from sdxl.images.outputs import encode_outputs
-from sdxl.inputs.rules import check_cap, check_fields
+from sdxl.inputs.request import in_batches
+from sdxl.inputs.rules import check_cap
 from sdxl.inputs.surface import UNSET, Checked, InvalidInputs, Surface
 
 EXAMPLE = '{"prompt": "a cat", "steps": 20}'
-PREVIEW_EVERY = 5  # steps between the previews /progress shows (A1111's live previews)
 INTERRUPTED = "interrupted (POST /sdapi/v1/interrupt)"
 SKIPPED = "skipped (POST /sdapi/v1/skip)"
-
-
-@dataclass
-class Run:
-    """One caller's txt2img or img2img request in flight: what /progress reports."""
-
-    jobs: list[Job]
-    started: float = field(default_factory=time.monotonic)
-    timestamp: str = field(default_factory=job_timestamp)
-    interrupted: bool = False
-    skipped: bool = False
 
 
 def router(sync: SyncJobs, settings: Settings) -> APIRouter:
     routes = APIRouter(prefix="/sdapi/v1")
     caps = sync.service.engine.settings.caps
-    runs: dict[str, Run] = {}
+    runs = Runs()
 
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
         found = checked(await json_object(http, EXAMPLE, empty="{}"), shape, caps)
-        n_iter = found.given.get("n_iter", 1)
         first = found.request()
-        seed = first.seed if first.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        batch = first.num_outputs
-        requests = [dataclasses.replace(first, seed=seed + k * batch) for k in range(n_iter)]
+        requests = in_batches(first, [first.num_outputs] * found.given.get("n_iter", 1))
         caller = caller_of(http)
         jobs = sync.submit(requests, caller, preview_every=PREVIEW_EVERY)
-        run = runs[caller] = Run(jobs)
+        run = Run(jobs)
+        runs.add(caller, run)
         try:
             await until_done(http, jobs)
         finally:
-            if runs.get(caller) is run:
-                del runs[caller]
+            runs.remove(caller, run)
         return await asyncio.to_thread(answer, found, shape, img2img, jobs, run)
 
     def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run) -> dict:
@@ -133,21 +116,20 @@ def router(sync: SyncJobs, settings: Settings) -> APIRouter:
 
     @routes.get("/progress", summary="The caller's running request, with a preview")
     def progress(http: HttpRequest, skip_current_image: bool = False) -> dict:
-        return progress_of(runs.get(caller_of(http)), skip_current_image)
+        return progress_of(runs.current(caller_of(http)), skip_current_image)
 
     @routes.post("/interrupt", summary="Stop the caller's running request")
     def interrupt(http: HttpRequest) -> dict:
         caller = caller_of(http)
-        if caller in runs:
-            runs[caller].interrupted = True
+        for run in runs.of(caller):
+            run.interrupted = True
         for job in sync.of_caller(caller):
             job.cancel(INTERRUPTED)
         return {}
 
     @routes.post("/skip", summary="Skip the caller's running batch; the next one runs")
     def skip(http: HttpRequest) -> JSONResponse:
-        caller = caller_of(http)
-        run = runs.get(caller)
+        run = runs.current(caller_of(http))
         running = [job for job in (run.jobs if run else []) if not job.done()]
         if running:
             run.skipped = True
@@ -184,7 +166,7 @@ def router(sync: SyncJobs, settings: Settings) -> APIRouter:
 
 def checked(body: dict, shape: Surface, caps) -> Checked:
     try:
-        found = check_fields(body, shape, caps)
+        found = wire_checked(body, shape, WIRE, caps)
         total = found.request().num_outputs * found.given.get("n_iter", 1)
         check_cap("batch_size x n_iter", total, "max_outputs", caps)
     except InvalidInputs as err:
@@ -205,56 +187,3 @@ def parameters(found: Checked, shape: Surface) -> dict:
         default = None if spec.default is UNSET else spec.default
         out[spec.name] = found.given.get(spec.name, default)
     return out
-
-
-def progress_of(run: Run | None, skip_current_image: bool) -> dict:
-    idle = {
-        "skipped": False,
-        "interrupted": False,
-        "stopping_generation": False,
-        "job": "",
-        "job_count": 0,
-        "job_timestamp": "0",
-        "job_no": 0,
-        "sampling_step": 0,
-        "sampling_steps": 0,
-    }
-    if run is None or all(job.done() for job in run.jobs):
-        return {
-            "progress": 0.0,
-            "eta_relative": 0.0,
-            "state": idle,
-            "current_image": None,
-            "textinfo": None,
-        }
-    count = len(run.jobs)
-    number = next(i for i, job in enumerate(run.jobs) if not job.done())
-    job = run.jobs[number]
-    step = job.steps["base"] + job.steps["refiner"]
-    plan = job.generation.plan if job.generation is not None else None
-    steps = plan.base_steps + plan.refiner_steps if plan else job.request.num_inference_steps
-    progress = 0.01 + number / count + (step / max(steps, 1)) / count
-    elapsed = time.monotonic() - run.started
-    image = None
-    if job.preview is not None and not skip_current_image:
-        buffer = io.BytesIO()
-        Image.open(io.BytesIO(job.preview.jpeg)).save(buffer, "PNG")
-        image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    state = {
-        **idle,
-        "skipped": run.skipped,
-        "interrupted": run.interrupted,
-        "job": f"Batch {number + 1} out of {count}",
-        "job_count": count,
-        "job_timestamp": run.timestamp,
-        "job_no": number,
-        "sampling_step": step,
-        "sampling_steps": steps,
-    }
-    return {
-        "progress": min(progress, 1.0),
-        "eta_relative": max(0.0, elapsed / progress - elapsed),
-        "state": state,
-        "current_image": image,
-        "textinfo": None,
-    }

@@ -222,7 +222,6 @@ def _assemble(values: dict, given: set) -> dict:
 
 DATACRUNCH = Surface(
     fields=FIELDS,
-    numbers_from_strings=False,
     null_is_unset=False,
     fixed={"output_quality": OUTPUT_QUALITY},
     assemble=_assemble,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE
 from sdxl.errors import InputError
+from sdxl.http.wire import Wire
 from sdxl.inputs.rules import check_range
 from sdxl.inputs.surface import Field, Surface
 
@@ -125,10 +126,10 @@ def surface(edit: bool, auto: tuple[int, int] = (1024, 1024)) -> Surface:
     return Surface(
         fields=_fields(edit),
         null_is_unset=True,
-        form_text=edit,
         assemble=lambda values, given: _assemble(values, given, auto),
         part_of={"width": "size", "height": "size", "num_outputs": "n"},
     )
 
 
 GENERATIONS = surface(edit=False)
+WIRES = {False: Wire(), True: Wire(form_text=True)}  # by edit: an edit is a multipart form

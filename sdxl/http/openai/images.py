@@ -3,14 +3,12 @@ out), and the answer's fields."""
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 import time
 
-from sdxl.config import MAX_SEED
 from sdxl.http.errors import ApiError
 from sdxl.http.openai.fields import JOB_IMAGES
 from sdxl.images.outputs import AllFlagged, OutputImage, encode_outputs
+from sdxl.inputs.request import in_batches
 from sdxl.inputs.surface import Checked
 
 REPORTED_QUALITY = {"auto": "medium", "standard": "medium", "hd": "high"}
@@ -27,13 +25,8 @@ class ModerationBlocked(ApiError):
 def job_requests(found: Checked) -> list:
     """The jobs of `n` images: at most JOB_IMAGES each, the seeds continuing."""
     n = found.given.get("n", 1)
-    first = found.request()
-    seed = first.seed if first.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    jobs = []
-    for start in range(0, n, JOB_IMAGES):
-        count = min(JOB_IMAGES, n - start)
-        jobs.append(dataclasses.replace(first, seed=seed + start, num_outputs=count))
-    return jobs
+    sizes = [min(JOB_IMAGES, n - start) for start in range(0, n, JOB_IMAGES)]
+    return in_batches(found.request(), sizes)
 
 
 def preview_every(found: Checked) -> int:

@@ -19,15 +19,16 @@ from sdxl.errors import InputError
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest, NotFound, Unavailable
-from sdxl.http.openai.fields import GENERATIONS, surface
+from sdxl.http.openai.fields import GENERATIONS, WIRES, surface
 from sdxl.http.openai.images import encoded, job_requests, preview_every, response_body
 from sdxl.http.openai.stream import image_events
 from sdxl.http.schemas import body_doc
 from sdxl.http.settings import Settings
 from sdxl.http.sync import SyncJobs, outcome, until_done
+from sdxl.http.wire import checked as wire_checked
 from sdxl.images.inputs import check_header
 from sdxl.images.outputs import OutputImage
-from sdxl.inputs.rules import check_cap, check_fields
+from sdxl.inputs.rules import check_cap
 from sdxl.inputs.surface import Checked, InvalidInputs, Problem, Surface
 from sdxl.store.store import Store
 
@@ -64,7 +65,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
             )
             raise InvalidRequest([problem])
         try:
-            found = check_fields(body, shape, caps)
+            found = wire_checked(body, shape, WIRES[shape is not GENERATIONS], caps)
             check_cap("n", found.given.get("n", 1), "max_outputs", caps)
         except InvalidInputs as err:
             raise InvalidRequest(err.problems) from None

@@ -15,15 +15,13 @@ from urllib.parse import urlsplit
 
 from sdxl.config import COG_INPUTS
 from sdxl.errors import InputError
+from sdxl.http.wire import Wire
 from sdxl.images.inputs import ImageSource, data_uri_bytes
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import REQUEST_FIELDS, Field, Surface
 
-REPLICATE = Surface(
-    fields=tuple(Field(name, name) for name in COG_INPUTS),
-    numbers_from_strings=True,
-    null_is_unset=True,
-)
+REPLICATE = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS), null_is_unset=True)
+WIRE = Wire(numbers_from_strings=True)  # the Replicate guide's JavaScript sends "0.8"
 IMAGE_INPUTS = ("image", "mask")
 _FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")
 
