@@ -20,7 +20,7 @@ import torch
 from common import sync
 
 from sdxl.config import REFINE_MODES
-from sdxl.generate.phases import generate
+from sdxl.generate.direct import generate
 from sdxl.inputs.request import Request
 from sdxl.model.loading import load_models
 from sdxl.settings import Runtime

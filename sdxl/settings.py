@@ -132,6 +132,7 @@ class Caps:
 
 
 DEVICES = ("auto", "cuda", "cpu")
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 SWITCHES = ("auto", "1", "0")  # auto: on where it helps (the CUDA fast path), 1: on, 0: off
 
 
@@ -149,6 +150,9 @@ class Runtime:
     tf32: str = "auto"  # SDXL_TF32: TF32 matrix products for what still runs in float32
     compile: bool = False  # SDXL_COMPILE=1: torch.compile the UNets and the VAE decoder
     compile_shapes: tuple[tuple[int, int], ...] = ((1024, 1024),)  # SDXL_COMPILE_SHAPES
+    # SDXL_COMPILE_BACKEND: inductor; eager or aot_eager trace the same graphs without code
+    # generation (to check that nothing recompiles, in seconds)
+    compile_backend: str = "inductor"
     vae_tile_above: int = 2560 * 1024  # SDXL_VAE_TILE_ABOVE: pixels beyond which decode tiles
 
     @classmethod
@@ -164,6 +168,7 @@ class Runtime:
             tf32=env_choice(env, "SDXL_TF32", SWITCHES, "auto"),
             compile=env_choice(env, "SDXL_COMPILE", ("0", "1"), "0") == "1",
             compile_shapes=parse_shapes(env.get("SDXL_COMPILE_SHAPES", "1024x1024")),
+            compile_backend=env_choice(env, "SDXL_COMPILE_BACKEND", COMPILE_BACKENDS, "inductor"),
             vae_tile_above=env_number(env, "SDXL_VAE_TILE_ABOVE", int, 1, cls.vae_tile_above),
         )
 

@@ -411,16 +411,23 @@ def test_a_finetuned_unet_stays_resident_as_its_own_module(new_engine, files, fr
 def test_previews_come_in_step_order_before_the_end_and_change_no_pixel(new_engine, fresh):
     engine = new_engine()
     events: list[tuple] = []
+    delivered = threading.Event()  # events come on the engine's delivery thread, in order
+
+    def finished(job):
+        events.append(("finished",))
+        delivered.set()
+
     request = small(seed=5, num_inference_steps=5, refine="expert_ensemble_refiner")
     job = engine.submit(
         request,
         preview_every=2,
         events=JobEvents(
             preview=lambda job, p: events.append((p.stage, p.step, p.total, p.width, p.jpeg[:2])),
-            finished=lambda job: events.append(("finished",)),
+            finished=finished,
         ),
     )
     assert job.wait(120) and job.status == "succeeded", job.error
+    assert delivered.wait(30)
     base, refiner = job.generation.plan.base_steps, job.generation.plan.refiner_steps
     expected = [("base", s, base) for s in range(2, base + 1, 2)]
     expected += [("base", base, base)] if base % 2 else []

@@ -230,6 +230,44 @@ def test_each_refiner_stage_caches_its_own_features(engine, reference):
     assert_same_image(got, expected)
 
 
+@pytest.mark.parametrize(("scheduler", "interval"), [("K_EULER", 3), ("HeunDiscrete", 2)])
+def test_the_base_image_refiner_caches_its_own_features(engine, reference, scheduler, interval):
+    """The refiner re-noises the base's image to 0.3 and runs the tail of its own schedule:
+    the cache counts that tail's steps as the helper does."""
+    from sdxl.generate.schedulers import refiner_schedule_for
+
+    base, refiner = reference
+    steps = 8
+    pipes = [with_scheduler(p, reference_scheduler(p, scheduler)) for p in (base, refiner)]
+    with enabled(cached(pipes[0], interval)):
+        image = pipes[0](
+            prompt=PROMPT,
+            width=SIZE,
+            height=SIZE,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            output_type="latent",
+            generator=(g := generator(7)),
+        ).images
+    with enabled(cached(pipes[1], interval)):
+        expected = pipes[1](
+            prompt=PROMPT,
+            image=image,
+            strength=0.3,
+            num_inference_steps=refiner_schedule_for(steps, 0.3),
+            guidance_scale=7.5,
+            generator=g,
+        ).images[0]
+    (got,) = run(
+        engine,
+        scheduler=scheduler,
+        refine="base_image_refiner",
+        num_inference_steps=steps,
+        cache_interval=interval,
+    )
+    assert_same_image(got, expected)
+
+
 def test_img2img_with_a_resident_lora_and_the_cache(fast_engine, reference, lora_dir):
     base, _ = reference
     img2img = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
@@ -254,6 +292,29 @@ def test_img2img_with_a_resident_lora_and_the_cache(fast_engine, reference, lora
         cache_interval=2,
     )
     assert_same_image(got, expected)
+
+
+@pytest.mark.parametrize("refine", ["no_refiner", "base_image_refiner"])
+def test_the_cache_adds_no_host_sync(engine, monkeypatch, refine):
+    """DeepCache's own helper reads each UNet call's timestep with .item(), a host sync per
+    step on a GPU; here each call's step comes from the step plan: a cached job makes no more
+    .item() calls than a plain one."""
+    import torch
+
+    calls: list[int] = []
+    real = torch.Tensor.item
+
+    def counted(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    options = {"num_inference_steps": 10, "refine": refine, "scheduler": "HeunDiscrete"}
+    run(engine, **options)
+    plain = len(calls)
+    calls.clear()
+    run(engine, **options, cache_interval=3)
+    assert len(calls) == plain
 
 
 def module_dicts(unet) -> dict[str, dict]:

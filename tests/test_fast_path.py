@@ -3,9 +3,9 @@ the plain modules: same images within a stated tolerance, weights held once, fla
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ import torch
 from conftest import load_tiny, start_engine
 from safetensors import safe_open
 
+from sdxl.engine import Engine
 from sdxl.inputs.request import Request
 from sdxl.model import fast
 from sdxl.model.loading import load_models
@@ -130,31 +131,53 @@ def test_a_vae_that_wants_float32_is_refused_in_float16(tiny_weights, tmp_path):
         load_models(Runtime(weights_dir=weights, dtype="float16"))
 
 
-def test_warm_up_runs_each_stage_once_in_setup(tiny_weights, monkeypatch):
-    from sdxl.model import loading
-
-    calls = []
-    real = loading.warm_up
-    monkeypatch.setattr(loading, "warm_up", lambda m, s: calls.append(s) or real(m, ((256, 256),)))
-    load_models(Runtime(weights_dir=tiny_weights, dtype="float32", warmup="1"))
-    assert calls == [((1024, 1024),)]
+def test_the_warm_up_runs_each_stage_on_the_thread_that_runs_the_jobs(tiny_weights):
+    """CUDA graph trees keep per-thread state: the warm-up must run where the jobs run."""
+    runtime = Runtime(weights_dir=tiny_weights, dtype="float32", warmup="1")
+    models = load_models(runtime)
+    assert models.warmup_shapes == ((1024, 1024),)  # what it asks for by default
+    models.warmup_shapes = ((SIZE, SIZE),)  # the tiny model's size, for speed
+    seen: list[tuple[str, str]] = []
+    hooks = [
+        module.register_forward_hook(
+            lambda *a, stage=stage: seen.append((stage, threading.current_thread().name))
+        )
+        for stage, module in (("base", models.base.unet), ("refiner", models.refiner.unet))
+    ]
+    engine = Engine(runtime, models=models)
+    try:
+        engine.load()
+        warmed = list(seen)
+        assert engine.warmup_seconds is not None and engine.state == "ready"
+        assert {stage for stage, _ in warmed} == {"base", "refiner"}  # each stage ran
+        engine.run(Request(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2))
+        threads = {name for _, name in seen}
+        assert threads == {"sdxl-gpu"}, threads  # the warm-up's and the job's: one thread
+        assert len(seen) > len(warmed)
+    finally:
+        engine.close()
+        for hook in hooks:
+            hook.remove()
 
 
 @pytest.mark.slow
-def test_compiled_modules_equal_eager_and_serve_only_their_shapes(tiny_weights, plain):
-    """torch.compile of the tiny UNets and VAE decoder on the CPU (over a minute): run with
-    `python -m pytest -m slow`."""
+def test_inductor_compiled_modules_equal_eager_and_never_recompile(tiny_weights, plain):
+    """torch.compile with Inductor of the tiny UNets and VAE decoder on the CPU (over a
+    minute): run with `python -m pytest -m slow`. tests/test_compile.py checks every kind of
+    request with the eager backend."""
     engine = start(tiny_weights, compile=True, compile_shapes=((SIZE, SIZE),))
     try:
-        compiled = engine.models.compiled
-        job = dataclasses.make_dataclass("J", ["request", "width", "height"])
-        fits = job(Request(width=SIZE, height=SIZE), SIZE, SIZE)
-        assert compiled.modules_for(fits, trained=False) is compiled.modules
-        other = job(Request(width=320, height=SIZE), 320, SIZE)
-        assert compiled.modules_for(other, trained=False) is None
-        assert compiled.modules_for(fits, trained=True) is None
-        for refine in ("no_refiner", "expert_ensemble_refiner"):
-            diff = np.abs(run(engine, refine=refine) - run(plain, refine=refine)).max()
-            assert diff <= TOLERANCE, refine
+        counters = torch._dynamo.utils.counters["stats"]
+        warmed = counters["unique_graphs"]
+        for scheduler in ("K_EULER", "DDIM"):  # float32 and int64 timesteps
+            for refine in ("no_refiner", "expert_ensemble_refiner"):
+                diff = np.abs(
+                    run(engine, refine=refine, scheduler=scheduler)
+                    - run(plain, refine=refine, scheduler=scheduler)
+                ).max()
+                assert diff <= TOLERANCE, (scheduler, refine)
+        run(engine, width=320)  # another size: eager
+        assert counters["unique_graphs"] == warmed
+        assert engine.models.compiled.eager_calls > 0
     finally:
         engine.close()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from support.helpers import pixels
 
-from sdxl.generate.phases import generate
+from sdxl.generate.direct import generate
 from sdxl.inputs.request import Request
 from sdxl.model.loading import load_models
 from sdxl.settings import Runtime

@@ -245,7 +245,7 @@ def test_bfloat16_as_the_cpu_default_equals_diffusers_in_bfloat16(tiny_weights):
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from sdxl.generate.phases import generate
+    from sdxl.generate.direct import generate
     from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
 

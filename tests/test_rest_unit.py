@@ -11,8 +11,8 @@ from PIL import Image
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.config import SCHEDULERS as ENGINE_SCHEDULERS
 from sdxl.config import STYLES
+from sdxl.engine.prepare import with_images
 from sdxl.errors import InputError
-from sdxl.generate.phases import with_images
 from sdxl.generate.schedulers import plan_steps
 from sdxl.http.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_key
 from sdxl.http.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
@@ -22,7 +22,7 @@ from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import Request
 from sdxl.inputs.rules import check_fields, check_request
 from sdxl.inputs.surface import InvalidInputs
-from sdxl.settings import Caps, SettingsError
+from sdxl.settings import Caps, FetchSettings, SettingsError
 
 # The scheduler names the DataCrunch document lists, spelled as it spells them.
 DOCUMENTED_SCHEDULERS = {
@@ -259,7 +259,7 @@ def test_engine_image_message_names_seed_image():
     image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + png_bytes()[8:60]).decode()
     request = to_engine_request(body(seed_image=image))
     with pytest.raises(InputError) as info:
-        with_images(request)
+        with_images(request, FetchSettings())
     item = DATACRUNCH.problem(info.value)
     assert item.message.startswith("seed_image is not a readable image")
     assert item.field == "seed_image"
@@ -327,7 +327,7 @@ def test_seed_image_decodes_in_memory_with_exif_applied(tmp_path, monkeypatch):
     exif[0x0112] = 6  # rotate 90 on display
     Image.new("RGB", (40, 24), (10, 20, 30)).save(buffer, "JPEG", exif=exif.tobytes())
     request = to_engine_request(body(seed_image=base64.b64encode(buffer.getvalue()).decode()))
-    image = with_images(request).image
+    image = with_images(request, FetchSettings()).image
     assert image.size == (24, 40) and image.mode == "RGB"
     assert list(tmp_path.iterdir()) == []  # nothing written to disk
 

@@ -33,6 +33,7 @@ from sdxl.adapters.session import Session, checked_cast
 from sdxl.adapters.staging import FinetuneSource, LoraSource, StagedWeights
 from sdxl.adapters.tar import load_safetensors
 from sdxl.model import fast
+from sdxl.model.device import free_device_memory
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class ResidentWeights:
             or sum(e.nbytes for e in self.unets.values()) > lim.max_unet_bytes
         ):
             self.unets.popitem(last=False)
-            _free_device_memory(self.models.device)
+            free_device_memory(self.models.device)
         self._publish()
 
     def _unload_all_loras(self) -> None:
@@ -233,7 +234,7 @@ class ResidentWeights:
         tensors = tensors or load_safetensors(source.path, "replicate_weights")
         while len(self.unets) >= self.limits.max_unets:  # make room before building
             self.unets.popitem(last=False)
-            _free_device_memory(self.models.device)
+            free_device_memory(self.models.device)
         module = self._build_unet(tensors)
         nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
         self.unets[source.key] = _Unet(module, nbytes)
@@ -276,8 +277,3 @@ def _has_lora_layers(models) -> bool:
     base = models.base
     modules = (base.unet, base.text_encoder, base.text_encoder_2)
     return any(isinstance(m, BaseTunerLayer) for mod in modules for m in mod.modules())
-
-
-def _free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sdxl.errors import InputError, UserError
+from sdxl.errors import UserError
 from sdxl.inputs.request import Request
 
 
@@ -65,26 +65,12 @@ class OutOfMemory(UserError):
     """The device ran out of memory for this job; the message says what to lower."""
 
 
-def failure_kind(err: BaseException | None) -> str | None:
-    """input | canceled | deadline | out_of_memory | broken | internal (None: no failure)."""
-    if err is None:
-        return None
-    for kind, cls in (
-        ("canceled", JobCanceled),
-        ("deadline", DeadlineExceeded),
-        ("out_of_memory", OutOfMemory),
-        ("input", InputError),
-        ("broken", EngineBroken),
-    ):
-        if isinstance(err, cls):
-            return kind
-    return "internal"
-
-
 @dataclass
 class JobEvents:
-    """Callbacks from the engine's threads; keep them short. A callback that raises is logged
-    and ignored."""
+    """Callbacks about a job. `step` is called on the GPU thread between two denoising steps
+    (it may cancel the job, which then runs no further step): keep it to counting. The others
+    come in order on the engine's delivery thread, never on the GPU thread (a listener may
+    write to a database). A callback that raises is logged and ignored."""
 
     started: Callable[[Job], Any] | None = None
     step: Callable[[Job, str, int, int], Any] | None = None  # stage, steps done, planned
@@ -123,10 +109,21 @@ class Job:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.future: Future = Future()
+        self.outcome: Any = None  # sdxl.engine.outcome.Outcome, once it ended
         self.logs: list[str] = []
         self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
-        self.generation: Any = None  # sdxl.generate.phases.Generation, once prepared
+        self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
         self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
+        # On the GPU, by the engine's monotonic clock: when it was prepared, when it took the
+        # lock and let it go; how long the lock stood idle while it was ready; its peak device
+        # memory (None on the CPU).
+        self.ready_at: float | None = None
+        self.gpu_started_at: float | None = None
+        self.gpu_ended_at: float | None = None
+        self.lock_idle_s: float | None = None
+        self.peak_device_bytes: int | None = None
+        # How its events reach their listeners (the engine's delivery thread; alone: at once).
+        self.deliver: Callable[..., None] = notify
         self._taken = 0  # log lines handed out by take_logs
         self._lock = threading.Lock()
         self._cancel_reason: str | None = None
@@ -195,7 +192,7 @@ class Job:
     def log(self, line: str) -> None:
         with self._lock:
             self.logs.append(line)
-        notify(self.events.log, self, line)
+        self.deliver(self.events.log, self, line)
 
 
 def notify(callback, *args) -> None:

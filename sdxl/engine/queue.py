@@ -29,9 +29,6 @@ class JobQueue(Protocol):
     def waiting(self, *, stored: bool = True) -> int:
         """How many jobs wait for this engine (`stored` as in `claim`)."""
 
-    # Optional: `lookahead`, how many jobs the engine may hold claimed but not yet running
-    # (a queue shared by replicas keeps it at 1, so that the others get the rest).
-
 
 class MemoryQueue:
     """A first-in first-out queue in this process's memory (`SharedQueue` takes its tenants in

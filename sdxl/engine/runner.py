@@ -1,6 +1,9 @@
-"""What the engine's threads do with a job: prepare it off the GPU, run it under the lock.
+"""What the engine's threads do with a job, phase by phase: `prepare` on a preparation thread
+(nothing touches a model), `run` on the GPU thread under the engine's lock (trained weights
+applied, denoising, the VAE's decode, the shared models put back), `finish` on the finishing
+thread once the lock is free (images, watermark, kept pixels, safety checker).
 
-`Runner.run` is the only code that changes the shared models, and it puts them back before it
+`run` is the only code that changes the shared models, and it puts them back before it
 returns. When they cannot be put back, or a CUDA error leaves the device in doubt, it raises
 `Poisoned` and the engine stops trusting them. (Imported by the engine when it loads, so that
 importing the engine does not import torch.)
@@ -13,23 +16,40 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.adapters.resident import ResidentLimits, ResidentWeights, RestoreError
 from sdxl.adapters.staging import HostBudget, Resolver, stage_weights
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
+from sdxl.engine.prepare import with_images
 from sdxl.engine.settings import EngineSettings
-from sdxl.generate.phases import denoise, finish, plan_generation, with_images, with_prompts
+from sdxl.generate.denoise import denoise
+from sdxl.generate.finish import finish
+from sdxl.generate.plan import plan_generation, with_prompts
 from sdxl.generate.preview import make_preview
 from sdxl.generate.result import Result
+from sdxl.inputs.request import Request
 from sdxl.inputs.rules import check_request
+from sdxl.model.device import peak_bytes, start_peak
 
 log = logging.getLogger("sdxl.engine")
 
 _POISON_WORDS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS")
+WARM_UP_STEPS = 4
+
+
+@dataclass
+class Denoised:
+    """What the GPU hands the finishing thread: the decoded pixels, and what the images'
+    parameters say about trained weights."""
+
+    pixels: np.ndarray  # [batch, height, width, 3] in 0..1 (diffusers' output_type="np")
+    extra: dict = field(default_factory=dict)
 
 
 class Runner:
@@ -43,7 +63,7 @@ class Runner:
         self._previews = ThreadPoolExecutor(1, thread_name_prefix="sdxl-preview")
         self.budget = HostBudget(settings.max_prepared_bytes)
         limits = ResidentLimits(
-            max_loras=settings.max_resident_loras,
+            max_loras=settings.resident_loras(models.compiled is not None),
             max_lora_bytes=settings.max_resident_lora_bytes,
             max_unets=settings.resident_unets(models.device.type),
             max_unet_bytes=settings.max_resident_unet_bytes,
@@ -80,13 +100,35 @@ class Runner:
             self.budget.release(weights.host_bytes)
             weights.close()
 
-    def peak_device_bytes(self) -> int | None:
-        if self.models.device.type != "cuda":
+    # ---- the GPU thread -----------------------------------------------------------------
+    def warm_up(self) -> float | None:
+        """One short generation per warm-up size through each stage, before the first job
+        (compiling what is compiled, which then serves only what ran here); the seconds it
+        took, or None when the models ask for none."""
+        shapes = self.models.warmup_shapes
+        if not shapes:
             return None
-        return torch.cuda.max_memory_allocated(self.models.device)
+        started = time.perf_counter()
+        compiled = self.models.compiled
+        with compiled.warming() if compiled is not None else contextlib.nullcontext():
+            for width, height in shapes:
+                request = Request(
+                    prompt="warm-up",
+                    width=width,
+                    height=height,
+                    num_inference_steps=WARM_UP_STEPS,
+                    seed=0,
+                    refine="expert_ensemble_refiner",
+                )
+                generation = plan_generation(self.models, request)
+                modules = None if compiled is None else compiled.modules_for(generation, False)
+                denoise(self.models, generation, compiled=modules)
+        if self.models.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
 
-    # ---- the GPU thread, the engine's lock held -----------------------------------------
-    def run(self, job: Job) -> Result:
+    def run(self, job: Job) -> Denoised:
+        """The job's GPU work, the engine's lock held."""
         job.check()  # cancelled while it waited for the GPU
         max_seconds = self.settings.max_seconds
         deadline = None if max_seconds is None else self.clock() + max_seconds
@@ -96,13 +138,14 @@ class Runner:
         log.info("job %s started: %s%s", job.id, generation.summary(), whose)  # operators' log
         extra = {}
         pending: list[Future] = []  # this job's previews being made
+        start_peak(self.models.device)
         try:
             active = self.resident.apply(job.weights)
             try:
                 if job.weights is not None:
                     extra["trained_weights"] = job.weights.describe()
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
-                images = denoise(
+                pixels = denoise(
                     self.models,
                     generation,
                     unet=active.unet,
@@ -113,37 +156,35 @@ class Runner:
             finally:
                 self.resident.undo(active)
                 wait_futures(pending)  # every preview is out before the job ends
-            return finish(self.models, generation, images, **extra)
+            return Denoised(pixels, extra)
         except RestoreError as err:
             raise Poisoned(f"the shared models could not be put back: {err}") from err
         except DeadlineExceeded:
             raise DeadlineExceeded(_deadline_message(job, max_seconds)) from None
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(generation) from None  # the engine frees what the job held
         except Exception as err:
-            if isinstance(err, torch.OutOfMemoryError):
-                _free_device_memory()
-                raise _out_of_memory(generation) from None
             if any(word in str(err) for word in _POISON_WORDS):
                 raise Poisoned(f"{type(err).__name__}: {str(err)[:300]}") from err
             raise
+        finally:
+            job.peak_device_bytes = peak_bytes(self.models.device)
 
     def _compiled(self, job: Job) -> dict | None:
-        """Compiled modules for this job, if it has a compiled shape and no LoRA layer is in
-        the UNet (peft's wrappers change the graph the modules were compiled for), and no
-        feature cache (DeepCache patches the eager modules' forward)."""
+        """Compiled modules for this job (sdxl.model.compiled): none with a feature cache
+        (DeepCache patches the eager modules' forward); the refiner's and the VAE's only when
+        the base UNet carries trained weights (a LoRA's layers change its graph)."""
         compiled = self.models.compiled
         if compiled is None or job.request.cache_interval > 1:
             return None
-        trained = job.weights is not None or bool(self.resident.loras)
-        return compiled.modules_for(job.generation, trained)
-
-    def close(self) -> None:
-        self._previews.shutdown(wait=True)
+        finetune = job.weights is not None and job.weights.finetune is not None
+        return compiled.modules_for(job.generation, bool(self.resident.loras) or finetune)
 
     def _stepper(self, job: Job, deadline: float | None, pending: list[Future]):
         def on_step(stage: str, done: int, total: int, latents) -> None:
             job.steps[stage] += 1
             job.log(f"{stage} step {done}/{total}")
-            notify(job.events.step, job, stage, done, total)
+            notify(job.events.step, job, stage, done, total)  # between two steps: it may cancel
             every = job.preview_every
             if every and (done % every == 0 or done == total):
                 copied = latents[:1].detach().clone()  # the pipeline's own tensor stays as is
@@ -153,6 +194,14 @@ class Runner:
 
         return on_step
 
+    # ---- the finishing thread -----------------------------------------------------------
+    def finish(self, job: Job, denoised: Denoised) -> Result:
+        """The CPU work after the GPU's: images, watermark, kept pixels, safety checker."""
+        return finish(self.models, job.generation, denoised.pixels, **denoised.extra)
+
+    def close(self) -> None:
+        self._previews.shutdown(wait=True)
+
 
 def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
     try:
@@ -160,7 +209,7 @@ def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
     except Exception:  # a preview that cannot be made must not fail the job
         log.exception("the preview of job %s failed", job.id)
         return
-    notify(job.events.preview, job, job.preview)
+    job.deliver(job.events.preview, job, job.preview)
 
 
 def _trained_line(described: dict, resident_unet: bool) -> str:
@@ -195,8 +244,3 @@ def _out_of_memory(generation) -> OutOfMemory:
         values={"num_outputs": req.num_outputs, "num_inference_steps": req.num_inference_steps},
         words={"size": size, "refiner": refiner},
     )
-
-
-def _free_device_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -13,7 +13,9 @@ from sdxl.settings import Caps, FetchSettings, env_number, parse_size
 @dataclass(frozen=True)
 class EngineSettings:
     max_seconds: float | None = None  # SDXL_MAX_SECONDS: running time of one job (not the queue)
-    max_resident_loras: int = 4  # SDXL_MAX_RESIDENT_LORAS: LoRA adapters kept loaded
+    # SDXL_MAX_RESIDENT_LORAS: LoRA adapters kept loaded (None: 4, or 0 with SDXL_COMPILE=1, so
+    # that a LoRA's layers leave the base UNet after its job and the others run it compiled)
+    max_resident_loras: int | None = None
     max_resident_lora_bytes: int = 2 << 30  # SDXL_MAX_RESIDENT_LORA_BYTES
     max_resident_unets: int | None = None  # SDXL_MAX_RESIDENT_UNETS: None = 1 on CUDA, 0 on CPU
     max_resident_unet_bytes: int = 12 << 30  # SDXL_MAX_RESIDENT_UNET_BYTES
@@ -28,9 +30,7 @@ class EngineSettings:
         env = os.environ if env is None else env
         return cls(
             max_seconds=env_number(env, "SDXL_MAX_SECONDS", float, 0.001, None),
-            max_resident_loras=env_number(
-                env, "SDXL_MAX_RESIDENT_LORAS", int, 0, cls.max_resident_loras
-            ),
+            max_resident_loras=env_number(env, "SDXL_MAX_RESIDENT_LORAS", int, 0, None),
             max_resident_lora_bytes=env_number(
                 env, "SDXL_MAX_RESIDENT_LORA_BYTES", parse_size, 1, cls.max_resident_lora_bytes
             ),
@@ -46,6 +46,11 @@ class EngineSettings:
             caps=Caps.from_env(env),
             fetch=FetchSettings.from_env(env),
         )
+
+    def resident_loras(self, compiled: bool) -> int:
+        if self.max_resident_loras is not None:
+            return self.max_resident_loras
+        return 0 if compiled else 4
 
     def resident_unets(self, device_type: str) -> int:
         if self.max_resident_unets is not None:

@@ -7,9 +7,9 @@ memory or in the store (where "served" is when a replica last claimed one of its
 so the turns hold across replicas); within a tenant, first in, first out. With one tenant, each
 claim simply takes the older of the two heads.
 
-The engine asks for stored jobs only while it is ready and not draining (`stored=True`). On a
-shared store a replica claims at most one beyond the one it runs: it prepares (downloads) that
-one while the GPU works, and leaves the rest to replicas with a free GPU. When the engine
+The engine asks for stored jobs only while it is ready and not draining (`stored=True`), and
+claims at most one beyond the one it runs (`sdxl.engine.lanes`): it prepares that one while the
+GPU works, and leaves the rest to replicas with a free GPU. When the engine
 stops, what it claimed and did not start goes back to the store (`release_claims`). A claim
 whose answer was lost (the database went away after committing it) is handed back once the store
 answers again, so it cannot stay claimed by a replica that never knew it had it.
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 STORE_POLL_S = 0.25  # how often the store is asked for jobs another process created
 STORE_RETRY_S = 2.0  # after the store could not be read, wait this long before asking again
-SHARED_LOOKAHEAD = 1  # stored jobs a replica of a shared store claims beyond the running one
 
 
 class JobStore(Protocol):
@@ -38,7 +37,7 @@ class JobStore(Protocol):
 
     shared: bool  # other replicas claim from it too
 
-    def turns(self) -> list: ...  # per tenant waiting: .tenant, .created_at, .served_at
+    def turns(self) -> list: ...  # per tenant: .tenant, .created_at, .served_at, .waiting
 
     def claim(self, replica: str, tenant: str | None) -> dict | None: ...  # its oldest, claimed
 
@@ -54,7 +53,9 @@ class SharedQueue:
         self.job_for = job_for  # a claimed row -> its Job
         self.memory = MemoryQueue()
         self.claimed: dict[str, Job] = {}  # this replica's stored jobs, until they end
-        self.lookahead = SHARED_LOOKAHEAD if store.shared else None
+        # Stored jobs waiting, as this replica last saw them (its turns, creates and claims):
+        # counted without a database call, so that the event loop may ask (`waiting`).
+        self._stored_waiting = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._store_failed_at = -STORE_RETRY_S
@@ -69,7 +70,14 @@ class SharedQueue:
 
     def created(self) -> None:
         """A job was stored: look at the store now rather than at the next poll."""
+        with self._lock:
+            self._stored_waiting += 1
         self._wake.set()
+
+    def withdrawn(self) -> None:
+        """A stored job that waited was cancelled before anyone claimed it."""
+        with self._lock:
+            self._stored_waiting = max(0, self._stored_waiting - 1)
 
     def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
         deadline = time.monotonic() + timeout
@@ -109,6 +117,7 @@ class SharedQueue:
         job = self.job_for(row)
         with self._lock:
             self.claimed[job.id] = job
+            self._stored_waiting = max(0, self._stored_waiting - 1)
         job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
         return job
 
@@ -120,10 +129,13 @@ class SharedQueue:
         try:
             if self._lost_claim_since is not None:
                 self._hand_back_lost_claims()
-            return self.store.turns()
+            turns = self.store.turns()
         except Exception as err:  # the database is away
             self._store_failed(err)
             return []
+        with self._lock:
+            self._stored_waiting = sum(turn.waiting for turn in turns)
+        return turns
 
     def _claim_from_store(self, tenant: str | None) -> dict | None:
         attempted_at = time.time()  # the store stamps claimed_at later than this
@@ -176,15 +188,13 @@ class SharedQueue:
         return self.memory.discard(job)
 
     def waiting(self, *, stored: bool = True) -> int:
-        """Jobs waiting for this engine. The only replica of its store (SQLite) counts the
-        stored ones too; on a shared store they wait for every replica and are counted once
-        there (`JobStore.count_queued`)."""
+        """Jobs waiting for this engine, without a database call. The only replica of its
+        store (SQLite) counts the stored ones too, as it last saw them; on a shared store they
+        wait for every replica and are counted once there (`JobStore.count_queued`)."""
         waiting = self.memory.waiting()
         if stored and not self.store.shared:
-            try:
-                waiting += self.store.count_queued()
-            except Exception as err:  # the database is away: what is in memory still counts
-                log.warning("the prediction store cannot be read: %s", err)
+            with self._lock:
+                waiting += self._stored_waiting
         return waiting
 
 

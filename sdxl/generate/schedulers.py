@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +55,16 @@ class StepPlan:
     """How many denoising steps each stage runs, computed as diffusers will compute them.
 
     `base_steps` and `refiner_steps` count UNet passes (timesteps actually visited);
-    `refiner_schedule` is the num_inference_steps the refiner is called with.
+    `refiner_schedule` is the num_inference_steps the refiner is called with. `base_calls` and
+    `refiner_calls` give, for each UNet call of the stage, the position of its timestep in the
+    stage scheduler's schedule (its first occurrence, as DeepCache counts steps).
     """
 
     base_steps: int
     refiner_steps: int = 0
     refiner_schedule: int = 0
+    base_calls: tuple[int, ...] = ()
+    refiner_calls: tuple[int, ...] = ()
 
 
 class StepPlanError(InputError):
@@ -95,7 +100,8 @@ def plan_steps(
     `strength` is None for text to image, else img2img/inpaint strength.
     """
     check_few_step(name, steps, "num_inference_steps")
-    timesteps, order = _timesteps(name, base_config, spacing, steps)
+    schedule, order = _timesteps(name, base_config, spacing, steps)
+    timesteps = schedule
     if strength is not None:
         kept = min(int(steps * strength), steps)
         timesteps = timesteps[max(steps - kept, 0) * order :]
@@ -108,13 +114,27 @@ def plan_steps(
                 values={"prompt_strength": strength, "num_inference_steps": steps},
             )
     if refine == "expert_ensemble_refiner":
-        return _plan_ensemble(name, refiner_config, spacing, steps, timesteps, high_noise_frac)
+        plan = _plan_ensemble(name, refiner_config, spacing, steps, timesteps, high_noise_frac)
+        base_calls = _calls(schedule, timesteps[: plan.base_steps])
+        return dataclasses.replace(plan, base_calls=base_calls)
+    base_calls = _calls(schedule, timesteps)
     if refine == "base_image_refiner":
         wanted = steps if refine_steps is None else refine_steps
-        schedule = refiner_schedule_for(wanted, refine_strength)
-        check_few_step(name, schedule, "refine_steps", wanted, refine_strength)
-        return StepPlan(len(timesteps), wanted, schedule)
-    return StepPlan(len(timesteps))
+        refiner_steps = refiner_schedule_for(wanted, refine_strength)
+        check_few_step(name, refiner_steps, "refine_steps", wanted, refine_strength)
+        full, order = _timesteps(name, refiner_config, spacing, refiner_steps)
+        start = max(refiner_steps - min(int(refiner_steps * refine_strength), refiner_steps), 0)
+        refiner_calls = _calls(full, full[start * order :])
+        return StepPlan(len(timesteps), wanted, refiner_steps, base_calls, refiner_calls)
+    return StepPlan(len(timesteps), base_calls=base_calls)
+
+
+def _calls(schedule, used) -> tuple[int, ...]:
+    """For each timestep a stage visits, its first position in the schedule."""
+    first: dict[float, int] = {}
+    for position, timestep in enumerate(schedule.tolist()):
+        first.setdefault(timestep, position)
+    return tuple(first[timestep] for timestep in used.tolist())
 
 
 def check_few_step(
@@ -147,6 +167,7 @@ def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fractio
     refiner = int((refiner_timesteps < cutoff).sum())
     if order == 2 and refiner % 2 == 0:
         refiner += 1  # diffusers ends on a complete second-order step
+    calls = _calls(refiner_timesteps, refiner_timesteps[len(refiner_timesteps) - refiner :])
     if base < 1 or refiner < 1:
         stage = "base" if base < 1 else "refiner"
         raise StepPlanError(
@@ -158,7 +179,7 @@ def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fractio
             values={"num_inference_steps": steps, "high_noise_frac": fraction},
             words={"stage": stage},
         )
-    return StepPlan(base, refiner, steps)
+    return StepPlan(base, refiner, steps, refiner_calls=calls)
 
 
 def refiner_schedule_for(wanted: int, strength: float) -> int:

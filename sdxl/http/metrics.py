@@ -16,20 +16,21 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sdxl.engine import Job
-from sdxl.engine.jobs import JobStatus, failure_kind
+from sdxl.engine.outcome import FAILURE_KINDS
 from sdxl.http.service import Service
 
 log = logging.getLogger(__name__)
 
 # Seconds one generation runs: from a fast GPU's 1024x1024 in about 2 s to long CPU runs.
 GENERATION_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800)
+# Bytes of GPU memory one job allocated at its peak: SDXL at 1024x1024 in float16 takes 9-12 GB.
+PEAK_BUCKETS = tuple(gb * 2**30 for gb in (4, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, 80))
 NO_TENANT = "none"  # predictions from before tenants, and jobs of the Cog predictor
 STORE_UP = "sdxl_prediction_store_up"
 STORE_UP_HELP = (
     "1 when the prediction store's database answered this scrape; 0 when it did not (then "
     "sdxl_shared_queue_depth is left out rather than stale)"
 )
-FAILURE_KINDS = ("input", "canceled", "deadline", "out_of_memory", "broken", "internal")
 
 
 class Metrics:
@@ -69,6 +70,12 @@ class Metrics:
             ["tenant", "status"],
             registry=self.registry,
         )
+        self.peak_memory = Histogram(
+            "sdxl_job_peak_memory_bytes",
+            "The most GPU memory one successful job allocated (CUDA only)",
+            buckets=PEAK_BUCKETS,
+            registry=self.registry,
+        )
         for kind in FAILURE_KINDS:  # present at 0, so that rate() sees the first failure
             self.failures.labels(kind)
         self.registry.register(EngineCollector(service, store))
@@ -78,10 +85,11 @@ class Metrics:
         """Count an ended job (an engine observer: runs on the engine's threads)."""
         self.jobs.labels(job.status).inc()
         self.tenant_jobs.labels(job.tenant or NO_TENANT, job.status).inc()
-        error = job.error
-        if job.status != JobStatus.SUCCEEDED:
-            self.failures.labels(failure_kind(error) or "internal").inc()
+        if not job.outcome.succeeded:
+            self.failures.labels(job.outcome.kind).inc()
             return
+        if job.peak_device_bytes is not None:
+            self.peak_memory.observe(job.peak_device_bytes)
         result = job.result()
         self.images.labels(result.mode).inc(len(result.images))
         if job.run_seconds is not None:

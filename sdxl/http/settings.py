@@ -16,6 +16,7 @@ LOADING_RETRY_AFTER_S = 10
 DRAINING_RETRY_AFTER_S = 5
 STORE_RETRY_AFTER_S = 5  # the prediction store's database is away (a restart takes seconds)
 DISK_FULL_RETRY_AFTER_S = 60  # its disk is full: an operator has to free space
+PREVIEW_EVERY = 5  # steps between the previews of the live views (playground, A1111's progress)
 # The model the Replicate guide calls, with the version id it uses.
 GUIDE_MODEL = "stability-ai/sdxl:39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
 

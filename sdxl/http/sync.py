@@ -14,8 +14,7 @@ import threading
 
 from fastapi import Request as HttpRequest
 
-from sdxl.engine import DeadlineExceeded, EngineBroken, Job, JobCanceled, JobEvents, ServerStopping
-from sdxl.errors import UserError
+from sdxl.engine import Job, JobEvents
 from sdxl.generate.result import Result
 from sdxl.http.errors import (
     ClientDisconnected,
@@ -170,22 +169,23 @@ def cancel(jobs: list[Job], reason: str) -> None:
 
 
 def outcome(job: Job, surface: Surface) -> Result:
-    """The job's result, or its failure as an ApiError in `surface`'s names."""
-    error = job.error
-    if error is None:
+    """The job's result, or its failure (`sdxl.engine.outcome`) as an ApiError in `surface`'s
+    names."""
+    ended = job.outcome
+    if ended.succeeded:
         return job.result()
-    if isinstance(error, UserError):  # a rule of the model, or out of memory: the request's
+    error = job.error
+    if ended.http == 422:  # a rule of the model, or out of memory: the request's
         raise InvalidRequest([surface.problem(error)]) from error
-    if isinstance(error, ServerStopping):  # it never ran: the caller should send it again
-        raise Unavailable(str(error), headers=stopping_headers()) from error
-    if isinstance(error, JobCanceled):
-        raise ClientDisconnected(str(error)) from error
-    if isinstance(error, DeadlineExceeded):
-        raise GenerationTimeout(str(error)) from error
-    if isinstance(error, EngineBroken):
-        raise Unavailable(str(error)) from error
-    log.error("job %s failed: %s: %s", job.id, type(error).__name__, error)
-    raise GenerationFailed(
-        f"generation failed ({type(error).__name__}, request {job.id}); the server is still "
-        "running: retry, or change the parameters"
-    ) from error
+    if ended.kind == "stopping":  # it never ran: the caller should send it again
+        raise Unavailable(ended.message, headers=stopping_headers()) from error
+    raise BY_STATUS[ended.http](ended.message) from error
+
+
+# The synchronous APIs' error for each code of the outcome table.
+BY_STATUS = {
+    499: ClientDisconnected,
+    500: GenerationFailed,
+    503: Unavailable,
+    504: GenerationTimeout,
+}

@@ -2,7 +2,8 @@
 
 At an API's boundary an image is only checked cheaply: where it comes from (a data URI, raw
 base64, an http(s) URL), its size in bytes, and the format and pixel size its header states.
-It is decoded once, when the engine prepares the job (`load`), where a URL is also fetched.
+It is decoded once, when the engine prepares the job (`load`, after the engine has fetched a
+URL).
 No process-wide PIL setting is changed: the pixel limit is checked from the header here.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import binascii
 import io
 import re
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +20,11 @@ from PIL import Image, ImageOps
 
 from sdxl.config import MAX_PIXELS, MAX_URL_CHARS
 from sdxl.errors import InputError, escape
-from sdxl.net import http_get
-from sdxl.settings import FetchSettings
 
 MAX_IMAGE_BYTES = 64 << 20  # an encoded image
 MAX_IMAGE_PIXELS = 16 * MAX_PIXELS  # 67 megapixels: any camera; decompression bombs beyond
 FORMATS = ("PNG", "JPEG", "WEBP")  # what SDXL users send; PIL opens no other format here
 FORMAT_WORDS = "a PNG, JPEG or WebP"
-URL_DEADLINE_S = 300.0  # an image URL is fetched within this, whatever SDXL_FETCH_DEADLINE says
 
 _DATA_URI = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*),", re.IGNORECASE)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:", re.IGNORECASE)
@@ -38,7 +35,7 @@ class ImageInputError(InputError):
     """An input image or mask that cannot be used; the message names the input."""
 
 
-def _fail(name: str, why: str) -> ImageInputError:
+def fail(name: str, why: str) -> ImageInputError:
     return ImageInputError("{field:name}" + escape(f" {why}"), name, values={})
 
 
@@ -79,12 +76,12 @@ def source_from_text(text: str, name: str, forms: tuple[str, ...]) -> ImageSourc
         if "url" in forms and scheme in ("http", "https"):
             if len(stripped) > MAX_URL_CHARS:
                 why = f"is a URL of {len(stripped)} characters; the limit is {MAX_URL_CHARS}"
-                raise _fail(name, why)
+                raise fail(name, why)
             return ImageSource(name, url=stripped)
-        raise _fail(name, _send_instead(forms, f"{scheme}: URLs are not accepted"))
+        raise fail(name, _send_instead(forms, f"{scheme}: URLs are not accepted"))
     if "base64" in forms:
         return bytes_source(_base64_bytes(stripped.encode("ascii", "replace"), name), name)
-    raise _fail(name, _send_instead(forms, "is neither a URL nor a data URI"))
+    raise fail(name, _send_instead(forms, "is neither a URL nor a data URI"))
 
 
 def _send_instead(forms: tuple[str, ...], why: str) -> str:
@@ -97,13 +94,13 @@ def data_uri_bytes(text: str, name: str) -> bytes:
     match = _DATA_URI.match(text)
     if match is None:
         why = "is not a valid data URI: it needs a comma before its data, as in data:image/png;..."
-        raise _fail(name, why)
+        raise fail(name, why)
     params = [p.lower() for p in match["params"].split(";") if p]
     media = match["type"].lower()
     if media and not media.startswith("image/"):
-        raise _fail(name, f"is a data URI of type {media!r}; send an image/* data URI")
+        raise fail(name, f"is a data URI of type {media!r}; send an image/* data URI")
     if "base64" not in params:
-        raise _fail(name, "is a data URI that is not base64; use data:image/png;base64,<data>")
+        raise fail(name, "is a data URI that is not base64; use data:image/png;base64,<data>")
     return _base64_bytes(text[match.end() :].encode("ascii", "replace"), name)
 
 
@@ -112,14 +109,14 @@ def _base64_bytes(data: bytes, name: str) -> bytes:
     accepted; any other character outside the standard base64 alphabet is not."""
     data = _BLANKS.sub(b"", data)
     if not data:
-        raise _fail(name, f"is empty; send {FORMAT_WORDS} image")
+        raise fail(name, f"is empty; send {FORMAT_WORDS} image")
     if len(data) * 3 // 4 > MAX_IMAGE_BYTES:
-        raise _fail(name, f"is over {MAX_IMAGE_BYTES} bytes; send a smaller image")
+        raise fail(name, f"is over {MAX_IMAGE_BYTES} bytes; send a smaller image")
     try:
         return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
     except binascii.Error as err:
         why = f"is not valid base64 ({err}); send standard base64 (A-Z, a-z, 0-9, +, /)"
-        raise _fail(name, why) from err
+        raise fail(name, why) from err
 
 
 def bytes_source(data: bytes, name: str) -> ImageSource:
@@ -131,7 +128,7 @@ def bytes_source(data: bytes, name: str) -> ImageSource:
 def check_header(data: bytes, name: str) -> tuple[int, int]:
     """Size, format and pixels from the header only (no decoding); the image's size."""
     if len(data) > MAX_IMAGE_BYTES:
-        raise _fail(name, f"is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}")
+        raise fail(name, f"is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}")
     try:
         with _opened(data) as img:
             size = img.size
@@ -140,12 +137,12 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as err:
         other = _other_format(data)
         if other is not None:
-            raise _fail(name, f"is a {other} image; send {FORMAT_WORDS}") from err
+            raise fail(name, f"is a {other} image; send {FORMAT_WORDS}") from err
         why = f"is not a readable image ({type(err).__name__}); send {FORMAT_WORDS}"
-        raise _fail(name, why) from err
+        raise fail(name, why) from err
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         shape = f"{size[0]}x{size[1]}"
-        raise _fail(name, f"is {shape} pixels; the limit is {MAX_IMAGE_PIXELS}: scale it down")
+        raise fail(name, f"is {shape} pixels; the limit is {MAX_IMAGE_PIXELS}: scale it down")
     return size
 
 
@@ -166,28 +163,22 @@ def _opened(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data), formats=FORMATS)
 
 
-# ---- when the job is prepared: fetched and decoded once ---------------------------------
-def load(source: ImageSource, fetch: FetchSettings, check=None) -> Image.Image:
-    """The decoded image of `source` (fetched first if it is a URL); `check` may raise to stop
-    a download (a cancelled job). A mask comes back white where it repaints, black elsewhere."""
+# ---- when the job is prepared: decoded once ---------------------------------------------
+def load(source: ImageSource, fetched: Callable[[ImageSource], bytes] | None = None) -> Image.Image:
+    """The decoded image of `source`; `fetched(source)` gives a URL source's bytes (the engine
+    fetches them, `sdxl.engine.prepare`). A mask comes back white where it repaints, black
+    elsewhere."""
     if source.data is not None:
         data = source.data
     elif source.read is not None:
         data = source.read()
+    elif fetched is not None:
+        data = fetched(source)
     else:
-        data = _fetched(source, fetch, check)
+        raise ValueError(f"{source.name} is a URL and nothing fetches it here")
     if source.mask == "white" and not source.invert:
         return decode(data, source.name)
     return decode_mask(data, source.name, source.mask, source.invert)
-
-
-def _fetched(source: ImageSource, fetch: FetchSettings, check) -> bytes:
-    def fail(why: str) -> ImageInputError:
-        return _fail(source.name, f"could not be fetched: {why}")
-
-    limits = http_get.Limits.of(fetch, check, time.monotonic() + URL_DEADLINE_S)
-    data, _type = http_get.get_bytes(source.url, limits, MAX_IMAGE_BYTES, fail)
-    return data
 
 
 def decode(data: bytes, name: str) -> Image.Image:
@@ -225,7 +216,7 @@ def _decoded(data: bytes, name: str) -> Image.Image:
             img.load()
             return ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError) as err:
-        raise _fail(name, f"is not a readable image ({err}); send {FORMAT_WORDS}") from err
+        raise fail(name, f"is not a readable image ({err}); send {FORMAT_WORDS}") from err
 
 
 def _transparent(img: Image.Image) -> bool:

@@ -1,15 +1,12 @@
 """Loading the models for serving: the weights read once (`sdxl.model.pipelines`), then the fast
-path applied (TF32, channels-last, fused QKV, torch.compile) and a warm-up generation."""
+path applied (TF32, channels-last, fused QKV, torch.compile). The warm-up generation it asks
+for (`Models.warmup_shapes`) is run by the engine, on the thread that runs every job."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-import torch
-
-from sdxl.generate.phases import denoise, plan_generation
-from sdxl.inputs.request import Request
 from sdxl.model import fast
 from sdxl.model.compiled import Compiled
 from sdxl.model.pipelines import Models, read_models
@@ -48,30 +45,10 @@ def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
         models.fused = {"base": fast.fuse_qkv(base.unet), "refiner": fast.fuse_qkv(refiner.unet)}
         switches.append("fused QKV")
     if runtime.compile:
-        models.compiled = Compiled(models, runtime.compile_shapes)
+        models.compiled = Compiled(models, runtime.compile_shapes, backend=runtime.compile_backend)
         switches.append(f"compiled for {runtime.compile_shapes}")
-    if runtime.switch("warmup", cuda):
-        seconds = warm_up(models, runtime.compile_shapes if runtime.compile else ((1024, 1024),))
-        switches.append(f"warmed up in {seconds:.1f} s")
+    if runtime.compile or runtime.switch("warmup", cuda):
+        # Compiled modules serve only what the warm-up ran, so compiling implies warming up.
+        # The engine runs it on its GPU thread, before it takes the first job.
+        models.warmup_shapes = runtime.compile_shapes if runtime.compile else ((1024, 1024),)
     return switches
-
-
-def warm_up(models, shapes) -> float:
-    """One short generation per shape through each stage (compiling what is compiled);
-    returns the seconds it took."""
-    started = time.perf_counter()
-    for width, height in shapes:
-        request = Request(
-            prompt="warm-up",
-            width=width,
-            height=height,
-            num_inference_steps=4,
-            seed=0,
-            refine="expert_ensemble_refiner",
-        )
-        generation = plan_generation(models, request)
-        compiled = models.compiled.modules_for(generation, False) if models.compiled else None
-        denoise(models, generation, compiled=compiled)
-    if models.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started

@@ -79,6 +79,7 @@ class Models:
     fused: dict[str, dict] = field(default_factory=dict)  # stage -> fused QKV processors
     vae_tile_above: int = 2560 * 1024  # pixels beyond which the VAE decodes in tiles
     compiled: Any = None  # sdxl.model.compiled.Compiled, with SDXL_COMPILE=1
+    warmup_shapes: tuple[tuple[int, int], ...] = ()  # sizes the engine warms up before serving
 
     def __post_init__(self) -> None:
         for stage, pipe in (("base", self.base), ("refiner", self.refiner)):

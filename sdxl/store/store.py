@@ -71,6 +71,7 @@ class Turn:
     tenant: str | None
     created_at: float
     served_at: float | None
+    waiting: int = 1  # its predictions queued and unclaimed
 
 
 class Store(ReplicaRows, FileRows, Expiry):
@@ -187,7 +188,11 @@ class Store(ReplicaRows, FileRows, Expiry):
         when a replica last took one of its predictions (None: never)."""
         tenant = sa.func.coalesce(predictions.c.tenant, "").label("tenant")
         heads = (
-            sa.select(tenant, sa.func.min(predictions.c.created_at).label("created_at"))
+            sa.select(
+                tenant,
+                sa.func.min(predictions.c.created_at).label("created_at"),
+                sa.func.count().label("waiting"),
+            )
             .where(predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None))
             .group_by(tenant)
             .subquery()
@@ -198,11 +203,12 @@ class Store(ReplicaRows, FileRows, Expiry):
             .group_by(tenant)
             .subquery()
         )
-        query = sa.select(heads.c.tenant, heads.c.created_at, served.c.served_at).select_from(
-            heads.outerjoin(served, heads.c.tenant == served.c.tenant)
-        )
+        query = sa.select(
+            heads.c.tenant, heads.c.created_at, served.c.served_at, heads.c.waiting
+        ).select_from(heads.outerjoin(served, heads.c.tenant == served.c.tenant))
         with self._read() as conn:
-            return [Turn(r.tenant or None, r.created_at, r.served_at) for r in conn.execute(query)]
+            rows = conn.execute(query)
+            return [Turn(r.tenant or None, r.created_at, r.served_at, r.waiting) for r in rows]
 
     def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
         """The oldest queued prediction (of `tenant`) nobody has claimed, now claimed by

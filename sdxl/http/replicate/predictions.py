@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sdxl.engine.shared_queue import SharedQueue
 from sdxl.http.replicate.events import Events
-from sdxl.http.replicate.inputs import REPLICATE
+from sdxl.http.replicate.inputs import REPLICATE, WIRE
 from sdxl.http.replicate.models import Version
 from sdxl.http.replicate.webhooks import EVENTS
-from sdxl.inputs.rules import check_fields
+from sdxl.http.wire import checked
 from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.settings import Caps
 from sdxl.store.store import Store, new_id
@@ -29,7 +29,7 @@ class Predictions:
             problems.append(Problem("input", "must be a JSON object of the model's inputs"))
         else:
             try:
-                given = check_fields(raw, REPLICATE, self.caps).given
+                given = checked(raw, REPLICATE, WIRE, self.caps).given
             except InvalidInputs as err:
                 problems += [Problem(f"input.{p.field}", p.message) for p in err.problems]
         webhook, wanted = body.get("webhook"), body.get("webhook_events_filter")
@@ -63,6 +63,7 @@ class Predictions:
 
     def cancel(self, prediction_id: str) -> None:
         if self.store.request_cancel(prediction_id):  # it was still queued
+            self.queue.withdrawn()
             self.events.changed(prediction_id, "completed")
             return
         job = self.queue.local(prediction_id)

@@ -10,18 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sdxl.config import INPUTS, OUTPUT_INPUTS
-from sdxl.engine import (
-    DeadlineExceeded,
-    EngineBroken,
-    Job,
-    JobCanceled,
-    JobEvents,
-    OutOfMemory,
-    ServerStopping,
-)
+from sdxl.engine import Job, JobEvents
 from sdxl.errors import UserError
 from sdxl.http.replicate.events import Events
 from sdxl.http.replicate.inputs import stored_request
+from sdxl.http.settings import PREVIEW_EVERY
 from sdxl.images.outputs import encode_outputs
 from sdxl.store.store import Store, StoreDiskFull, StoreUnavailable
 from sdxl.store.tables import PredictionStatus
@@ -29,7 +22,6 @@ from sdxl.store.tables import PredictionStatus
 log = logging.getLogger(__name__)
 
 LOG_FLUSH_S = 0.5  # logs are written to the store (and sent to webhooks) at most this often
-PREVIEW_EVERY = 5  # steps between the previews a running prediction stores (the playground's)
 LOST_CLAIM = (
     "this replica was presumed dead and lost its claim on the prediction, which another "
     "replica settled"
@@ -103,7 +95,7 @@ class StoredRuns:
             self.events.changed(job.id, "logs")
 
     def _store_result(self, job: Job, fmt: str, quality: int) -> None:
-        if isinstance(job.error, ServerStopping):
+        if job.outcome.kind == "stopping":
             return  # handed back (Engine.drain): it stays queued in the store
         try:
             status, error, images, metrics = self._result(job, fmt, quality)
@@ -164,11 +156,10 @@ class StoredRuns:
 
     def _result(self, job: Job, fmt: str, quality: int):
         metrics = {} if job.run_seconds is None else {"predict_time": job.run_seconds}
-        error = job.error
-        if isinstance(error, JobCanceled):
-            return PredictionStatus.CANCELED, None, [], metrics
-        if error is not None:
-            return PredictionStatus.FAILED, failure_message(job.id, error), [], metrics
+        ended = job.outcome  # sdxl.engine.outcome: the same status and message as every API
+        if not ended.succeeded:
+            message = None if ended.kind == "canceled" else ended.message
+            return PredictionStatus(ended.status), message, [], metrics
         result = job.result()
         try:
             outputs = encode_outputs(result, fmt, quality, flagged="drop")
@@ -178,13 +169,6 @@ class StoredRuns:
         metrics.update(seeds=[o.seed for o in outputs], mode=result.mode)
         metrics["refine"] = job.request.refine
         return PredictionStatus.SUCCEEDED, None, images, metrics
-
-
-def failure_message(job_id: str, error: BaseException) -> str:
-    if isinstance(error, UserError | EngineBroken | DeadlineExceeded | OutOfMemory):
-        return str(error)
-    log.error("prediction %s failed: %s: %s", job_id, type(error).__name__, error)
-    return f"generation failed ({type(error).__name__}); retry, or change the inputs"
 
 
 def _text(lines: list[str]) -> str:

@@ -1,0 +1,156 @@
+"""Phase 2 of a generation: the base (and refiner) pipelines over the shared modules, the GPU's
+work, ending with the VAE's decoded pixels. The engine runs it under its lock; the pixels
+become images after the lock is released (`sdxl.generate.finish`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
+from sdxl.generate import prompts
+from sdxl.generate.plan import Generation
+from sdxl.generate.schedulers import make_scheduler
+from sdxl.inputs.request import Request
+from sdxl.model.deepcache import feature_cache
+
+# on_step(stage, steps done, steps planned, the latents after that step); it may raise to stop
+# the job at once. The latents are the pipeline's own: read them, never change them.
+StepCallback = Callable[[str, int, int, Any], None]
+PIXELS = "np"  # diffusers' output_type: decoded, on the host, not yet PIL images
+
+
+def denoise(
+    models,
+    generation: Generation,
+    *,
+    unet: Any = None,
+    compiled: dict | None = None,
+    on_step: StepCallback | None = None,
+) -> np.ndarray:
+    """The images' pixels before post-processing ([batch, height, width, 3] in 0..1). `unet`
+    replaces the base UNet (a resident fine-tune); `compiled` holds compiled modules for this
+    job (sdxl.model.compiled)."""
+    compiled = compiled or {}
+    tiled = generation.width * generation.height > models.vae_tile_above
+    with vae_tiling(models.base.vae, tiled):
+        return _denoise(models, generation, unet or compiled.get("base"), compiled, on_step)
+
+
+@contextmanager
+def vae_tiling(vae, on: bool):
+    """Decode in tiles for this job only (the flag lives on the shared VAE)."""
+    if not on:
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
+
+
+def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarray:
+    import torch
+
+    req = gen.request
+    generators = [torch.Generator("cpu").manual_seed(s) for s in gen.seeds]
+    refine = req.refine != "no_refiner"
+    base = models.pipeline(
+        req.mode, _scheduler(models, req, "base"), unet=unet, vae=compiled.get("vae")
+    )
+    kwargs: dict[str, Any] = {
+        **_prompt_kwargs(base, req, for_refiner=False),
+        "num_inference_steps": req.num_inference_steps,
+        "guidance_scale": req.guidance_scale,
+        "num_images_per_prompt": req.num_outputs,
+        "generator": generators,
+        "output_type": "latent" if refine else PIXELS,
+        "callback_on_step_end": _progress("base", gen.plan.base_steps, on_step),
+    }
+    if req.mode == "txt2img":
+        kwargs.update(width=gen.width, height=gen.height)
+    else:
+        kwargs.update(image=gen.image, strength=req.prompt_strength)
+    if req.mode == "inpaint":
+        kwargs.update(mask_image=gen.mask, width=gen.width, height=gen.height)
+    if req.refine == "expert_ensemble_refiner":
+        kwargs["denoising_end"] = req.high_noise_frac
+    with feature_cache(base, req.cache_interval, gen.plan.base_calls):
+        output = base(**kwargs).images
+    if not refine:
+        return output
+    return _refine(models, gen, output, generators, on_step, compiled)
+
+
+def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
+    """Prompt arguments for one stage. An empty negative prompt means none, so SDXL's zeros
+    apply; the refiner has only the second text encoder and reads `prompt_2` where given.
+    Prompts past 77 tokens are encoded in chunks (sdxl.generate.prompts) instead of being cut."""
+    negative = None if req.negative_prompt == "" else req.negative_prompt
+    if for_refiner:
+        prompt = req.prompt if req.prompt_2 is None else req.prompt_2
+        if req.negative_prompt_2 is not None:
+            negative = req.negative_prompt_2
+        args = {"prompt": prompt, "negative_prompt": negative}
+    else:
+        args = {
+            "prompt": req.prompt,
+            "prompt_2": req.prompt_2,
+            "negative_prompt": negative,
+            "negative_prompt_2": req.negative_prompt_2,
+        }
+    texts = prompts.stage_texts(
+        pipe, args["prompt"], args.get("prompt_2"), negative, args.get("negative_prompt_2")
+    )
+    embeds = prompts.encode(pipe, texts, zero_negative=pipe.config.force_zeros_for_empty_prompt)
+    return args if embeds is None else embeds
+
+
+def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> np.ndarray:
+    req = gen.request
+    refiner = models.pipeline(
+        "refiner",
+        _scheduler(models, req, "refiner"),
+        unet=compiled.get("refiner"),
+        vae=compiled.get("vae"),
+    )
+    guidance = (
+        req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
+    )
+    kwargs: dict[str, Any] = {
+        **_prompt_kwargs(refiner, req, for_refiner=True),
+        "image": latents,
+        "num_images_per_prompt": req.num_outputs,
+        "num_inference_steps": gen.plan.refiner_schedule,
+        "guidance_scale": guidance,
+        "generator": generators,
+        "output_type": PIXELS,
+        "callback_on_step_end": _progress("refiner", gen.plan.refiner_steps, on_step),
+    }
+    if req.refine == "expert_ensemble_refiner":
+        kwargs["denoising_start"] = req.high_noise_frac
+    else:
+        kwargs["strength"] = BASE_IMAGE_REFINER_STRENGTH
+    # Each stage caches its own features.
+    with feature_cache(refiner, req.cache_interval, gen.plan.refiner_calls):
+        return refiner(**kwargs).images
+
+
+def _scheduler(models, req: Request, stage: str):
+    return make_scheduler(req.scheduler, models.scheduler_config(stage), req.timestep_spacing)
+
+
+def _progress(stage: str, total: int, on_step: StepCallback | None):
+    """diffusers' step-end callback: reports the step; an exception from `on_step` propagates
+    out of the pipeline, so a stopped job ends at once (no further step, no VAE decode)."""
+
+    def callback(pipe, index, timestep, tensors):
+        if on_step is not None:
+            on_step(stage, index + 1, total, tensors["latents"])
+        return tensors
+
+    return callback

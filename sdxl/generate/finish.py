@@ -1,0 +1,45 @@
+"""Phase 3 of a generation, on the CPU after the GPU has let go: the decoded pixels made images,
+the watermark, the kept pixels of an inpainting pasted back, the safety checker's verdicts,
+and the parameters for the images' metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sdxl.generate.plan import Generation
+from sdxl.generate.result import Result
+from sdxl.generate.watermark import apply_watermark
+from sdxl.images.fit import keep_unmasked
+
+
+def finish(models, gen: Generation, pixels: np.ndarray, **extra: Any) -> Result:
+    """`pixels` are the VAE's decoded images as diffusers' `output_type="np"` gives them
+    ([batch, height, width, 3] in 0..1); `extra` goes into the parameters."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    req = gen.request
+    images = VaeImageProcessor.numpy_to_pil(pixels)  # what output_type="pil" would return
+    if req.apply_watermark:
+        images = apply_watermark(images)
+    if gen.mask is not None:  # after the mark, so kept pixels stay exactly the input's
+        images = [keep_unmasked(img, gen.image, gen.mask) for img in images]
+    nsfw = [False] * len(images)
+    if not req.disable_safety_checker:
+        nsfw = models.safety_checker.check(images)
+    parameters = {**_parameters(gen), **extra}
+    return Result(images, gen.seeds, req.mode, gen.plan, parameters=parameters, nsfw=nsfw)
+
+
+def _parameters(gen: Generation) -> dict:
+    params = gen.request.describe()
+    params.update(
+        mode=gen.request.mode,
+        width=gen.width,
+        height=gen.height,
+        base_steps=gen.plan.base_steps,
+        refiner_steps=gen.plan.refiner_steps,
+        model="stable-diffusion-xl-1.0",
+    )
+    return params
