@@ -67,9 +67,11 @@ def commit() -> str:
     return head + ("+changes" if git("status", "--porcelain", "--", "sdxl", "bench") else "")
 
 
-def write(name: str, record: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write(name: str | Path, record: dict) -> Path:
+    """`record` with the machine, time and commit, as bench/results/<name>.json (or at `name`
+    when it is a path)."""
+    path = name if isinstance(name, Path) else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M")
     record = {"machine": machine(), "when": when, "commit": commit(), **record}
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -6,9 +6,12 @@
 #   3. runs the GPU test tier and the pixel tests on the GPU (SDXL_TEST_DEVICE=cuda: the
 #      product and diffusers' own pipelines, both in float32 on the GPU);
 #   4. runs bench/gpu.py's eager (plain float16) and fast-path rows at 30 steps;
-#   5. writes $OUT/device.json: the commit, the GPU, the tests' counts and largest pixel
-#      differences, and the benchmark's rows.
-# Without CUDA, steps 3 and 4 are skipped and the rest runs (a dry run on a CPU machine).
+#   5. runs bench/engine_gpu.py at 1024x1024: graphs per scheduler after the compile's warm-up
+#      (mode reduce-overhead: CUDA graph trees, as max-autotune has, in less compile time),
+#      memory after an out-of-memory error, the lock's idle time per job;
+#   6. writes $OUT/device.json: the commit, the GPU, the tests' counts and largest pixel
+#      differences, and the benchmarks' rows.
+# Without CUDA, steps 3 to 5 are skipped and the rest runs (a dry run on a CPU machine).
 #
 #   OUT=/tmp/out bench/device.sh      (the device tool sets OUT; default bench/results/device)
 set -uo pipefail
@@ -36,25 +39,32 @@ fi
 
 tests_status=skipped
 bench_status=skipped
+engine_status=skipped
 if [ "$cuda" = 1 ]; then
   step "3. the GPU tier and the pixel tests on the GPU"
   rm -f "$OUT/pixels.txt" "$OUT/gpu-tests.json"
   SDXL_TEST_DEVICE=cuda SDXL_PIXEL_REPORT="$OUT/pixels.txt" SDXL_GPU_REPORT="$OUT/gpu-tests.json" \
     "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
     tests/test_gpu.py tests/test_matches_diffusers.py tests/test_presets.py \
-    tests/test_engine.py tests/test_lora_generate.py 2>&1 | tee "$OUT/tests.log"
+    tests/test_engine.py tests/test_engine_threads.py tests/test_compile.py \
+    tests/test_lora_generate.py 2>&1 | tee "$OUT/tests.log"
   tests_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo passed || echo failed)
 
   step "4. bench/gpu.py: eager and fast path, 30 steps"
   "$py" bench/gpu.py --weights "$weights" --configs plain,fast --steps 30 --repeats 3 \
     --out "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
   bench_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo done || echo failed)
+
+  step "5. bench/engine_gpu.py: compile per scheduler, memory after an OOM, the lock's idle time"
+  "$py" bench/engine_gpu.py --weights "$weights" --size 1024 --steps 30 --mode reduce-overhead \
+    --out "$OUT/engine-gpu.json" 2>&1 | tee "$OUT/engine.log"
+  engine_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo done || echo failed)
 else
-  step "3, 4. no CUDA here: the GPU tier, the pixel tests on the GPU and bench/gpu.py skipped"
+  step "3-5. no CUDA here: the GPU tier, the pixel tests on the GPU and the benchmarks skipped"
 fi
 
-step "5. $OUT/device.json"
-TESTS=$tests_status BENCH=$bench_status "$py" - "$OUT" <<'PY'
+step "6. $OUT/device.json"
+TESTS=$tests_status BENCH=$bench_status ENGINE=$engine_status "$py" - "$OUT" <<'PY'
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 
@@ -80,6 +90,7 @@ record = {
     "pixel_comparisons": len(pixels),
     "gpu_tier": json.loads(read("gpu-tests.json") or "null"),
     "bench": {"status": os.environ["BENCH"], **json.loads(read("gpu.json") or "{}")},
+    "engine": {"status": os.environ["ENGINE"], **json.loads(read("engine-gpu.json") or "{}")},
 }
 (out / "device.json").write_text(json.dumps(record, indent=2) + "\n")
 print(json.dumps(record, indent=2))

@@ -51,15 +51,16 @@ def _weights_download(args: argparse.Namespace) -> int:
 def _warmup(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from sdxl.engine import Engine
     from sdxl.model.compiled import use_cache_dir
-    from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
 
     runtime = dataclasses.replace(Runtime.from_env(), compile=True, warmup="1")
-    started = time.perf_counter()
-    load_models(runtime)
+    engine = Engine(runtime)  # compiled and warmed on its GPU thread, as a server does
+    engine.load()
+    engine.close()
     cache = use_cache_dir(runtime.weights_dir)
-    took = time.perf_counter() - started
+    took = engine.load_seconds
     print(f"compiled and warmed up for {runtime.compile_shapes} in {took:.0f} s; cache in {cache}")
     return 0
 

@@ -63,3 +63,32 @@ def _report(what: str, diff: np.ndarray) -> None:
     found = json.loads(path.read_text()) if path.exists() else {}
     found[what] = {"mean": float(diff.mean()), "max": int(diff.max())}
     path.write_text(json.dumps(found, indent=2))
+
+
+def test_each_job_reports_its_peak_memory_and_a_failed_one_gives_it_back(fast, monkeypatch):
+    from sdxl.engine import Engine
+
+    engine = Engine(Runtime(weights_dir=fast.weights_dir, dtype="auto"), models=fast)
+    engine.load()
+    try:
+        request = Request(prompt="a cat", width=256, height=256, num_inference_steps=3, seed=1)
+        job = engine.submit(request)
+        assert job.wait(120) and job.status == "succeeded"
+        assert job.peak_device_bytes > torch.cuda.memory_allocated() // 2
+        assert "peak GPU memory" in job.logs[-1]
+        held = torch.cuda.memory_allocated()
+        unet = fast.base.unet
+
+        def out_of_memory(sample, *args, **kwargs):
+            kept = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")  # 64 MB of "activations"
+            kept.fill_(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+        monkeypatch.setattr(unet, "forward", out_of_memory)
+        failed = engine.submit(request)
+        assert failed.wait(120) and failed.outcome.kind == "out_of_memory"
+        monkeypatch.undo()
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() <= held  # the 64 MB died with the job
+    finally:
+        engine.close()

@@ -48,6 +48,7 @@ def test_all_objects_fit_together():
     assert kinds == [
         "Deployment",
         "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Secret",
         "Service",
@@ -64,6 +65,17 @@ def test_all_objects_fit_together():
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
     assert one("Service")["spec"]["ports"][0]["targetPort"] in ports
     assert container()["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The files every replica shares: a ReadWriteMany claim, mounted where SDXL_FILES_DIR says.
+    claim = one("PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (volume,) = [
+        v
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+    ]
+    mounts = {m["name"]: m["mountPath"] for m in container()["volumeMounts"]}
+    env = {v["name"]: v.get("value") for v in container()["env"]}
+    assert mounts[volume["name"]] == env["SDXL_FILES_DIR"]
 
 
 def test_the_command_is_the_server_and_its_port_is_the_containers():
@@ -106,6 +118,7 @@ def test_probes_and_metrics_on_a_real_server(tiny_weights, tmp_path):
     env = {v["name"]: v["value"] for v in container()["env"] if "value" in v}
     env.update(SDXL_API_KEYS=KEYS[0])
     env.pop("SDXL_WEIGHTS_DIR")  # the tiny weights stand in for the image's
+    env["SDXL_FILES_DIR"] = str(tmp_path / "files")  # the volume's stand-in
     server = Server(tiny_weights, tmp_path, env, args=["--host", "127.0.0.1"], gate=tmp_path / "g")
     readiness = server.base + container()["readinessProbe"]["httpGet"]["path"]
     liveness = server.base + container()["livenessProbe"]["httpGet"]["path"]

@@ -1,7 +1,10 @@
 """Many replicas, one queue: two `python -m sdxl api` processes on loopback sharing a real
-PostgreSQL (tests/postgres.py). A burst spreads over both; either replica reads, lists and
-cancels any prediction; a replica killed mid-job leaves its job failed, never lost or run twice.
-The tiny model; which replica ran a prediction is read from each process's own log."""
+PostgreSQL (tests/postgres.py) and one files folder. A burst spreads over both; either replica
+reads, lists and cancels any prediction; a replica killed mid-job leaves its job failed, never
+lost or run twice. The pair looks at the database without a wake-up only every ten minutes
+(SDXL_STORE_POLL_S): an idle replica takes a prediction the other created, and a cancel reaches
+the replica running it, only through the database's notifications (LISTEN/NOTIFY). The tiny
+model; which replica ran a prediction is read from each process's own log."""
 
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ def start_pair(tiny_weights, folder: Path, database_url: str) -> tuple[Server, S
     env = {
         "SDXL_API_KEYS": KEYS[0],
         "SDXL_DATABASE_URL": database_url,
+        "SDXL_FILES_DIR": str(folder / "files"),  # the volume every replica mounts
         "SDXL_REPLICA_TIMEOUT": str(TIMEOUT_S),
+        "SDXL_STORE_POLL_S": "600",  # only notifications wake them within a test
     }
     pair = (Server(tiny_weights, folder, env), Server(tiny_weights, folder, env))
     for server in pair:
@@ -108,6 +113,7 @@ def test_a_killed_replica_fails_its_job_and_the_others_run_once(
     env = {
         "SDXL_API_KEYS": KEYS[0],
         "SDXL_DATABASE_URL": database,
+        "SDXL_FILES_DIR": str(tmp_path / "files"),
         "SDXL_REPLICA_TIMEOUT": str(TIMEOUT_S),
     }
     # Each step waits for the event it needs, so that which replica holds what is decided by

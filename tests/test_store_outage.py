@@ -52,6 +52,7 @@ def test_a_postgresql_outage_is_a_503_where_the_store_is_needed_and_loses_nothin
 ):
     database = fresh_database(cluster.url, "sdxl_outage")
     env = {"SDXL_API_KEYS": KEYS[0], "SDXL_DATABASE_URL": database, "SDXL_REPLICA_TIMEOUT": "2"}
+    env["SDXL_FILES_DIR"] = str(tmp_path / "files")
     pair = [Server(tiny_weights, tmp_path, env), Server(tiny_weights, tmp_path, env)]
     try:
         for server in pair:
@@ -108,11 +109,18 @@ def test_a_postgresql_outage_is_a_503_where_the_store_is_needed_and_loses_nothin
 
 OPENAI = {"prompt": "a cat", "size": "256x256", "num_inference_steps": 3, "seed": 2}
 
-# A full disk, injected under SQLAlchemy in the server process: while FLAG exists, SQLite may
-# not grow the database file by a page (PRAGMA max_page_count: SQLITE_FULL, "database or disk
-# is full", exactly what a full disk gives); once it is gone, it may again.
+# A full disk, injected in the server process: while FLAG exists, SQLite may not grow the
+# database file by a page (PRAGMA max_page_count: SQLITE_FULL, "database or disk is full",
+# exactly what a full disk gives), and a file written to the files folder gets ENOSPC, as the
+# OS answers on a full disk; once it is gone, both may grow again.
 FULL_DISK = """
-import os, sqlalchemy as _sa
+import errno, os, builtins, sqlalchemy as _sa
+_open = builtins.open
+def _opened(file, mode="r", *args, **kwargs):
+    if os.path.exists({flag!r}) and "w" in mode and "/files/" in str(file):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return _open(file, mode, *args, **kwargs)
+builtins.open = _opened
 _state = {{}}
 def _full_disk(conn, cursor, statement, parameters, context, executemany):
     raw = conn.connection.dbapi_connection

@@ -103,7 +103,9 @@ class Lanes:
         while not self.closed:
             with self.cond:
                 self.cond.wait_for(lambda: self.closed or self._room())
-            job = engine.queue.claim(0.5, stored=engine.takes_stored)
+            with self.cond:
+                busy = self.running is not None
+            job = engine.queue.claim(0.5, stored=engine.takes_stored, ahead=busy)
             if job is None:
                 continue
             with self.cond:

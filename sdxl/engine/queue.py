@@ -18,10 +18,12 @@ class JobQueue(Protocol):
     def put(self, job: Job) -> None:
         """Accept `job`; it waits behind the jobs put before it."""
 
-    def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
+    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
         """The oldest waiting job, now the caller's; None if none came within `timeout` s.
         `stored=False`: only jobs in this process's memory (the engine takes no stored job
-        while it is draining or broken; other replicas, or the next start, take them)."""
+        while it is draining or broken; other replicas, or the next start, take them).
+        `ahead`: the engine runs a job already (a queue shared by replicas leaves new jobs a
+        moment to replicas with a free GPU)."""
 
     def discard(self, job: Job) -> bool:
         """Take `job` out if it is still waiting (a cancel); True if it was."""
@@ -43,7 +45,7 @@ class MemoryQueue:
             self._jobs.append(job)
             self._cond.notify()
 
-    def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
+    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
         with self._cond:
             if not self._cond.wait_for(lambda: self._jobs, timeout):
                 return None

@@ -21,34 +21,44 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sdxl.engine.jobs import Job
 from sdxl.engine.queue import MemoryQueue
+from sdxl.store.predictions import JOBS
 
 log = logging.getLogger(__name__)
 
-STORE_POLL_S = 0.25  # how often the store is asked for jobs another process created
+STORE_POLL_S = 5.0  # without a wake-up, the store is looked at this often (a safety net)
+# A replica whose GPU is busy claims a stored job ahead only once it has waited this long, so
+# that a replica with a free GPU, woken by the same notification, takes it first.
+AHEAD_GRACE_S = 2.0
 STORE_RETRY_S = 2.0  # after the store could not be read, wait this long before asking again
 
 
 class JobStore(Protocol):
-    """What the queue needs of a store of jobs (`sdxl.store.store.Store`)."""
+    """What the queue needs of a store of jobs (`sdxl.store.store.Store`): `shared` (other
+    replicas claim from it too); `predictions.turns()` (per tenant: .tenant, .created_at,
+    .served_at, .waiting) and `predictions.claim(replica, tenant)` (its oldest, claimed);
+    `replicas.release(replica, since=, keep=)` (unstarted, queued again); `wakeups.on(JOBS,
+    listener)` (the store changed)."""
 
-    shared: bool  # other replicas claim from it too
-
-    def turns(self) -> list: ...  # per tenant: .tenant, .created_at, .served_at, .waiting
-
-    def claim(self, replica: str, tenant: str | None) -> dict | None: ...  # its oldest, claimed
-
-    def count_queued(self) -> int: ...
-
-    def release(self, replica: str, *, since=None, keep=()) -> int: ...  # unstarted, requeued
+    shared: bool
+    predictions: Any
+    replicas: Any
+    wakeups: Any
 
 
 class SharedQueue:
-    def __init__(self, store: JobStore, replica: str, job_for: Callable[[dict], Job]):
+    def __init__(
+        self,
+        store: JobStore,
+        replica: str,
+        job_for: Callable[[dict], Job],
+        poll_s: float = STORE_POLL_S,
+    ):
         self.store = store
+        self.poll_s = poll_s
         self.replica = replica
         self.job_for = job_for  # a claimed row -> its Job
         self.memory = MemoryQueue()
@@ -56,7 +66,15 @@ class SharedQueue:
         # Stored jobs waiting, as this replica last saw them (its turns, creates and claims):
         # counted without a database call, so that the event loop may ask (`waiting`).
         self._stored_waiting = 0
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a job was put in memory, or the store changed
+        # The store's turns as last read: read again only when the store changed (NOTIFY on
+        # PostgreSQL, this process's commits on SQLite), after this replica claimed from it,
+        # or every `poll_s` (a safety net), never on every claim.
+        self._turns: list = []
+        self._stale = True
+        self._young_until: float | None = None  # when the heads left to others may be taken
+        self._looked_at = -poll_s
+        store.wakeups.on(JOBS, lambda _payload: self._store_changed())
         self._lock = threading.Lock()
         self._store_failed_at = -STORE_RETRY_S
         self._lost_claim_since: float | None = None  # a claim failed: it may be ours all the same
@@ -69,9 +87,13 @@ class SharedQueue:
         self._wake.set()
 
     def created(self) -> None:
-        """A job was stored: look at the store now rather than at the next poll."""
+        """A job was stored here (its notification wakes the claim thread too)."""
         with self._lock:
             self._stored_waiting += 1
+        self._store_changed()
+
+    def _store_changed(self) -> None:
+        self._stale = True
         self._wake.set()
 
     def withdrawn(self) -> None:
@@ -79,24 +101,32 @@ class SharedQueue:
         with self._lock:
             self._stored_waiting = max(0, self._stored_waiting - 1)
 
-    def claim(self, timeout: float, *, stored: bool = True) -> Job | None:
+    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
+        """`ahead`: the engine runs a job already (stored jobs that just arrived are left a
+        moment for replicas with a free GPU)."""
         deadline = time.monotonic() + timeout
         while True:
             self._wake.clear()
-            job = self._claim_oldest(stored)
+            self._young_until = None
+            job = self._claim_oldest(stored, ahead and self.store.shared)
             if job is not None:
                 return job
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return None
-            self._wake.wait(min(left, STORE_POLL_S))
+            until_old = self.poll_s if self._young_until is None else self._young_until - now
+            self._wake.wait(max(0.0, min(left, self.poll_s, until_old)))
 
-    def _claim_oldest(self, stored: bool) -> Job | None:
+    def _claim_oldest(self, stored: bool, leave_young: bool = False) -> Job | None:
         """The next job: the oldest of the tenant served least recently (tenants in turn),
-        whether it waits in memory or in the store."""
+        whether it waits in memory or in the store (`leave_young`: only stored ones that have
+        waited AHEAD_GRACE_S)."""
         for _ in range(3):  # a stored head another replica took meanwhile: look again
             memory = self.memory.heads()
             turns = self._stored_turns() if stored else []
+            if leave_young:
+                turns = self._old_enough(turns)
             pick = _next_turn(memory, turns, self._served)
             if pick is None:
                 return None
@@ -108,10 +138,21 @@ class SharedQueue:
                     return job
                 continue
             row = self._claim_from_store(tenant)
+            self._stale = True  # claimed, or another replica took that head: read again
             if row is not None:
                 self._served[tenant] = time.time()
                 return self._adopt(row)
         return None
+
+    def _old_enough(self, turns: list) -> list:
+        """The turns whose head has waited AHEAD_GRACE_S; the others are looked at again once
+        they have (`_young_until`, on this replica's clock)."""
+        now = time.time()
+        young = [turn.created_at for turn in turns if now - turn.created_at < AHEAD_GRACE_S]
+        if young:
+            self._stale = True
+            self._young_until = time.monotonic() + AHEAD_GRACE_S - (now - min(young))
+        return [turn for turn in turns if now - turn.created_at >= AHEAD_GRACE_S]
 
     def _adopt(self, row: dict) -> Job:
         job = self.job_for(row)
@@ -122,25 +163,32 @@ class SharedQueue:
         return job
 
     def _stored_turns(self) -> list:
-        """The store's tenants in waiting (`JobStore.turns`). A store that cannot be read is
-        left alone a while (memory jobs still run meanwhile)."""
-        if time.monotonic() - self._store_failed_at < STORE_RETRY_S:
+        """The store's tenants in waiting (`Predictions.turns`), read again only when they may
+        have changed. A store that cannot be read is left alone a while (memory jobs still run
+        meanwhile)."""
+        now = time.monotonic()
+        if now - self._store_failed_at < STORE_RETRY_S:
             return []
+        if not self._stale and now - self._looked_at < self.poll_s:
+            return self._turns
+        self._stale, self._looked_at = False, now
         try:
             if self._lost_claim_since is not None:
                 self._hand_back_lost_claims()
-            turns = self.store.turns()
+            turns = self.store.predictions.turns()
         except Exception as err:  # the database is away
+            self._stale = True
             self._store_failed(err)
             return []
         with self._lock:
             self._stored_waiting = sum(turn.waiting for turn in turns)
+        self._turns = turns
         return turns
 
     def _claim_from_store(self, tenant: str | None) -> dict | None:
         attempted_at = time.time()  # the store stamps claimed_at later than this
         try:
-            return self.store.claim(self.replica, tenant)
+            return self.store.predictions.claim(self.replica, tenant)
         except Exception as err:  # it may have been committed all the same
             if self._lost_claim_since is None:
                 self._lost_claim_since = attempted_at
@@ -150,7 +198,7 @@ class SharedQueue:
     def _hand_back_lost_claims(self) -> None:
         """Queue again what this replica claimed since its first failed claim and does not hold
         (the claim thread's own: no claim of its own is under way meanwhile)."""
-        released = self.store.release(
+        released = self.store.replicas.release(
             self.replica, since=self._lost_claim_since, keep=self.local_ids()
         )
         self._lost_claim_since = None
@@ -165,7 +213,7 @@ class SharedQueue:
         """The engine stops: the stored jobs claimed here and not started are queued again in
         the store (Engine.drain ends them here without writing their end)."""
         try:
-            released = self.store.release(self.replica)
+            released = self.store.replicas.release(self.replica)
         except Exception as err:  # the database is away: another replica or the next start
             log.warning("the claimed predictions could not be handed back: %s", err)
             return

@@ -32,7 +32,7 @@ from sdxl.http.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S, Set
 from sdxl.http.shapes import DEFAULT, error_response, shape_of
 from sdxl.http.sync import SyncJobs
 from sdxl.inputs.surface import Problem
-from sdxl.store.store import StoreDiskFull, StoreUnavailable
+from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 
 # The request bodies whose schemas the routes refer to: (title, surface, a multipart form)
 BODIES = (

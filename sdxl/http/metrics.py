@@ -139,8 +139,8 @@ class EngineCollector(Collector):
             yield _gauge("sdxl_gpu_peak_memory_bytes", "Peak GPU memory allocated", peak)
         if self.store is not None:
             try:
-                waiting = self.store.count_queued()
-                by_tenant = self.store.queued_by_tenant()
+                waiting = self.store.predictions.count_queued()
+                by_tenant = self.store.predictions.queued_by_tenant()
             except Exception as err:  # the database is away: the other metrics still go out
                 log.warning("reading the shared queue's depth failed: %s", err)
                 yield _gauge(STORE_UP, STORE_UP_HELP, 0)  # and the depth is absent, not stale

@@ -27,7 +27,7 @@ from sdxl import logs
 from sdxl.engine import Engine, EngineSettings, EngineState
 from sdxl.http.app import create_app
 from sdxl.http.auth import ApiKeys, KeyEntry, load_api_keys, new_salt
-from sdxl.http.replicate.api import open_replicate_api
+from sdxl.http.replicate.api import open_replicate_api, open_store
 from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import Settings
 from sdxl.settings import Runtime, SettingsError
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        api = open_replicate_api(settings, engine_settings.caps, engine_settings.fetch)
+        store = open_store(settings)
+        api = open_replicate_api(settings, store, engine_settings.caps, engine_settings.fetch)
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
         return USAGE_ERROR

@@ -58,6 +58,18 @@ def _model_name(raw: str, variable: str) -> str:
     return name
 
 
+def _files_dir(environ: Mapping[str, str]) -> Path | None:
+    raw = environ.get("SDXL_FILES_DIR", "").strip()
+    shared = environ.get("SDXL_DATABASE_URL", "").strip().startswith(("postgresql", "mysql"))
+    if not raw and shared:
+        raise SettingsError(
+            "SDXL_DATABASE_URL names a database replicas share, so they must share the files "
+            "too: set SDXL_FILES_DIR to a folder every replica mounts (a ReadWriteMany volume "
+            "on Kubernetes)"
+        )
+    return Path(raw) if raw else None
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "sdxl-cog"
@@ -93,12 +105,18 @@ class Settings:
     public_url: str | None = None  # SDXL_PUBLIC_URL: the origin of every URL the API returns
     state_dir: Path = field(default_factory=default_state_dir)  # SDXL_STATE_DIR
     database_url: str | None = None  # SDXL_DATABASE_URL (default: SQLite in state_dir)
+    # SDXL_FILES_DIR: the bytes of outputs and uploads (default: state_dir/files); with a shared
+    # database, a folder every replica mounts (a ReadWriteMany volume)
+    files_dir: Path | None = None
     store: StoreLimits = field(default_factory=StoreLimits)  # SDXL_PREDICTION_TTL, ...
     models: tuple[str, ...] = (GUIDE_MODEL,)  # SDXL_REPLICATE_MODELS
     page_size: int = 100  # SDXL_PAGE_SIZE: predictions per page of GET /v1/predictions
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (default: made once, stored)
     # SDXL_REPLICA_TIMEOUT: on a shared database, a replica silent this long is dead
     replica_timeout_s: float = 30.0
+    # SDXL_STORE_POLL_S: replicas wake when the store changes (LISTEN/NOTIFY on PostgreSQL);
+    # without a wake-up they look at it this often all the same (a safety net)
+    store_poll_s: float = 5.0
     # SDXL_MODEL_NAME: the served model's id on OpenAI's and AUTOMATIC1111's APIs (no "/")
     model_name: str = "sdxl"
     # SDXL_MODEL_ALIASES: other names accepted for it, for front-ends that cannot change theirs
@@ -124,11 +142,13 @@ class Settings:
             public_url=_public_url(environ.get("SDXL_PUBLIC_URL", "")),
             state_dir=Path(environ.get("SDXL_STATE_DIR") or default_state_dir()),
             database_url=environ.get("SDXL_DATABASE_URL", "").strip() or None,
+            files_dir=_files_dir(environ),
             store=StoreLimits.from_env(environ),
             models=_models(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
             page_size=env_number(environ, "SDXL_PAGE_SIZE", int, 1, 100),
             webhook_secret=secret,
             replica_timeout_s=env_number(environ, "SDXL_REPLICA_TIMEOUT", float, 1.0, 30.0),
+            store_poll_s=env_number(environ, "SDXL_STORE_POLL_S", float, 0.1, cls.store_poll_s),
             model_name=_model_name(environ.get("SDXL_MODEL_NAME", "sdxl"), "SDXL_MODEL_NAME"),
             model_aliases=tuple(
                 _model_name(name, "SDXL_MODEL_ALIASES")
@@ -136,6 +156,10 @@ class Settings:
                 if name.strip()
             ),
         )
+
+    @property
+    def files_folder(self) -> Path:
+        return self.files_dir or self.state_dir / "files"
 
     @property
     def store_url(self) -> str:

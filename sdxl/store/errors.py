@@ -1,5 +1,5 @@
-"""What the prediction store raises when its database is away or its disk is full: plain
-messages for the APIs (503), the driver's text kept for the operator's log only."""
+"""What the store raises: its database away or its disk full (plain messages for the APIs'
+503s, the driver's text kept for the operator's log only), or too many predictions waiting."""
 
 from __future__ import annotations
 
@@ -39,3 +39,12 @@ def unavailable(err: sa.exc.SQLAlchemyError) -> StoreUnavailable | None:
     ):
         return StoreUnavailable(text)
     return None
+
+
+class StoreFull(Exception):
+    """Too many predictions wait already (`per_tenant`: of the tenant creating one)."""
+
+    def __init__(self, waiting: int, per_tenant: bool = False):
+        super().__init__(waiting)
+        self.waiting = waiting
+        self.per_tenant = per_tenant

@@ -1,5 +1,8 @@
-"""The store's tables (SQLAlchemy Core): predictions with their outputs and latest preview,
-uploaded files, OpenAI's url outputs, the replicas' heartbeats and the server's settings."""
+"""The store's tables (SQLAlchemy Core), schema version 2: predictions with their outputs and
+latest preview, uploaded files, OpenAI's url outputs, the tenants' turns, the replicas'
+heartbeats and the server's settings. The bytes of outputs, files and url images are in the
+files backend (`sdxl.store.blobs`); a row holds their key and size. Version 1 (before
+2026-12) kept them in `data` columns: `sdxl.store.upgrade` moves them."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+
+SCHEMA_VERSION = 2
 
 
 class PredictionStatus(StrEnum):
@@ -45,9 +50,8 @@ predictions = sa.Table(
     sa.Column("claimed_by", sa.String(64)),  # the replica preparing or running it
     sa.Column("origin", sa.String(300)),  # the creating request's origin, for its file URLs
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    # Added with tenants (Store.migrate adds them to an older database):
     sa.Column("tenant", sa.String(64), index=True),  # the key's tenant; None: from before them
-    sa.Column("claimed_at", sa.Float),  # when a replica took it: the tenants' turns go by it
+    sa.Column("claimed_at", sa.Float),  # when a replica took it
 )
 outputs = sa.Table(
     "outputs",
@@ -57,7 +61,8 @@ outputs = sa.Table(
     sa.Column("token", sa.String(64), unique=True, nullable=False),  # unguessable URL part
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("content_type", sa.String(64), nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("key", sa.String(300)),  # where its bytes are in the files backend
+    sa.Column("size", sa.Integer),
 )
 files = sa.Table(
     "files",
@@ -69,11 +74,11 @@ files = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-    sa.Column("tenant", sa.String(64)),  # added with tenants, as on predictions
+    sa.Column("tenant", sa.String(64)),
+    sa.Column("key", sa.String(300)),
 )
-previews = sa.Table(  # the latest preview of a running prediction (the playground shows it)
-    "previews",
+previews = sa.Table(  # the latest preview of a running prediction: small, replaced every few
+    "previews",  # steps and gone when it ends, so it stays in the database
     meta,
     sa.Column("prediction_id", sa.String(40), primary_key=True),
     sa.Column("stage", sa.String(16), nullable=False),
@@ -88,13 +93,14 @@ image_urls = sa.Table(  # OpenAI's url outputs: served at /outputs/<token>/<name
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("content_type", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("key", sa.String(300)),
+    sa.Column("size", sa.Integer),
 )
-# Columns a database made before them lacks: (table, column), added at start.
-ADDED_COLUMNS = (
-    (predictions, predictions.c.tenant),
-    (predictions, predictions.c.claimed_at),
-    (files, files.c.tenant),
+tenants = sa.Table(  # when a replica last took a job of each tenant: the turns go by it
+    "tenants",
+    meta,
+    sa.Column("name", sa.String(64), primary_key=True),  # "" for predictions without a tenant
+    sa.Column("served_at", sa.Float, nullable=False),
 )
 replicas = sa.Table(
     "replicas",
@@ -110,19 +116,19 @@ settings = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
-
 ANY: Any = object()  # a tenant argument: whoever's (the admin key, the engine's own reads)
+NO_TENANT = ""  # the tenants table's name for predictions from before tenants
 
 
-def of_tenant(tenant: str | None):
-    return predictions.c.tenant.is_(None) if tenant is None else predictions.c.tenant == tenant
-
-
-def file_of_tenant(tenant: str | None):
-    return files.c.tenant.is_(None) if tenant is None else files.c.tenant == tenant
+def of_tenant(table: sa.Table, tenant: str | None):
+    return table.c.tenant.is_(None) if tenant is None else table.c.tenant == tenant
 
 
 def new_id() -> str:
     """A Replicate-style id: 26 lowercase letters and digits."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
     return "".join(secrets.choice(alphabet) for _ in range(26))
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)

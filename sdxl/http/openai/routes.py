@@ -105,7 +105,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
         if store is None:
             raise Unavailable("url outputs need the prediction store, which is not open")
         images = [(o.name, o.mime, o.data) for o in outputs]
-        tokens = await asyncio.to_thread(store.add_images, images)
+        tokens = await asyncio.to_thread(store.files.add_images, images)
         base = settings.public_url or str(http.base_url).rstrip("/")
         return [
             {"url": f"{base}/outputs/{token}/{o.name}"}

@@ -38,12 +38,18 @@ def replica_name() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def open_replicate_api(settings: Settings, caps: Caps, fetch: FetchSettings) -> ReplicateApi:
-    """The store (SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set) with what a restart
-    left behind settled, and every part around it."""
+def open_store(settings: Settings) -> Store:
+    """The store: SQLite in SDXL_STATE_DIR unless SDXL_DATABASE_URL is set, its files in
+    SDXL_FILES_DIR (an older database upgraded on the way)."""
     if settings.database_url is None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.store_url, settings.store)
+    return Store(settings.store_url, settings.files_folder, settings.store)
+
+
+def open_replicate_api(
+    settings: Settings, store: Store, caps: Caps, fetch: FetchSettings
+) -> ReplicateApi:
+    """Every part of Replicate's API around `store`, with what a restart left behind settled."""
     replica = replica_name()
     replicas = Replicas(store, replica, settings.replica_timeout_s) if store.shared else None
     renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
@@ -51,8 +57,8 @@ def open_replicate_api(settings: Settings, caps: Caps, fetch: FetchSettings) -> 
     webhooks = Webhooks(secret, public_only=fetch.public_only)
     events = Events(store, renderer, webhooks)
     runs = StoredRuns(store, events, replica, settings.public_url)
-    queue = SharedQueue(store, replica, runs.job_for)
-    housekeeping = Housekeeping(store, queue, replicas)
+    queue = SharedQueue(store, replica, runs.job_for, settings.store_poll_s)
+    housekeeping = Housekeeping(store, queue, replicas, settings.store_poll_s)
     housekeeping.recover()
     return ReplicateApi(
         store=store,

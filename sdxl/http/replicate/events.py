@@ -6,7 +6,8 @@ import contextlib
 
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.replicate.webhooks import Webhooks
-from sdxl.store.store import Store, StoreUnavailable
+from sdxl.store.errors import StoreUnavailable
+from sdxl.store.store import Store
 
 
 class Events:
@@ -21,7 +22,7 @@ class Events:
         stored, which waits for the store)."""
         row = None
         with contextlib.suppress(StoreUnavailable):
-            row = self.store.get(prediction_id)
+            row = self.store.predictions.get(prediction_id)
         if row is None or not row["webhook"]:
             return
         base = self.renderer.public_url or row.get("origin") or ""
@@ -30,6 +31,6 @@ class Events:
             row["webhook"],
             event,
             row["webhook_events_filter"],
-            lambda: self.renderer.prediction(self.store.get(prediction_id), base),
+            lambda: self.renderer.prediction(self.store.predictions.get(prediction_id), base),
             tenant=row.get("tenant"),
         )

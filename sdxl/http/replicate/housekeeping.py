@@ -10,12 +10,13 @@ import time
 
 from sdxl.engine.shared_queue import SharedQueue
 from sdxl.http.replicate.replicas import Replicas
+from sdxl.store.predictions import CANCELS
 from sdxl.store.store import Store
 
 log = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 60.0
-CANCEL_POLL_S = 0.25  # how often a replica of a shared store looks for cancels of its jobs
+SWEEP_EVERY_S = 3600.0  # files no row names (a crash between a file and its row) are removed
 RESTART_MESSAGE = (
     "the server stopped while this prediction was running (it was restarted or it crashed); "
     "create the prediction again"
@@ -23,10 +24,12 @@ RESTART_MESSAGE = (
 
 
 class Housekeeping:
-    def __init__(self, store: Store, queue: SharedQueue, replicas: Replicas | None):
+    def __init__(self, store: Store, queue: SharedQueue, replicas: Replicas | None, poll_s: float):
         self.store = store
         self.queue = queue
         self.replicas = replicas  # None: the only replica of its store (SQLite)
+        self.poll_s = poll_s  # SDXL_STORE_POLL_S: how often to look without a wake-up
+        store.wakeups.on(CANCELS, self._cancel_here)
 
     def recover(self) -> None:
         """At start. The only replica of its store: the predictions it was running failed, the
@@ -36,7 +39,7 @@ class Housekeeping:
             self.replicas.beat()
             log.info("replica %s of a shared prediction store", self.replicas.name)
         else:
-            failed, requeued = self.store.recover(RESTART_MESSAGE)
+            failed, requeued = self.store.replicas.recover(RESTART_MESSAGE)
             if failed or requeued:
                 log.info("after the restart: %d failed, %d queued again", failed, requeued)
         removed = self.store.expire()
@@ -44,42 +47,58 @@ class Housekeeping:
             log.info("removed %d expired predictions and files", removed)
 
     def start(self) -> None:
+        self.store.wakeups.start()  # every channel is listened to by now
         threading.Thread(target=self._expire_loop, name="sdxl-expire", daemon=True).start()
         if self.replicas is not None:
             threading.Thread(target=self._replica_loop, name="sdxl-replica", daemon=True).start()
 
     def _expire_loop(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_EVERY_S
         while True:
             time.sleep(EXPIRE_EVERY_S)
             try:
                 self.store.expire()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+                    swept = self.store.expiry.sweep()
+                    if swept:
+                        log.info("removed %d files that no stored row names", swept)
             except Exception:
                 log.exception("expiring old predictions failed")
 
     def _replica_loop(self) -> None:
-        """Heartbeats, the other replicas watched, and cancels made on other replicas."""
-        next_beat = 0.0
+        """Heartbeats, the other replicas watched, and cancels made on other replicas (their
+        notifications deliver them at once; this looks again every `poll_s` as a safety net)."""
+        replicas, next_beat, next_look = self.replicas, 0.0, 0.0
         while True:
             try:
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self.replicas.beat_every_s
-                    self.replicas.beat()
-                    self.replicas.reap()
-                self._cancels_from_elsewhere()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + replicas.beat_every_s
+                    replicas.beat()
+                    replicas.reap()
+                if now >= next_look:
+                    next_look = now + self.poll_s
+                    self._cancels_from_elsewhere()
             except Exception as err:  # the database is away: try again at the next round
                 log.warning("the shared prediction store cannot be reached: %s", err)
-                self.replicas.forget()
-                time.sleep(self.replicas.beat_every_s)
-            time.sleep(CANCEL_POLL_S)
+                replicas.forget()
+                time.sleep(replicas.beat_every_s)
+            time.sleep(max(0.0, min(next_beat, next_look) - time.monotonic()))
 
     def _cancels_from_elsewhere(self) -> None:
-        for prediction_id in self.store.cancels_requested(self.queue.local_ids()):
-            job = self.queue.local(prediction_id)
-            if job is not None:
-                job.cancel("the prediction was cancelled")
+        for prediction_id in self.store.predictions.cancels_requested(self.queue.local_ids()):
+            self._cancel_here(prediction_id)
+
+    def _cancel_here(self, prediction_id: str) -> None:
+        """A cancel of `prediction_id` reached the store: stop it if it runs here."""
+        job = self.queue.local(prediction_id)
+        if job is not None:
+            job.cancel("the prediction was cancelled")
 
     def stop(self) -> None:
         """After the drain: this replica holds no claim, so it leaves the replicas' table."""
+        self.store.wakeups.close()
         if self.replicas is not None:
             try:
                 self.replicas.leave()

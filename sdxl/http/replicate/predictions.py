@@ -10,7 +10,8 @@ from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.wire import checked
 from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.settings import Caps
-from sdxl.store.store import Store, new_id
+from sdxl.store.store import Store
+from sdxl.store.tables import new_id
 
 
 class Predictions:
@@ -44,7 +45,7 @@ class Predictions:
             problems.append(Problem("webhook_events_filter", f"must list some of: {events}"))
         if problems:
             raise InvalidInputs(problems)
-        row = self.store.create(
+        row = self.store.predictions.create(
             {
                 "id": new_id(),
                 "model": version.model,
@@ -57,12 +58,12 @@ class Predictions:
             }
         )
         self.queue.created()
-        if self.store.count() > self.store.limits.max_predictions:
+        if self.store.predictions.count() > self.store.limits.max_predictions:
             self.store.expire()  # over the count bound: the oldest ended ones go now
         return row
 
     def cancel(self, prediction_id: str) -> None:
-        if self.store.request_cancel(prediction_id):  # it was still queued
+        if self.store.predictions.request_cancel(prediction_id):  # it was still queued
             self.queue.withdrawn()
             self.events.changed(prediction_id, "completed")
             return

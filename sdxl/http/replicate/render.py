@@ -27,7 +27,7 @@ class Renderer:
         out answers "starting", as Replicate does, so that the clients go on polling)."""
         output = None
         if row["status"] == "succeeded":
-            output = [self.output_uri(o) for o in self.store.outputs_of(row["id"])]
+            output = [self.output_uri(o) for o in self.store.predictions.outputs_of(row["id"])]
         return {
             "id": row["id"],
             "model": row["model"],
@@ -52,7 +52,7 @@ class Renderer:
     def output_uri(self, output: dict) -> str:
         if self.public_url:
             return f"{self.public_url}/outputs/{output['token']}/{output['name']}"
-        payload = base64.b64encode(output["data"]).decode("ascii")
+        payload = base64.b64encode(self.store.blobs.read(output["key"])).decode("ascii")
         return f"data:{output['content_type']};base64,{payload}"
 
     def file(self, row: dict, base: str) -> dict:

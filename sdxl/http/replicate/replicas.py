@@ -35,12 +35,12 @@ class Replicas:
         return min(2.0, self.timeout_s / 5)
 
     def beat(self) -> None:
-        self.store.beat(self.name)
+        self.store.replicas.beat(self.name)
 
     def reap(self) -> list[str]:
         """Settle the predictions of replicas that stopped beating; returns their names."""
         now = time.monotonic()
-        beats = self.store.heartbeats()
+        beats = self.store.replicas.heartbeats()
         dead = []
         for name, count in beats.items():
             if name == self.name:
@@ -53,7 +53,7 @@ class Replicas:
         for name in set(self._seen) - set(beats):
             del self._seen[name]  # it left cleanly, or another replica settled it
         if dead:
-            failed, requeued = self.store.abandon(dead, DEAD_MESSAGE)
+            failed, requeued = self.store.replicas.abandon(dead, DEAD_MESSAGE)
             for name in dead:
                 self._seen.pop(name, None)
             log.warning(
@@ -71,4 +71,4 @@ class Replicas:
         self._seen.clear()
 
     def leave(self) -> None:
-        self.store.leave(self.name)
+        self.store.replicas.leave(self.name)

@@ -16,7 +16,8 @@ from sdxl.http.replicate.events import Events
 from sdxl.http.replicate.inputs import stored_request
 from sdxl.http.settings import PREVIEW_EVERY
 from sdxl.images.outputs import encode_outputs
-from sdxl.store.store import Store, StoreDiskFull, StoreUnavailable
+from sdxl.store.errors import StoreDiskFull, StoreUnavailable
+from sdxl.store.store import Store
 from sdxl.store.tables import PredictionStatus
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ class StoredRuns:
         tenant = row.get("tenant")
 
         def file_bytes(file_id: str) -> bytes | None:  # only the creator's own uploads
-            found = self.store.get_file(file_id, tenant, with_data=True)
-            return None if found is None else found["data"]
+            return self.store.files.data(file_id, tenant)
 
         request = stored_request(given, origins, file_bytes)
         output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
@@ -73,7 +73,7 @@ class StoredRuns:
 
     def _started(self, job: Job) -> None:
         try:
-            if not self.store.started(job.id, self.replica):
+            if not self.store.predictions.started(job.id, self.replica):
                 job.cancel(LOST_CLAIM)
                 return
         except StoreUnavailable:  # it runs; its start is written with its end
@@ -82,14 +82,16 @@ class StoredRuns:
 
     def _preview(self, job: Job, preview) -> None:
         with contextlib.suppress(StoreUnavailable):  # the next one, or the result, will do
-            self.store.set_preview(job.id, preview.stage, preview.step, preview.total, preview.jpeg)
+            self.store.predictions.set_preview(
+                job.id, preview.stage, preview.step, preview.total, preview.jpeg
+            )
 
     def _logged(self, job: Job, line: str) -> None:
         now = time.monotonic()
         if now - self._flushed.get(job.id, 0.0) >= LOG_FLUSH_S:
             self._flushed[job.id] = now
             try:
-                self.store.update(job.id, logs=_text(job.logs))
+                self.store.predictions.update(job.id, logs=_text(job.logs))
             except StoreUnavailable:  # the store is away: the logs go with the result
                 return
             self.events.changed(job.id, "logs")
@@ -117,7 +119,7 @@ class StoredRuns:
         wait = STORE_RETRY_S
         while True:
             try:
-                return self.store.finish(
+                return self.store.predictions.finish(
                     job.id,
                     status,
                     error=error,

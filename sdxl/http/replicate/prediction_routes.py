@@ -1,0 +1,190 @@
+"""Replicate's prediction paths: create (on a version, or a model's latest), get, list, cancel,
+and the running prediction's preview."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Response
+from fastapi import Request as HttpRequest
+from fastapi.responses import JSONResponse
+
+from sdxl.http.auth import caller_of
+from sdxl.http.caps import inline_input_schema
+from sdxl.http.errors import retry_after
+from sdxl.http.replicate.api import ReplicateApi
+from sdxl.http.replicate.common import (
+    ReplicateError,
+    decode_cursor,
+    encode_cursor,
+    json_body,
+    json_body_doc,
+    not_found,
+    origin,
+    prefer_wait,
+    whose,
+)
+from sdxl.http.replicate.webhooks import EVENTS
+from sdxl.http.service import ServerStatus, Service
+from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
+from sdxl.inputs.surface import InvalidInputs
+from sdxl.store.errors import StoreFull
+from sdxl.store.tables import ANY, ENDED
+
+EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client reads 60.5 s)
+
+
+def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
+    routes = APIRouter()
+    rows, catalogue, predictions, render = (
+        api.store.predictions,
+        api.catalogue,
+        api.predictions,
+        api.renderer,
+    )
+
+    def accepting() -> None:
+        if service.status == ServerStatus.DRAINING:
+            raise ReplicateError(
+                503,
+                "Service unavailable",
+                "the server is shutting down and takes no new predictions; create it again",
+                headers=retry_after(DRAINING_RETRY_AFTER_S),
+            )
+        if service.status == ServerStatus.FAILED:
+            raise ReplicateError(503, "Service unavailable", str(service.reason))
+
+    async def create(http: HttpRequest, version, body: dict) -> JSONResponse:
+        accepting()
+        base = origin(http, settings)
+        try:
+            row = await asyncio.to_thread(predictions.create, version, body, base, caller_of(http))
+        except InvalidInputs as err:
+            lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
+            fields = [{"field": p.field, "description": p.message} for p in err.problems]
+            raise ReplicateError(
+                422, "Input validation failed", lines, invalid_fields=fields
+            ) from None
+        except StoreFull as err:
+            of_key, setting = (
+                ("of this API key ", "SDXL_MAX_QUEUED_PER_KEY")
+                if err.per_tenant
+                else ("", "SDXL_MAX_QUEUED_PREDICTIONS")
+            )
+            raise ReplicateError(
+                429,
+                "Too many predictions",
+                f"{err.waiting} predictions {of_key}are already queued, the most this server "
+                f"keeps ({setting}); retry later",
+                headers=retry_after(30),
+            ) from None
+        status = None
+        wait = prefer_wait(http.headers.get("prefer"))
+        if wait is not None:
+            row = await wait_for(row["id"], wait - EARLY_S, ANY)
+            if row["status"] not in ENDED:
+                status = "starting"  # Replicate's answer to a wait that ran out
+        rendered = await asyncio.to_thread(render.prediction, row, base, status)
+        return JSONResponse(rendered, status_code=201)
+
+    async def wait_for(prediction_id: str, seconds: float, tenant) -> dict:
+        deadline = time.monotonic() + seconds
+        while True:
+            row = await asyncio.to_thread(rows.get, prediction_id, tenant)
+            if row["status"] in ENDED or time.monotonic() >= deadline:
+                return row
+            await asyncio.sleep(0.1)
+
+    body_schema = {
+        "type": "object",
+        "properties": {
+            "version": {
+                "type": "string",
+                "enum": sorted({v for vs in catalogue.models.values() for v in vs}),
+            },
+            "input": inline_input_schema(catalogue.schema),
+            "webhook": {"type": "string", "format": "uri"},
+            "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
+        },
+        "required": ["version", "input"],
+    }
+    model_body = {**body_schema, "required": ["input"]}
+    model_body["properties"] = {
+        k: v for k, v in body_schema["properties"].items() if k != "version"
+    }
+
+    @routes.post(
+        "/v1/predictions",
+        status_code=201,
+        summary="Create a prediction",
+        openapi_extra=json_body_doc(body_schema),
+    )
+    async def create_prediction(http: HttpRequest) -> JSONResponse:
+        body = await json_body(http)
+        text = body.get("version")
+        version = catalogue.version(text) if isinstance(text, str) else None
+        if version is None:
+            raise ReplicateError(
+                422,
+                "Invalid version or not permitted",
+                f"the version {str(text)[:100]!r} does not exist on this server; use "
+                f"{catalogue.own_version} or another version of GET /v1/models/<owner>/<name>",
+            )
+        return await create(http, version, body)
+
+    @routes.post(
+        "/v1/models/{owner}/{name}/predictions",
+        status_code=201,
+        summary="Create a prediction of a model's latest version",
+        openapi_extra=json_body_doc(model_body),
+    )
+    async def create_model_prediction(owner: str, name: str, http: HttpRequest):
+        model = catalogue.model(owner, name)
+        if model is None:
+            raise not_found(f"the model {owner}/{name}")
+        return await create(http, catalogue.latest(model), await json_body(http))
+
+    @routes.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
+    def get_prediction(prediction_id: str, http: HttpRequest) -> dict:
+        row = rows.get(prediction_id, whose(http))
+        if row is None:
+            raise not_found(f"the prediction {prediction_id[:40]!r}")
+        return render.prediction(row, origin(http, settings))
+
+    @routes.get(
+        "/v1/predictions/{prediction_id}/preview",
+        summary="The running prediction's latest preview (JPEG; 204 before the first)",
+    )
+    def get_preview(prediction_id: str, http: HttpRequest) -> Response:
+        if rows.get(prediction_id, whose(http)) is None:
+            raise not_found(f"the prediction {prediction_id[:40]!r}")
+        preview = rows.preview_of(prediction_id)
+        if preview is None:
+            return Response(status_code=204)
+        headers = {"X-Preview-Step": str(preview["step"]), "X-Preview-Total": str(preview["total"])}
+        headers["X-Preview-Stage"] = preview["stage"]
+        return Response(preview["data"], media_type="image/jpeg", headers=headers)
+
+    @routes.get("/v1/predictions", summary="List predictions, newest first")
+    def list_predictions(http: HttpRequest, cursor: str | None = None) -> dict:
+        before = decode_cursor(cursor)
+        found = rows.page(before, settings.page_size + 1, whose(http))
+        page, more = found[: settings.page_size], len(found) > settings.page_size
+        base = origin(http, settings)
+        after = encode_cursor(page[-1]["number"]) if more else None
+        return {
+            "previous": None,
+            "next": f"{base}/v1/predictions?cursor={after}" if after else None,
+            "results": [render.prediction(row, base) for row in page],
+        }
+
+    @routes.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
+    async def cancel_prediction(prediction_id: str, http: HttpRequest) -> dict:
+        if await asyncio.to_thread(rows.get, prediction_id, whose(http)) is None:
+            raise not_found(f"the prediction {prediction_id[:40]!r}")
+        await asyncio.to_thread(predictions.cancel, prediction_id)
+        row = await wait_for(prediction_id, 2.0, ANY)  # a running one stops at its next step
+        return await asyncio.to_thread(render.prediction, row, origin(http, settings))
+
+    return routes
