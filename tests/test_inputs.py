@@ -11,8 +11,9 @@ from sdxl.cog.inputs import COG
 from sdxl.errors import InputError
 from sdxl.generate.schedulers import StepPlanError, plan_steps, refiner_schedule_for
 from sdxl.images.inputs import ImageSource
+from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
-from sdxl.inputs.rules import check_fields, check_request
+from sdxl.inputs.rules import check_fields
 from sdxl.settings import Caps
 
 BAD = [

@@ -38,8 +38,8 @@ from sdxl.adapters.staging import stage_weights
 from sdxl.adapters.tar import TrainedWeightsError
 from sdxl.builders.random_lora import random_kohya_lora
 from sdxl.errors import InputError
+from sdxl.inputs.model_rules import check_adapter_names
 from sdxl.inputs.request import AdapterSpec, Request
-from sdxl.inputs.rules import check_adapter_names
 from sdxl.settings import FetchSettings
 
 TIGHT = 1e-4  # float32 on the CPU: factored vs merged low-rank update

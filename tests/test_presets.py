@@ -10,9 +10,10 @@ from support.helpers import assert_same_image, generator, smooth_image
 from sdxl.cog.inputs import COG
 from sdxl.config import ASPECT_RATIOS, STYLES, STYLES_FILE
 from sdxl.errors import InputError
+from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import Request
-from sdxl.inputs.rules import check_fields, check_request
+from sdxl.inputs.rules import check_fields
 from sdxl.settings import Caps
 
 USUAL_SDXL_STYLES = {

@@ -18,9 +18,10 @@ from sdxl.http.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_k
 from sdxl.http.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
 from sdxl.http.settings import Settings
 from sdxl.images.outputs import encode_image
+from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import Request
-from sdxl.inputs.rules import check_fields, check_request
+from sdxl.inputs.rules import check_fields
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.settings import Caps, FetchSettings, SettingsError
 

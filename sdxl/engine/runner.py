@@ -33,8 +33,8 @@ from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation, with_prompts
 from sdxl.generate.preview import make_preview
 from sdxl.generate.result import Result
+from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
-from sdxl.inputs.rules import check_request
 from sdxl.model.device import peak_bytes, start_peak
 
 log = logging.getLogger("sdxl.engine")

@@ -12,8 +12,8 @@ from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation
 from sdxl.generate.result import Result
 from sdxl.images.inputs import ImageSource, load
+from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
-from sdxl.inputs.rules import check_request
 
 
 def generate(models, req: Request, on_step: StepCallback | None = None) -> Result:

@@ -5,11 +5,10 @@ Two tiers, each run once per request and only for the inputs that apply to it:
 
 1. `check_fields`, at an API's boundary (its 422): the schema (unknown fields, types, bounds,
    choices, lengths, image sources checked cheaply) and the operator's caps (SDXL_MAX_*).
-2. `check_request`, when the engine prepares the job (the job fails): the model's rules that
-   need no model loaded: sides that are multiples of 8, a mask without an image, an ensemble
-   split that leaves an expert nothing, names of trained weights. What needs the model or the
-   decoded image follows in the same preparation: the step plan (`sdxl.generate.schedulers`) and
-   the images (`sdxl.images.inputs`, `sdxl.images.fit`).
+2. `check_request` (`sdxl.inputs.model_rules`), when the engine prepares the job (the job
+   fails): the model's rules that need no model loaded. What needs the model or the decoded
+   image follows in the same preparation: the step plan (`sdxl.generate.schedulers`) and the
+   images (`sdxl.images.inputs`, `sdxl.images.fit`).
 
 An API describes itself as a `Surface` (`sdxl.inputs.surface`): its `Field`s (its spelling of
 each engine input, its own defaults, bounds and choices where it has them) and what null
@@ -30,13 +29,10 @@ from sdxl.config import (
     ASPECT_RATIOS,
     BASE_IMAGE_REFINER_STRENGTH,
     INPUTS,
-    NAMED_LORAS,
-    SIZE_MULTIPLE,
 )
 from sdxl.errors import InputError, field_error
 from sdxl.generate.schedulers import check_few_step, refiner_schedule_for
-from sdxl.images.inputs import ImageSource, bytes_source, source_from_text
-from sdxl.inputs.request import Request
+from sdxl.images.inputs import bytes_source, source_from_text
 from sdxl.inputs.surface import (
     UNSET,
     Checked,
@@ -279,56 +275,3 @@ def _over_caps(values: Mapping[str, Any], caps: Caps) -> list[InputError]:
 def output_size(aspect_ratio: str | None, width: int, height: int) -> tuple[int, int]:
     """(width, height) of a text-to-image request: its aspect ratio's, or as given."""
     return ASPECT_RATIOS[aspect_ratio] if aspect_ratio is not None else (width, height)
-
-
-# ---- tier 2: the model's rules, when the job is prepared ---------------------------------
-def check_request(req: Request) -> None:
-    """Raise InputError for the first of the model's rules `req` breaks (no model needed)."""
-    if req.image is None:
-        size = output_size(req.aspect_ratio, req.width, req.height)
-        for name, value in zip(("width", "height"), size, strict=True):
-            if value % SIZE_MULTIPLE:
-                lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-                raise field_error(
-                    "{field} is not a multiple of {m}; use {lower} or {upper}",
-                    name,
-                    value,
-                    words={"m": SIZE_MULTIPLE, "lower": lower, "upper": lower + SIZE_MULTIPLE},
-                )
-    if req.mask is not None and req.image is None:
-        raise InputError(
-            "{mask:name} was given without {image:name}; inpainting needs both (or drop the mask)",
-            "mask",
-            values={},
-        )
-    if req.refine == "expert_ensemble_refiner" and not 0 < req.high_noise_frac < 1:
-        raise field_error(
-            "{high_noise_frac} leaves one expert nothing to do; use a value strictly between "
-            "0 and 1 with the ensemble of expert denoisers, or no refiner",
-            "high_noise_frac",
-            req.high_noise_frac,
-        )
-    check_adapter_names(req)
-
-
-def check_adapter_names(req: Request) -> None:
-    """The names of trained weights a request asks for (what their files hold is checked when
-    they are read)."""
-    if req.lora_name is not None and req.lora_name not in NAMED_LORAS:
-        raise field_error(
-            "{field} is not available; choose one of: {names}",
-            "lora_name",
-            req.lora_name,
-            words={"names": ", ".join(NAMED_LORAS)},
-        )
-    if req.lora_id is not None and (not LORA_ID.fullmatch(req.lora_id) or ".." in req.lora_id):
-        raise field_error(
-            "{field} is not a valid id: use letters, digits, '_', '-' and '.', at most 128 "
-            "characters, no path separators or '..'",
-            "lora_id",
-            req.lora_id,
-        )
-
-
-def image_sources(req: Request) -> list[ImageSource]:
-    return [img for img in (req.image, req.mask) if isinstance(img, ImageSource)]
