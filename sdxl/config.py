@@ -16,6 +16,7 @@ BASE_DIR = "base"
 REFINER_DIR = "refiner"
 LORAS_DIR = "loras"
 SAFETY_DIR = "safety_checker"
+TRAIN_DIR = "train"  # the trainer's helper models: blip/, clipseg/, swin2sr/
 DEFAULT_WEIGHTS_DIR = "weights"
 # LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
 NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA

@@ -123,12 +123,12 @@ def _why(err: Exception) -> str:
 
 # ---- prompts ------------------------------------------------------------------------------
 def rewrite_prompt(text: str | None, special_params: dict[str, str]) -> str | None:
-    """Replace each key (e.g. "TOK") with its value in one pass, longest key first, so a
-    replacement is never replaced again."""
+    """Replace each key (e.g. "TOK") with its value, in one pass, longest key first, so a
+    replacement is never replaced again; a key that starts or ends with a letter, digit or _
+    is replaced as a whole word only ("TOK," and "(TOK)" are; "TOKYO" is not)."""
     if text is None or not special_params:
         return text
-    pattern = re.compile("|".join(re.escape(k) for k in sorted(special_params, key=len)[::-1]))
-    out = pattern.sub(lambda m: special_params[m.group(0)], text)
+    out = whole_words(special_params).sub(lambda m: special_params[m.group(0)], text)
     if len(out) > MAX_PROMPT_CHARS:
         raise LoraError(
             f"the prompt has {len(out)} characters after replacing the trained weights' special "
@@ -136,3 +136,12 @@ def rewrite_prompt(text: str | None, special_params: dict[str, str]) -> str | No
             "prompt",
         )
     return out
+
+
+def whole_words(keys) -> re.Pattern:
+    def bounded(key: str) -> str:
+        left = r"(?<![A-Za-z0-9_])" if re.match(r"\w", key[:1]) else ""
+        right = r"(?![A-Za-z0-9_])" if re.match(r"\w", key[-1:]) else ""
+        return left + re.escape(key) + right
+
+    return re.compile("|".join(bounded(k) for k in sorted(keys, key=len, reverse=True)))

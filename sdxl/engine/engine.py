@@ -204,6 +204,9 @@ class Engine:
         `preview_every`, it hands out a preview of its latents every that many steps; `tenant`
         is whose it is (queues take tenants in turn)."""
         job = Job(job_id or str(next(self._ids)), request, events, preview_every, tenant)
+        return self._queued(job)
+
+    def _queued(self, job: Job) -> Job:
         self._lanes.adopt(job)
         if self._lanes.closed:
             self._lanes.settle(job, JobCanceled("the server is shutting down"))
@@ -214,11 +217,31 @@ class Engine:
         self.queue.put(job)
         return job
 
+    def submit_training(
+        self,
+        work,
+        *,
+        events: JobEvents | None = None,
+        job_id: str | None = None,
+        tenant: str | None = None,
+    ) -> Job:
+        """Queue a training (`sdxl.train.training.Training`); the job ends with its
+        TrainingResult. Predictions run between its steps."""
+        job = Job(job_id or str(next(self._ids)), None, events, 0, tenant, work=work)
+        return self._queued(job)
+
     def run(self, request: Request, *, on_log=None, events: JobEvents | None = None, poll=0.1):
         """Submit `request` and wait for its Result in this thread, handing each log line to
         `on_log` here. Any exception raised in this thread while it waits (Cog delivers its
         cancel that way) cancels the job; it is raised again once the job has let go."""
-        job = self.submit(request, events=events)
+        return self.wait(self.submit(request, events=events), on_log, poll)
+
+    def run_training(self, work, *, on_log=None, events: JobEvents | None = None, poll=0.1):
+        """`submit_training` and wait for its TrainingResult, as `run` waits."""
+        return self.wait(self.submit_training(work, events=events), on_log, poll)
+
+    def wait(self, job: Job, on_log=None, poll: float = 0.1):
+        """The job's result, waited for in this thread (see `run`)."""
         try:
             while not job.wait(poll):
                 _hand_out(job, on_log)

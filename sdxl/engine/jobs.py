@@ -86,13 +86,17 @@ class Job:
     def __init__(
         self,
         job_id: str,
-        request: Request,
+        request: Request | None,
         events: JobEvents | None = None,
         preview_every: int = 0,
         tenant: str | None = None,
+        work: Any = None,
     ):
         self.id = job_id
-        self.request = request
+        self.request = request  # a generation's; None for a training
+        # A training's work (sdxl.train.training.Training): prepared, then run in slices on the
+        # GPU thread with predictions between them, then finished.
+        self.work = work
         # Whose job it is (a tenant's name, never a key): queues take the tenants in turn.
         self.tenant = tenant
         self.events = events or JobEvents()
@@ -103,7 +107,7 @@ class Job:
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
         # Whether preparing it fetches something (trained weights, image URLs): only such a
         # job can be overtaken by the ones behind it; the others are waited for, in order.
-        self.downloads = request.fetches
+        self.downloads = request.fetches if request is not None else False
         self.status = JobStatus.QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None
@@ -112,6 +116,8 @@ class Job:
         self.outcome: Any = None  # sdxl.engine.outcome.Outcome, once it ended
         self.logs: list[str] = []
         self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
+        if work is not None:
+            self.steps = {"train": 0}  # training steps run
         self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
         self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
         # On the GPU, by the engine's monotonic clock: when it was prepared, when it took the
@@ -131,6 +137,10 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.status})"
+
+    @property
+    def is_training(self) -> bool:
+        return self.work is not None
 
     # ---- for callers --------------------------------------------------------------------
     def cancel(self, reason: str = "the prediction was cancelled") -> None:

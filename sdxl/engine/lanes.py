@@ -24,12 +24,13 @@ import itertools
 import logging
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sdxl.engine.ending import end_line, forget_frames
 from sdxl.engine.jobs import ENDED, EngineBroken, Job, JobCanceled, JobStatus, Poisoned, notify
 from sdxl.engine.outcome import Outcome, outcome_of
+from sdxl.engine.trainings import run_training
 from sdxl.logs import job_context
 
 log = logging.getLogger("sdxl.engine.engine")
@@ -44,6 +45,7 @@ class Lanes:
         self.cond = threading.Condition()
         self.claimed: list[Job] = []  # preparing or ready, in claim order
         self.running: Job | None = None  # on the GPU
+        self.training: Job | None = None  # a training under way (predictions run between steps)
         self.finishing: list[Job] = []  # the GPU is done with them; their images are made
         self.closed = False
         self._seq = itertools.count()
@@ -89,12 +91,14 @@ class Lanes:
                 "preparing": claimed.count(JobStatus.PREPARING) + claimed.count(JobStatus.QUEUED),
                 "ready": claimed.count(JobStatus.READY),
                 "running": 1 if self.running is not None else 0,
+                "training": 1 if self.training is not None else 0,
                 "finishing": len(self.finishing),
             }
 
     # ---- 1. claiming and 2. preparing ---------------------------------------------------
     def _room(self) -> bool:
-        waiting = [job for job in self.claimed if not _downloading(job)]
+        # A job that downloads, or a training, does not hold the next job back.
+        waiting = [job for job in self.claimed if not (_downloading(job) or job.is_training)]
         most = LOOKAHEAD + self.engine.settings.prepare_workers
         return len(waiting) < LOOKAHEAD and len(self.claimed) < most
 
@@ -104,7 +108,7 @@ class Lanes:
             with self.cond:
                 self.cond.wait_for(lambda: self.closed or self._room())
             with self.cond:
-                busy = self.running is not None
+                busy = self.running is not None or self.training is not None
             job = engine.queue.claim(0.5, stored=engine.takes_stored, ahead=busy)
             if job is None:
                 continue
@@ -130,7 +134,10 @@ class Lanes:
     def _prepare(self, job: Job) -> None:
         try:
             with job_context(job.id):
-                self.engine.runner.prepare(job)
+                if job.is_training:
+                    job.work.prepare(job.check)
+                else:
+                    self.engine.runner.prepare(job)
         except BaseException as err:
             self.settle(job, err)
             return
@@ -150,29 +157,35 @@ class Lanes:
             warmed.set()
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: self.closed or self._next_ready() is not None)
+                self.cond.wait_for(lambda: self.closed or self.next_ready() is not None)
                 if self.closed:
                     return
-                job = self._next_ready()
+                job = self.next_ready()
                 self.claimed.remove(job)
                 self.running = job
                 job.status = JobStatus.RUNNING
                 self.cond.notify_all()
             with job_context(job.id):
-                self._execute(job)
+                if job.is_training:
+                    run_training(self, job)
+                else:
+                    self.execute(job)
 
-    def _next_ready(self) -> Job | None:
+    def next_ready(self, predictions_only: bool = False) -> Job | None:
         """The first job in claim order that is prepared. A job still preparing that fetches
         nothing is ready within moments, so it is waited for rather than overtaken; one that
-        downloads may be overtaken by the prepared jobs behind it."""
+        downloads, or a training (its archive read and checked), may be overtaken by the
+        prepared jobs behind it. `predictions_only`: between a training's steps."""
         for job in sorted(self.claimed, key=lambda j: j.seq):
+            if predictions_only and job.is_training:
+                continue
             if job.status == JobStatus.READY:
                 return job
-            if not job.downloads:
+            if not (job.downloads or job.is_training):
                 return None
         return None
 
-    def _execute(self, job: Job) -> None:
+    def execute(self, job: Job) -> None:
         engine = self.engine
         job.started_at = time.time()
         self.deliver(job.events.started, job)
@@ -192,7 +205,7 @@ class Lanes:
                 error = err
             job.gpu_ended_at = self._lock_released_at = time.monotonic()
         if error is not None:
-            outcome = self._forget(job, error)
+            outcome = self.forget(job, error)
             engine.free_memory()  # before the next job: what the failed one held is gone
         with self.cond:
             self.running = None
@@ -211,10 +224,14 @@ class Lanes:
         return max(0.0, job.gpu_started_at - max(self._lock_released_at, job.ready_at))
 
     # ---- 4. the finishing thread --------------------------------------------------------
-    def _finish(self, job: Job, denoised) -> None:
+    def finish_training(self, job: Job) -> None:
+        """The training's tar written, off the lock."""
+        self._finish(job, None, job.work.finish)
+
+    def _finish(self, job: Job, denoised, finishing=None) -> None:
         try:
             with job_context(job.id):
-                result = self.engine.runner.finish(job, denoised)
+                result = finishing() if finishing else self.engine.runner.finish(job, denoised)
         except BaseException as err:
             self.settle(job, err)
         else:
@@ -250,7 +267,7 @@ class Lanes:
             runner.release(job)
         self.engine.note_peak(job)
         if error is not None and forgotten is None:
-            self._forget(job, error)
+            self.forget(job, error)
         line = end_line(job, outcome)
         job.log(line)
         job_log.info("job %s %s", job.id, line, extra={"prediction_id": job.id})
@@ -262,7 +279,7 @@ class Lanes:
             notify(observer, job)
         self.deliver(job.events.finished, job)
 
-    def _forget(self, job: Job, error: BaseException) -> Outcome:
+    def forget(self, job: Job, error: BaseException) -> Outcome:
         """Log what an operator needs of a failure, then let go of its frames."""
         outcome = outcome_of(error, job.id)
         if outcome.kind == "internal":  # the only failure whose traceback an operator needs
@@ -273,33 +290,3 @@ class Lanes:
 
 def _downloading(job: Job) -> bool:
     return job.downloads and job.status in (JobStatus.QUEUED, JobStatus.PREPARING)
-
-
-def forget_frames(error: BaseException) -> None:
-    """Let go of everything the frames of `error` (and of the errors it was raised from or
-    during) hold: a failed job's tensors must not live on in its future or a log record."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if error.__traceback__ is not None:
-            traceback.clear_frames(error.__traceback__)
-            error.__traceback__ = None
-        following = error.__cause__ or error.__context__
-        error.__cause__ = error.__context__ = None
-        error = following
-
-
-def end_line(job: Job, outcome: Outcome) -> str:
-    took = job.run_seconds
-    if outcome.succeeded:
-        plan = job.generation.plan
-        peak = job.peak_device_bytes
-        memory = "" if peak is None else f"; peak GPU memory {peak / 2**30:.2f} GiB"
-        return (
-            f"done in {took or 0.0:.2f} s: base ran {job.steps['base']} steps, refiner ran "
-            f"{job.steps['refiner']} steps (planned {plan.base_steps} + {plan.refiner_steps}); "
-            f"seeds {job.generation.seeds}{memory}"
-        )
-    if took is None:
-        return f"{outcome.status} before it ran: {outcome.message}"
-    return f"{outcome.status} after {took:.2f} s: {outcome.message}"

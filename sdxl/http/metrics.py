@@ -88,6 +88,8 @@ class Metrics:
         if not job.outcome.succeeded:
             self.failures.labels(job.outcome.kind).inc()
             return
+        if job.is_training:
+            return
         if job.peak_device_bytes is not None:
             self.peak_memory.observe(job.peak_device_bytes)
         result = job.result()

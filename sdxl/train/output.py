@@ -1,0 +1,84 @@
+"""`trained_model.tar`: the reference trainer's layout, so that Replicate's own predictor and
+ours (`replicate_weights`) load it, and in `webui/` the same weights as the other SDXL tools
+read them.
+
+- `lora.safetensors`: the LoRA in the reference's keys (diffusers' old attention-processor
+  names, `...attn1.processor.to_q_lora.down.weight`), float32; or `unet.safetensors` for a
+  full fine-tune: the trained UNet parameters (norms and time embeddings were not trained);
+- `embeddings.pti`: safetensors with `text_encoders_0` [n, 768] and `text_encoders_1`
+  [n, 1280], one row per new token `<s0>`, `<s1>`, ...; `special_params.json`: each concept's
+  word and its tokens, {"TOK": "<s0><s1>"};
+- `webui/lora.safetensors`: the LoRA in kohya's keys (`lora_unet_..._to_q.lora_down.weight`,
+  `.lora_up.weight`, `.alpha` = rank): AUTOMATIC1111, ComfyUI, Forge, InvokeAI and diffusers'
+  `load_lora_weights` read it;
+- `webui/embeddings.safetensors`: `clip_l` [n, 768] and `clip_g` [n, 1280], what diffusers'
+  `load_textual_inversion` (one call per text encoder) and the web UIs' SDXL embeddings read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from sdxl.train.models import Trained
+
+_PEFT = re.compile(r"(?P<module>.+)\.(?P<proj>to_q|to_k|to_v|to_out\.0)\.lora_(?P<ab>[AB])\.weight")
+
+
+def tar_members(trained: Trained, dtype: torch.dtype) -> dict[str, bytes]:
+    rows = [e.rows.detach().float().cpu().contiguous() for e in trained.embeddings]
+    members: dict[str, bytes] = {}
+    if trained.is_lora:
+        lora = peft_lora(trained.unet)
+        members["lora.safetensors"] = save(reference_keys(lora))
+        members["webui/lora.safetensors"] = save(kohya_keys(lora))
+    else:
+        names = {id(p): n for n, p in trained.unet.named_parameters()}
+        tuned = {names[id(p)]: p.detach().to(dtype).cpu().contiguous() for p in trained.unet_params}
+        members["unet.safetensors"] = save(tuned)
+    members["embeddings.pti"] = save({"text_encoders_0": rows[0], "text_encoders_1": rows[1]})
+    members["webui/embeddings.safetensors"] = save({"clip_l": rows[0], "clip_g": rows[1]})
+    members["special_params.json"] = json.dumps(trained.special_params).encode()
+    return members
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def peft_lora(unet) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA as peft names it (`...to_q.lora_A.weight`), float32."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet)
+    return {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+
+
+def reference_keys(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in lora.items():
+        match = _PEFT.fullmatch(key)
+        if match is None:
+            raise ValueError(f"an unexpected LoRA tensor {key}")
+        proj = match["proj"].replace(".0", "")
+        side = "down" if match["ab"] == "A" else "up"
+        out[f"{match['module']}.processor.{proj}_lora.{side}.weight"] = value
+    return out
+
+
+def kohya_keys(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in lora.items()})
+    return {key: value.contiguous() for key, value in kohya.items()}

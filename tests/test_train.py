@@ -1,0 +1,272 @@
+"""The trainer on the tiny model, through the engine, on the CPU: the tar's layout and keys; its
+weights through `replicate_weights` (a token only where the prompt says it); its webui files in
+diffusers' own loaders giving the same pixels; the loss on its own images lowered; a resumed
+training equal to an uninterrupted one; a full fine-tune that trains the UNet; several
+concepts; and predictions between training steps equal to an idle engine's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import start_engine
+from safetensors.torch import load, load_file
+from support.archives import photos, write_zip
+
+from sdxl.adapters.fetch import DownloadCache
+from sdxl.engine import JobEvents
+from sdxl.inputs.request import Request
+from sdxl.settings import FetchSettings
+from sdxl.train.options import TrainRequest
+from sdxl.train.training import Training
+
+SIZE = 256
+STEPS = 12
+
+
+def pixels(result) -> list[bytes]:
+    return [np.asarray(im).tobytes() for im in result.images]
+
+
+def members_of(path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
+
+
+def small(**kw) -> TrainRequest:
+    base = dict(
+        seed=5,
+        resolution=SIZE,
+        train_batch_size=2,
+        max_train_steps=STEPS,
+        lora_rank=4,
+        lora_lr=5e-3,
+        ti_lr=5e-3,
+        lr_warmup_steps=2,
+    )
+    return TrainRequest(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights, folder):
+    fetch = FetchSettings(cache_dir=folder / "cache", local_dirs=(folder,), public_only=False)
+    eng = start_engine(tiny_weights, cache=DownloadCache(fetch), fetch=fetch)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def zipped(folder):
+    return write_zip(folder / "photos.zip", photos(3))
+
+
+@pytest.fixture(scope="module")
+def trained(engine, folder, zipped):
+    req = small(input_images=str(zipped))
+    return engine.run_training(Training(req, folder / "first"))
+
+
+def image(engine, **kw):
+    base = dict(width=SIZE, height=SIZE, num_inference_steps=3, seed=11)
+    return engine.run(Request(**{**base, **kw}))
+
+
+def test_the_tar_has_the_references_layout_and_the_web_uis_files(trained):
+    found = members_of(trained.weights)
+    assert set(found) == {
+        "lora.safetensors",
+        "embeddings.pti",
+        "special_params.json",
+        "webui/lora.safetensors",
+        "webui/embeddings.safetensors",
+    }
+    lora = load(found["lora.safetensors"])
+    assert lora and all(".processor.to_" in k and "_lora." in k for k in lora)
+    assert {k.rsplit(".", 2)[-2] for k in lora} == {"down", "up"}
+    assert all(v.dtype == torch.float32 for v in lora.values())
+    kohya = load(found["webui/lora.safetensors"])
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    alphas = {k: v for k, v in kohya.items() if k.endswith(".alpha")}
+    assert alphas and all(int(v) == 4 for v in alphas.values())  # alpha = rank: scale 1
+    assert len(kohya) == len(lora) * 3 // 2  # down, up and alpha per module
+    pti = load(found["embeddings.pti"])
+    webui = load(found["webui/embeddings.safetensors"])
+    assert pti["text_encoders_0"].shape == webui["clip_l"].shape == (2, 32)  # tiny TE1 width
+    assert pti["text_encoders_1"].shape == webui["clip_g"].shape == (2, 64)
+    assert torch.equal(pti["text_encoders_1"], webui["clip_g"])
+    assert json.loads(found["special_params.json"]) == {"TOK": "<s0><s1>"}
+    assert len(trained.losses) == STEPS and trained.steps == STEPS
+
+
+def test_the_weights_change_only_prompts_that_name_the_token(engine, trained):
+    weights = str(trained.weights)
+    plain = image(engine, prompt="a photo of TOK")
+    tuned = image(engine, prompt="a photo of TOK", replicate_weights=weights, lora_scale=0.0)
+    assert pixels(tuned) != pixels(plain)  # the trained tokens, at lora_scale 0
+    other = image(engine, prompt="a photo of a cat", replicate_weights=weights, lora_scale=0.0)
+    assert pixels(other) == pixels(image(engine, prompt="a photo of a cat"))
+    tokyo = image(engine, prompt="TOKYO at night", replicate_weights=weights, lora_scale=0.0)
+    assert pixels(tokyo) == pixels(image(engine, prompt="TOKYO at night"))  # a whole word only
+
+
+def test_the_webui_files_in_diffusers_loaders_give_the_replicate_weights_pixels(
+    engine, trained, tiny_weights, folder
+):
+    from diffusers import StableDiffusionXLPipeline
+
+    found = members_of(trained.weights)
+    (folder / "webui").mkdir(exist_ok=True)
+    (folder / "webui" / "lora.safetensors").write_bytes(found["webui/lora.safetensors"])
+    (folder / "webui" / "embeddings.safetensors").write_bytes(found["webui/embeddings.safetensors"])
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        tiny_weights / "base", torch_dtype=torch.float32, add_watermarker=False
+    )
+    pipe.load_lora_weights(str(folder / "webui" / "lora.safetensors"))
+    state = load_file(folder / "webui" / "embeddings.safetensors")
+    tokens = ["<s0>", "<s1>"]
+    pipe.load_textual_inversion(
+        state["clip_l"], token=tokens, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        state["clip_g"], token=tokens, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    expected = pipe(
+        prompt="a photo of <s0><s1>",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(11),
+    ).images[0]
+    got = image(
+        engine,
+        prompt="a photo of TOK",
+        replicate_weights=str(trained.weights),
+        lora_scale=1.0,
+        apply_watermark=False,
+        disable_safety_checker=True,
+    )
+    assert np.asarray(got.images[0]).tobytes() == np.asarray(expected).tobytes()
+
+
+def test_training_lowers_the_loss_on_its_own_images(engine, zipped, folder):
+    """The denoising loss on the training images with fixed noise and timesteps, before the
+    first step and after the last."""
+    from sdxl.train import models as trained_models
+    from sdxl.train.archive import read_archive
+    from sdxl.train.loop import Trainer, encode_examples
+    from sdxl.train.preprocess import HelperModels, preprocess
+
+    req = small(input_images=str(zipped), max_train_steps=30, lr_warmup_steps=0)
+    models = engine.models
+    archive = read_archive(zipped, "infer", folder / "loss", "TOK")
+    with engine.lock:
+        prepared = preprocess(archive.images, req, HelperModels(models.weights_dir, "cpu", None))
+        generator = torch.Generator().manual_seed(5)
+        trained = trained_models.build(models, ["TOK"], True, 4, generator)
+        trainer = Trainer(
+            models, trained, req, encode_examples(models, prepared, trained.tokens, 5)
+        )
+        before = trainer.evaluate(seed=123)
+        while trainer.step < trainer.total:
+            trainer.train_step()
+        after = trainer.evaluate(seed=123)
+    assert after < before * 0.95, (before, after)
+
+
+def test_a_resumed_training_ends_with_the_uninterrupted_ones_weights(engine, folder, zipped):
+    req = small(input_images=str(zipped), max_train_steps=8, checkpointing_steps=3)
+    whole = engine.run_training(Training(req, folder / "whole"))
+    checkpoint = folder / "whole" / "checkpoints" / "step-6.tar"
+    assert checkpoint.is_file() and whole.checkpoint == checkpoint
+    again = dataclasses.replace(req, resume_from_checkpoint=str(checkpoint), seed=None)
+    resumed = engine.run_training(Training(again, folder / "resumed"))
+    assert resumed.steps == 2 and resumed.seed == whole.seed  # the checkpoint's seed
+    assert members_of(resumed.weights) == members_of(whole.weights)  # byte for byte
+
+
+def test_a_checkpoint_of_other_inputs_is_refused(engine, folder, zipped):
+    req = small(input_images=str(zipped), max_train_steps=4, checkpointing_steps=2)
+    engine.run_training(Training(req, folder / "other"))
+    wrong = dataclasses.replace(
+        req,
+        lora_rank=8,
+        resume_from_checkpoint=str(folder / "other" / "checkpoints" / "step-2.tar"),
+    )
+    with pytest.raises(Exception, match="resume_from_checkpoint: was made with other inputs"):
+        engine.run_training(Training(wrong, folder / "wrong"))
+
+
+def test_a_full_fine_tune_trains_the_unet(engine, folder, zipped):
+    req = small(input_images=str(zipped), is_lora=False, max_train_steps=3, unet_learning_rate=1e-3)
+    result = engine.run_training(Training(req, folder / "full"))
+    found = members_of(result.weights)
+    assert "unet.safetensors" in found and "lora.safetensors" not in found
+    tuned = load(found["unet.safetensors"])
+    served = {  # the served UNet's own tensors (resident LoRAs of other tests aside)
+        k.replace(".base_layer.", "."): v
+        for k, v in engine.models.base.unet.state_dict().items()
+        if "lora_" not in k
+    }
+    changed = [k for k, v in tuned.items() if not torch.equal(v, served[k])]
+    assert len(changed) > len(tuned) // 2  # the UNet trained (the reference's trained nothing)
+    assert not any("norm" in k or "time_" in k for k in tuned)
+    plain = image(engine, prompt="a photo of TOK")
+    tuned_image = image(engine, prompt="a photo of TOK", replicate_weights=str(result.weights))
+    assert pixels(tuned_image) != pixels(plain)
+
+
+def test_concept_folders_train_a_token_each(engine, folder):
+    archive = write_zip(
+        folder / "two.zip",
+        {**photos(2, "DOG/", "a photo of DOG"), **photos(2, "CAT/", "a photo of CAT")},
+    )
+    req = small(input_images=str(archive), max_train_steps=2)
+    result = engine.run_training(Training(req, folder / "two"))
+    found = members_of(result.weights)
+    assert json.loads(found["special_params.json"]) == {"DOG": "<s0><s1>", "CAT": "<s2><s3>"}
+    assert load(found["embeddings.pti"])["text_encoders_0"].shape[0] == 4
+
+
+def test_predictions_between_training_steps_give_an_idle_engines_pixels(
+    engine, folder, zipped, tiny_weights
+):
+    """A prediction submitted after the training's first step starts before its last one,
+    and its pixels are a fresh engine's: the training changes none of the served models."""
+    fresh = start_engine(tiny_weights)
+    try:
+        expected = pixels(image(fresh, prompt="a photo of a cat", seed=3))
+    finally:
+        fresh.close()
+    first_step = threading.Event()
+    state: dict = {"prediction": None, "done_at": None}
+
+    def step(job, stage, done, total):  # on the GPU thread, between two training steps
+        first_step.set()
+        found = state["prediction"]
+        if found is not None and found.done() and state["done_at"] is None:
+            state["done_at"] = done
+
+    req = small(input_images=str(zipped), max_train_steps=40)
+    training = engine.submit_training(Training(req, folder / "busy"), events=JobEvents(step=step))
+    assert first_step.wait(120)
+    prediction = state["prediction"] = engine.submit(
+        Request(prompt="a photo of a cat", width=SIZE, height=SIZE, num_inference_steps=3, seed=3)
+    )
+    assert prediction.wait(120) and training.wait(300)
+    assert pixels(prediction.result()) == expected
+    assert training.status == "succeeded"
+    assert state["done_at"] is not None and state["done_at"] < 40  # while it was under way
