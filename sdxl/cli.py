@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sdxl.cog.serve import StaleSchema, serve
 
     try:
-        return serve(args.host, args.port, upload_url=args.upload_url)
+        return serve(args.host, args.port, upload_url=args.upload_url, train=args.train)
     except StaleSchema as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -83,6 +83,12 @@ def _predict(args: argparse.Namespace) -> int:
     except ClientError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sdxl.train.command import run
+
+    return run(args.input, Path(args.output))
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -122,12 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--upload-url", default=None, help="PUT outputs here (as on Replicate)")
+    serve.add_argument(
+        "--train", action="store_true", help="serve train.py's trainer (PUT /trainings/<id>)"
+    )
     serve.set_defaults(func=_serve)
 
     predict = commands.add_parser("predict", help="one prediction through the server")
     predict.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
     predict.add_argument("-o", "--output", default="outputs", help="folder for the outputs")
     predict.set_defaults(func=_predict)
+
+    train = commands.add_parser("train", help="a training on this machine, like Cog's trainer")
+    train.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE")
+    train.add_argument("-o", "--output", default="training", help="folder for the tar")
+    train.set_defaults(func=_train)
 
     schema = commands.add_parser("schema", help="write .cog/openapi_schema.json")
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")

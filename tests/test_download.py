@@ -65,6 +65,12 @@ EXPECTED_LAYOUT = {
 }
 _SAFETY = ("config.json", "model.safetensors", "preprocessor_config.json")
 EXPECTED_LAYOUT |= {f"safety_checker/{n}" for n in _SAFETY} | {"loras/offset.safetensors"}
+# The trainer's helpers (BLIP's captions, CLIPSeg's masks), with their processors' files.
+_BLIP = ("config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json")
+_BLIP += ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+_CLIPSEG = ("config.json", "model.safetensors", "preprocessor_config.json")
+_CLIPSEG += ("special_tokens_map.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+EXPECTED_LAYOUT |= {f"train/blip/{n}" for n in _BLIP} | {f"train/clipseg/{n}" for n in _CLIPSEG}
 
 
 class Interrupted(Exception):

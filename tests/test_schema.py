@@ -66,6 +66,10 @@ def test_document_shape(schema):
         "/health-check",
         "/predictions",
         "/predictions/{prediction_id}/cancel",
+        # train.py beside predict.py: cog build merges the trainer's in
+        "/trainings",
+        "/trainings/{training_id}",
+        "/trainings/{training_id}/cancel",
     }
     post = schema["paths"]["/predictions"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
@@ -237,3 +241,18 @@ def test_main_reports_errors(tmp_path, capsys):
 def test_write_schema(tmp_path):
     out = write_schema(PREDICT, tmp_path / "x" / "schema.json")
     assert out.read_text() == GOLDEN.read_text()
+
+
+def test_the_trainers_part_is_what_coglet_validates_trainings_with(schema):
+    components = schema["components"]["schemas"]
+    inputs = components["TrainingInput"]
+    assert inputs["required"] == ["input_images"]
+    assert inputs["properties"]["input_images"]["format"] == "uri"
+    assert inputs["properties"]["lora_rank"]["minimum"] == 1
+    assert inputs["properties"]["lr_scheduler"] == {
+        "allOf": [{"$ref": "#/components/schemas/lr_scheduler"}],
+        "default": "constant",
+        "description": "Learning rate scheduler to use for training",
+        "x-order": 11,
+    }
+    assert components["TrainingOutput"]["properties"]["weights"]["format"] == "uri"

@@ -270,3 +270,40 @@ def test_predictions_between_training_steps_give_an_idle_engines_pixels(
     assert pixels(prediction.result()) == expected
     assert training.status == "succeeded"
     assert state["done_at"] is not None and state["done_at"] < 40  # while it was under way
+
+
+def test_a_cancelled_training_stops_at_its_next_step_and_leaves_a_checkpoint(
+    engine, folder, zipped
+):
+    before = pixels(image(engine, prompt="a photo of a cat", seed=4))
+
+    def cancel_at_3(job, stage, done, total):
+        if done == 3:
+            job.cancel("stop")
+
+    req = small(input_images=str(zipped), max_train_steps=500)
+    job = engine.submit_training(
+        Training(req, folder / "cancel"), events=JobEvents(step=cancel_at_3)
+    )
+    assert job.wait(120) and job.status == "canceled"
+    assert job.steps["train"] == 3  # no step after the one the cancel came in
+    assert (folder / "cancel" / "checkpoints" / "step-3.tar").is_file()
+    assert pixels(image(engine, prompt="a photo of a cat", seed=4)) == before  # engine sound
+
+
+def test_out_of_memory_in_a_training_names_what_to_lower(engine, folder, zipped, monkeypatch):
+    from sdxl.engine import OutOfMemory
+    from sdxl.train.loop import Trainer
+
+    def out_of_memory(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    job = engine.submit_training(Training(small(input_images=str(zipped)), folder / "oom"))
+    assert job.wait(120) and job.status == "failed"
+    with pytest.raises(OutOfMemory, match="lower resolution, train_batch_size or lora_rank"):
+        job.result()
+    monkeypatch.undo()
+    assert engine.run(
+        Request(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2)
+    ).images

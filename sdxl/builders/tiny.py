@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
+from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, TRAIN_DIR
 
 # SDXL 1.0's scheduler_config.json, verbatim (base and refiner ship the same one).
 SDXL_SCHEDULER_CONFIG = {
@@ -176,7 +176,8 @@ def _vae():
 
 
 def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
-    """Write base/, refiner/, loras/ and safety_checker/ under `root`, replacing them.
+    """Write base/, refiner/, loras/, safety_checker/ and train/ (the trainer's helpers) under
+    `root`, replacing them.
 
     `flag_everything` writes a safety checker that flags every image (through its
     thresholds), to test the flagged path end to end. Returns `root`.
@@ -191,6 +192,7 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
 
     from sdxl.builders.random_lora import random_kohya_lora
     from sdxl.builders.tiny_safety import build_tiny_safety_checker
+    from sdxl.builders.tiny_train import build_tiny_helpers
 
     root = Path(root)
     staging = root / ".tiny-staging"
@@ -237,14 +239,16 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
         shutil.rmtree(staging / REFINER_DIR / shared)
     shutil.rmtree(staging / "tok")
     shutil.rmtree(staging / "tok2")
-
+    build_tiny_helpers(staging)
     return move_layout(staging, root)
 
 
 def move_layout(staging: Path, root: Path) -> Path:
     """Move the weights folders built in `staging` into `root`, replacing any there."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR):
+    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR):
+        if not (staging / name).exists():  # random-full has no trainer's helpers
+            continue
         shutil.rmtree(root / name, ignore_errors=True)
         (staging / name).rename(root / name)
     staging.rmdir()

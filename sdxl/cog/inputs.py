@@ -26,11 +26,11 @@ def checked_inputs(inputs: dict, caps: Caps) -> Checked:
     values = dict(inputs)
     for name in FILE_INPUTS:
         if values.get(name) is not None:
-            values[name] = _uploaded(name, values[name]).read_bytes()
+            values[name] = uploaded(name, values[name]).read_bytes()
     return check_fields(values, COG, caps)
 
 
-def _uploaded(name: str, value: object) -> pathlib.Path:
+def uploaded(name: str, value: object) -> pathlib.Path:
     """A file Cog downloaded or decoded for this request; anything else is refused, so that a
     request can never make the server read one of its own files.
 

@@ -294,20 +294,32 @@ def _fixed_components() -> dict[str, Any]:
 
 
 def build_schema(predict_path: Path) -> dict[str, Any]:
-    """The OpenAPI 3.0.2 document `cog build` writes for this predict.py."""
+    """The OpenAPI 3.0.2 document `cog build` writes for this predict.py, and for the
+    train.py beside it when there is one (the trainer's part, sdxl.cog.train_schema)."""
     tree = ast.parse(Path(predict_path).read_text(), filename=str(predict_path))
     method = find_method(tree)
     inputs, enums = input_schema(method, module_constants(tree))
     fixed = _fixed_components()
-    clash = sorted(set(enums) & (set(fixed) | {"Input", "Output"}))
+    components = {"Input": inputs, "Output": output_schema(method), **fixed}
+    paths = _paths()
+    train = Path(predict_path).with_name("train.py")
+    if train.exists():
+        from sdxl.cog.train_schema import training_parts
+
+        trainer, trainer_paths = training_parts(train)
+        both = sorted(set(trainer) & set(enums))
+        if both:
+            raise SchemaError(f"inputs of predict.py and train.py with choices share {both}")
+        components |= trainer
+        paths |= trainer_paths
+    clash = sorted(set(enums) & set(components))
     if clash:
         raise SchemaError(f"inputs with choices may not be named {', '.join(clash)}")
-    components = {"Input": inputs, "Output": output_schema(method), **enums, **fixed}
     return {
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": COG_VERSION},
-        "paths": _paths(),
-        "components": {"schemas": components},
+        "paths": paths,
+        "components": {"schemas": {**components, **enums}},
     }
 
 

@@ -1,5 +1,6 @@
 """`python -m sdxl serve`: Cog's own prediction server (coglet) for predict.py:Predictor, run
-exactly as a Cog image runs it (no proxy in front: what Cog accepts is what Cog accepts).
+exactly as a Cog image runs it (no proxy in front: what Cog accepts is what Cog accepts);
+`--train` serves train.py's trainer in Cog's train mode instead.
 
 It refuses to start when `.cog/openapi_schema.json` (which coglet validates requests against)
 is missing or older than predict.py; it never rewrites that tracked file itself.
@@ -16,6 +17,7 @@ from sdxl.config import COG_SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 PREDICTOR = "predict.py:Predictor"
+TRAINER = "train.py:train"
 
 
 class StaleSchema(RuntimeError):
@@ -30,22 +32,27 @@ def current_schema() -> dict:
     current = json.loads(COG_SCHEMA_FILE.read_text()) if COG_SCHEMA_FILE.exists() else None
     if current != schema:
         raise StaleSchema(
-            f"{COG_SCHEMA_FILE} is missing or out of date with predict.py; run "
+            f"{COG_SCHEMA_FILE} is missing or out of date with predict.py and train.py; run "
             "`python -m sdxl schema` and commit the result"
         )
     return schema
 
 
-def serve(host: str, port: int, upload_url: str | None = None) -> int:
-    """Replace this process with coglet serving predict.py on host:port."""
+def serve(host: str, port: int, upload_url: str | None = None, train: bool = False) -> int:
+    """Replace this process with coglet serving predict.py (or, `train`, train.py's trainer:
+    PUT /trainings/<id>) on host:port."""
     current_schema()
     env = dict(os.environ, COG_PREDICT_TYPE_STUB=PREDICTOR, PORT=str(port))
     # coglet starts its worker as `python` from PATH: make that this interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     cmd = [sys.executable, "-m", "cog.server.http", "--host", host]
+    if train:
+        env["COG_TRAIN_TYPE_STUB"] = TRAINER
+        cmd += ["--x-mode", "train"]
     if upload_url is not None:
         cmd += ["--upload-url", upload_url]
-    print(f"serving {PREDICTOR} on http://{host}:{port} (coglet)", flush=True)
+    served = TRAINER if train else PREDICTOR
+    print(f"serving {served} on http://{host}:{port} (coglet)", flush=True)
     os.chdir(ROOT)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,10 +48,27 @@ class TrainingResult:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What the operator sets for every training (sdxl.train.settings.from_env)."""
+    """What the operator sets for every training, read from the environment once."""
 
-    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)  # SDXL_MAX_TRAIN_IMAGES, ...
     gradient_checkpointing: str = "auto"  # SDXL_TRAIN_GRADIENT_CHECKPOINTING: auto (CUDA), 1, 0
+
+    @classmethod
+    def from_env(cls, env=None) -> TrainSettings:
+        import os
+
+        from sdxl.settings import SWITCHES, env_choice, env_number, parse_size
+
+        env = os.environ if env is None else env
+        default = ArchiveLimits()
+        archive = ArchiveLimits(
+            max_images=env_number(env, "SDXL_MAX_TRAIN_IMAGES", int, 1, default.max_images),
+            max_bytes=env_number(
+                env, "SDXL_MAX_TRAIN_ARCHIVE_BYTES", parse_size, 1, default.max_bytes
+            ),
+        )
+        switch = env_choice(env, "SDXL_TRAIN_GRADIENT_CHECKPOINTING", SWITCHES, "auto")
+        return cls(archive=archive, gradient_checkpointing=switch)
 
 
 class Training:
@@ -73,6 +91,11 @@ class Training:
         self._members: dict[str, bytes] = {}
         self._losses: list[float] = []
         self._last_checkpoint: Path | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        """The loss of each step run so far, in order."""
+        return self._losses
 
     def describe(self) -> str:
         req = self.req
@@ -165,6 +188,7 @@ class Training:
     def finish(self) -> TrainingResult:
         output.write_tar(self.result.weights, self._members)
         self._members = {}
+        shutil.rmtree(self.workdir / "images", ignore_errors=True)  # copies of the archive's
         return self.result
 
     def _checkpointing(self, models) -> bool:

@@ -26,6 +26,8 @@ SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+BLIP = "Salesforce/blip-image-captioning-large"  # the trainer's automatic captions
+CLIPSEG = "CIDAS/clipseg-rd64-refined"  # the trainer's masks for mask_target_prompts
 
 # Each repository at a fixed commit, so that an upstream change never alters what a build
 # loads (the files are verified against the Hub's hashes at that commit). The Hub cannot be
@@ -43,6 +45,12 @@ PINNED = {
     # on refs/pr/41 ("fp16 safetensors", Jun 30 2023), which replicate/cog-stable-diffusion
     # (version.py: SAFETY_REVISION = "refs/pr/41") loads; this is that branch's commit.
     SAFETY_CHECKER: "1664e306d2258485321cbbd8083074c9474d4e41",
+    # The snapshot public code loads BLIP large from (models--Salesforce--blip-image-captioning-
+    # large/snapshots/353689b..., with tokenizer.json and the safetensors weights).
+    BLIP: "353689b859fcf0523410b1806dace5fb46ecdf41",
+    # The snapshot public code loads CLIPSeg's processor from (models--CIDAS--clipseg-rd64-
+    # refined/snapshots/999e032...).
+    CLIPSEG: "999e0328d9e10b484360c477313983f9afdd7050",
 }
 RECORD_NAME = ".download-record.json"
 STAGING_NAME = ".download"
@@ -110,6 +118,31 @@ MANIFEST: tuple[WeightFile, ...] = (
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
+    ),
+    # The trainer's helpers (about 2.5 GB): BLIP large's captions and CLIPSeg's masks, as the
+    # reference trainer uses them. Its upscaler (Swin2SR) has no commit pinned here: put a
+    # safetensors copy in train/swin2sr/ to use it; without it small images are resized.
+    *_into(
+        "train/blip",
+        BLIP,
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ),
+    *_into(
+        "train/clipseg",
+        CLIPSEG,
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
     ),
     # The SDXL offset-noise LoRA (kohya format, about 50 MB): the REST API's lora_name="offset".
     WeightFile(

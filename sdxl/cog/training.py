@@ -1,0 +1,48 @@
+"""The Cog trainer's work (train.py is its surface): the inputs checked, the training run
+through an engine that owns the GPU, the tar handed back.
+
+One engine per Cog worker process, loaded at the first training and kept (a Cog train
+container runs trainings one after another). Cog's cancel arrives in the waiting thread as an
+exception: the training stops at its next step, leaves a checkpoint in its folder, and the
+exception goes on.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+from sdxl import logs
+from sdxl.cog.inputs import uploaded
+from sdxl.train.options import TRAIN_INPUTS, TrainRequest
+
+FILE_INPUTS = ("input_images", "resume_from_checkpoint")
+_engine = None
+
+
+def engine():
+    global _engine
+    if _engine is None:
+        from sdxl.engine import Engine, EngineSettings
+        from sdxl.settings import Runtime
+
+        logs.configure(job_lines=False)  # train() prints each line into the training's logs
+        started = Engine(Runtime.from_env(), EngineSettings.from_env())
+        started.load()
+        _engine = started
+    return _engine
+
+
+def train(inputs: dict) -> pathlib.Path:
+    """`train()`'s arguments -> trained_model.tar (in a folder of the training's own)."""
+    from sdxl.train.training import Training, TrainSettings
+
+    values = {name: inputs[name] for name in TRAIN_INPUTS if name in inputs}
+    for name in FILE_INPUTS:
+        if values.get(name) is not None:
+            values[name] = str(uploaded(name, values[name]))
+    request = TrainRequest(**values)
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="sdxl-training-"))
+    work = Training(request, folder, TrainSettings.from_env())
+    result = engine().run_training(work, on_log=print)
+    return result.weights

@@ -1,0 +1,99 @@
+"""The trainer's preprocessing with the tiny helper models (`weights tiny` builds them): BLIP's
+captions after the prefix (each concept's word in it), CLIPSeg's masks for a prompt, crops
+around the mask's centre, small images upscaled by Swin2SR (or resized without it), faces
+(none here: the whole image), each helper loaded for its stage and freed after it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from support.archives import photos, write_zip
+
+from sdxl.errors import InputError
+from sdxl.train import preprocess as pre
+from sdxl.train.archive import read_archive
+from sdxl.train.options import TrainRequest
+
+SIZE = 256
+
+
+@pytest.fixture
+def helpers(tiny_weights):
+    return pre.HelperModels(tiny_weights, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture
+def loaded(monkeypatch):
+    """Each helper model loaded, and what became of it afterwards."""
+    models = []
+    real = pre.HelperModels.load
+
+    def load(self, name):
+        processor, model = real(self, name)
+        models.append((name, model))
+        return processor, model
+
+    monkeypatch.setattr(pre.HelperModels, "load", load)
+    return models
+
+
+def archive_of(tmp_path, members, token="TOK"):
+    path = write_zip(tmp_path / "in.zip", members)
+    return read_archive(path, "infer", tmp_path / "job", token)
+
+
+def test_images_without_captions_are_captioned_after_the_prefix(tmp_path, helpers, loaded):
+    found = archive_of(tmp_path, {**photos(1, "DOG/", None), **photos(1, "CAT/", None)})
+    req = TrainRequest(input_images="x", resolution=SIZE)
+    prepared = pre.preprocess(found.images, req, helpers)
+    assert [p.caption.split(",")[0] for p in prepared] == ["a photo of DOG", "a photo of CAT"]
+    assert [name for name, _ in loaded] == ["blip"]
+    assert all(p.device.type == "meta" for _, m in loaded for p in m.parameters())  # freed
+
+
+def test_a_mask_prompt_uses_clipseg_and_the_crop_follows_the_mask(tmp_path, helpers, loaded):
+    found = archive_of(tmp_path, photos(1))
+    req = TrainRequest(input_images="x", resolution=SIZE, mask_target_prompts="a cat")
+    (item,) = pre.preprocess(found.images, req, helpers)
+    assert [name for name, _ in loaded] == ["clipseg"]
+    assert item.mask.size == (SIZE, SIZE) and len(set(item.mask.getdata())) > 1
+    assert item.caption == "a photo of TOK number 0"  # given: no captioner
+
+
+def test_the_square_crop_is_centred_on_the_mask_as_near_as_it_fits():
+    mask = np.zeros((200, 300), np.uint8)
+    mask[:, 250:] = 255  # what matters is at the right edge
+    centre = pre._centre(Image.fromarray(mask))
+    assert pre._square((300, 200), centre) == (100, 0, 300, 200)
+    assert pre._square((300, 200), None) == (50, 0, 250, 200)
+    assert pre._square((200, 300), (100, 10)) == (0, 0, 200, 200)
+
+
+def test_small_images_are_upscaled_by_swin2sr_or_resized_without_it(tmp_path, helpers, loaded):
+    found = archive_of(tmp_path, photos(1))  # 256 pixels: smaller than 512
+    req = TrainRequest(input_images="x", resolution=512)
+    (item,) = pre.preprocess(found.images, req, helpers)
+    assert [name for name, _ in loaded] == ["swin2sr"] and item.image.size == (512, 512)
+    loaded.clear()
+    weights = tmp_path / "weights"
+    shutil.copytree(helpers.root.parent / "train", weights / "train")
+    shutil.rmtree(weights / "train" / "swin2sr")
+    without = pre.HelperModels(weights, torch.device("cpu"), torch.float32)
+    (resized,) = pre.preprocess(found.images, req, without)
+    assert loaded == [] and resized.image.size == (512, 512)
+
+
+def test_an_image_without_a_face_is_trained_whole():
+    image = Image.new("RGB", (128, 128), (40, 90, 200))
+    assert set(pre._face_mask(image).getdata()) == {255}
+
+
+def test_missing_helpers_are_an_error_naming_the_download(tmp_path):
+    found = archive_of(tmp_path, photos(1, caption=None))
+    none = pre.HelperModels(tmp_path / "empty", torch.device("cpu"), torch.float32)
+    with pytest.raises(InputError, match="python -m sdxl weights download"):
+        pre.preprocess(found.images, TrainRequest(input_images="x", resolution=SIZE), none)
