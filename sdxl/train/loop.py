@@ -172,28 +172,25 @@ class Trainer:
 
     def _conditioning(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL's prompt embeddings ([B, 77, 2048]) and pooled embeddings ([B, 1280]) of the
-        captions, as diffusers' encode_prompt makes them; cached once the encoders are frozen."""
-        frozen = self.step >= self.pivot
-        found = []
-        for caption in captions:
-            if frozen and caption in self._cached:
-                found.append(self._cached[caption])
-                continue
-            with torch.set_grad_enabled(not frozen):
-                made = self._encode(caption)
-            if frozen:
-                made = (made[0].detach(), made[1].detach())
-                self._cached[caption] = made
-            found.append(made)
+        captions, as diffusers' encode_prompt makes them, in one batch; cached once the
+        encoders are frozen."""
+        if self.step < self.pivot:
+            return self._encode(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._cached]
+        if missing:
+            with torch.no_grad():
+                embeds, pooled = self._encode(missing)
+            for i, caption in enumerate(missing):
+                self._cached[caption] = (embeds[i : i + 1], pooled[i : i + 1])
+        found = [self._cached[c] for c in captions]
         return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
 
-    def _encode(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         states, pooled = [], None
-        for tokenizer, encoder in zip(
-            self.trained.tokenizers, self.trained.text_encoders, strict=True
-        ):
+        pairs = zip(self.trained.tokenizers, self.trained.text_encoders, strict=True)
+        for tokenizer, encoder in pairs:
             ids = tokenizer(
-                caption,
+                captions,
                 padding="max_length",
                 max_length=MAX_TOKENS,
                 truncation=True,
