@@ -49,7 +49,7 @@ def plain(tiny_weights):
 def safetensors_bytes(folder) -> int:
     total = 0
     for path in folder.rglob("*.safetensors"):
-        if "loras" in path.parts:
+        if "loras" in path.parts or "train" in path.parts:  # LoRAs, and the trainer's helpers
             continue
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)

@@ -123,7 +123,7 @@ def test_bfloat16_load(tiny_weights):
 
 def test_tiny_layout_is_the_download_layout(tiny_weights):
     """The tiny builder writes exactly the files `weights download` puts in place."""
-    from sdxl.weights.download import MANIFEST
+    from sdxl.weights.download import MANIFEST, USER_SUPPLIED
 
     written = {str(p.relative_to(tiny_weights)) for p in tiny_weights.rglob("*") if p.is_file()}
-    assert written == {entry.local for entry in MANIFEST}
+    assert written == {entry.local for entry in MANIFEST} | set(USER_SUPPLIED)

@@ -102,7 +102,7 @@ SMALL = {  # stand-ins with SDXL's structure and small dimensions
 def test_the_builder_writes_the_download_layout_that_the_product_loads(tmp_path, monkeypatch):
     from sdxl.model.loading import load_models
     from sdxl.settings import Runtime
-    from sdxl.weights.download import MANIFEST
+    from sdxl.weights.download import MANIFEST, USER_SUPPLIED
 
     for name, value in SMALL.items():
         monkeypatch.setattr(configs, name, value)
@@ -117,7 +117,7 @@ def test_the_builder_writes_the_download_layout_that_the_product_loads(tmp_path,
     monkeypatch.setattr(random_full, "_offset_lora", lambda folder: _small_lora(folder))
     root = random_full.build_random_full(tmp_path / "weights", log=lambda line: None)
     written = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    assert written == {entry.local for entry in MANIFEST}
+    assert written == {entry.local for entry in MANIFEST} | set(USER_SUPPLIED)
     models = load_models(Runtime(weights_dir=root, dtype="float32"))
     assert models.base.tokenizer("the cat").input_ids[1:-1] == [
         models.base.tokenizer.convert_tokens_to_ids(t) for t in ("the</w>", "cat</w>")

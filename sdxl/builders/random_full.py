@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from sdxl.builders import sdxl_configs as configs
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode, move_layout
+from sdxl.builders.tiny_train import build_tiny_helpers
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
 
 CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
@@ -118,7 +119,9 @@ def write_clip_tokenizer(folder: Path, pad_token: str, bpe: Path) -> None:
 
 
 def build_random_full(root: Path, log=print) -> Path:
-    """Write base/, refiner/, safety_checker/ and loras/ under `root` (about 12 GB)."""
+    """Write base/, refiner/, safety_checker/ and loras/ under `root` (about 12 GB), and the
+    trainer's helpers (train/) as the tiny builder makes them: their captions and masks are
+    noise at any size, so full-size copies would only cost 2.5 GB."""
     bpe = clip_bpe_file()
     if bpe is None:
         raise RuntimeError(
@@ -160,6 +163,7 @@ def build_random_full(root: Path, log=print) -> Path:
         (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     write_clip_tokenizer(base / "tokenizer", "<|endoftext|>", bpe)
     write_clip_tokenizer(base / "tokenizer_2", "!", bpe)
+    build_tiny_helpers(staging)
     return move_layout(staging, root)
 
 

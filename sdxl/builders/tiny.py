@@ -247,8 +247,6 @@ def move_layout(staging: Path, root: Path) -> Path:
     """Move the weights folders built in `staging` into `root`, replacing any there."""
     root.mkdir(parents=True, exist_ok=True)
     for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR):
-        if not (staging / name).exists():  # random-full has no trainer's helpers
-            continue
         shutil.rmtree(root / name, ignore_errors=True)
         (staging / name).rename(root / name)
     staging.rmdir()

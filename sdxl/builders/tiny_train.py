@@ -5,12 +5,14 @@ loads, runs and frees exactly as the real ones do."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from sdxl.builders.tiny import write_tokenizer
 from sdxl.config import TRAIN_DIR
+from sdxl.weights.download import MANIFEST
 
 WORDS = "a photo of the cat dog man woman with on in at red blue green sitting standing table"
 
@@ -54,7 +56,7 @@ def _blip(folder: Path) -> None:
     )
     BlipForConditionalGeneration(config).eval().save_pretrained(folder, safe_serialization=True)
     images = BlipImageProcessor(size={"height": 32, "width": 32})
-    BlipProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    _hub_layout(folder, BlipProcessor(image_processor=images, tokenizer=tokenizer))
 
 
 def _clipseg(folder: Path) -> None:
@@ -89,7 +91,22 @@ def _clipseg(folder: Path) -> None:
     )
     CLIPSegForImageSegmentation(config).eval().save_pretrained(folder, safe_serialization=True)
     images = ViTImageProcessor(size={"height": 64, "width": 64})
-    CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    _hub_layout(folder, CLIPSegProcessor(image_processor=images, tokenizer=tokenizer))
+
+
+def _hub_layout(folder: Path, processor) -> None:
+    """The processor's files as the hub repositories hold them (`weights download`'s
+    manifest): the image processor's preprocessor_config.json, the tokenizer's own files and a
+    special_tokens_map.json, but no processor_config.json or generation_config.json, which
+    this transformers writes and the pinned snapshots lack."""
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    special = json.dumps(processor.tokenizer.special_tokens_map, indent=2)
+    (folder / "special_tokens_map.json").write_text(special + "\n")
+    hub = {entry.local for entry in MANIFEST}
+    for path in folder.iterdir():
+        if f"{TRAIN_DIR}/{folder.name}/{path.name}" not in hub:
+            path.unlink()
 
 
 def _swin2sr(folder: Path) -> None:

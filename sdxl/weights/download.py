@@ -152,6 +152,14 @@ MANIFEST: tuple[WeightFile, ...] = (
         PINNED[SDXL_BASE],
     ),
 )
+# Files the product loads when they are there, which `weights download` does not fetch: the
+# trainer's upscaler (caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr ships pickles only, so no
+# snapshot can be pinned and verified as safetensors; convert it yourself to use it).
+USER_SUPPLIED = (
+    "train/swin2sr/config.json",
+    "train/swin2sr/model.safetensors",
+    "train/swin2sr/preprocessor_config.json",
+)
 
 
 def file_digest(path: Path, kind: str) -> str:
