@@ -135,6 +135,15 @@ def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
     try:
         if spec.replicate_weights:
             _from_url(prepared, spec.replicate_weights, r, check)
+        elif spec.trained_tar:  # a trained version's own weights, in this server's files
+            path = Path(spec.trained_tar)
+            if not path.is_file():
+                raise LoraError(
+                    "the trained version's weights are no longer in this server's files; "
+                    "train it again",
+                    "version",
+                )
+            _from_file(prepared, path, file_sha256(path), r, check, "the trained version")
         if spec.lora_name:
             path = r.weights_dir / NAMED_LORAS[spec.lora_name]
             if not path.is_file():
@@ -163,9 +172,14 @@ def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
 
 
 def _from_url(prepared: StagedWeights, url: str, r: Resolver, check: Check | None) -> None:
-    label = "replicate_weights"
-    path = r.cache.fetch(url, label, check)
+    path = r.cache.fetch(url, "replicate_weights", check)
     digest = r.cache.digest(path) or file_sha256(path)
+    _from_file(prepared, path, digest, r, check, url[:80])
+
+
+def _from_file(prepared, path: Path, digest: str, r: Resolver, check, shown: str) -> None:
+    """A trainer tar or a LoRA at `path` (`shown`: where it came from, for messages)."""
+    label = "replicate_weights"
     kind = sniff(path)
     if kind == "tar":
         tar = read_trained_tar(path, prepared.folder / "trained", label)
@@ -182,9 +196,7 @@ def _from_url(prepared: StagedWeights, url: str, r: Resolver, check: Check | Non
     elif kind == "pickle":
         load_safetensors(path, label)  # raises the "never unpickled" message
     else:
-        raise LoraError(
-            f"{label}: the file is neither a tar nor a .safetensors LoRA", label, url[:80]
-        )
+        raise LoraError(f"{label}: the file is neither a tar nor a .safetensors LoRA", label, shown)
 
 
 def _add_lora(prepared, path: Path, label: str, key: str, r: Resolver, check) -> None:

@@ -138,16 +138,20 @@ class Engine:
             self.runner.close()
 
     def drain(self, reason: str = STOPPING) -> int:
-        """Stop: only the running job finishes. Stored jobs claimed and not started go back to
-        the store's queue (for another replica or the next start); every other job not running
-        ends with ServerStopping(`reason`), and so does any job submitted from now on. Returns
-        how many were handed back."""
+        """Stop: only the running job finishes (a running training stops at its next step, its
+        checkpoint saved, and ends with ServerStopping). Stored jobs claimed and not started go
+        back to the store's queue (for another replica or the next start); every other job not
+        running ends with ServerStopping(`reason`), and so does any job submitted from now on.
+        Returns how many were handed back."""
         with self._lanes.cond:
             self.draining = True
             waiting = list(self._lanes.claimed)
+            training = self._lanes.training
         while (job := self.queue.claim(0, stored=False)) is not None:
             waiting.append(job)
         self.hand_back(waiting, reason)
+        if training is not None:  # it stops at its next step, leaving a checkpoint
+            training.stop(reason)
         return len(waiting)
 
     def hand_back(self, jobs: list[Job], reason: str = STOPPING) -> None:
@@ -281,6 +285,11 @@ class Engine:
         if self.runner is not None:
             report["resident"] = self.runner.resident.stats()
         return report
+
+    def training(self) -> Job | None:
+        """The training running on this engine, if one is."""
+        with self._lanes.cond:
+            return self._lanes.training
 
     def peak_device_bytes(self) -> int | None:
         """The most device memory one job has allocated since the model loaded (None on the

@@ -130,6 +130,7 @@ class Job:
         self.peak_device_bytes: int | None = None
         # How its events reach their listeners (the engine's delivery thread; alone: at once).
         self.deliver: Callable[..., None] = notify
+        self.stopping = False  # stopped by a drain (`stop`), not cancelled by its client
         self._taken = 0  # log lines handed out by take_logs
         self._lock = threading.Lock()
         self._cancel_reason: str | None = None
@@ -150,6 +151,12 @@ class Job:
                 return
             self._cancel_reason = reason
         self._on_cancel(self)
+
+    def stop(self, reason: str) -> None:
+        """The server stops: a running training ends at its next step with ServerStopping
+        (handed back, to go on from its checkpoint), not as cancelled."""
+        self.stopping = True
+        self.cancel(reason)
 
     @property
     def cancel_requested(self) -> bool:

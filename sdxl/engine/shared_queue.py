@@ -1,6 +1,8 @@
 """The engine's queue when jobs are also stored: the synchronous APIs' jobs wait in this process's
-memory, stored jobs (the Replicate API's predictions) in a database, where they survive a
-restart and, on a shared database, can be claimed by any replica.
+memory, stored jobs (the Replicate API's predictions and trainings) in a database, where they
+survive a restart and, on a shared database, can be claimed by any replica. A replica holds at
+most one training at a time, and claims only the kinds of stored jobs it is set to take
+(SDXL_JOB_KINDS: a serving pool and a training pool on one database).
 
 Tenants take turns: each claim takes the oldest job of the tenant served least recently, in
 memory or in the store (where "served" is when a replica last claimed one of its predictions,
@@ -33,18 +35,21 @@ STORE_POLL_S = 5.0  # without a wake-up, the store is looked at this often (a sa
 # A replica whose GPU is busy claims a stored job ahead only once it has waited this long, so
 # that a replica with a free GPU, woken by the same notification, takes it first.
 AHEAD_GRACE_S = 2.0
+MEMORY, TRAINING = "memory", "training"  # where a turn's head waits (or "prediction")
 STORE_RETRY_S = 2.0  # after the store could not be read, wait this long before asking again
 
 
 class JobStore(Protocol):
     """What the queue needs of a store of jobs (`sdxl.store.store.Store`): `shared` (other
     replicas claim from it too); `predictions.turns()` (per tenant: .tenant, .created_at,
-    .served_at, .waiting) and `predictions.claim(replica, tenant)` (its oldest, claimed);
+    .served_at, .waiting, .kind) and `predictions.claim(replica, tenant)` (its oldest,
+    claimed); the same of `trainings`;
     `replicas.release(replica, since=, keep=)` (unstarted, queued again); `wakeups.on(JOBS,
     listener)` (the store changed)."""
 
     shared: bool
     predictions: Any
+    trainings: Any
     replicas: Any
     wakeups: Any
 
@@ -56,11 +61,16 @@ class SharedQueue:
         replica: str,
         job_for: Callable[[dict], Job],
         poll_s: float = STORE_POLL_S,
+        training_for: Callable[[dict], Job] | None = None,
+        kinds: tuple[str, ...] = ("predictions", "trainings"),
     ):
         self.store = store
         self.poll_s = poll_s
         self.replica = replica
-        self.job_for = job_for  # a claimed row -> its Job
+        self.job_for = job_for  # a claimed prediction's row -> its Job
+        self.training_for = training_for  # a claimed training's row -> its Job
+        self.kinds = kinds if training_for is not None else ("predictions",)
+        self._training: str | None = None  # the id of the training this replica holds
         self.memory = MemoryQueue()
         self.claimed: dict[str, Job] = {}  # this replica's stored jobs, until they end
         # Stored jobs waiting, as this replica last saw them (its turns, creates and claims):
@@ -130,18 +140,18 @@ class SharedQueue:
             pick = _next_turn(memory, turns, self._served)
             if pick is None:
                 return None
-            tenant, in_memory = pick
-            if in_memory:
+            tenant, source = pick
+            if source == MEMORY:
                 job = memory[tenant]
                 if self.memory.discard(job):  # still there (not cancelled meanwhile)
                     self._served[tenant] = time.time()
                     return job
                 continue
-            row = self._claim_from_store(tenant)
+            row = self._claim_from_store(tenant, source)
             self._stale = True  # claimed, or another replica took that head: read again
             if row is not None:
                 self._served[tenant] = time.time()
-                return self._adopt(row)
+                return self._adopt(row, source)
         return None
 
     def _old_enough(self, turns: list) -> list:
@@ -154,10 +164,12 @@ class SharedQueue:
             self._young_until = time.monotonic() + AHEAD_GRACE_S - (now - min(young))
         return [turn for turn in turns if now - turn.created_at >= AHEAD_GRACE_S]
 
-    def _adopt(self, row: dict) -> Job:
-        job = self.job_for(row)
+    def _adopt(self, row: dict, kind: str) -> Job:
+        job = (self.training_for if kind == TRAINING else self.job_for)(row)
         with self._lock:
             self.claimed[job.id] = job
+            if kind == TRAINING:
+                self._training = job.id
             self._stored_waiting = max(0, self._stored_waiting - 1)
         job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
         return job
@@ -170,12 +182,14 @@ class SharedQueue:
         if now - self._store_failed_at < STORE_RETRY_S:
             return []
         if not self._stale and now - self._looked_at < self.poll_s:
-            return self._turns
+            return self._claimable(self._turns)
         self._stale, self._looked_at = False, now
         try:
             if self._lost_claim_since is not None:
                 self._hand_back_lost_claims()
-            turns = self.store.predictions.turns()
+            turns = self.store.predictions.turns() if "predictions" in self.kinds else []
+            if "trainings" in self.kinds:
+                turns += self.store.trainings.turns()
         except Exception as err:  # the database is away
             self._stale = True
             self._store_failed(err)
@@ -183,12 +197,19 @@ class SharedQueue:
         with self._lock:
             self._stored_waiting = sum(turn.waiting for turn in turns)
         self._turns = turns
-        return turns
+        return self._claimable(turns)
 
-    def _claim_from_store(self, tenant: str | None) -> dict | None:
+    def _claimable(self, turns: list) -> list:
+        """Trainings wait while this replica holds one."""
+        with self._lock:
+            holds = self._training is not None
+        return [turn for turn in turns if not (holds and turn.kind == TRAINING)]
+
+    def _claim_from_store(self, tenant: str | None, kind: str) -> dict | None:
         attempted_at = time.time()  # the store stamps claimed_at later than this
+        rows = self.store.trainings if kind == TRAINING else self.store.predictions
         try:
-            return self.store.predictions.claim(self.replica, tenant)
+            return rows.claim(self.replica, tenant)
         except Exception as err:  # it may have been committed all the same
             if self._lost_claim_since is None:
                 self._lost_claim_since = attempted_at
@@ -223,6 +244,9 @@ class SharedQueue:
     def _release(self, job_id: str) -> None:
         with self._lock:
             self.claimed.pop(job_id, None)
+            if self._training == job_id:
+                self._training = None
+        self._wake.set()  # a training may be claimed again
 
     def local(self, job_id: str) -> Job | None:
         with self._lock:
@@ -246,23 +270,23 @@ class SharedQueue:
         return waiting
 
 
-def _next_turn(memory: dict, turns: list, served: dict) -> tuple[str | None, bool] | None:
-    """(tenant, whether its job waits in memory) for the next job: the tenant served least
-    recently (never served first), ties to the oldest head; within the tenant, the older of
-    its memory and stored heads. None when nothing waits."""
-    stored = {turn.tenant: turn for turn in turns}
+def _next_turn(memory: dict, turns: list, served: dict) -> tuple[str | None, str] | None:
+    """(tenant, where its job waits: MEMORY, or the store's "prediction" or "training") for
+    the next job: the tenant served least recently (never served first), ties to the oldest
+    head; within the tenant, the oldest of its heads. None when nothing waits."""
+    stored: dict[str | None, list] = {}
+    for turn in turns:
+        stored.setdefault(turn.tenant, []).append(turn)
     candidates = []
     for tenant in set(memory) | set(stored):
-        turn = stored.get(tenant)
-        last = max(
-            (t for t in (served.get(tenant), turn and turn.served_at) if t is not None),
-            default=None,
-        )
-        heads = [(job.created_at, True) for job in [memory.get(tenant)] if job is not None]
-        heads += [(turn.created_at, False)] if turn is not None else []
-        created, in_memory = min(heads)
-        candidates.append(((last is not None, last or 0.0, created), tenant, in_memory))
+        mine = stored.get(tenant, [])
+        stamps = [served.get(tenant), *(turn.served_at for turn in mine)]
+        last = max((t for t in stamps if t is not None), default=None)
+        heads = [(job.created_at, MEMORY) for job in [memory.get(tenant)] if job is not None]
+        heads += [(turn.created_at, turn.kind) for turn in mine]
+        created, source = min(heads)
+        candidates.append(((last is not None, last or 0.0, created), tenant, source))
     if not candidates:
         return None
-    _, tenant, in_memory = min(candidates, key=lambda c: c[0])
-    return tenant, in_memory
+    _, tenant, source = min(candidates, key=lambda c: c[0])
+    return tenant, source

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from sdxl.engine.jobs import EngineBroken, Job, JobStatus, Poisoned
+from sdxl.engine.jobs import EngineBroken, Job, JobCanceled, JobStatus, Poisoned, ServerStopping
 
 POISON_WORDS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS")
 
@@ -74,6 +74,9 @@ def serve_one_between(lanes) -> None:
 
 def _translated(err: BaseException, job: Job, engine) -> BaseException:
     import torch
+
+    if isinstance(err, JobCanceled) and job.stopping:
+        return ServerStopping(str(err))  # handed back with its checkpoint, not cancelled
 
     if isinstance(err, torch.OutOfMemoryError):
         return job.work.out_of_memory()  # it says which of the training's inputs to lower

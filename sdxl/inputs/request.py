@@ -59,6 +59,9 @@ class Request:
     cache_interval: int = _default("cache_interval")
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
+    # A trained version's trained_model.tar in this server's files, set by the server for the
+    # version's predictions (never from an input: see SERVER_FIELDS); replicate_weights wins.
+    trained_tar: str | None = None
 
     @property
     def mode(self) -> str:
@@ -70,6 +73,7 @@ class Request:
     def adapters(self) -> AdapterSpec:
         return AdapterSpec(
             replicate_weights=self.replicate_weights or None,
+            trained_tar=None if self.replicate_weights else self.trained_tar,
             lora_name=self.lora_name,
             lora_id=self.lora_id,
             lora_scale=float(self.lora_scale),
@@ -95,10 +99,13 @@ class Request:
 
     def describe(self) -> dict[str, Any]:
         """The request's values for logs and metadata: no image data, no weights URL."""
-        hidden = ("image", "mask", "replicate_weights")
+        hidden = ("image", "mask", "replicate_weights", "trained_tar")
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
         }
+
+
+SERVER_FIELDS = frozenset({"trained_tar"})  # set by the server, never read from a request
 
 
 def draw_seed() -> int:
@@ -123,10 +130,11 @@ class AdapterSpec:
     """The trained weights one request asks for. Empty: nothing is loaded or touched."""
 
     replicate_weights: str | None = None  # URL of a trainer tar or of a LoRA .safetensors
+    trained_tar: str | None = None  # a trained version's tar on this server (a trusted path)
     lora_name: str | None = None  # a LoRA we ship: "offset"
     lora_id: str | None = None  # <SDXL_LORA_DIR>/<id>.safetensors
     lora_scale: float = 0.6
 
     @property
     def empty(self) -> bool:
-        return not (self.replicate_weights or self.lora_name or self.lora_id)
+        return not (self.replicate_weights or self.trained_tar or self.lora_name or self.lora_id)

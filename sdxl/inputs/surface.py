@@ -14,10 +14,10 @@ from typing import Any
 
 from sdxl.config import INPUTS, OUTPUT_INPUTS, InputSpec
 from sdxl.errors import ENGINE_NAMES, InputError, Naming, UserError
-from sdxl.inputs.request import Request
+from sdxl.inputs.request import SERVER_FIELDS, Request
 
 UNSET: Any = object()  # a Field default meaning "the engine's own default"
-REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request))
+REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request)) - SERVER_FIELDS
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,6 +62,19 @@ class Blobs:
         self._write(path, data)
         return len(data)
 
+    def put_file(self, key: str, source: Path) -> int:
+        """Store a copy of the file `source` under `key` (trained weights and checkpoints,
+        too large to hold in memory twice); its size."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def copy(out) -> None:
+            with open(source, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+
+        self._write(path, copy)
+        return path.stat().st_size
+
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
@@ -85,11 +99,15 @@ class Blobs:
                 removed += 1
         return removed
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, path: Path, data) -> None:
+        """`data`: bytes, or a function that writes them to the open file."""
         temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
         try:
             with open(temp, "wb") as out:
-                out.write(data)
+                if callable(data):
+                    data(out)
+                else:
+                    out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp, path)

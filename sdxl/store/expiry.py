@@ -11,7 +11,16 @@ import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
-from sdxl.store.tables import ENDED, files, image_urls, outputs, predictions, previews
+from sdxl.store.tables import (
+    ENDED,
+    files,
+    image_urls,
+    outputs,
+    predictions,
+    previews,
+    trainings,
+    versions,
+)
 
 BATCH = 50  # ended predictions removed at a time while over a bound
 ORPHAN_AGE_S = 86400.0
@@ -59,6 +68,10 @@ class Expiry:
             known = set()
             for table in (outputs, files, image_urls):
                 known |= set(conn.execute(sa.select(table.c.key)).scalars())
+            known |= set(conn.execute(sa.select(trainings.c.checkpoint_key)).scalars())
+            for kept in conn.execute(sa.select(trainings.c.input_files)).scalars():
+                known |= set((kept or {}).values())
+            known |= set(conn.execute(sa.select(versions.c.weights_key)).scalars())
         return self.blobs.sweep(known, ORPHAN_AGE_S)
 
     def _delete_predictions(self, conn, ids: list[str], keys: list) -> int:

@@ -42,7 +42,8 @@ class Turn:
     tenant: str | None
     created_at: float
     served_at: float | None
-    waiting: int = 1  # its predictions queued and unclaimed
+    waiting: int = 1  # its jobs queued and unclaimed
+    kind: str = "prediction"  # or "training": which table its jobs wait in
 
 
 class Predictions:

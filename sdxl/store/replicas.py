@@ -1,6 +1,7 @@
 """The replicas of one store in its tables: their heartbeats, and what happens to the claims of
 one that stopped (died, drained, restarted). Whatever becomes claimable again is announced on
-the JOBS channel."""
+the JOBS channel. A training is never failed for its replica's end: it is queued again with its
+last checkpoint, for another replica (or this one, restarted) to go on from."""
 
 from __future__ import annotations
 
@@ -11,12 +12,21 @@ import sqlalchemy as sa
 
 from sdxl.store.db import Database
 from sdxl.store.predictions import JOBS
-from sdxl.store.tables import ENDED, QUEUED, RUNNING, PredictionStatus, predictions, replicas
+from sdxl.store.tables import (
+    ENDED,
+    QUEUED,
+    RUNNING,
+    PredictionStatus,
+    predictions,
+    replicas,
+    trainings,
+)
 
 
 class ReplicaRows:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, trainings_rows):
         self.db = db
+        self.trainings = trainings_rows  # sdxl.store.trainings.Trainings
 
     def beat(self, replica: str) -> None:
         """`replica` is alive: count its heartbeat up."""
@@ -33,11 +43,15 @@ class ReplicaRows:
         """Every replica that beats or holds a claim, with its beat count (None: no row)."""
         with self.db.read() as conn:
             beats = dict(conn.execute(sa.select(replicas.c.name, replicas.c.beats)).all())
-            holders = conn.execute(
-                sa.select(predictions.c.claimed_by)
-                .where(predictions.c.claimed_by.is_not(None), predictions.c.status.not_in(ENDED))
-                .distinct()
-            ).scalars()
+            holders = set()
+            for table in (predictions, trainings):
+                holders |= set(
+                    conn.execute(
+                        sa.select(table.c.claimed_by)
+                        .where(table.c.claimed_by.is_not(None), table.c.status.not_in(ENDED))
+                        .distinct()
+                    ).scalars()
+                )
         return {**dict.fromkeys(holders), **beats}
 
     def abandon(self, names: list[str], message: str) -> tuple[int, int]:
@@ -53,6 +67,7 @@ class ReplicaRows:
                 )
             ).rowcount
             requeued = self._requeue(conn, [predictions.c.claimed_by.in_(names)])
+            requeued += self.trainings.requeue(conn, [trainings.c.claimed_by.in_(names)])
             conn.execute(replicas.delete().where(replicas.c.name.in_(names)))
         return failed, requeued
 
@@ -67,13 +82,16 @@ class ReplicaRows:
         """The predictions `replica` claimed and did not start are queued again, for another
         replica or the next start: all of them when it stops; after a claim whose answer was
         lost, those claimed at or after `since` but for `keep` (the ones it holds). How many."""
-        where = [predictions.c.claimed_by == replica]
-        if since is not None:
-            where.append(predictions.c.claimed_at >= since)
-        if keep:
-            where.append(predictions.c.id.not_in(list(keep)))
+        requeued = 0
         with self.db.tx() as conn:
-            return self._requeue(conn, where)
+            for table, requeue in ((predictions, self._requeue), (trainings, self._trainings)):
+                where = [table.c.claimed_by == replica]
+                if since is not None:
+                    where.append(table.c.claimed_at >= since)
+                if keep:
+                    where.append(table.c.id.not_in(list(keep)))
+                requeued += requeue(conn, where)
+        return requeued
 
     def recover(self, message: str) -> tuple[int, int]:
         """After a restart of the only replica: what was running failed, what was claimed
@@ -88,7 +106,12 @@ class ReplicaRows:
                 )
             ).rowcount
             requeued = self._requeue(conn, [predictions.c.claimed_by.is_not(None)])
+            requeued += self.trainings.requeue(conn, [])
         return failed, requeued
+
+    def _trainings(self, conn: sa.Connection, where: list) -> int:
+        """Only those not started: a running one that this replica still holds stays."""
+        return self.trainings.requeue(conn, [trainings.c.status == QUEUED, *where])
 
     def _requeue(self, conn: sa.Connection, where: list) -> int:
         count = conn.execute(

@@ -1,6 +1,7 @@
-"""The store every API and the engine's shared queue use: predictions, files and the replicas'
-rows in a database (SQLite in SDXL_STATE_DIR by default, or SDXL_DATABASE_URL: on PostgreSQL
-any number of replicas share it), the bytes of images and uploads in a files backend
+"""The store every API and the engine's shared queue use: predictions, trainings, destination
+models and their versions, files and the replicas' rows in a database (SQLite in
+SDXL_STATE_DIR by default, or SDXL_DATABASE_URL: on PostgreSQL any number of replicas share
+it), the bytes of images, uploads, checkpoints and trained weights in a files backend
 (SDXL_FILES_DIR), and wake-ups instead of polling.
 
 Opening it upgrades an older database in place (`sdxl.store.upgrade`) and checks that the
@@ -17,11 +18,13 @@ import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs, FilesError
 from sdxl.store.db import Database
+from sdxl.store.destinations import Destinations
 from sdxl.store.expiry import Expiry
 from sdxl.store.files import Files
 from sdxl.store.predictions import Predictions
 from sdxl.store.replicas import ReplicaRows
 from sdxl.store.tables import files, image_urls, outputs, settings
+from sdxl.store.trainings import Trainings
 from sdxl.store.upgrade import upgrade
 from sdxl.store.wake import Wakeups
 
@@ -38,8 +41,10 @@ class Store:
         self.upgraded_from = upgrade(self.db, self.blobs)
         self._check_files_folder()
         self.predictions = Predictions(self.db, self.blobs, limits)
+        self.trainings = Trainings(self.db, self.blobs, limits.max_trainings_per_tenant)
+        self.destinations = Destinations(self.db, self.blobs)
         self.files = Files(self.db, self.blobs)
-        self.replicas = ReplicaRows(self.db)
+        self.replicas = ReplicaRows(self.db, self.trainings)
         self.expiry = Expiry(self.db, self.blobs, limits)
         self.wakeups = Wakeups(self.db)
 

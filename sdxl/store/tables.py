@@ -1,8 +1,9 @@
-"""The store's tables (SQLAlchemy Core), schema version 2: predictions with their outputs and
-latest preview, uploaded files, OpenAI's url outputs, the tenants' turns, the replicas'
-heartbeats and the server's settings. The bytes of outputs, files and url images are in the
-files backend (`sdxl.store.blobs`); a row holds their key and size. Version 1 (before
-2026-12) kept them in `data` columns: `sdxl.store.upgrade` moves them."""
+"""The store's tables (SQLAlchemy Core), schema version 3: predictions with their outputs and
+latest preview, uploaded files, OpenAI's url outputs, trainings with the models and versions
+they make, the tenants' turns, the replicas' heartbeats and the server's settings. The bytes of
+outputs, files, url images, checkpoints and trained weights are in the files backend
+(`sdxl.store.blobs`); a row holds their key and size. Version 1 (before 2026-12) kept them in
+`data` columns, version 2 had no trainings: `sdxl.store.upgrade` brings both up."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class PredictionStatus(StrEnum):
@@ -95,6 +96,56 @@ image_urls = sa.Table(  # OpenAI's url outputs: served at /outputs/<token>/<name
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("key", sa.String(300)),
     sa.Column("size", sa.Integer),
+)
+trainings = sa.Table(  # Replicate's trainings: queued, claimed by one replica, resumed elsewhere
+    "trainings",
+    meta,
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=True),  # FIFO order
+    sa.Column("id", sa.String(40), unique=True, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),  # the trained model: owner/name
+    sa.Column("version", sa.String(200), nullable=False),  # and its version trained from
+    sa.Column("destination", sa.String(200), nullable=False),  # owner/name of the new version
+    sa.Column("input", sa.JSON, nullable=False),  # as given (file inputs as URLs)
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("logs", sa.Text, nullable=False, default=""),
+    sa.Column("error", sa.Text),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("output", sa.JSON),  # {"version": "owner/name:id"} once it succeeded
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("completed_at", sa.Float),
+    sa.Column("webhook", sa.Text),
+    sa.Column("webhook_events_filter", sa.JSON),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("origin", sa.String(300)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("tenant", sa.String(64), index=True),
+    sa.Column("step", sa.Integer, nullable=False, default=0),  # training steps done
+    sa.Column("input_files", sa.JSON),  # {input: files key}: uploads copied (files expire)
+    sa.Column("checkpoint_key", sa.String(300)),  # the latest checkpoint's bytes
+    sa.Column("checkpoint_step", sa.Integer),
+)
+models = sa.Table(  # destinations: a tenant's own models, which trainings add versions to
+    "models",
+    meta,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("tenant", sa.String(64), index=True),
+    sa.Column("visibility", sa.String(16), nullable=False),
+    sa.Column("hardware", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+versions = sa.Table(  # a succeeded training's weights, runnable as owner/name:id
+    "versions",
+    meta,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("training_id", sa.String(40), nullable=False),
+    sa.Column("weights_key", sa.String(300), nullable=False),  # trained_model.tar
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 tenants = sa.Table(  # when a replica last took a job of each tenant: the turns go by it
     "tenants",

@@ -2,13 +2,14 @@
 stored lost on the way. It runs in one transaction that only one replica at a time holds
 (PostgreSQL's advisory lock; SQLite's write lock): an upgrade that stops half-way (a crash, an
 outage) is rolled back and runs again at the next start, and the files it wrote meanwhile are
-written again under the same keys. Our own steps rather than Alembic: two versions, and a
+written again under the same keys. Our own steps rather than Alembic: three versions, and a
 step that moves bytes into the files backend, which no migration tool does for us.
 
 - version 0, an empty database: the current tables.
 - version 1 (before the files backend; it has no `schema_version` setting): the columns added
   with tenants; every output's, upload's and url image's bytes written to the files backend
-  and their `data` columns dropped; the tenants' turns read from the claims.
+  and their `data` columns dropped; the tenants' turns read from the claims; then as version 2.
+- version 2 (before fine-tuning): the trainings', models' and versions' tables added.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def upgrade(db: Database, blobs: Blobs) -> int:
         if found == 1:
             _add_columns(conn)
         if found < SCHEMA_VERSION:
-            meta.create_all(conn)  # what version 1 lacks, or everything
+            meta.create_all(conn)  # the tables an older version lacks, or everything
         if found == 1:
             moved = _move_bytes(conn, blobs)
             _turns_from_claims(conn)

@@ -91,11 +91,18 @@ class Training:
         self._members: dict[str, bytes] = {}
         self._losses: list[float] = []
         self._last_checkpoint: Path | None = None
+        self._steps_began: float | None = None  # monotonic: when this run's steps began
 
     @property
     def losses(self) -> list[float]:
         """The loss of each step run so far, in order."""
         return self._losses
+
+    def steps_per_second(self) -> float | None:
+        """The training steps run per second since the steps began (None before that)."""
+        if self._steps_began is None or not self._losses:
+            return None
+        return len(self._losses) / max(time.monotonic() - self._steps_began, 1e-9)
 
     def describe(self) -> str:
         req = self.req
@@ -151,6 +158,7 @@ class Training:
                 job.log(f"resumed from step {trainer.step} of {trainer.total}")
             yield "ready"
             started, first = time.monotonic(), trainer.step
+            self._steps_began = started
             while trainer.step < trainer.total:
                 job.check()
                 loss = _trained(trainer, req)
