@@ -31,6 +31,7 @@ from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S, Settings
 from sdxl.http.shapes import DEFAULT, error_response, shape_of
 from sdxl.http.sync import SyncJobs
+from sdxl.http.trained import TrainedModels
 from sdxl.inputs.surface import Problem
 from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 
@@ -72,6 +73,7 @@ def create_app(
         await asyncio.to_thread(service.wait_idle)
         if api is not None:
             await asyncio.to_thread(api.runs.close)  # the last results stored
+            await asyncio.to_thread(api.training_runs.close)  # checkpoints, hand-backs
             await asyncio.to_thread(api.webhooks.close)  # and their webhooks, briefly
             await asyncio.to_thread(api.housekeeping.stop)
 
@@ -134,7 +136,9 @@ def create_app(
     sync = SyncJobs(service, settings.queue_size)
     app.include_router(datacrunch.router(sync))
     app.include_router(openai.router(sync, settings, None if api is None else api.store))
-    app.include_router(a1111.router(sync, settings))
+    app.include_router(
+        a1111.router(sync, settings, TrainedModels(None if api is None else api.store))
+    )
     if api is not None:
         app.include_router(replicate.router(api, service, settings))
         app.include_router(playground.router(api.catalogue, keys is not None))

@@ -76,6 +76,11 @@ class Metrics:
             buckets=PEAK_BUCKETS,
             registry=self.registry,
         )
+        self.training_steps = Counter(
+            "sdxl_training_steps",
+            "Training steps run on this replica (counted when each training's run ends)",
+            registry=self.registry,
+        )
         for kind in FAILURE_KINDS:  # present at 0, so that rate() sees the first failure
             self.failures.labels(kind)
         self.registry.register(EngineCollector(service, store))
@@ -85,6 +90,8 @@ class Metrics:
         """Count an ended job (an engine observer: runs on the engine's threads)."""
         self.jobs.labels(job.status).inc()
         self.tenant_jobs.labels(job.tenant or NO_TENANT, job.status).inc()
+        if job.is_training:
+            self.training_steps.inc(job.steps.get("train", 0))
         if not job.outcome.succeeded:
             self.failures.labels(job.outcome.kind).inc()
             return
@@ -136,6 +143,14 @@ class EngineCollector(Collector):
             resident.add_metric(["lora"], stats["loras"])
             resident.add_metric(["unet"], stats["unets"])
             yield resident
+        training = engine.training()
+        rate = None if training is None else training.work.steps_per_second()
+        if rate is not None:
+            yield _gauge(
+                "sdxl_training_steps_per_second",
+                "Training steps per second of the training running on this replica",
+                rate,
+            )
         peak = engine.peak_device_bytes()
         if peak is not None:
             yield _gauge("sdxl_gpu_peak_memory_bytes", "Peak GPU memory allocated", peak)
@@ -143,6 +158,7 @@ class EngineCollector(Collector):
             try:
                 waiting = self.store.predictions.count_queued()
                 by_tenant = self.store.predictions.queued_by_tenant()
+                trainings = self.store.trainings.counts()
             except Exception as err:  # the database is away: the other metrics still go out
                 log.warning("reading the shared queue's depth failed: %s", err)
                 yield _gauge(STORE_UP, STORE_UP_HELP, 0)  # and the depth is absent, not stale
@@ -162,6 +178,28 @@ class EngineCollector(Collector):
                 for tenant, count in sorted(by_tenant.items()):
                     tenants.add_metric([tenant or NO_TENANT], count)
                 yield tenants
+                yield _trainings(trainings)
+
+
+TRAINING_STATES = {  # the store's status -> the metric's label
+    "starting": "queued",
+    "processing": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "canceled",
+}
+
+
+def _trainings(counts: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "sdxl_trainings",
+        "Trainings in the store by state: queued, running, and finished by status (the same "
+        "on every replica of one database: take it once, never sum)",
+        labels=["state"],
+    )
+    for status, label in TRAINING_STATES.items():
+        family.add_metric([label], counts.get(status, 0))
+    return family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

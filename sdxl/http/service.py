@@ -53,15 +53,18 @@ class Service:
     def begin_drain(self) -> None:
         """Stop: take no new work and let only the running job finish. Stored predictions
         this process claimed and did not start go back to the store's queue (for another
-        replica or the next start); synchronous requests still waiting are answered 503."""
+        replica or the next start), and so does a running training, at its next step, with a
+        checkpoint; synchronous requests still waiting are answered 503."""
         if not self._draining:
             self._draining = True
-            running = self.engine.counts()["running"]
+            counts = self.engine.counts()
             handed_back = self.engine.drain(STOPPING)
             log.info(
-                "stopping: %d running will finish, %d waiting handed back; new requests get 503",
-                running,
+                "stopping: %d running will finish, %d waiting handed back, %d training stops at "
+                "its next step (handed back from its checkpoint); new requests get 503",
+                counts["running"],
                 handed_back,
+                counts["training"],
             )
 
     @property

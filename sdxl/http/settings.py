@@ -70,6 +70,20 @@ def _files_dir(environ: Mapping[str, str]) -> Path | None:
     return Path(raw) if raw else None
 
 
+JOB_KINDS = ("predictions", "trainings")
+
+
+def _job_kinds(raw: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    wrong = [kind for kind in kinds if kind not in JOB_KINDS]
+    if wrong or not kinds:
+        raise SettingsError(
+            f"SDXL_JOB_KINDS={raw!r}: list what this replica takes from the shared queue, "
+            "predictions, trainings or both (predictions,trainings)"
+        )
+    return kinds
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "sdxl-cog"
@@ -84,6 +98,7 @@ class StoreLimits:
     max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
     max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
     max_queued_per_tenant: int | None = None  # SDXL_MAX_QUEUED_PER_KEY: of one tenant (None: any)
+    max_trainings_per_tenant: int = 2  # SDXL_MAX_TRAININGS_PER_KEY: queued or running, per tenant
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreLimits:
@@ -95,6 +110,9 @@ class StoreLimits:
             max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, cls.max_bytes),
             max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, cls.max_queued),
             max_queued_per_tenant=env_number(env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, None),
+            max_trainings_per_tenant=env_number(
+                env, "SDXL_MAX_TRAININGS_PER_KEY", int, 1, cls.max_trainings_per_tenant
+            ),
         )
 
 
@@ -117,6 +135,9 @@ class Settings:
     # SDXL_STORE_POLL_S: replicas wake when the store changes (LISTEN/NOTIFY on PostgreSQL);
     # without a wake-up they look at it this often all the same (a safety net)
     store_poll_s: float = 5.0
+    # SDXL_JOB_KINDS: what this replica claims from the store's queue (a serving pool and a
+    # training pool on one database); its synchronous APIs answer whatever it is sent
+    job_kinds: tuple[str, ...] = JOB_KINDS
     # SDXL_MODEL_NAME: the served model's id on OpenAI's and AUTOMATIC1111's APIs (no "/")
     model_name: str = "sdxl"
     # SDXL_MODEL_ALIASES: other names accepted for it, for front-ends that cannot change theirs
@@ -149,6 +170,7 @@ class Settings:
             webhook_secret=secret,
             replica_timeout_s=env_number(environ, "SDXL_REPLICA_TIMEOUT", float, 1.0, 30.0),
             store_poll_s=env_number(environ, "SDXL_STORE_POLL_S", float, 0.1, cls.store_poll_s),
+            job_kinds=_job_kinds(environ.get("SDXL_JOB_KINDS", ",".join(JOB_KINDS))),
             model_name=_model_name(environ.get("SDXL_MODEL_NAME", "sdxl"), "SDXL_MODEL_NAME"),
             model_aliases=tuple(
                 _model_name(name, "SDXL_MODEL_ALIASES")

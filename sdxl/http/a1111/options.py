@@ -1,16 +1,26 @@
 """What AUTOMATIC1111's clients read at start and in their settings pages: the options (with the
-checkpoint, the served model), the model list, and the lists this server has nothing in
-(scripts, VAEs, upscalers, ...), each answered with honest, empty content."""
+checkpoint: the served model, or one of the caller's trained models), the model list, and the
+lists this server has nothing in (scripts, VAEs, upscalers, ...), each answered with honest,
+empty content.
+
+A1111's options are the whole server's; here each caller (API key's tenant) has its own
+checkpoint, kept in this replica's memory: `POST /options` with `sd_model_checkpoint` chooses
+it for the caller's next requests, and a request's `override_settings.sd_model_checkpoint`
+chooses it for that request only."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
+from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.settings import Settings
+from sdxl.http.trained import TrainedModels
 from sdxl.inputs.surface import Problem
 
 EMPTY_LISTS = (
@@ -28,12 +38,36 @@ REFRESH = ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embed
 
 
 class OptionsApi:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, trained: TrainedModels):
         self.settings = settings
+        self.trained = trained
+        self._chosen: dict[str, str] = {}  # caller -> its trained model (else the served one)
 
-    def options(self) -> dict:
+    def checkpoint(self, http: HttpRequest, body: dict | None = None) -> tuple[str, str | None]:
+        """(name, trained weights) of the model a request runs: its override_settings'
+        checkpoint, else the caller's chosen one (weights None: the served model);
+        InvalidRequest for an unknown one."""
+        override = (body or {}).get("override_settings")
+        name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
+        if name is None:
+            name = self._chosen.get(caller_of(http))
+        if name is None or name in self.settings.model_names:
+            return self.settings.model_name, None
+        tar = self.trained.weights(name, http)
+        if tar is None:
+            raise InvalidRequest([self._unknown("sd_model_checkpoint", name, http)])
+        return name, tar
+
+    def _unknown(self, key: str, value, http: HttpRequest) -> Problem:
+        names = [*self.settings.model_names, *self.trained.names(http)]
+        return Problem(
+            key, f"model {str(value)[:100]!r} not found; this server has {', '.join(names)}"
+        )
+
+    def options(self, http: HttpRequest) -> dict:
+        chosen = self._chosen.get(caller_of(http), self.settings.model_name)
         return {
-            "sd_model_checkpoint": self.settings.model_name,
+            "sd_model_checkpoint": chosen,
             "sd_checkpoint_hash": None,
             "sd_vae": "Automatic",
             "CLIP_stop_at_last_layers": 1,
@@ -51,31 +85,18 @@ class OptionsApi:
         names = self.settings.model_names
 
         @routes.get("/options")
-        def get_options() -> dict:
-            return self.options()
+        def get_options(http: HttpRequest) -> dict:
+            return self.options(http)
 
-        @routes.post("/options", summary="Accepts the options as they are; the model is fixed")
+        @routes.post(
+            "/options", summary="Chooses the caller's checkpoint; the other options are fixed"
+        )
         async def set_options(http: HttpRequest) -> JSONResponse:
             wanted = await json_object(http, '{"sd_model_checkpoint": "sdxl"}')
-            current = self.options()
-            problems = []
-            for key, value in wanted.items():
-                if key == "sd_model_checkpoint" and value not in names:
-                    problems.append(
-                        Problem(
-                            key,
-                            f"model {str(value)[:100]!r} not found; this server has "
-                            f"{', '.join(names)}",
-                        )
-                    )
-                elif key != "sd_model_checkpoint" and key in current and value != current[key]:
-                    problems.append(Problem(key, f"{key} cannot be changed on this server"))
-            if problems:
-                raise InvalidRequest(problems)
-            return JSONResponse(None)
+            return JSONResponse(await asyncio.to_thread(self._set, wanted, http))
 
         @routes.get("/sd-models")
-        def sd_models() -> list[dict]:
+        def sd_models(http: HttpRequest) -> list[dict]:
             return [
                 {
                     "title": name,
@@ -85,7 +106,7 @@ class OptionsApi:
                     "filename": name,
                     "config": None,
                 }
-                for name in names
+                for name in [*names, *self.trained.names(http)]
             ]
 
         @routes.get("/scripts")
@@ -109,6 +130,26 @@ class OptionsApi:
         for name in REFRESH:
             routes.add_api_route(f"/{name}", _null, methods=["POST"], name=name)
         return routes
+
+    def _set(self, wanted: dict, http: HttpRequest) -> None:
+        current = self.options(http)
+        problems, chosen = [], None
+        for key, value in wanted.items():
+            if key == "sd_model_checkpoint":
+                if value in self.settings.model_names:
+                    chosen = ""
+                elif self.trained.weights(value, http) is not None:
+                    chosen = value
+                else:
+                    problems.append(self._unknown(key, value, http))
+            elif key in current and value != current[key]:
+                problems.append(Problem(key, f"{key} cannot be changed on this server"))
+        if problems:
+            raise InvalidRequest(problems)
+        if chosen == "":
+            self._chosen.pop(caller_of(http), None)
+        elif chosen is not None:
+            self._chosen[caller_of(http)] = chosen
 
 
 def _empty() -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import replace
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
@@ -34,6 +35,7 @@ from sdxl.http.errors import InvalidRequest
 from sdxl.http.schemas import body_doc
 from sdxl.http.settings import PREVIEW_EVERY, Settings
 from sdxl.http.sync import SyncJobs, outcome, until_done
+from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
 from sdxl.images.outputs import encode_outputs
 from sdxl.inputs.request import in_batches
@@ -45,14 +47,17 @@ INTERRUPTED = "interrupted (POST /sdapi/v1/interrupt)"
 SKIPPED = "skipped (POST /sdapi/v1/skip)"
 
 
-def router(sync: SyncJobs, settings: Settings) -> APIRouter:
+def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRouter:
     routes = APIRouter(prefix="/sdapi/v1")
     caps = sync.service.engine.settings.caps
     runs = Runs()
+    options = OptionsApi(settings, trained)
 
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
-        found = checked(await json_object(http, EXAMPLE, empty="{}"), shape, caps)
-        first = found.request()
+        body = await json_object(http, EXAMPLE, empty="{}")
+        model, tar = await asyncio.to_thread(options.checkpoint, http, body)
+        found = checked(body, shape, caps)
+        first = replace(found.request(), trained_tar=tar)
         requests = in_batches(first, [first.num_outputs] * found.given.get("n_iter", 1))
         caller = caller_of(http)
         jobs = sync.submit(requests, caller, preview_every=PREVIEW_EVERY)
@@ -62,9 +67,9 @@ def router(sync: SyncJobs, settings: Settings) -> APIRouter:
             await until_done(http, jobs)
         finally:
             runs.remove(caller, run)
-        return await asyncio.to_thread(answer, found, shape, img2img, jobs, run)
+        return await asyncio.to_thread(answer, found, shape, img2img, jobs, run, model)
 
-    def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run) -> dict:
+    def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model) -> dict:
         images, seeds, nsfw = [], [], []
         for job in jobs:
             if isinstance(job.error, JobCanceled):  # interrupted or skipped: A1111 answers
@@ -88,7 +93,7 @@ def router(sync: SyncJobs, settings: Settings) -> APIRouter:
             width=width,
             height=height,
             denoising_strength=request.prompt_strength if img2img else None,
-            model=settings.model_name,
+            model=model,
             timestamp=run.timestamp,
         )
         send = found.given.get("send_images", True)
@@ -160,7 +165,7 @@ def router(sync: SyncJobs, settings: Settings) -> APIRouter:
     def prompt_styles() -> list[dict]:
         return [{"name": name, **style} for name, style in STYLES.items()]
 
-    routes.include_router(OptionsApi(settings).router())
+    routes.include_router(options.router())
     return routes
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import replace
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
@@ -25,6 +26,7 @@ from sdxl.http.openai.stream import image_events
 from sdxl.http.schemas import body_doc
 from sdxl.http.settings import Settings
 from sdxl.http.sync import SyncJobs, outcome, until_done
+from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
 from sdxl.images.inputs import check_header
 from sdxl.images.outputs import OutputImage
@@ -40,13 +42,17 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
     routes = APIRouter()
     caps = sync.service.engine.settings.caps
     names = settings.model_names
+    trained = TrainedModels(store)
 
     def model_json(name: str) -> dict:
         return {"id": name, "object": "model", "created": CREATED, "owned_by": OWNED_BY}
 
-    @routes.get("/v1/models", summary="OpenAI's model list: the served model")
-    def list_models() -> dict:
-        return {"object": "list", "data": [model_json(settings.model_name)]}
+    @routes.get(
+        "/v1/models", summary="OpenAI's model list: the served model and the caller's trained ones"
+    )
+    def list_models(http: HttpRequest) -> dict:
+        found = [settings.model_name, *trained.names(http)]
+        return {"object": "list", "data": [model_json(name) for name in found]}
 
     @routes.get("/v1/models/{model_id}", summary="OpenAI's model object")
     def get_model(model_id: str) -> dict:
@@ -56,14 +62,21 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
             )
         return model_json(model_id)
 
-    def checked(body: dict, shape: Surface) -> Checked:
+    def weights_of(body: dict, http: HttpRequest) -> str | None:
+        """The trained weights `model` names (None: the served model's own)."""
         model = body.get("model")
-        if model is not None and model not in names:
-            supported = ", ".join(f"'{name}'" for name in names)
+        if model is None or model in names:
+            return None
+        tar = trained.weights(model, http)
+        if tar is None:
+            supported = ", ".join(f"'{name}'" for name in [*names, *trained.names(http)])
             problem = Problem(
                 "model", f"Invalid value: '{str(model)[:100]}'. Supported values are: {supported}."
             )
             raise InvalidRequest([problem])
+        return tar
+
+    def checked(body: dict, shape: Surface) -> Checked:
         try:
             found = wire_checked(body, shape, WIRES[shape is not GENERATIONS], caps)
             check_cap("n", found.given.get("n", 1), "max_outputs", caps)
@@ -76,8 +89,8 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
             raise InvalidRequest([Problem("n", message)])
         return found
 
-    async def answer(http: HttpRequest, found: Checked, shape: Surface, kind: str):
-        requests = job_requests(found)
+    async def answer(http: HttpRequest, found: Checked, shape: Surface, kind: str, tar=None):
+        requests = [replace(request, trained_tar=tar) for request in job_requests(found)]
         if found.given.get("response_format") == "url":  # before any GPU work, not after
             if store is None:
                 raise Unavailable("url outputs need the prediction store, which is not open")
@@ -119,7 +132,9 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
     )
     async def generations(http: HttpRequest):
         body = await json_object(http, '{"prompt": "a cat", "size": "1024x1024"}')
-        return await answer(http, checked(body, GENERATIONS), GENERATIONS, "image_generation")
+        tar = await asyncio.to_thread(weights_of, body, http)
+        found = checked(body, GENERATIONS)
+        return await answer(http, found, GENERATIONS, "image_generation", tar)
 
     @routes.post(
         "/v1/images/edits",
@@ -128,6 +143,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
     )
     async def edits(http: HttpRequest):
         body = await edit_form(http)
+        tar = await asyncio.to_thread(weights_of, body, http)
         width, height = check_image_size(body["image"])
         shape = surface(edit=True, auto=(width, height))
         found = checked(body, shape)
@@ -138,7 +154,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
                 f"size={width}x{height} or auto"
             )
             raise InvalidRequest([Problem("size", message)])
-        return await answer(http, found, shape, "image_edit")
+        return await answer(http, found, shape, "image_edit", tar)
 
     return routes
 

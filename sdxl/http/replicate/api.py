@@ -15,6 +15,8 @@ from sdxl.http.replicate.predictions import Predictions
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.replicate.replicas import Replicas
 from sdxl.http.replicate.runs import StoredRuns
+from sdxl.http.replicate.training_runs import StoredTrainings
+from sdxl.http.replicate.trainings import Trainings
 from sdxl.http.replicate.webhooks import Webhooks, new_secret
 from sdxl.http.settings import Settings
 from sdxl.settings import Caps, FetchSettings
@@ -31,6 +33,8 @@ class ReplicateApi:
     webhooks: Webhooks
     housekeeping: Housekeeping
     runs: StoredRuns  # stored jobs' ends written back to the store
+    trainings: Trainings  # trainings and destination models created, cancelled
+    training_runs: StoredTrainings  # stored trainings on the engine, their progress stored
 
 
 def replica_name() -> str:
@@ -56,17 +60,30 @@ def open_replicate_api(
     secret = settings.webhook_secret or store.setting("webhook_secret", new_secret)
     webhooks = Webhooks(secret, public_only=fetch.public_only)
     events = Events(store, renderer, webhooks)
-    runs = StoredRuns(store, events, replica, settings.public_url)
-    queue = SharedQueue(store, replica, runs.job_for, settings.store_poll_s)
+    catalogue = Catalogue(settings.models, caps)
+    served = frozenset(catalogue.models)
+    runs = StoredRuns(store, events, replica, settings.public_url, served)
+    work_dir = settings.state_dir / "trainings"
+    training_runs = StoredTrainings(store, events, replica, fetch, work_dir)
+    queue = SharedQueue(
+        store,
+        replica,
+        runs.job_for,
+        settings.store_poll_s,
+        training_for=training_runs.job_for,
+        kinds=settings.job_kinds,
+    )
     housekeeping = Housekeeping(store, queue, replicas, settings.store_poll_s)
     housekeeping.recover()
     return ReplicateApi(
         store=store,
         queue=queue,
         predictions=Predictions(store, queue, events, caps),
-        catalogue=Catalogue(settings.models, caps),
+        catalogue=catalogue,
         renderer=renderer,
         webhooks=webhooks,
         housekeeping=housekeeping,
         runs=runs,
+        trainings=Trainings(store, queue, events),
+        training_runs=training_runs,
     )

@@ -1,4 +1,4 @@
-"""A prediction changed: its webhook gets the event, if its filter lets it through."""
+"""A prediction or a training changed: its webhook gets the event, if its filter lets it through."""
 
 from __future__ import annotations
 
@@ -32,5 +32,22 @@ class Events:
             event,
             row["webhook_events_filter"],
             lambda: self.renderer.prediction(self.store.predictions.get(prediction_id), base),
+            tenant=row.get("tenant"),
+        )
+
+    def training_changed(self, training_id: str, event: str) -> None:
+        """`event` (start, logs, output, completed) happened to `training_id`, as above."""
+        row = None
+        with contextlib.suppress(StoreUnavailable):
+            row = self.store.trainings.get(training_id)
+        if row is None or not row["webhook"]:
+            return
+        base = self.renderer.public_url or row.get("origin") or ""
+        self.webhooks.send(
+            training_id,
+            row["webhook"],
+            event,
+            row["webhook_events_filter"],
+            lambda: self.renderer.training(self.store.trainings.get(training_id), base),
             tenant=row.get("tenant"),
         )

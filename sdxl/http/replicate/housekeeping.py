@@ -87,14 +87,18 @@ class Housekeeping:
             time.sleep(max(0.0, min(next_beat, next_look) - time.monotonic()))
 
     def _cancels_from_elsewhere(self) -> None:
-        for prediction_id in self.store.predictions.cancels_requested(self.queue.local_ids()):
-            self._cancel_here(prediction_id)
+        here = self.queue.local_ids()
+        for job_id in self.store.predictions.cancels_requested(here):
+            self._cancel_here(job_id)
+        for job_id in self.store.trainings.cancels_requested(here):
+            self._cancel_here(job_id)
 
     def _cancel_here(self, prediction_id: str) -> None:
         """A cancel of `prediction_id` reached the store: stop it if it runs here."""
         job = self.queue.local(prediction_id)
         if job is not None:
-            job.cancel("the prediction was cancelled")
+            what = "training" if job.is_training else "prediction"
+            job.cancel(f"the {what} was cancelled")
 
     def stop(self) -> None:
         """After the drain: this replica holds no claim, so it leaves the replicas' table."""

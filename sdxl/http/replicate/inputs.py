@@ -27,15 +27,19 @@ _FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")
 
 
 def stored_request(
-    given: dict, origins: tuple[str, ...], read_file: Callable[[str], bytes | None]
+    given: dict,
+    origins: tuple[str, ...],
+    read_file: Callable[[str], bytes | None],
+    trained_tar: str | None = None,
 ) -> Request:
     """The engine Request of a stored (checked) input. `origins` are this server's (its public
-    URL, the creating request's); `read_file(id)` reads one of its uploads."""
+    URL, the creating request's); `read_file(id)` reads one of its uploads; `trained_tar` is a
+    trained version's weights in this server's files."""
     values = {k: v for k, v in given.items() if k in REQUEST_FIELDS}
     for name in IMAGE_INPUTS:
         if name in values:
             values[name] = _source(values[name], name, origins, read_file)
-    return Request(**values)
+    return Request(**values, trained_tar=trained_tar)
 
 
 def _source(text: str, name: str, origins, read_file) -> ImageSource:

@@ -2,7 +2,8 @@
 
 Each model listed in SDXL_REPLICATE_MODELS (default: the guide's `stability-ai/sdxl` and its
 version id) also has the server's own version: a digest of the predictor's schema, so that it
-changes exactly when the inputs or outputs do.
+changes exactly when the inputs or outputs do. A tenant's destination models (made with
+POST /v1/models) have one version per succeeded training, with the same inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import cached_property
 from sdxl.config import COG_SCHEMA_FILE
 from sdxl.http.caps import cog_schema_with_caps
 from sdxl.http.replicate.inputs import REPLICATE
+from sdxl.http.replicate.render import iso
 from sdxl.settings import Caps
 
 COG_VERSION = "0.23.1"
@@ -99,4 +101,31 @@ class Catalogue:
             "cover_image_url": None,
             "default_example": None,
             "latest_version": self.latest(model).to_json(self.schema),
+        }
+
+    def trained_version_json(self, row: dict) -> dict:
+        """A destination's version (a store row): the served inputs, its own weights."""
+        return {
+            "id": row["id"],
+            "created_at": iso(row["created_at"]),
+            "cog_version": COG_VERSION,
+            "openapi_schema": self.schema,
+        }
+
+    def destination_json(self, row: dict, latest: dict | None, base: str) -> dict:
+        model = f"{row['owner']}/{row['name']}"
+        return {
+            "url": f"{base}/{model}",
+            "owner": row["owner"],
+            "name": row["name"],
+            "description": row["description"],
+            "visibility": row["visibility"],
+            "hardware": row["hardware"],
+            "github_url": None,
+            "paper_url": None,
+            "license_url": None,
+            "run_count": 0,
+            "cover_image_url": None,
+            "default_example": None,
+            "latest_version": None if latest is None else self.trained_version_json(latest),
         }

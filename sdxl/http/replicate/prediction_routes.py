@@ -25,6 +25,7 @@ from sdxl.http.replicate.common import (
     prefer_wait,
     whose,
 )
+from sdxl.http.replicate.models import Version
 from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
@@ -123,7 +124,9 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
     async def create_prediction(http: HttpRequest) -> JSONResponse:
         body = await json_body(http)
         text = body.get("version")
-        version = catalogue.version(text) if isinstance(text, str) else None
+        version = None
+        if isinstance(text, str):
+            version = catalogue.version(text) or await asyncio.to_thread(trained, text, http)
         if version is None:
             raise ReplicateError(
                 422,
@@ -141,9 +144,22 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
     )
     async def create_model_prediction(owner: str, name: str, http: HttpRequest):
         model = catalogue.model(owner, name)
-        if model is None:
+        if model is not None:
+            return await create(http, catalogue.latest(model), await json_body(http))
+        scope = whose(http)
+        if await asyncio.to_thread(api.store.destinations.get, owner, name, scope) is None:
             raise not_found(f"the model {owner}/{name}")
-        return await create(http, catalogue.latest(model), await json_body(http))
+        latest = await asyncio.to_thread(api.store.destinations.latest, owner, name)
+        if latest is None:
+            raise ReplicateError(
+                404, "Not found", f"the model {owner}/{name} has no version yet: train it first"
+            )
+        return await create(http, Version(latest["id"], f"{owner}/{name}"), await json_body(http))
+
+    def trained(text: str, http: HttpRequest) -> Version | None:
+        """A version of one of the caller's destination models (owner/name:id, or its id)."""
+        found = api.store.destinations.find_version(text[:300], whose(http))
+        return None if found is None else Version(found["id"], f"{found['owner']}/{found['name']}")
 
     @routes.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
     def get_prediction(prediction_id: str, http: HttpRequest) -> dict:

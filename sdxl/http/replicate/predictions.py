@@ -6,7 +6,7 @@ from sdxl.engine.shared_queue import SharedQueue
 from sdxl.http.replicate.events import Events
 from sdxl.http.replicate.inputs import REPLICATE, WIRE
 from sdxl.http.replicate.models import Version
-from sdxl.http.replicate.webhooks import EVENTS
+from sdxl.http.replicate.webhooks import check_webhook
 from sdxl.http.wire import checked
 from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.settings import Caps
@@ -34,15 +34,7 @@ class Predictions:
             except InvalidInputs as err:
                 problems += [Problem(f"input.{p.field}", p.message) for p in err.problems]
         webhook, wanted = body.get("webhook"), body.get("webhook_events_filter")
-        if webhook is not None and not (
-            isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
-        ):
-            problems.append(Problem("webhook", "must be an http(s) URL"))
-        if wanted is not None and not (
-            isinstance(wanted, list) and all(event in EVENTS for event in wanted)
-        ):
-            events = ", ".join(EVENTS)
-            problems.append(Problem("webhook_events_filter", f"must list some of: {events}"))
+        problems += check_webhook(webhook, wanted)
         if problems:
             raise InvalidInputs(problems)
         row = self.store.predictions.create(

@@ -1,4 +1,4 @@
-"""Replicate's JSON objects: a prediction (with its output URLs) and an uploaded file."""
+"""Replicate's JSON objects: a prediction (with its output URLs), a training, an uploaded file."""
 
 from __future__ import annotations
 
@@ -67,4 +67,32 @@ class Renderer:
             "created_at": iso(row["created_at"]),
             "expires_at": iso(row["created_at"] + self.ttl_s),
             "urls": {"get": f"{base}/v1/files/{row['id']}"},
+        }
+
+    def training(self, row: dict, base: str) -> dict:
+        """Replicate's training object; its output's `weights` is served by this server (with
+        the caller's key: GET /v1/trainings/<id>/weights)."""
+        base = self.public_url or base
+        output = None
+        if row["status"] == "succeeded" and row["output"]:
+            output = {**row["output"], "weights": f"{base}/v1/trainings/{row['id']}/weights"}
+        return {
+            "id": row["id"],
+            "model": row["model"],
+            "version": row["version"],
+            "destination": row["destination"],
+            "input": row["input"],
+            "output": output,
+            "logs": row["logs"],
+            "error": row["error"],
+            "status": row["status"],
+            "created_at": iso(row["created_at"]),
+            "started_at": iso(row["started_at"]),
+            "completed_at": iso(row["completed_at"]),
+            "urls": {
+                "get": f"{base}/v1/trainings/{row['id']}",
+                "cancel": f"{base}/v1/trainings/{row['id']}/cancel",
+            },
+            "metrics": row["metrics"] or {},
+            "source": "api",
         }

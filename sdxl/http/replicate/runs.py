@@ -39,8 +39,16 @@ class StoredRuns:
     """Turns claimed rows into jobs (`job_for`, the shared queue's) and their ends into stored
     results; one per replica."""
 
-    def __init__(self, store: Store, events: Events, replica: str, public_url: str | None):
+    def __init__(
+        self,
+        store: Store,
+        events: Events,
+        replica: str,
+        public_url: str | None,
+        served: frozenset[str] = frozenset(),
+    ):
         self.store = store
+        self.served = served  # the served models (owner/name); others are trained versions
         self.events = events
         self.replica = replica
         self.public_url = public_url
@@ -56,7 +64,7 @@ class StoredRuns:
         def file_bytes(file_id: str) -> bytes | None:  # only the creator's own uploads
             return self.store.files.data(file_id, tenant)
 
-        request = stored_request(given, origins, file_bytes)
+        request = stored_request(given, origins, file_bytes, self._trained_tar(row))
         output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
 
         def finished(job: Job) -> None:
@@ -70,6 +78,15 @@ class StoredRuns:
         if row["cancel_requested"]:
             job.cancel("the prediction was cancelled")
         return job
+
+    def _trained_tar(self, row: dict) -> str | None:
+        """The trained_model.tar of a trained version's prediction (None: the served model's);
+        a version that is gone fails the prediction when it is prepared."""
+        if row["model"] in self.served:
+            return None
+        found = self.store.destinations.find_version(f"{row['model']}:{row['version']}")
+        key = found["weights_key"] if found else f"versions/{row['version']}/trained_model.tar"
+        return str(self.store.blobs.path(key))
 
     def _started(self, job: Job) -> None:
         try:

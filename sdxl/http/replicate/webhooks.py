@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sdxl.http.auth import ANONYMOUS
+from sdxl.inputs.surface import Problem
 from sdxl.net import http_get
 from sdxl.net.urls import redact
 
@@ -33,6 +34,21 @@ EVENTS = ("start", "output", "logs", "completed")
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # then given up
 CLOSE_GRACE_S = 10.0  # at a stop, how long queued deliveries still get (one attempt each)
 TIMEOUT_S = 10.0
+
+
+def check_webhook(webhook, wanted) -> list[Problem]:
+    """What is wrong with a create's `webhook` and `webhook_events_filter` (predictions' and
+    trainings' alike)."""
+    problems = []
+    if webhook is not None and not (
+        isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
+    ):
+        problems.append(Problem("webhook", "must be an http(s) URL"))
+    if wanted is not None and not (
+        isinstance(wanted, list) and all(event in EVENTS for event in wanted)
+    ):
+        problems.append(Problem("webhook_events_filter", f"must list some of: {', '.join(EVENTS)}"))
+    return problems
 
 
 def new_secret() -> str:

@@ -1,0 +1,181 @@
+"""Replicate's training paths: a destination model created, a training created on one of the
+served model's versions, got, listed (newest first), cancelled, and its trained weights."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
+from fastapi.responses import FileResponse, JSONResponse
+
+from sdxl.http.auth import caller
+from sdxl.http.errors import retry_after
+from sdxl.http.replicate.api import ReplicateApi
+from sdxl.http.replicate.common import (
+    ReplicateError,
+    decode_cursor,
+    encode_cursor,
+    json_body,
+    json_body_doc,
+    not_found,
+    origin,
+    whose,
+)
+from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissing, NotYours
+from sdxl.http.replicate.webhooks import EVENTS
+from sdxl.http.service import ServerStatus, Service
+from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
+from sdxl.inputs.surface import InvalidInputs
+from sdxl.store.errors import StoreFull
+from sdxl.train.options import TRAIN_INPUTS
+
+MODEL_BODY = {
+    "type": "object",
+    "properties": {
+        "owner": {"type": "string"},
+        "name": {"type": "string"},
+        "visibility": {"enum": ["public", "private"]},
+        "hardware": {"type": "string"},
+        "description": {"type": "string"},
+    },
+    "required": ["owner", "name", "visibility", "hardware"],
+}
+TRAINING_BODY = {
+    "type": "object",
+    "properties": {
+        "destination": {"type": "string"},
+        "input": {
+            "type": "object",
+            "properties": {name: {} for name in TRAIN_INPUTS},
+            "required": ["input_images"],
+        },
+        "webhook": {"type": "string", "format": "uri"},
+        "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
+    },
+    "required": ["destination", "input"],
+}
+
+
+def invalid(err: InvalidInputs) -> ReplicateError:
+    lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
+    fields = [{"field": p.field, "description": p.message} for p in err.problems]
+    return ReplicateError(422, "Input validation failed", lines, invalid_fields=fields)
+
+
+def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
+    routes = APIRouter()
+    rows, trainings, render, catalogue = (
+        api.store.trainings,
+        api.trainings,
+        api.renderer,
+        api.catalogue,
+    )
+
+    def accepting() -> None:
+        if service.status == ServerStatus.DRAINING:
+            raise ReplicateError(
+                503,
+                "Service unavailable",
+                "the server is shutting down and takes no new trainings; create it again",
+                headers=retry_after(DRAINING_RETRY_AFTER_S),
+            )
+
+    def owned(training_id: str, http: HttpRequest) -> dict:
+        row = rows.get(training_id, whose(http))
+        if row is None:
+            raise not_found(f"the training {training_id[:40]!r}")
+        return row
+
+    @routes.post(
+        "/v1/models", status_code=201, summary="Create a model (a destination for trainings)"
+    )
+    async def create_model(http: HttpRequest) -> JSONResponse:
+        body = await json_body(http)
+        who = caller(http)
+        try:
+            row = await asyncio.to_thread(trainings.create_model, body, who.tenant, who.admin)
+        except InvalidInputs as err:
+            raise invalid(err) from None
+        except NotYours:
+            detail = f"you can create models only under your own name, {who.tenant!r}"
+            raise ReplicateError(403, "Forbidden", detail) from None
+        if row is None:
+            detail = f"a model {body['owner']}/{body['name']} already exists"
+            raise ReplicateError(409, "Conflict", detail)
+        rendered = catalogue.destination_json(row, None, origin(http, settings))
+        return JSONResponse(rendered, status_code=201)
+
+    @routes.post(
+        "/v1/models/{owner}/{name}/versions/{version_id}/trainings",
+        status_code=201,
+        summary="Create a training of a version into a destination model",
+        openapi_extra=json_body_doc(TRAINING_BODY),
+    )
+    async def create_training(owner: str, name: str, version_id: str, http: HttpRequest):
+        accepting()
+        model = catalogue.model(owner, name)
+        version = catalogue.version(version_id, model) if model else None
+        if version is None:
+            raise not_found(f"the version {owner}/{name}:{version_id[:70]}")
+        body = await json_body(http)
+        base = origin(http, settings)
+        origins = tuple(o for o in (base, settings.public_url) if o)
+        try:
+            row = await asyncio.to_thread(
+                trainings.create, version, body, base, caller(http), origins
+            )
+        except DestinationMissing:
+            raise ReplicateError(404, "Not found", MISSING_DESTINATION) from None
+        except InvalidInputs as err:
+            raise invalid(err) from None
+        except StoreFull as err:
+            detail = (
+                f"{err.waiting} trainings of this API key are queued or running, the most this "
+                "server allows (SDXL_MAX_TRAININGS_PER_KEY); wait for one to end"
+            )
+            raise ReplicateError(
+                429, "Too many trainings", detail, headers=retry_after(60)
+            ) from None
+        return JSONResponse(render.training(row, base), status_code=201)
+
+    @routes.get("/v1/trainings/{training_id}", summary="Get a training")
+    def get_training(training_id: str, http: HttpRequest) -> dict:
+        return render.training(owned(training_id, http), origin(http, settings))
+
+    @routes.get("/v1/trainings", summary="List trainings, newest first")
+    def list_trainings(http: HttpRequest, cursor: str | None = None) -> dict:
+        found = rows.page(decode_cursor(cursor), settings.page_size + 1, whose(http))
+        page, more = found[: settings.page_size], len(found) > settings.page_size
+        base = origin(http, settings)
+        after = encode_cursor(page[-1]["number"]) if more else None
+        return {
+            "previous": None,
+            "next": f"{base}/v1/trainings?cursor={after}" if after else None,
+            "results": [render.training(row, base) for row in page],
+        }
+
+    @routes.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training")
+    async def cancel_training(training_id: str, http: HttpRequest) -> dict:
+        await asyncio.to_thread(owned, training_id, http)
+        await asyncio.to_thread(trainings.cancel, training_id)
+        for _ in range(20):  # a running one stops at its next step
+            row = await asyncio.to_thread(rows.get, training_id)
+            if row["status"] in ("succeeded", "failed", "canceled"):
+                break
+            await asyncio.sleep(0.1)
+        return render.training(row, origin(http, settings))
+
+    @routes.get(
+        "/v1/trainings/{training_id}/weights",
+        summary="A succeeded training's trained_model.tar",
+    )
+    def training_weights(training_id: str, http: HttpRequest) -> FileResponse:
+        row = owned(training_id, http)
+        version = api.store.destinations.find_version(training_id)
+        if row["status"] != "succeeded" or version is None:
+            raise not_found(f"the weights of training {training_id[:40]!r}")
+        path = api.store.blobs.path(version["weights_key"])
+        return FileResponse(path, media_type="application/x-tar", filename="trained_model.tar")
+
+    return routes

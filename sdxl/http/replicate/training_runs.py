@@ -1,0 +1,222 @@
+"""Stored trainings on the engine: the job for a claimed row (its files brought here, its
+checkpoint resumed), and every change of its state written back to the store: the start, the
+logs and step, each checkpoint (in the files backend, off the GPU thread), and the end. A
+succeeded training's tar becomes a version of its destination; a training stopped by a drain
+is handed back to the queue with its last checkpoint, for any replica to go on from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sdxl.engine import Job, JobEvents
+from sdxl.errors import InputError
+from sdxl.http.replicate.events import Events
+from sdxl.http.replicate.training_inputs import FILE_INPUTS
+from sdxl.net import http_get
+from sdxl.net.urls import redact
+from sdxl.settings import FetchSettings
+from sdxl.store.errors import StoreUnavailable
+from sdxl.store.store import Store
+from sdxl.store.tables import PredictionStatus
+
+log = logging.getLogger(__name__)
+
+LOG_FLUSH_S = 0.5  # logs and step are written (and sent to webhooks) at most this often
+LOST_CLAIM = "this replica lost its claim on the training, which another replica holds now"
+STORE_WAIT_S = 20.0  # at a stop, how long the last checkpoint and hand-backs may take
+
+
+class StoredTrainings:
+    """Turns claimed training rows into engine jobs and their ends into stored results; one per
+    replica."""
+
+    def __init__(self, store: Store, events: Events, replica: str, fetch: FetchSettings, work_dir):
+        from sdxl.train.training import TrainSettings
+
+        self.store = store
+        self.events = events
+        self.replica = replica
+        self.fetch = fetch
+        self.settings = TrainSettings.from_env()
+        self.work_dir = Path(work_dir)  # one folder per training here, removed at its end
+        # Checkpoints and ends, in order, off the GPU thread: a hand-back follows its checkpoint.
+        self._writes = ThreadPoolExecutor(1, thread_name_prefix="sdxl-training-store")
+        self._flushed: dict[str, float] = {}
+        self._earlier: dict[str, str] = {}  # a resumed training's logs from before
+
+    def job_for(self, row: dict) -> Job:
+        job_id = row["id"]
+        events = JobEvents(started=self._started, log=self._logged, finished=self._finished)
+        work = ServerTraining(self, row)
+        job = Job(job_id, None, events, tenant=row.get("tenant"), work=work)
+        self._earlier[job_id] = row["logs"] or ""
+        if row["cancel_requested"]:
+            job.cancel("the training was cancelled")
+        return job
+
+    def checkpointed(self, training_id: str, path: Path, step: int) -> None:
+        """On the GPU thread: queue the checkpoint's copy to the files backend."""
+        self._writes.submit(self._keep_checkpoint, training_id, path, step)
+
+    def _keep_checkpoint(self, training_id: str, path: Path, step: int) -> None:
+        try:
+            self.store.trainings.keep_checkpoint(training_id, self.replica, step, path)
+        except Exception as err:  # the training goes on; the next checkpoint may be kept
+            log.warning(
+                "the checkpoint at step %d of %s was not stored: %s", step, training_id, err
+            )
+
+    # ---- the job's events ----------------------------------------------------------------
+    def _started(self, job: Job) -> None:
+        try:
+            if not self.store.trainings.started(job.id, self.replica):
+                job.cancel(LOST_CLAIM)
+                return
+        except StoreUnavailable:
+            return
+        self.events.training_changed(job.id, "start")
+
+    def _logged(self, job: Job, line: str) -> None:
+        now = time.monotonic()
+        if now - self._flushed.get(job.id, 0.0) < LOG_FLUSH_S:
+            return
+        self._flushed[job.id] = now
+        step = job.steps.get("train", 0)
+        with contextlib.suppress(StoreUnavailable):
+            self.store.trainings.progress(job.id, self.replica, logs=self._logs(job), step=step)
+            self.events.training_changed(job.id, "logs")
+
+    def _finished(self, job: Job) -> None:
+        self._flushed.pop(job.id, None)
+        self._writes.submit(self._store_end, job)
+
+    def _store_end(self, job: Job) -> None:
+        try:
+            self._end(job)
+        except Exception:
+            log.exception("storing the end of training %s failed", job.id)
+        finally:
+            self._earlier.pop(job.id, None)
+            shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
+
+    def _logs(self, job: Job) -> str:
+        """Its logs: a resumed training's earlier runs', then this run's."""
+        return self._earlier.get(job.id, "") + _text(job.logs)
+
+    def _end(self, job: Job) -> None:
+        rows, ended = self.store.trainings, job.outcome
+        logs, step = self._logs(job), job.steps.get("train", 0)
+        if ended.kind == "stopping":  # the server stops: queued again, from its checkpoint
+            rows.progress(job.id, self.replica, logs=logs, step=step)
+            if rows.hand_back(job.id, self.replica):
+                log.info("training %s handed back to the queue at step %d", job.id, step)
+            return
+        metrics = {"predict_time": job.run_seconds, "steps": step}
+        weights = None
+        if ended.succeeded:
+            weights = job.result().weights
+        message = None if ended.kind == "canceled" else ended.message
+        row = rows.finish(
+            job.id,
+            PredictionStatus(ended.status),
+            replica=self.replica,
+            error=message,
+            logs=logs,
+            metrics=metrics,
+            weights=weights,
+        )
+        if row is None:  # not this replica's any more
+            return
+        if ended.succeeded:
+            self.events.training_changed(job.id, "output")
+        self.events.training_changed(job.id, "completed")
+
+    def close(self, timeout: float = STORE_WAIT_S) -> None:
+        """The server stops: the last checkpoints and hand-backs are written first."""
+        done = self._writes.submit(lambda: None)
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout)
+        self._writes.shutdown(wait=False, cancel_futures=True)
+
+
+class ServerTraining:
+    """A stored training's work for the engine (`sdxl.train.training.Training`'s interface):
+    its files brought into its folder when it is prepared (an upload or data URI from the files
+    backend, a URL fetched under the fetch rules, the last checkpoint to resume from)."""
+
+    def __init__(self, owner: StoredTrainings, row: dict):
+        self.owner = owner
+        self.row = row
+        self.inner = None  # the Training, once prepared
+
+    def prepare(self, check) -> None:
+        from sdxl.train.options import TrainRequest
+        from sdxl.train.training import Training
+
+        owner, row = self.owner, self.row
+        folder = owner.work_dir / row["id"]
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        values = dict(row["input"])
+        kept = row.get("input_files") or {}
+        for name in FILE_INPUTS:
+            if name in kept:
+                values[name] = str(_linked(owner.store.blobs.path(kept[name]), folder / name))
+            elif name in values:
+                values[name] = str(self._fetched(values[name], folder / name, name, check))
+        if row.get("checkpoint_key"):  # a replica stopped or died: go on from its checkpoint
+            source = owner.store.blobs.path(row["checkpoint_key"])
+            values["resume_from_checkpoint"] = str(_linked(source, folder / "resume.tar"))
+
+        def keep(path: Path, step: int) -> None:
+            owner.checkpointed(row["id"], path, step)
+
+        request = TrainRequest(**values)
+        self.inner = Training(request, folder, owner.settings, on_checkpoint=keep)
+        self.inner.prepare(check)
+
+    def _fetched(self, url: str, target: Path, name: str, check) -> Path:
+        def fail(why: str) -> Exception:
+            return InputError(f"{name}: {redact(url)} could not be fetched: {why}", name)
+
+        limits = http_get.Limits.of(self.owner.fetch, check)
+        conn, response, _final = http_get.open_url(url, limits, fail)
+        try:
+            with open(target, "wb") as out:
+                cap = self.owner.settings.archive.max_bytes
+                http_get.stream(response, out, cap, limits, fail)
+        finally:
+            conn.close()
+        return target
+
+    def slices(self, models, job):
+        return self.inner.slices(models, job)
+
+    def finish(self):
+        return self.inner.finish()
+
+    def out_of_memory(self):
+        return self.inner.out_of_memory()
+
+    def steps_per_second(self) -> float | None:
+        return None if self.inner is None else self.inner.steps_per_second()
+
+
+def _linked(source: Path, target: Path) -> Path:
+    """`source` under `target` without copying its bytes where the filesystem allows."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)
