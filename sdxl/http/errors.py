@@ -10,6 +10,7 @@ class ApiError(Exception):
 
     status = 500
     retry = True  # False: retrying cannot help, or the work may have run (OpenAI's clients read it)
+    own_shape = False  # True: `body()` is the answer whatever API the path belongs to
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)

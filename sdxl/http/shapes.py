@@ -33,7 +33,7 @@ def shape_of(path: str) -> str:
 
 def error_response(path: str, error: ApiError) -> JSONResponse:
     """`error` as the clients of `path`'s API read errors."""
-    shape = shape_of(path)
+    shape = DEFAULT if error.own_shape else shape_of(path)  # POST /v1/models is Replicate's
     headers = dict(error.headers)
     status = error.status
     if shape == OPENAI:

@@ -21,6 +21,8 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?:$|[,;\s])")
 class ReplicateError(ApiError):
     """An error in Replicate's shape: {"title", "detail", "status"}."""
 
+    own_shape = True  # also on paths OpenAI's API shares (/v1/models)
+
     def __init__(self, status: int, title: str, detail: str, **extra):
         super().__init__(detail, headers=extra.pop("headers", None))
         self.status, self.title, self.extra = status, title, extra

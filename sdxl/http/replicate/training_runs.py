@@ -50,6 +50,7 @@ class StoredTrainings:
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="sdxl-training-store")
         self._flushed: dict[str, float] = {}
         self._earlier: dict[str, str] = {}  # a resumed training's logs from before
+        self._jobs: dict[str, Job] = {}  # the trainings this replica runs, by id
 
     def job_for(self, row: dict) -> Job:
         job_id = row["id"]
@@ -57,17 +58,23 @@ class StoredTrainings:
         work = ServerTraining(self, row)
         job = Job(job_id, None, events, tenant=row.get("tenant"), work=work)
         self._earlier[job_id] = row["logs"] or ""
+        self._jobs[job_id] = job
         if row["cancel_requested"]:
             job.cancel("the training was cancelled")
         return job
 
     def checkpointed(self, training_id: str, path: Path, step: int) -> None:
-        """On the GPU thread: queue the checkpoint's copy to the files backend."""
-        self._writes.submit(self._keep_checkpoint, training_id, path, step)
+        """On the GPU thread: queue the checkpoint's copy to the files backend, with the logs
+        up to it (a replica that dies leaves both for the one that goes on)."""
+        job = self._jobs.get(training_id)
+        logs = None if job is None else self._logs(job)
+        self._writes.submit(self._keep_checkpoint, training_id, path, step, logs)
 
-    def _keep_checkpoint(self, training_id: str, path: Path, step: int) -> None:
+    def _keep_checkpoint(self, training_id: str, path: Path, step: int, logs) -> None:
         try:
             self.store.trainings.keep_checkpoint(training_id, self.replica, step, path)
+            if logs is not None:
+                self.store.trainings.progress(training_id, self.replica, logs=logs, step=step)
         except Exception as err:  # the training goes on; the next checkpoint may be kept
             log.warning(
                 "the checkpoint at step %d of %s was not stored: %s", step, training_id, err
@@ -104,6 +111,7 @@ class StoredTrainings:
             log.exception("storing the end of training %s failed", job.id)
         finally:
             self._earlier.pop(job.id, None)
+            self._jobs.pop(job.id, None)
             shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     def _logs(self, job: Job) -> str:

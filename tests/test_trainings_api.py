@@ -1,0 +1,342 @@
+"""Replicate's trainings API on `python -m sdxl api`, with the official clients: a destination
+model, a training from a zip, the new version run on every API, tenants kept apart, webhooks
+signed, a prediction served between training steps. Real servers on loopback with the tiny
+model; orders of events, never durations."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import replicate
+import requests
+from PIL import Image
+from support.api_server import GUIDE_VERSION, serving
+from support.archives import photos, write_zip
+from support.cog_server import Receiver
+from support.files import Files
+from test_replicate_api import node
+
+pytestmark = pytest.mark.http
+
+ALICE, BOB, ROOT = "alice-key", "bob-key", "root-key"
+TRAIN = {  # a few quick steps on the tiny model, strong enough to change its images
+    "resolution": 256,
+    "train_batch_size": 2,
+    "lora_rank": 4,
+    "lora_lr": 5e-3,
+    "ti_lr": 5e-3,
+    "lr_warmup_steps": 2,
+    "seed": 5,
+}
+IMAGE = {"prompt": "a photo of TOK", "width": 256, "height": 256, "num_inference_steps": 3}
+ENDED = ("succeeded", "failed", "canceled")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("trainings")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, folder):
+    env = {
+        "SDXL_API_KEYS": f"alice:{ALICE},bob:{BOB}",
+        "SDXL_ADMIN_KEY": ROOT,
+        "SDXL_LOCAL_WEIGHTS_DIRS": str(folder / "local"),
+        "SDXL_MAX_TRAININGS_PER_KEY": "3",
+    }
+    with serving(tiny_weights, folder, env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def alice(server):
+    return replicate.Client(api_token=ALICE, base_url=server.base)
+
+
+@pytest.fixture(scope="module")
+def zipped(folder):
+    return write_zip(folder / "photos.zip", photos(3))
+
+
+def call(server, method: str, path: str, key: str = ALICE, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    return requests.request(method, server.base + path, headers=headers, timeout=60, **kwargs)
+
+
+def until_ended(training):
+    while training.status not in ENDED:
+        training.reload()
+    return training
+
+
+def image_bytes(output) -> bytes:
+    (first,) = output
+    return first.read()
+
+
+@pytest.fixture(scope="module")
+def trained(alice, zipped):
+    """alice/my-sdxl and one succeeded training of it, created with a local file (the Python
+    client uploads it through /v1/files)."""
+    alice.models.create(owner="alice", name="my-sdxl", visibility="private", hardware="gpu")
+    with open(zipped, "rb") as archive:
+        training = alice.trainings.create(
+            model="stability-ai/sdxl",
+            version=GUIDE_VERSION,
+            input={"input_images": archive, "max_train_steps": 6, **TRAIN},
+            destination="alice/my-sdxl",
+        )
+    assert training.status == "starting" and training.input["input_images"].startswith("http")
+    return until_ended(training)
+
+
+def test_the_python_client_trains_and_runs_the_new_version(server, alice, trained, folder):
+    assert trained.status == "succeeded", trained.error
+    assert trained.output["version"] == f"alice/my-sdxl:{trained.id}"
+    steps = [line for line in trained.logs.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == [f"{n}/6" for n in range(1, 7)]
+    assert alice.trainings.get(trained.id).output == trained.output
+    assert trained.id in [t.id for t in alice.trainings.list().results]
+    model = alice.models.get("alice/my-sdxl")
+    assert model.latest_version.id == trained.id
+    # The new version runs with the trained weights: its pixels are those of the served
+    # model given the same tar as replicate_weights, and not those of the served model alone.
+    weights = call(server, "GET", f"/v1/trainings/{trained.id}/weights")
+    assert weights.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(weights.content)) as tar:
+        assert {"lora.safetensors", "embeddings.pti", "special_params.json"} <= set(tar.getnames())
+    local = folder / "local" / "trained_model.tar"
+    local.parent.mkdir(exist_ok=True)
+    local.write_bytes(weights.content)
+    seeded = {**IMAGE, "seed": 21}
+    mine = image_bytes(alice.run(trained.output["version"], input=seeded))
+    given = {**seeded, "replicate_weights": str(local)}
+    assert mine == image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=given))
+    plain = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
+    assert mine != plain
+    latest = call(server, "POST", "/v1/models/alice/my-sdxl/predictions", json={"input": seeded})
+    assert latest.status_code == 201 and latest.json()["version"] == trained.id
+
+
+def test_the_new_version_on_openais_and_automatic1111s_apis(server, trained, folder):
+    """OpenAI's `model` and AUTOMATIC1111's checkpoint name the trained model: its pixels are
+    the served model's with the same tar as replicate_weights (an input OpenAI's API takes),
+    and a checkpoint chosen with POST /options is the caller's until it chooses another."""
+    local = folder / "local" / "trained_model.tar"
+    assert local.is_file()  # the test before downloaded it
+    body = {"prompt": IMAGE["prompt"], "size": "256x256", "num_inference_steps": 3, "seed": 22}
+
+    def openai(**extra) -> np.ndarray:
+        answer = call(server, "POST", "/v1/images/generations", json={**body, **extra})
+        assert answer.status_code == 200, answer.text
+        return pixels(b64(answer.json()["data"][0]["b64_json"]))
+
+    trained_openai = openai(model="alice/my-sdxl")
+    assert np.array_equal(trained_openai, openai(model="sdxl", replicate_weights=str(local)))
+    assert not np.array_equal(trained_openai, openai(model="sdxl"))
+    listed = call(server, "GET", "/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == ["sdxl", "alice/my-sdxl"]
+
+    txt2img = {"prompt": IMAGE["prompt"], "width": 256, "height": 256, "steps": 3, "seed": 22}
+
+    def a1111(**extra) -> np.ndarray:
+        answer = call(server, "POST", "/sdapi/v1/txt2img", json={**txt2img, **extra})
+        assert answer.status_code == 200, answer.text
+        return pixels(b64(answer.json()["images"][0]))
+
+    served = a1111()
+    overridden = a1111(override_settings={"sd_model_checkpoint": "alice/my-sdxl"})
+    assert not np.array_equal(overridden, served)
+    chosen = call(
+        server, "POST", "/sdapi/v1/options", json={"sd_model_checkpoint": "alice/my-sdxl"}
+    )
+    assert chosen.status_code == 200, chosen.text
+    assert call(server, "GET", "/sdapi/v1/options").json()["sd_model_checkpoint"] == "alice/my-sdxl"
+    assert np.array_equal(a1111(), overridden)
+    assert call(server, "GET", "/sdapi/v1/options", BOB).json()["sd_model_checkpoint"] == "sdxl"
+    call(server, "POST", "/sdapi/v1/options", json={"sd_model_checkpoint": "sdxl"})
+    assert np.array_equal(a1111(), served)
+    titles = [m["title"] for m in call(server, "GET", "/sdapi/v1/sd-models").json()]
+    assert titles == ["sdxl", "alice/my-sdxl"]
+
+
+def test_another_tenant_sees_none_of_it(server, trained, zipped):
+    bob = replicate.Client(api_token=BOB, base_url=server.base)
+    missing = call(server, "GET", "/v1/trainings/nosuchtraining000000000000", BOB)
+    for method, path in (
+        ("GET", f"/v1/trainings/{trained.id}"),
+        ("POST", f"/v1/trainings/{trained.id}/cancel"),
+        ("GET", f"/v1/trainings/{trained.id}/weights"),
+        ("GET", "/v1/models/alice/my-sdxl"),
+        ("GET", "/v1/models/alice/my-sdxl/versions"),
+        ("GET", f"/v1/models/alice/my-sdxl/versions/{trained.id}"),
+    ):
+        answer = call(server, method, path, BOB)
+        assert answer.status_code == 404 == missing.status_code, (path, answer.text)
+        assert set(answer.json()) == set(missing.json())
+    assert [t.id for t in bob.trainings.list().results] == []
+    with pytest.raises(replicate.exceptions.ReplicateError) as refused:
+        bob.trainings.create(
+            model="stability-ai/sdxl",
+            version=GUIDE_VERSION,
+            input={"input_images": "https://example.com/photos.zip"},
+            destination="alice/my-sdxl",
+        )
+    assert refused.value.status == 404
+    assert refused.value.detail == "The specified training destination does not exist"
+    with pytest.raises(replicate.exceptions.ReplicateError) as version:
+        bob.run(trained.output["version"], input=IMAGE)
+    assert version.value.status == 422  # as a version that does not exist
+    own = call(server, "POST", "/v1/models", BOB, json={"owner": "alice", "name": "x"})
+    assert own.status_code == 403 and "'bob'" in own.json()["detail"]
+    openai = call(
+        server, "POST", "/v1/images/generations", BOB, json={**IMAGE, "model": "alice/my-sdxl"}
+    )
+    assert openai.status_code == 400 and openai.json()["error"]["param"] == "model"
+    assert [m["id"] for m in call(server, "GET", "/v1/models", BOB).json()["data"]] == ["sdxl"]
+    admin = call(server, "GET", f"/v1/trainings/{trained.id}", ROOT)
+    assert admin.status_code == 200 and admin.json()["id"] == trained.id
+
+
+def test_wrong_inputs_are_422_naming_each_and_nothing_is_queued(server, alice, trained):
+    body = {
+        "destination": "alice/my-sdxl",
+        "input": {
+            "input_images": "not a url",
+            "resolution": 250,
+            "lora_rank": "many",
+            "max_train_step": 10,
+        },
+    }
+    path = f"/v1/models/stability-ai/sdxl/versions/{GUIDE_VERSION}/trainings"
+    before = len(alice.trainings.list().results)
+    answer = call(server, "POST", path, json=body)
+    assert answer.status_code == 422
+    fields = {item["field"] for item in answer.json()["invalid_fields"]}
+    assert fields == {
+        "input.input_images",
+        "input.resolution",
+        "input.lora_rank",
+        "input.max_train_step",
+    }
+    assert "did you mean 'max_train_steps'?" in answer.text
+    prefix = {"destination": "alice/my-sdxl", "input": {"input_images": "https://x/a.zip"}}
+    prefix["input"]["caption_prefix"] = "a photo of"
+    joined = call(server, "POST", path, json=prefix)
+    assert joined.status_code == 422 and "token" in joined.json()["detail"]
+    assert len(alice.trainings.list().results) == before
+
+
+def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
+    server, alice, zipped
+):
+    """Made before the training on the idle server, then again while it trains: the same
+    bytes, and done while the training is still under way; the training goes on to its last
+    step, each step once."""
+    seeded = {**IMAGE, "prompt": "a red cube", "seed": 23}
+    idle = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
+    with open(zipped, "rb") as archive:
+        training = alice.trainings.create(
+            model="stability-ai/sdxl",
+            version=GUIDE_VERSION,
+            input={"input_images": archive, "max_train_steps": 30, **TRAIN},
+            destination="alice/my-sdxl",
+        )
+    while "step 2/30" not in (training.logs or ""):
+        training.reload()
+    busy = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
+    training.reload()
+    assert training.status == "processing" and "step 30/30" not in training.logs
+    assert busy == idle
+    until_ended(training)
+    assert training.status == "succeeded"
+    steps = [line.split()[1] for line in training.logs.splitlines() if line.startswith("step ")]
+    assert steps == [f"{n}/30" for n in range(1, 31)]
+
+
+def test_a_signed_webhook_per_event_the_filter_lets_through(server, alice, zipped):
+    receiver = Receiver()
+    try:
+        with open(zipped, "rb") as archive:
+            training = alice.trainings.create(
+                model="stability-ai/sdxl",
+                version=GUIDE_VERSION,
+                input={"input_images": archive, "max_train_steps": 2, **TRAIN},
+                destination="alice/my-sdxl",
+                webhook=receiver.url + "/hook",
+                webhook_events_filter=["start", "completed"],
+            )
+        receiver.wait_for(lambda reqs: any(b'"succeeded"' in body for *_, body in reqs))
+        secret = alice.webhooks.default.secret()
+        deliveries = [(h, b) for m, p, h, b in receiver.requests if p == "/hook"]
+        validate = replicate.webhook.Webhooks.validate  # raises unless the signature holds
+        for headers, body in deliveries:
+            headers = {k.lower(): v for k, v in headers.items()}
+            validate(headers=headers, body=body.decode(), secret=secret)
+            with pytest.raises(replicate.webhook.InvalidSignatureError):
+                validate(headers=headers, body=body.decode() + " ", secret=secret)
+        sent = [json.loads(body) for _, body in deliveries]
+        assert [s["status"] for s in sent] == ["processing", "succeeded"]  # start, completed
+        assert {s["id"] for s in sent} == {training.id}
+        assert sent[-1]["output"]["version"] == f"alice/my-sdxl:{training.id}"
+    finally:
+        receiver.close()
+
+
+def test_the_javascript_client_trains_from_a_url_and_cancels(server, zipped):
+    files = Files()
+    files.files["/photos.zip"] = zipped.read_bytes()
+    try:
+        env = {"REPLICATE_API_TOKEN": BOB, "REPLICATE_BASE_URL": server.base + "/v1"}
+        args = ("bob", "js-sdxl", GUIDE_VERSION, files.url + "/photos.zip")
+        done = node("trainings.cjs", *args, env=env)
+    finally:
+        files.close()
+    assert done.returncode == 0, done.stderr + server.log()[-3000:]
+    said = {line["what"]: line["value"] for line in map(json.loads, done.stdout.splitlines())}
+    assert said["model"]["owner"] == "bob" and said["model"]["latest_version"] is None
+    assert said["created"]["status"] == "starting"
+    assert said["created"]["destination"] == "bob/js-sdxl"
+    assert said["running"]["status"] == "processing"
+    assert said["after"]["status"] == "canceled" and said["after"]["output"] is None
+    assert files.requested["/photos.zip"] == 1  # fetched once, when it was prepared
+    assert call(server, "GET", "/v1/models/bob/js-sdxl/versions", BOB).json()["results"] == []
+
+
+def test_a_predictions_replica_leaves_trainings_queued_and_caps_them_per_key(
+    tiny_weights, tmp_path
+):
+    """SDXL_JOB_KINDS=predictions: trainings wait for a replica that takes them (a serving
+    pool), predictions run; SDXL_MAX_TRAININGS_PER_KEY counts the queued ones."""
+    env = {
+        "SDXL_API_KEYS": f"alice:{ALICE}",
+        "SDXL_JOB_KINDS": "predictions",
+        "SDXL_MAX_TRAININGS_PER_KEY": "2",
+    }
+    with serving(tiny_weights, tmp_path, env) as srv:
+        client = replicate.Client(api_token=ALICE, base_url=srv.base)
+        client.models.create(owner="alice", name="later", visibility="private", hardware="gpu")
+        path = f"/v1/models/stability-ai/sdxl/versions/{GUIDE_VERSION}/trainings"
+        body = {"destination": "alice/later", "input": {"input_images": "https://x.test/a.zip"}}
+        first, second, third = (call(srv, "POST", path, json=body) for _ in range(3))
+        assert (first.status_code, second.status_code, third.status_code) == (201, 201, 429)
+        assert "SDXL_MAX_TRAININGS_PER_KEY" in third.json()["detail"]
+        assert int(third.headers["Retry-After"]) > 0
+        client.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=IMAGE)  # predictions run
+        assert client.trainings.get(first.json()["id"]).status == "starting"
+        assert client.trainings.cancel(first.json()["id"]).status == "canceled"  # at once
+        assert call(srv, "POST", path, json=body).status_code == 201  # room for one again
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def b64(text: str) -> bytes:
+    return base64.b64decode(text)
