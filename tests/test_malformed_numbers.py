@@ -19,6 +19,7 @@ from support.bad_inputs import encoded, photo, resolve
 from support.cog_server import start_server
 
 from sdxl.config import COG_SCHEMA_FILE
+from sdxl.train.options import TRAIN_INPUTS
 
 pytestmark = pytest.mark.http
 
@@ -115,6 +116,33 @@ def test_replicate_api(server):
                 check(response, field, value, "replicate")
                 count += 1
     print(f"Replicate API: {count} malformed numbers over {len(fields)} inputs")
+
+
+def test_replicate_trainings(server):
+    """The trainer's numeric inputs, on a training of a destination the caller owns."""
+    account = requests.get(server.base + "/v1/account", headers=AUTH, timeout=10).json()
+    owner = account["username"]
+    model = {"owner": owner, "name": "numbers", "visibility": "private", "hardware": "gpu"}
+    made = requests.post(server.base + "/v1/models", json=model, headers=AUTH, timeout=10)
+    assert made.status_code == 201, made.text
+    fields = [name for name, spec in TRAIN_INPUTS.items() if spec.kind in NUMERIC]
+    url = f"{server.base}/v1/models/stability-ai/sdxl/versions/{GUIDE_VERSION}/trainings"
+    count = 0
+    with requests.Session() as session:
+        for field in fields:
+            for value in MALFORMED:
+                given = {"input_images": "https://x.test/photos.zip", field: value}
+                response = session.post(
+                    url,
+                    data=body_text({"destination": f"{owner}/numbers", "input": given}),
+                    headers={**AUTH, "Content-Type": "application/json"},
+                    timeout=60,
+                )
+                check(response, field, value, "replicate")
+                count += 1
+    listed = requests.get(server.base + "/v1/trainings", headers=AUTH, timeout=10).json()
+    assert listed["results"] == []  # none was queued
+    print(f"Replicate trainings: {count} malformed numbers over {len(fields)} inputs")
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ def test_the_python_client_trains_and_runs_the_new_version(server, alice, traine
     assert [line.split()[1] for line in steps] == [f"{n}/6" for n in range(1, 7)]
     assert alice.trainings.get(trained.id).output == trained.output
     assert trained.id in [t.id for t in alice.trainings.list().results]
+    assert alice.accounts.current().username == "alice"  # the owner of its models
     model = alice.models.get("alice/my-sdxl")
     assert model.latest_version.id == trained.id
     # The new version runs with the trained weights: its pixels are those of the served

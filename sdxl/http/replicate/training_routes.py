@@ -87,6 +87,11 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
             raise not_found(f"the training {training_id[:40]!r}")
         return row
 
+    @routes.get("/v1/account", summary="The caller's account: its name owns its models")
+    def account(http: HttpRequest) -> dict:
+        name = caller(http).tenant
+        return {"type": "user", "username": name, "name": name, "github_url": None}
+
     @routes.post(
         "/v1/models", status_code=201, summary="Create a model (a destination for trainings)"
     )
