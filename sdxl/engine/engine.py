@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl.config import LORAS_DIR
+from sdxl.engine.device_tasks import DeviceTasks
 from sdxl.engine.jobs import Job, JobCanceled, JobEvents, JobStatus, ServerStopping
 from sdxl.engine.lanes import Lanes
 from sdxl.engine.queue import JobQueue, MemoryQueue
@@ -61,6 +62,7 @@ class Engine:
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
         self.lock = threading.RLock()  # held while the shared models are in use or changed
+        self.device_tasks = DeviceTasks(self.lock)  # other threads' short device work
         self.draining = False  # set by drain(): stored jobs are left for others or the next start
         self.runner: Any = None  # sdxl.engine.runner.Runner, once loaded
         # Called with each job once it has ended (metrics); on the engine's threads, so short.
@@ -84,7 +86,12 @@ class Engine:
 
                 self.models = load_models(self.runtime)
             self.runner = Runner(
-                self.models, self.settings, self._lora_dir(), self.cache, self.clock
+                self.models,
+                self.settings,
+                self._lora_dir(),
+                self.cache,
+                self.clock,
+                device_tasks=self.device_tasks,
             )
             warmed = threading.Event()
             self._lanes.start(warmed)

@@ -233,7 +233,9 @@ class Lanes:
             with job_context(job.id):
                 result = finishing() if finishing else self.engine.runner.finish(job, denoised)
         except BaseException as err:
-            self.settle(job, err)
+            outcome = self.forget(job, err)
+            self.engine.device_tasks.call(self.engine.free_memory)  # the checker's, say
+            self.settle(job, err, forgotten=outcome)
         else:
             self.settle(job, None, result)
         finally:

@@ -54,9 +54,18 @@ class Denoised:
 
 class Runner:
     def __init__(
-        self, models, settings: EngineSettings, lora_dir: Path, cache=None, clock=time.monotonic
+        self,
+        models,
+        settings: EngineSettings,
+        lora_dir: Path,
+        cache=None,
+        clock=time.monotonic,
+        device_tasks=None,
     ):
         self.models = models
+        # The engine's sdxl.engine.device_tasks.DeviceTasks: the safety checker's forward, run
+        # between two steps of the job on the device, or at once when none runs.
+        self.device_tasks = device_tasks
         self.settings = settings
         self.clock = clock  # what SDXL_MAX_SECONDS is measured on
         # Previews are made here, off the GPU thread: it only copies the latents.
@@ -185,6 +194,8 @@ class Runner:
             job.steps[stage] += 1
             job.log(f"{stage} step {done}/{total}")
             notify(job.events.step, job, stage, done, total)  # between two steps: it may cancel
+            if self.device_tasks is not None:
+                self.device_tasks.run_pending()  # a finished job's safety checker, say
             every = job.preview_every
             if every and (done % every == 0 or done == total):
                 copied = latents[:1].detach().clone()  # the pipeline's own tensor stays as is
@@ -197,7 +208,8 @@ class Runner:
     # ---- the finishing thread -----------------------------------------------------------
     def finish(self, job: Job, denoised: Denoised) -> Result:
         """The CPU work after the GPU's: images, watermark, kept pixels, safety checker."""
-        return finish(self.models, job.generation, denoised.pixels, **denoised.extra)
+        on_device = None if self.device_tasks is None else self.device_tasks.call
+        return finish(self.models, job.generation, denoised.pixels, on_device, **denoised.extra)
 
     def close(self) -> None:
         self._previews.shutdown(wait=True)

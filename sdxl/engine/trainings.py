@@ -39,6 +39,7 @@ def run_training(lanes, job: Job) -> None:
                     next(slices)
                 except StopIteration:
                     break
+                engine.device_tasks.run_pending()  # a finished prediction's safety checker
             serve_one_between(lanes)
     except Poisoned as err:
         engine.break_down(err.reason)

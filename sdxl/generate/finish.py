@@ -1,6 +1,7 @@
-"""Phase 3 of a generation, on the CPU after the GPU has let go: the decoded pixels made images,
-the watermark, the kept pixels of an inpainting pasted back, the safety checker's verdicts,
-and the parameters for the images' metadata."""
+"""Phase 3 of a generation, on the CPU after the GPU thread has let go: the decoded pixels made
+images, the watermark, the kept pixels of an inpainting pasted back, the safety checker's
+verdicts (its preprocessing here; its model's short forward on the device through
+`on_device`, the engine's), and the parameters for the images' metadata."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sdxl.generate.watermark import apply_watermark
 from sdxl.images.fit import keep_unmasked
 
 
-def finish(models, gen: Generation, pixels: np.ndarray, **extra: Any) -> Result:
+def finish(models, gen: Generation, pixels: np.ndarray, on_device=None, **extra: Any) -> Result:
     """`pixels` are the VAE's decoded images as diffusers' `output_type="np"` gives them
     ([batch, height, width, 3] in 0..1); `extra` goes into the parameters."""
     from diffusers.image_processor import VaeImageProcessor
@@ -27,7 +28,7 @@ def finish(models, gen: Generation, pixels: np.ndarray, **extra: Any) -> Result:
         images = [keep_unmasked(img, gen.image, gen.mask) for img in images]
     nsfw = [False] * len(images)
     if not req.disable_safety_checker:
-        nsfw = models.safety_checker.check(images)
+        nsfw = models.safety_checker.check(images, on_device)
     parameters = {**_parameters(gen), **extra}
     return Result(images, gen.seeds, req.mode, gen.plan, parameters=parameters, nsfw=nsfw)
 

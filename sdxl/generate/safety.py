@@ -40,16 +40,23 @@ class SafetyChecker:
     dtype: torch.dtype
 
     @torch.no_grad()
-    def check(self, images: list[Image.Image]) -> list[bool]:
-        """One verdict per image, True meaning flagged, by the checker's own thresholds."""
+    def check(self, images: list[Image.Image], on_device=None) -> list[bool]:
+        """One verdict per image, True meaning flagged, by the checker's own thresholds. The
+        preprocessing runs on the CPU in the caller's thread; the model's forward is handed to
+        `on_device` when it is given (the engine's `DeviceTasks.call`: one job on the device at
+        a time)."""
         if not images:
             return []
         rgb = [image.convert("RGB") for image in images]
         pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
         # forward() blacks out flagged entries of `images`: hand it throwaway placeholders.
         placeholders = [np.zeros(1) for _ in images]
-        clip_input = pixels.to(device=self.device, dtype=self.dtype)
-        _, verdicts = self.model(clip_input=clip_input, images=placeholders)
+
+        def forward():
+            clip_input = pixels.to(device=self.device, dtype=self.dtype)
+            return self.model(clip_input=clip_input, images=placeholders)[1]
+
+        verdicts = forward() if on_device is None else on_device(forward)
         flags = [bool(v) for v in verdicts]
         if any(flags):
             log.info("safety checker flagged image(s) %s of %d", _indices(flags), len(flags))
