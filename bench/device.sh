@@ -9,9 +9,12 @@
 #   5. runs bench/engine_gpu.py at 1024x1024: graphs per scheduler after the compile's warm-up
 #      (mode reduce-overhead: CUDA graph trees, as max-autotune has, in less compile time),
 #      memory after an out-of-memory error, the lock's idle time per job;
-#   6. writes $OUT/device.json: the commit, the GPU, the tests' counts and largest pixel
+#   6. trains end to end with the reference trainer's defaults (1000 steps, batch 4, 768x768,
+#      LoRA rank 32) on ten 1024x1024 photos: `python -m sdxl train`, timed (the reference
+#      takes 10-15 minutes on an A40 or L40S; the goal here is under 4);
+#   7. writes $OUT/device.json: the commit, the GPU, the tests' counts and largest pixel
 #      differences, and the benchmarks' rows.
-# Without CUDA, steps 3 to 5 are skipped and the rest runs (a dry run on a CPU machine).
+# Without CUDA, steps 3 to 6 are skipped and the rest runs (a dry run on a CPU machine).
 #
 #   OUT=/tmp/out bench/device.sh      (the device tool sets OUT; default bench/results/device)
 set -uo pipefail
@@ -40,6 +43,7 @@ fi
 tests_status=skipped
 bench_status=skipped
 engine_status=skipped
+train_status=skipped
 if [ "$cuda" = 1 ]; then
   step "3. the GPU tier and the pixel tests on the GPU"
   rm -f "$OUT/pixels.txt" "$OUT/gpu-tests.json"
@@ -47,7 +51,7 @@ if [ "$cuda" = 1 ]; then
     "$py" -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
     tests/test_gpu.py tests/test_matches_diffusers.py tests/test_presets.py \
     tests/test_engine.py tests/test_engine_threads.py tests/test_compile.py \
-    tests/test_lora_generate.py 2>&1 | tee "$OUT/tests.log"
+    tests/test_lora_generate.py tests/test_train.py 2>&1 | tee "$OUT/tests.log"
   tests_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo passed || echo failed)
 
   step "4. bench/gpu.py: eager and fast path, 30 steps"
@@ -59,12 +63,25 @@ if [ "$cuda" = 1 ]; then
   "$py" bench/engine_gpu.py --weights "$weights" --size 1024 --steps 30 --mode reduce-overhead \
     --out "$OUT/engine-gpu.json" 2>&1 | tee "$OUT/engine.log"
   engine_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo done || echo failed)
+
+  step "6. a training with the reference's defaults, end to end"
+  PYTHONPATH=tests${PYTHONPATH:+:$PYTHONPATH} "$py" -c "
+from pathlib import Path
+from support.archives import image_bytes, write_zip
+photos = {f'photo-{i}.png': image_bytes(i, 1024) for i in range(10)}
+write_zip(Path('/tmp/sdxl-photos.zip'), photos)" || exit 1
+  started=$SECONDS
+  SDXL_WEIGHTS_DIR="$weights" "$py" -m sdxl train -i input_images=@/tmp/sdxl-photos.zip \
+    -i seed=1 -o /tmp/sdxl-train 2>&1 | tee "$OUT/train.log" | tail -c 2000
+  train_status=$([ "${PIPESTATUS[0]}" = 0 ] && echo done || echo failed)
+  train_seconds=$((SECONDS - started))
 else
-  step "3-5. no CUDA here: the GPU tier, the pixel tests on the GPU and the benchmarks skipped"
+  step "3-6. no CUDA here: the GPU tier, the pixel tests on the GPU and the benchmarks skipped"
 fi
 
-step "6. $OUT/device.json"
-TESTS=$tests_status BENCH=$bench_status ENGINE=$engine_status "$py" - "$OUT" <<'PY'
+step "7. $OUT/device.json"
+TESTS=$tests_status BENCH=$bench_status ENGINE=$engine_status TRAIN=$train_status \
+TRAIN_SECONDS=${train_seconds:-} "$py" - "$OUT" <<'PY'
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 
@@ -91,6 +108,11 @@ record = {
     "gpu_tier": json.loads(read("gpu-tests.json") or "null"),
     "bench": {"status": os.environ["BENCH"], **json.loads(read("gpu.json") or "{}")},
     "engine": {"status": os.environ["ENGINE"], **json.loads(read("engine-gpu.json") or "{}")},
+    "train_reference_defaults": {
+        "status": os.environ["TRAIN"],
+        "seconds": int(os.environ["TRAIN_SECONDS"]) if os.environ["TRAIN_SECONDS"] else None,
+        "steps": 1000, "batch": 4, "resolution": 768, "lora_rank": 32, "images": 10,
+    },
 }
 (out / "device.json").write_text(json.dumps(record, indent=2) + "\n")
 print(json.dumps(record, indent=2))

@@ -1,4 +1,4 @@
-"""The REST API against a real server: `sdxl.rest.server.main` in its own process, real HTTP
+"""The REST API against a real server: `sdxl.http.server.main` in its own process, real HTTP
 on loopback, the tiny model. Sizes and step counts are small so that it runs on a CPU."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Many replicas, one queue: two `python -m sdxl api` processes on loopback sharing a real
-PostgreSQL (tests/postgres.py) and one files folder. A burst spreads over both; either replica
+PostgreSQL (tests/support/postgres.py) and one files folder. A burst spreads over both; either replica
 reads, lists and cancels any prediction; a replica killed mid-job leaves its job failed, never
 lost or run twice. The pair looks at the database without a wake-up only every ten minutes
 (SDXL_STORE_POLL_S): an idle replica takes a prediction the other created, and a cancel reaches

@@ -1,4 +1,4 @@
-"""sdxl.schema: the `.cog/openapi_schema.json` coglet validates requests against."""
+"""sdxl.cog.schema: the `.cog/openapi_schema.json` coglet validates requests against."""
 
 from __future__ import annotations
 

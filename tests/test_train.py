@@ -307,3 +307,43 @@ def test_out_of_memory_in_a_training_names_what_to_lower(engine, folder, zipped,
     assert engine.run(
         Request(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2)
     ).images
+
+
+def test_a_seed_makes_a_training_reproducible_and_zero_is_a_seed(engine, folder, zipped):
+    def trained_with(seed: int, name: str) -> dict[str, bytes]:
+        req = small(input_images=str(zipped), max_train_steps=2, seed=seed)
+        result = engine.run_training(Training(req, folder / name))
+        assert result.seed == seed  # 0 stays 0 (the reference took it for "random")
+        return members_of(result.weights)
+
+    assert trained_with(0, "zero") == trained_with(0, "zero-again")
+
+
+def test_the_train_command_writes_the_tar_and_refuses_a_wrong_input(tiny_weights, tmp_path, zipped):
+    """`python -m sdxl train`, as a user without Docker runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "SDXL_WEIGHTS_DIR": str(tiny_weights), "OMP_NUM_THREADS": "1"}
+    inputs = ["max_train_steps=2", f"resolution={SIZE}", "train_batch_size=1", "lora_rank=4"]
+    argv = [sys.executable, "-m", "sdxl", "train", "-i", f"input_images=@{zipped}"]
+    for pair in inputs:
+        argv += ["-i", pair]
+    done = subprocess.run(
+        [*argv, "-o", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "trained_model.tar")
+    assert "2/2" in done.stderr  # the progress bar's last step
+    assert {"lora.safetensors", "embeddings.pti"} <= set(members_of(tmp_path / "trained_model.tar"))
+    wrong = subprocess.run(
+        [*argv, "-i", "max_train_step=2", "-o", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "max_train_step" in wrong.stderr

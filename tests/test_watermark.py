@@ -1,4 +1,4 @@
-"""sdxl.watermark against invisible-watermark itself: same pixels, same bits, no state.
+"""sdxl.generate.watermark against invisible-watermark itself: same pixels, same bits, no state.
 
 The reference is the invisible-watermark package (imwatermark), installed for the tests only and
 without its dependencies (`python -m pip install --no-deps invisible-watermark==0.2.0`), since

@@ -4,7 +4,7 @@ On CUDA (`auto`): float16 with the fp16-safe VAE (never upcast), SDPA attention 
 default processor), channels-last UNets and VAE, fused QKV projections, TF32 for what still
 runs in float32, and a warm-up generation in setup. On the CPU (`auto`): bfloat16 where the
 CPU has it natively, nothing else (channels-last and fusion gain little there; measured in
-bench/bench_cpu_dtype.py). `SDXL_COMPILE=1` adds torch.compile for the shapes named in
+bench/cpu_dtype.py). `SDXL_COMPILE=1` adds torch.compile for the shapes named in
 SDXL_COMPILE_SHAPES (see `sdxl.model.compiled`). Every switch can be forced on or off, and the
 CPU tests force each one to check it against the plain modules.
 

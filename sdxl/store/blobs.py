@@ -1,5 +1,5 @@
-"""The files backend: the bytes of outputs, uploads and url images (next: trained weights), in a
-folder every replica mounts (SDXL_FILES_DIR; a ReadWriteMany volume on Kubernetes), named by
+"""The files backend: the bytes of outputs, uploads, url images, checkpoints and trained weights,
+in a folder every replica mounts (SDXL_FILES_DIR; a ReadWriteMany volume on Kubernetes), named by
 keys the database rows hold. Our own few lines rather than a library: a folder, atomic
 renames and a marker file are all it takes.
 
