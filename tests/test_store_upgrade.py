@@ -175,3 +175,36 @@ def test_a_server_on_the_upgraded_store_serves_the_old_outputs(tiny_weights, tmp
         assert (state / "files" / "outputs" / done).is_dir()  # the bytes moved out of the file
     finally:
         server.stop()
+
+
+def test_a_version_2_store_gains_the_trainings_tables_with_its_predictions_kept(tmp_path):
+    """Version 2 (the files backend, before fine-tuning) as its code left it: the current
+    schema without the trainings', models' and versions' tables, schema_version 2."""
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    store = Store(url, tmp_path / "files", LIMITS)
+    kept = store.predictions.create(
+        {
+            "id": "fromversiontwo00000000000",
+            "model": "o/m",
+            "version": "v",
+            "input": {"prompt": "kept"},
+        }
+    )
+    store.close()
+    db = sa.create_engine(url)
+    with db.begin() as conn:
+        for table in ("versions", "models", "trainings"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+        conn.execute(sa.text("UPDATE settings SET value = '2' WHERE name = 'schema_version'"))
+    db.dispose()
+    store = Store(url, tmp_path / "files", LIMITS)
+    try:
+        assert store.upgraded_from == 2
+        assert store.predictions.get(kept["id"])["input"] == {"prompt": "kept"}
+        made = store.destinations.create(
+            dict(owner="a", name="m", tenant="a", visibility="private", hardware="gpu")
+        )
+        assert made["owner"] == "a"
+        assert store.trainings.page(None, 10) == []
+    finally:
+        store.close()
