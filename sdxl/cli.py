@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     weights = commands.add_parser("weights", help="download or build model weights")
     what = weights.add_subparsers(dest="what", required=True)
-    download = what.add_parser("download", help="fetch the real SDXL 1.0 weights and the trainer's helpers (about 14.8 GB)")
+    download = what.add_parser(
+        "download", help="fetch the real SDXL 1.0 weights and the trainer's helpers (about 14.8 GB)"
+    )
     download.add_argument("dir", nargs="?", default=None, help="weights root (SDXL_WEIGHTS_DIR)")
     download.set_defaults(func=_weights_download)
     tiny = what.add_parser("tiny", help="build a tiny random-weight SDXL for tests, offline")

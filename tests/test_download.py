@@ -1,4 +1,4 @@
-"""sdxl.weights.download: a fake Hub over a temp folder, and the real HfHub against no network at all.
+"""sdxl.weights.download: a fake Hub over a temp folder, and the real HfHub against no network.
 
 Nothing here reaches the internet: the fake serves local bytes, the HfHub tests use offline mode,
 a closed loopback port, or an in-process httpx2 MockTransport.

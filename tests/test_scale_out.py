@@ -1,7 +1,7 @@
 """Many replicas, one queue: two `python -m sdxl api` processes on loopback sharing a real
-PostgreSQL (tests/support/postgres.py) and one files folder. A burst spreads over both; either replica
-reads, lists and cancels any prediction; a replica killed mid-job leaves its job failed, never
-lost or run twice. The pair looks at the database without a wake-up only every ten minutes
+PostgreSQL (tests/support/postgres.py) and one files folder. A burst spreads over both; either
+replica reads, lists and cancels any prediction; a replica killed mid-job leaves its job failed,
+never lost or run twice. The pair looks at the database without a wake-up only every ten minutes
 (SDXL_STORE_POLL_S): an idle replica takes a prediction the other created, and a cancel reaches
 the replica running it, only through the database's notifications (LISTEN/NOTIFY). The tiny
 model; which replica ran a prediction is read from each process's own log."""

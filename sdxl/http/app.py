@@ -87,14 +87,14 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request, exc: RequestValidationError) -> JSONResponse:
         items = format_validation_errors(exc.errors())
-        if shape_of(request.url.path) == DEFAULT:
+        if shape_of(request.url.path, request.method) == DEFAULT:
             return JSONResponse({"detail": items}, status_code=422)
         problems = [Problem(item["field"], item["msg"]) for item in items]
-        return error_response(request.url.path, InvalidRequest(problems))
+        return error_response(request.url.path, InvalidRequest(problems), request.method)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request, exc: ApiError) -> JSONResponse:
-        return error_response(request.url.path, exc)
+        return error_response(request.url.path, exc, request.method)
 
     @app.exception_handler(StoreUnavailable)
     async def on_store_unavailable(request, exc: StoreUnavailable) -> JSONResponse:
@@ -102,7 +102,7 @@ def create_app(
         the routes that need it; the others keep working."""
         wait = DISK_FULL_RETRY_AFTER_S if isinstance(exc, StoreDiskFull) else STORE_RETRY_AFTER_S
         error = Unavailable(f"{exc.message}; retry later", headers=retry_after(wait))
-        return error_response(request.url.path, error)
+        return error_response(request.url.path, error, request.method)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException) -> JSONResponse:
@@ -110,7 +110,7 @@ def create_app(
         error = ApiError(str(exc.detail), headers=dict(exc.headers or {}))
         error.status = exc.status_code
         error.retry = False
-        return error_response(request.url.path, error)
+        return error_response(request.url.path, error, request.method)
 
     @app.get(
         "/health", summary="Liveness: answers at once; 503 only when the server is out of order"

@@ -211,4 +211,4 @@ class AuthMiddleware:
             return
         scheme = 'Basic realm="sdxl"' if path.startswith("/sdapi/") else "Bearer"
         error = Unauthenticated(problem, headers={"WWW-Authenticate": scheme})
-        await error_response(path, error)(scope, receive, send)
+        await error_response(path, error, scope.get("method", "GET"))(scope, receive, send)

@@ -21,19 +21,21 @@ OPENAI_TYPES = {
 OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}
 
 
-def shape_of(path: str) -> str:
+def shape_of(path: str, method: str = "GET") -> str:
     if path.startswith("/sdapi/"):
         return A1111
     if path.startswith("/v1/images/") and not path.startswith(DATACRUNCH_PREFIX):
         return OPENAI
+    if path == "/v1/models" and method != "GET":  # Replicate's models.create (POST)
+        return DEFAULT
     if path == "/v1/models" or (path.startswith("/v1/models/") and path.count("/") == 3):
         return OPENAI
     return DEFAULT
 
 
-def error_response(path: str, error: ApiError) -> JSONResponse:
+def error_response(path: str, error: ApiError, method: str = "GET") -> JSONResponse:
     """`error` as the clients of `path`'s API read errors."""
-    shape = DEFAULT if error.own_shape else shape_of(path)  # POST /v1/models is Replicate's
+    shape = DEFAULT if error.own_shape else shape_of(path, method)
     headers = dict(error.headers)
     status = error.status
     if shape == OPENAI:

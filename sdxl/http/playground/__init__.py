@@ -1,6 +1,6 @@
 """The browser playground at `GET /`: one static page (HTML, CSS and JavaScript in `static/`, no
-CDN, no build step) that builds its form from the predictor's schema and runs predictions
-through this server's Replicate API with the visitor's own API key."""
+CDN, no build step) that builds its forms from the predictor's and the trainer's schemas, and
+runs predictions and trainings through this server's Replicate API with the visitor's own key."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 # The inputs shown unfolded; every other input of the schema is under "Advanced inputs", so
 # an input added to the predictor appears there without a change to the page.
 BASIC_INPUTS = ("prompt", "negative_prompt", "image", "mask", "width", "height", "num_outputs")
+# The Train page's: the archive has its own drop zone (uploaded to /v1/files), and a checkpoint
+# to resume from is for scripts; every other trainer input is in the form, these unfolded.
+BASIC_TRAINING_INPUTS = ("max_train_steps",)
+TRAINING_FILES = ("input_images", "resume_from_checkpoint")
 # The page talks to this origin only; outputs may be URLs under SDXL_PUBLIC_URL or data: URIs.
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data: blob: http: https:; style-src 'self'; "
@@ -57,4 +61,24 @@ def playground_config(catalogue: Catalogue, auth_required: bool) -> dict:
         "auth": auth_required,
         "basic": list(BASIC_INPUTS),
         "inputs": [{"name": name, **properties[name]} for name in names],
+        "training": training_config(schema),
+    }
+
+
+def training_config(schema: dict) -> dict | None:
+    """The trainer's inputs as the page's form takes them (None: this model has no trainer)."""
+    components = schema["components"]["schemas"]
+    if "TrainingInput" not in components:
+        return None
+    order = components["TrainingInput"]["properties"]
+    # inline_input_schema writes out the enums of the component named Input: give it this one.
+    renamed = {"components": {"schemas": {**components, "Input": components["TrainingInput"]}}}
+    properties = inline_input_schema(renamed)["properties"]
+    names = sorted(properties, key=lambda name: order[name].get("x-order", 0))
+    return {
+        "basic": list(BASIC_TRAINING_INPUTS),
+        "images": properties["input_images"].get("description", ""),
+        "inputs": [
+            {"name": name, **properties[name]} for name in names if name not in TRAINING_FILES
+        ],
     }

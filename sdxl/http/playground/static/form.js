@@ -1,5 +1,6 @@
-// The form, built from the predictor's input schema: every input with its default, bounds,
-// choices and description. `collect()` gives the inputs that differ from their defaults.
+// A form built from an input schema (the predictor's, or the trainer's on the Train page):
+// every input with its default, bounds, choices and description. `collect()` gives the inputs
+// that differ from their defaults. Element ids are `in-<prefix><name>`: both forms have a seed.
 
 import { FileField, Painter } from "./mask.js";
 
@@ -15,7 +16,7 @@ function field(spec, control, help, extraClass = "") {
   const wrapper = document.createElement("div");
   wrapper.className = `field ${extraClass}`.trim();
   const label = document.createElement("label");
-  label.htmlFor = `in-${spec.name}`;
+  label.htmlFor = `in-${spec.id}`;
   label.textContent = title(spec);
   wrapper.append(label, control);
   if (spec.description) {
@@ -28,7 +29,7 @@ function field(spec, control, help, extraClass = "") {
 }
 
 function describe(control, spec, help) {
-  control.id = `in-${spec.name}`;
+  control.id = `in-${spec.id}`;
   control.name = spec.name;
   if (spec.description) control.setAttribute("aria-describedby", help);
   return control;
@@ -98,7 +99,7 @@ function textControl(spec, help) {
 }
 
 export class InputForm {
-  constructor(config, basicHost, advancedHost, onChange) {
+  constructor(config, basicHost, advancedHost, onChange, prefix = "") {
     this.controls = new Map(); // name -> {spec, read, reset}
     this.files = new Map(); // name -> FileField
     this.onChange = onChange;
@@ -106,12 +107,12 @@ export class InputForm {
     this.painter = names.has("image") && names.has("mask") ? new Painter(onChange) : null;
     for (const spec of config.inputs) {
       const host = config.basic.includes(spec.name) ? basicHost : advancedHost;
-      host.append(this.build(spec));
+      host.append(this.build({ ...spec, id: prefix + spec.name }));
     }
   }
 
   build(spec) {
-    const help = `help-${spec.name}`;
+    const help = `help-${spec.id}`;
     if (spec.format === "uri") {
       const file = new FileField(spec, spec.description ? help : null, (changed) => {
         if (this.painter && changed.spec.name === "image") this.painter.show(changed.value);

@@ -23,7 +23,7 @@ export class FileField {
     this.input = document.createElement("input");
     this.input.type = "file";
     this.input.accept = "image/*";
-    this.input.id = `in-${spec.name}`;
+    this.input.id = `in-${spec.id ?? spec.name}`;
     this.input.name = spec.name;
     if (help) this.input.setAttribute("aria-describedby", help);
     const hint = document.createElement("p");

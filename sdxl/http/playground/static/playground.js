@@ -1,39 +1,34 @@
 // The playground: the form, the API key, a prediction through this server's Replicate API
-// (created, polled for its logs and progress, cancelled), its images, and the code for it.
+// (created, polled for its logs and progress, cancelled), its images, and the code for it;
+// and the Train page (train.js), whose new version this page then runs.
 
+import {
+  ENDED,
+  POLL_MS,
+  api,
+  apiKey,
+  authHeaders,
+  missingKey,
+  requireKey,
+  setApiKey,
+  sleep,
+} from "./api.js";
 import { LANGUAGES } from "./code.js";
 import { InputForm } from "./form.js";
+import { Trainer } from "./train.js";
 
-const KEY = "sdxl-playground-api-key"; // in sessionStorage: this tab only, never in the URL
-const POLL_MS = 400;
-const ENDED = ["succeeded", "failed", "canceled"];
 const $ = (id) => document.getElementById(id);
 
-const state = { config: null, form: null, prediction: null, language: "javascript" };
-
-function apiKey() {
-  return sessionStorage.getItem(KEY) || "";
-}
-
-async function api(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (state.config.auth) headers.Authorization = `Bearer ${apiKey()}`;
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const answer = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, answer);
-  return answer;
-}
-
-class ApiError extends Error {
-  constructor(status, answer) {
-    super(answer.detail || answer.title || `the server answered ${status}`);
-    this.status = status;
-  }
-}
+// target: the version that runs, the served model's or one trained on the Train page
+// ({model, version, ref}: ref is what POST /v1/predictions is sent as its version).
+const state = {
+  config: null,
+  form: null,
+  prediction: null,
+  language: "javascript",
+  target: null,
+  trainer: null,
+};
 
 function showError(message) {
   $("error").textContent = message;
@@ -51,9 +46,10 @@ function setUpKey() {
   $("api-key").value = apiKey();
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    sessionStorage.setItem(KEY, $("api-key").value.trim());
+    setApiKey($("api-key").value.trim());
     showError("");
-    $("run").focus();
+    document.dispatchEvent(new Event("api-key")); // the Train page asks whose key it is
+    if (location.hash !== "#train") $("run").focus();
   });
   if (!apiKey()) $("api-key").focus();
 }
@@ -61,7 +57,7 @@ function setUpKey() {
 // ---- copy as code -----------------------------------------------------------------------
 function request() {
   const { input, files } = state.form.collect();
-  const { model, version } = state.config;
+  const { model, version } = state.target;
   return { base: location.origin, model, version, input, files };
 }
 
@@ -122,7 +118,7 @@ function progressOf(logs) {
 
 async function showPreview(id) {
   // The latest preview of the running job's latents (GET /v1/predictions/<id>/preview).
-  const headers = state.config.auth ? { Authorization: `Bearer ${apiKey()}` } : {};
+  const headers = authHeaders();
   const response = await fetch(`/v1/predictions/${id}/preview`, { headers }).catch(() => null);
   if (!response || response.status !== 200 || state.prediction !== id) return;
   const step = response.headers.get("X-Preview-Step");
@@ -177,7 +173,7 @@ function finish(prediction) {
   $("run").disabled = false;
   $("logs").textContent = prediction.logs || "";
   const took = prediction.metrics?.predict_time;
-  const timing = took === undefined ? "" : ` in ${took.toFixed(1)} s`;
+  const timing = typeof took === "number" ? ` in ${took.toFixed(1)} s` : "";
   if (prediction.status === "succeeded") {
     showImages(prediction);
     setStatus(`Succeeded${timing}.`);
@@ -197,13 +193,13 @@ async function poll(id) {
       prediction = await api("GET", `/v1/predictions/${id}`);
     } catch (error) {
       setStatus(`Lost touch with the server (${error.message}); retrying…`);
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS * 5));
+      await sleep(POLL_MS * 5);
       continue;
     }
     if (ENDED.includes(prediction.status)) return finish(prediction);
     showRunning(prediction);
     if (prediction.status === "processing") await showPreview(id);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    await sleep(POLL_MS);
   }
 }
 
@@ -211,7 +207,7 @@ async function run(event) {
   event?.preventDefault();
   if (state.prediction) return;
   showError("");
-  if (state.config.auth && !apiKey()) {
+  if (missingKey()) {
     showError("Enter an API key first (a key of the server's SDXL_API_KEYS).");
     $("api-key").focus();
     return;
@@ -221,7 +217,7 @@ async function run(event) {
   delete document.body.dataset.predictionStatus;
   let prediction;
   try {
-    prediction = await api("POST", "/v1/predictions", { version: state.config.version, input });
+    prediction = await api("POST", "/v1/predictions", { version: state.target.ref, input });
   } catch (error) {
     $("run").disabled = false;
     setStatus("Not started.");
@@ -257,6 +253,50 @@ async function cancel() {
   }
 }
 
+// ---- the version that runs ------------------------------------------------------------------
+function useVersion(target) {
+  state.target = target;
+  const trained = target.model !== state.config.model;
+  $("form-status").textContent = `${target.model}, version ${target.version.slice(0, 12)}`;
+  $("use-base").hidden = !trained;
+  showCode();
+}
+
+function useBase() {
+  const { model, version } = state.config;
+  useVersion({ model, version, ref: version });
+}
+
+// "Generate with this version" on the Train page: this page, the new version, and a prompt
+// with the training's token (the only word that calls up what was trained), run at once.
+function generateWith(training) {
+  const ref = training.output.version; // owner/name:id
+  const [model, version] = ref.split(":");
+  useVersion({ model, version, ref });
+  const token = training.input.token_string || "TOK";
+  const prompt = $("in-prompt");
+  if (!prompt.value.split(/\W+/).includes(token)) {
+    prompt.value = `a photo of ${token}`;
+    prompt.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+  location.hash = "";
+  run();
+}
+
+// ---- the two pages ----------------------------------------------------------------------------
+function showPage() {
+  const train = location.hash === "#train" && state.trainer !== null;
+  $("generate-page").hidden = train;
+  $("train-page").hidden = !train;
+  for (const [link, current] of [[$("nav-generate"), !train], [$("nav-train"), train]]) {
+    // The link to this page leads nowhere: one Tab stop for the two, as the code's tabs.
+    link.tabIndex = current ? -1 : 0;
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (train) state.trainer.shown();
+}
+
 // ---- start ------------------------------------------------------------------------------
 async function start() {
   try {
@@ -265,8 +305,16 @@ async function start() {
     $("form-status").textContent = `The model's inputs could not be loaded: ${error.message}`;
     return;
   }
-  $("form-status").textContent = `${state.config.model}, version ${state.config.version.slice(0, 12)}`;
+  requireKey(state.config.auth);
   state.form = new InputForm(state.config, $("basic-fields"), $("advanced-fields"), showCode);
+  useBase();
+  $("use-base").addEventListener("click", useBase);
+  if (state.config.training) {
+    state.trainer = new Trainer(state.config, generateWith);
+    $("nav").hidden = false;
+  }
+  showPage();
+  addEventListener("hashchange", showPage);
   setUpKey();
   setUpCode();
   showCode();
@@ -275,7 +323,9 @@ async function start() {
   $("reset").addEventListener("click", () => state.form.reset());
   $("cancel").addEventListener("click", cancel);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) run(event);
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && location.hash !== "#train") {
+      run(event);
+    }
   });
   document.body.dataset.ready = "true";
 }
