@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support.browser import playground_browser, playground_server
 from support.helpers import TEST_DEVICE
 from support.postgres import Cluster
 
@@ -22,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SDXL_DTYPE", "float32")
 os.environ.setdefault("SDXL_DEVICE", TEST_DEVICE)
 REPO = Path(__file__).resolve().parent.parent
+__all__ = ["playground_browser", "playground_server"]  # fixtures, shared by the session
 
 
 @pytest.fixture(scope="session", autouse=True)

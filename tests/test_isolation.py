@@ -103,8 +103,13 @@ def probes(server) -> tuple[bytes, bytes]:
     return image, base64.b64decode(datacrunch.json()["images"][0])
 
 
-def random_step(server, rng: random.Random, weights: str) -> str:
-    kind = rng.choice(["plain", "plain", "trained", "trained", "datacrunch", "fail", "cancel"])
+KINDS = ("plain", "trained", "datacrunch", "fail", "cancel")
+
+
+def random_step(server, rng: random.Random, weights: str, kind: str | None = None) -> str:
+    kind = kind or rng.choice(
+        ["plain", "plain", "trained", "trained", "datacrunch", "fail", "cancel"]
+    )
     inputs = {**SMALL, "seed": rng.randrange(1000), "scheduler": rng.choice(SCHEDULERS)}
     inputs |= {"apply_watermark": rng.random() < 0.5, "num_outputs": rng.choice([1, 2])}
     inputs |= {
@@ -154,7 +159,11 @@ def random_step(server, rng: random.Random, weights: str) -> str:
     return kind
 
 
-def test_a_long_random_sequence_leaves_no_trace(tiny_weights, tmp_path, weights_server):
+@pytest.mark.parametrize(
+    "length", [12, pytest.param(60, marks=pytest.mark.slow)], ids=["12-steps", "60-steps"]
+)
+def test_a_long_random_sequence_leaves_no_trace(tiny_weights, tmp_path, weights_server, length):
+    """Every kind of step once, in a random order, then random ones (`length` in all)."""
     fresh = start(tiny_weights, tmp_path / "fresh")
     try:
         expected = probes(fresh)
@@ -163,8 +172,9 @@ def test_a_long_random_sequence_leaves_no_trace(tiny_weights, tmp_path, weights_
     server = start(tiny_weights, tmp_path / "used")
     try:
         rng = random.Random(7)
-        kinds = [random_step(server, rng, weights_server) for _ in range(30)]
-        assert {"plain", "trained", "datacrunch", "fail", "cancel"} <= set(kinds), kinds
+        order = rng.sample(KINDS, len(KINDS)) + [None] * (length - len(KINDS))
+        kinds = [random_step(server, rng, weights_server, kind) for kind in order]
+        assert set(KINDS) <= set(kinds), kinds
         assert probes(server) == expected
     finally:
         server.stop()

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -18,13 +17,11 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-from support.api_server import KEYS, REPO, Server, serving
+from support.api_server import KEYS, REPO, Server
 from support.helpers import pixels, smooth_image
 
 from sdxl.config import COG_INPUTS
@@ -32,38 +29,16 @@ from sdxl.config import COG_INPUTS
 pytestmark = pytest.mark.http
 
 QUICK = {"width": "256", "height": "256", "num_inference_steps": "3"}
-MISSING = (
-    "the playground's tests need Debian's chromium and chromium-driver "
-    "(apt-get install -y chromium chromium-driver, as the README's test command does)"
-)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_weights, tmp_path_factory):
-    with serving(
-        tiny_weights, tmp_path_factory.mktemp("playground"), {"SDXL_API_KEYS": KEYS[0]}
-    ) as srv:
-        yield srv
+def server(playground_server):
+    return playground_server
 
 
 @pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.fail(MISSING)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1280,1400")
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a browser online
-    driver = webdriver.Chrome(service=ChromeService(executable_path=driver_path), options=options)
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def browser(playground_browser):
+    return playground_browser
 
 
 @pytest.fixture

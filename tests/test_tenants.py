@@ -141,6 +141,7 @@ def test_progress_and_interrupt_concern_only_the_callers_jobs(server):
     assert "interrupted (POST /sdapi/v1/interrupt)" in server.log()
 
 
+@pytest.mark.slow  # two server starts (12 s) for the operator's rotation procedure
 def test_a_rotated_key_keeps_its_tenants_predictions(tiny_weights, tmp_path):
     state = {"SDXL_STATE_DIR": str(tmp_path / "state"), "SDXL_ADMIN_KEY": ROOT}
     first = Server(tiny_weights, tmp_path, {**state, "SDXL_API_KEYS": KEYS})
