@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 from support.api_server import GUIDE_VERSION, serving
 from support.archives import photos, write_zip
-from support.cog_server import Receiver
+from support.cog_server import Receiver, signed_deliveries
 from support.files import Files
 from test_replicate_api import node
 
@@ -81,10 +81,15 @@ def image_bytes(output) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def trained(alice, zipped):
-    """alice/my-sdxl and one succeeded training of it, created with a local file (the Python
-    client uploads it through /v1/files)."""
+def destination(alice) -> str:
     alice.models.create(owner="alice", name="my-sdxl", visibility="private", hardware="gpu")
+    return "alice/my-sdxl"
+
+
+@pytest.fixture(scope="module")
+def trained(alice, zipped, destination):
+    """One succeeded training of alice/my-sdxl, created with a local file (the Python client
+    uploads it through /v1/files)."""
     with open(zipped, "rb") as archive:
         training = alice.trainings.create(
             model="stability-ai/sdxl",
@@ -96,7 +101,20 @@ def trained(alice, zipped):
     return until_ended(training)
 
 
-def test_the_python_client_trains_and_runs_the_new_version(server, alice, trained, folder):
+@pytest.fixture(scope="module")
+def local_tar(server, trained, folder):
+    """The trained tar, downloaded from its `weights` URL with the key into a folder the server
+    reads local weights from (SDXL_LOCAL_WEIGHTS_DIRS)."""
+    weights = call(server, "GET", f"/v1/trainings/{trained.id}/weights")
+    assert weights.status_code == 200, weights.text
+    assert trained.output["weights"] == f"{server.base}/v1/trainings/{trained.id}/weights"
+    local = folder / "local" / "trained_model.tar"
+    local.parent.mkdir(exist_ok=True)
+    local.write_bytes(weights.content)
+    return local
+
+
+def test_the_python_client_trains_and_runs_the_new_version(server, alice, trained, local_tar):
     assert trained.status == "succeeded", trained.error
     assert trained.output["version"] == f"alice/my-sdxl:{trained.id}"
     steps = [line for line in trained.logs.splitlines() if line.startswith("step ")]
@@ -108,16 +126,11 @@ def test_the_python_client_trains_and_runs_the_new_version(server, alice, traine
     assert model.latest_version.id == trained.id
     # The new version runs with the trained weights: its pixels are those of the served
     # model given the same tar as replicate_weights, and not those of the served model alone.
-    weights = call(server, "GET", f"/v1/trainings/{trained.id}/weights")
-    assert weights.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(weights.content)) as tar:
+    with tarfile.open(local_tar) as tar:
         assert {"lora.safetensors", "embeddings.pti", "special_params.json"} <= set(tar.getnames())
-    local = folder / "local" / "trained_model.tar"
-    local.parent.mkdir(exist_ok=True)
-    local.write_bytes(weights.content)
     seeded = {**IMAGE, "seed": 21}
     mine = image_bytes(alice.run(trained.output["version"], input=seeded))
-    given = {**seeded, "replicate_weights": str(local)}
+    given = {**seeded, "replicate_weights": str(local_tar)}
     assert mine == image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=given))
     plain = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
     assert mine != plain
@@ -125,12 +138,10 @@ def test_the_python_client_trains_and_runs_the_new_version(server, alice, traine
     assert latest.status_code == 201 and latest.json()["version"] == trained.id
 
 
-def test_the_new_version_on_openais_and_automatic1111s_apis(server, trained, folder):
+def test_the_new_version_on_openais_and_automatic1111s_apis(server, trained, local_tar):
     """OpenAI's `model` and AUTOMATIC1111's checkpoint name the trained model: its pixels are
     the served model's with the same tar as replicate_weights (an input OpenAI's API takes),
     and a checkpoint chosen with POST /options is the caller's until it chooses another."""
-    local = folder / "local" / "trained_model.tar"
-    assert local.is_file()  # the test before downloaded it
     body = {"prompt": IMAGE["prompt"], "size": "256x256", "num_inference_steps": 3, "seed": 22}
 
     def openai(**extra) -> np.ndarray:
@@ -139,7 +150,7 @@ def test_the_new_version_on_openais_and_automatic1111s_apis(server, trained, fol
         return pixels(b64(answer.json()["data"][0]["b64_json"]))
 
     trained_openai = openai(model="alice/my-sdxl")
-    assert np.array_equal(trained_openai, openai(model="sdxl", replicate_weights=str(local)))
+    assert np.array_equal(trained_openai, openai(model="sdxl", replicate_weights=str(local_tar)))
     assert not np.array_equal(trained_openai, openai(model="sdxl"))
     listed = call(server, "GET", "/v1/models").json()["data"]
     assert [m["id"] for m in listed] == ["sdxl", "alice/my-sdxl"]
@@ -205,7 +216,7 @@ def test_another_tenant_sees_none_of_it(server, trained, zipped):
     assert admin.status_code == 200 and admin.json()["id"] == trained.id
 
 
-def test_wrong_inputs_are_422_naming_each_and_nothing_is_queued(server, alice, trained):
+def test_wrong_inputs_are_422_naming_each_and_nothing_is_queued(server, alice, destination):
     body = {
         "destination": "alice/my-sdxl",
         "input": {
@@ -235,7 +246,7 @@ def test_wrong_inputs_are_422_naming_each_and_nothing_is_queued(server, alice, t
 
 
 def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
-    server, alice, zipped
+    server, alice, zipped, destination
 ):
     """Made before the training on the idle server, then again while it trains: the same
     bytes, and done while the training is still under way; the training goes on to its last
@@ -261,7 +272,7 @@ def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
     assert steps == [f"{n}/30" for n in range(1, 31)]
 
 
-def test_a_signed_webhook_per_event_the_filter_lets_through(server, alice, zipped):
+def test_a_signed_webhook_per_event_the_filter_lets_through(server, alice, zipped, destination):
     receiver = Receiver()
     try:
         with open(zipped, "rb") as archive:
@@ -274,15 +285,7 @@ def test_a_signed_webhook_per_event_the_filter_lets_through(server, alice, zippe
                 webhook_events_filter=["start", "completed"],
             )
         receiver.wait_for(lambda reqs: any(b'"succeeded"' in body for *_, body in reqs))
-        secret = alice.webhooks.default.secret()
-        deliveries = [(h, b) for m, p, h, b in receiver.requests if p == "/hook"]
-        validate = replicate.webhook.Webhooks.validate  # raises unless the signature holds
-        for headers, body in deliveries:
-            headers = {k.lower(): v for k, v in headers.items()}
-            validate(headers=headers, body=body.decode(), secret=secret)
-            with pytest.raises(replicate.webhook.InvalidSignatureError):
-                validate(headers=headers, body=body.decode() + " ", secret=secret)
-        sent = [json.loads(body) for _, body in deliveries]
+        sent = signed_deliveries(receiver, "/hook", alice.webhooks.default.secret())
         assert [s["status"] for s in sent] == ["processing", "succeeded"]  # start, completed
         assert {s["id"] for s in sent} == {training.id}
         assert sent[-1]["output"]["version"] == f"alice/my-sdxl:{training.id}"

@@ -113,23 +113,7 @@ class Predictions:
         """Each tenant with predictions queued and unclaimed: when its oldest was created, how
         many wait, and when a replica last took one of its predictions (None: never). A
         grouping of the queued rows only (indexed by status), and one row per tenant."""
-        name = sa.func.coalesce(predictions.c.tenant, NO_TENANT).label("tenant")
-        heads = (
-            sa.select(
-                name,
-                sa.func.min(predictions.c.created_at).label("created_at"),
-                sa.func.count().label("waiting"),
-            )
-            .where(*_unclaimed())
-            .group_by(name)
-            .subquery()
-        )
-        query = sa.select(
-            heads.c.tenant, heads.c.created_at, tenants.c.served_at, heads.c.waiting
-        ).select_from(heads.outerjoin(tenants, heads.c.tenant == tenants.c.name))
-        with self.db.read() as conn:
-            rows = conn.execute(query)
-            return [Turn(r.tenant or None, r.created_at, r.served_at, r.waiting) for r in rows]
+        return turns_of(self.db, predictions, "prediction")
 
     def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
         """The oldest queued prediction (of `tenant`) nobody has claimed, now claimed by
@@ -317,6 +301,28 @@ class _NotOurs(Exception):
 
 def _unclaimed() -> list:
     return [predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)]
+
+
+def turns_of(db: Database, table: sa.Table, kind: str) -> list[Turn]:
+    """Each tenant with rows of `table` (predictions or trainings) queued and unclaimed, as a
+    Turn of `kind`: one grouping of the queued rows, joined with one row per tenant."""
+    name = sa.func.coalesce(table.c.tenant, NO_TENANT).label("tenant")
+    heads = (
+        sa.select(
+            name,
+            sa.func.min(table.c.created_at).label("created_at"),
+            sa.func.count().label("waiting"),
+        )
+        .where(table.c.status == QUEUED, table.c.claimed_by.is_(None))
+        .group_by(name)
+        .subquery()
+    )
+    query = sa.select(
+        heads.c.tenant, heads.c.created_at, tenants.c.served_at, heads.c.waiting
+    ).select_from(heads.outerjoin(tenants, heads.c.tenant == tenants.c.name))
+    with db.read() as conn:
+        rows = conn.execute(query)
+        return [Turn(r.tenant or None, r.created_at, r.served_at, r.waiting, kind) for r in rows]
 
 
 def _served(conn: sa.Connection, tenant: str | None, now: float) -> None:

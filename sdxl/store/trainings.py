@@ -18,16 +18,14 @@ import sqlalchemy as sa
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
 from sdxl.store.errors import StoreFull
-from sdxl.store.predictions import CANCELS, JOBS, Turn, _served
+from sdxl.store.predictions import CANCELS, JOBS, Turn, _served, turns_of
 from sdxl.store.tables import (
     ANY,
     ENDED,
-    NO_TENANT,
     QUEUED,
     RUNNING,
     PredictionStatus,
     of_tenant,
-    tenants,
     trainings,
     versions,
 )
@@ -84,26 +82,7 @@ class Trainings:
     # ---- claimed ------------------------------------------------------------------------
     def turns(self) -> list[Turn]:
         """Each tenant with trainings queued and unclaimed, as `Predictions.turns`."""
-        name = sa.func.coalesce(T.tenant, NO_TENANT).label("tenant")
-        heads = (
-            sa.select(
-                name,
-                sa.func.min(T.created_at).label("created_at"),
-                sa.func.count().label("waiting"),
-            )
-            .where(*_unclaimed())
-            .group_by(name)
-            .subquery()
-        )
-        query = sa.select(
-            heads.c.tenant, heads.c.created_at, tenants.c.served_at, heads.c.waiting
-        ).select_from(heads.outerjoin(tenants, heads.c.tenant == tenants.c.name))
-        with self.db.read() as conn:
-            rows = conn.execute(query)
-            return [
-                Turn(r.tenant or None, r.created_at, r.served_at, r.waiting, kind="training")
-                for r in rows
-            ]
+        return turns_of(self.db, trainings, "training")
 
     def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
         """The oldest queued training (of `tenant`) nobody has claimed, now `replica`'s."""

@@ -183,3 +183,24 @@ class Receiver:
 
     def close(self):
         self.server.shutdown()
+
+
+def signed_deliveries(receiver: Receiver, path: str, secret: str) -> list[dict]:
+    """The bodies `receiver` got at `path`, each checked with the official Python client's
+    validator (it raises unless the signature holds, and must refuse a changed body)."""
+    import json
+
+    import pytest
+    import replicate
+
+    validate = replicate.webhook.Webhooks.validate
+    bodies = []
+    for _method, where, headers, body in receiver.requests:
+        if where != path:
+            continue
+        headers = {k.lower(): v for k, v in headers.items()}
+        validate(headers=headers, body=body.decode(), secret=secret)
+        with pytest.raises(replicate.webhook.InvalidSignatureError):
+            validate(headers=headers, body=body.decode() + " ", secret=secret)
+        bodies.append(json.loads(body))
+    return bodies

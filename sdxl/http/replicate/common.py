@@ -10,8 +10,9 @@ import re
 from fastapi import Request as HttpRequest
 
 from sdxl.http.auth import caller
-from sdxl.http.errors import ApiError
-from sdxl.http.settings import Settings
+from sdxl.http.errors import ApiError, retry_after
+from sdxl.http.service import ServerStatus, Service
+from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
 from sdxl.store.tables import ANY
 
 DEFAULT_WAIT_S = 60.0
@@ -84,3 +85,39 @@ def decode_cursor(cursor: str | None) -> int | None:
     except ValueError:
         detail = "the cursor is not one this server gave"
         raise ReplicateError(400, "Invalid cursor", detail) from None
+
+
+def invalid(err) -> ReplicateError:
+    """Replicate's 422 for `err` (sdxl.inputs.surface.InvalidInputs): each field at fault."""
+    lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
+    fields = [{"field": p.field, "description": p.message} for p in err.problems]
+    return ReplicateError(422, "Input validation failed", lines, invalid_fields=fields)
+
+
+def page_of(rows, http: HttpRequest, settings: Settings, path: str, render) -> dict:
+    """One page of `rows` (predictions or trainings: `.page(before, size, tenant)`), newest
+    first, as Replicate lists them (`?cursor=` for the next)."""
+    cursor = http.query_params.get("cursor")
+    found = rows.page(decode_cursor(cursor), settings.page_size + 1, whose(http))
+    page, more = found[: settings.page_size], len(found) > settings.page_size
+    base = origin(http, settings)
+    after = encode_cursor(page[-1]["number"]) if more else None
+    return {
+        "previous": None,
+        "next": f"{base}{path}?cursor={after}" if after else None,
+        "results": [render(row, base) for row in page],
+    }
+
+
+def accepting(service: Service, what: str) -> None:
+    """503 for a create while the server stops (`what`: "predictions", "trainings") or is out
+    of order."""
+    if service.status == ServerStatus.DRAINING:
+        raise ReplicateError(
+            503,
+            "Service unavailable",
+            f"the server is shutting down and takes no new {what}; create it again",
+            headers=retry_after(DRAINING_RETRY_AFTER_S),
+        )
+    if service.status == ServerStatus.FAILED:
+        raise ReplicateError(503, "Service unavailable", str(service.reason))

@@ -16,19 +16,20 @@ from sdxl.http.errors import retry_after
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import (
     ReplicateError,
-    decode_cursor,
-    encode_cursor,
+    accepting,
+    invalid,
     json_body,
     json_body_doc,
     not_found,
     origin,
+    page_of,
     prefer_wait,
     whose,
 )
 from sdxl.http.replicate.models import Version
 from sdxl.http.replicate.webhooks import EVENTS
-from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
+from sdxl.http.service import Service
+from sdxl.http.settings import Settings
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.store.errors import StoreFull
 from sdxl.store.tables import ANY, ENDED
@@ -45,28 +46,13 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         api.renderer,
     )
 
-    def accepting() -> None:
-        if service.status == ServerStatus.DRAINING:
-            raise ReplicateError(
-                503,
-                "Service unavailable",
-                "the server is shutting down and takes no new predictions; create it again",
-                headers=retry_after(DRAINING_RETRY_AFTER_S),
-            )
-        if service.status == ServerStatus.FAILED:
-            raise ReplicateError(503, "Service unavailable", str(service.reason))
-
     async def create(http: HttpRequest, version, body: dict) -> JSONResponse:
-        accepting()
+        accepting(service, "predictions")
         base = origin(http, settings)
         try:
             row = await asyncio.to_thread(predictions.create, version, body, base, caller_of(http))
         except InvalidInputs as err:
-            lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
-            fields = [{"field": p.field, "description": p.message} for p in err.problems]
-            raise ReplicateError(
-                422, "Input validation failed", lines, invalid_fields=fields
-            ) from None
+            raise invalid(err) from None
         except StoreFull as err:
             of_key, setting = (
                 ("of this API key ", "SDXL_MAX_QUEUED_PER_KEY")
@@ -184,16 +170,7 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
 
     @routes.get("/v1/predictions", summary="List predictions, newest first")
     def list_predictions(http: HttpRequest, cursor: str | None = None) -> dict:
-        before = decode_cursor(cursor)
-        found = rows.page(before, settings.page_size + 1, whose(http))
-        page, more = found[: settings.page_size], len(found) > settings.page_size
-        base = origin(http, settings)
-        after = encode_cursor(page[-1]["number"]) if more else None
-        return {
-            "previous": None,
-            "next": f"{base}/v1/predictions?cursor={after}" if after else None,
-            "results": [render.prediction(row, base) for row in page],
-        }
+        return page_of(rows, http, settings, "/v1/predictions", render.prediction)
 
     @routes.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
     async def cancel_prediction(prediction_id: str, http: HttpRequest) -> dict:

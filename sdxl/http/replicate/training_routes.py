@@ -14,18 +14,19 @@ from sdxl.http.errors import retry_after
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import (
     ReplicateError,
-    decode_cursor,
-    encode_cursor,
+    accepting,
+    invalid,
     json_body,
     json_body_doc,
     not_found,
     origin,
+    page_of,
     whose,
 )
 from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissing, NotYours
 from sdxl.http.replicate.webhooks import EVENTS
-from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
+from sdxl.http.service import Service
+from sdxl.http.settings import Settings
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.store.errors import StoreFull
 from sdxl.train.options import TRAIN_INPUTS
@@ -57,12 +58,6 @@ TRAINING_BODY = {
 }
 
 
-def invalid(err: InvalidInputs) -> ReplicateError:
-    lines = "".join(f"- {p.field}: {p.message}\n" for p in err.problems)
-    fields = [{"field": p.field, "description": p.message} for p in err.problems]
-    return ReplicateError(422, "Input validation failed", lines, invalid_fields=fields)
-
-
 def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter()
     rows, trainings, render, catalogue = (
@@ -71,15 +66,6 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
         api.renderer,
         api.catalogue,
     )
-
-    def accepting() -> None:
-        if service.status == ServerStatus.DRAINING:
-            raise ReplicateError(
-                503,
-                "Service unavailable",
-                "the server is shutting down and takes no new trainings; create it again",
-                headers=retry_after(DRAINING_RETRY_AFTER_S),
-            )
 
     def owned(training_id: str, http: HttpRequest) -> dict:
         row = rows.get(training_id, whose(http))
@@ -118,7 +104,7 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
         openapi_extra=json_body_doc(TRAINING_BODY),
     )
     async def create_training(owner: str, name: str, version_id: str, http: HttpRequest):
-        accepting()
+        accepting(service, "trainings")
         model = catalogue.model(owner, name)
         version = catalogue.version(version_id, model) if model else None
         if version is None:
@@ -150,15 +136,7 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
 
     @routes.get("/v1/trainings", summary="List trainings, newest first")
     def list_trainings(http: HttpRequest, cursor: str | None = None) -> dict:
-        found = rows.page(decode_cursor(cursor), settings.page_size + 1, whose(http))
-        page, more = found[: settings.page_size], len(found) > settings.page_size
-        base = origin(http, settings)
-        after = encode_cursor(page[-1]["number"]) if more else None
-        return {
-            "previous": None,
-            "next": f"{base}/v1/trainings?cursor={after}" if after else None,
-            "results": [render.training(row, base) for row in page],
-        }
+        return page_of(rows, http, settings, "/v1/trainings", render.training)
 
     @routes.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training")
     async def cancel_training(training_id: str, http: HttpRequest) -> dict:
