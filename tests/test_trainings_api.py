@@ -69,6 +69,18 @@ def call(server, method: str, path: str, key: str = ALICE, **kwargs) -> requests
     return requests.request(method, server.base + path, headers=headers, timeout=60, **kwargs)
 
 
+def start_training(client, zipped, steps: int, **options):
+    """A training of alice/my-sdxl on the photos (a local file: the client uploads it)."""
+    with open(zipped, "rb") as archive:
+        return client.trainings.create(
+            model="stability-ai/sdxl",
+            version=GUIDE_VERSION,
+            input={"input_images": archive, "max_train_steps": steps, **TRAIN},
+            destination="alice/my-sdxl",
+            **options,
+        )
+
+
 def until_ended(training):
     while training.status not in ENDED:
         training.reload()
@@ -90,13 +102,7 @@ def destination(alice) -> str:
 def trained(alice, zipped, destination):
     """One succeeded training of alice/my-sdxl, created with a local file (the Python client
     uploads it through /v1/files)."""
-    with open(zipped, "rb") as archive:
-        training = alice.trainings.create(
-            model="stability-ai/sdxl",
-            version=GUIDE_VERSION,
-            input={"input_images": archive, "max_train_steps": 6, **TRAIN},
-            destination="alice/my-sdxl",
-        )
+    training = start_training(alice, zipped, 6)
     assert training.status == "starting" and training.input["input_images"].startswith("http")
     return until_ended(training)
 
@@ -253,13 +259,7 @@ def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
     step, each step once."""
     seeded = {**IMAGE, "prompt": "a red cube", "seed": 23}
     idle = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
-    with open(zipped, "rb") as archive:
-        training = alice.trainings.create(
-            model="stability-ai/sdxl",
-            version=GUIDE_VERSION,
-            input={"input_images": archive, "max_train_steps": 30, **TRAIN},
-            destination="alice/my-sdxl",
-        )
+    training = start_training(alice, zipped, 30)
     while "step 2/30" not in (training.logs or ""):
         training.reload()
     busy = image_bytes(alice.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=seeded))
@@ -275,15 +275,8 @@ def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
 def test_a_signed_webhook_per_event_the_filter_lets_through(server, alice, zipped, destination):
     receiver = Receiver()
     try:
-        with open(zipped, "rb") as archive:
-            training = alice.trainings.create(
-                model="stability-ai/sdxl",
-                version=GUIDE_VERSION,
-                input={"input_images": archive, "max_train_steps": 2, **TRAIN},
-                destination="alice/my-sdxl",
-                webhook=receiver.url + "/hook",
-                webhook_events_filter=["start", "completed"],
-            )
+        hook = {"webhook": receiver.url + "/hook", "webhook_events_filter": ["start", "completed"]}
+        training = start_training(alice, zipped, 2, **hook)
         receiver.wait_for(lambda reqs: any(b'"succeeded"' in body for *_, body in reqs))
         sent = signed_deliveries(receiver, "/hook", alice.webhooks.default.secret())
         assert [s["status"] for s in sent] == ["processing", "succeeded"]  # start, completed
