@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -142,6 +143,28 @@ def test_the_python_client_trains_and_runs_the_new_version(server, alice, traine
     assert mine != plain
     latest = call(server, "POST", "/v1/models/alice/my-sdxl/predictions", json={"input": seeded})
     assert latest.status_code == 201 and latest.json()["version"] == trained.id
+
+
+def test_the_python_client_cancels_a_running_training_and_the_metrics_count_it(
+    server, alice, zipped, destination
+):
+    training = start_training(alice, zipped, 5000)
+    while not (training.logs or "").count("\nstep "):  # under way: a step is logged
+        training.reload()
+    assert alice.trainings.cancel(training.id).status == "canceled"
+    ended = alice.trainings.get(training.id)
+    assert ended.status == "canceled" and ended.output is None and ended.error is None
+    assert training.id not in [v["id"] for v in versions_of(server, "alice", "my-sdxl")]
+    metrics = requests.get(server.base + "/metrics", timeout=10).text
+    assert 'sdxl_trainings{state="canceled"} 1.0' in metrics
+    (steps,) = map(float, re.findall(r"^sdxl_training_steps_total (\S+)$", metrics, re.M))
+    assert steps >= 1  # the cancelled training's steps, counted when its run ended
+
+
+def versions_of(server, owner: str, name: str) -> list[dict]:
+    answer = call(server, "GET", f"/v1/models/{owner}/{name}/versions")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["results"]
 
 
 def test_the_new_version_on_openais_and_automatic1111s_apis(server, trained, local_tar):
