@@ -10,6 +10,7 @@ import dataclasses
 import json
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from support.archives import photos, write_zip
 
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.engine import JobEvents
+from sdxl.engine.jobs import JobStatus
 from sdxl.inputs.request import Request
 from sdxl.settings import FetchSettings
 from sdxl.train.options import TrainRequest
@@ -244,32 +246,38 @@ def test_concept_folders_train_a_token_each(engine, folder):
 def test_predictions_between_training_steps_give_an_idle_engines_pixels(
     engine, folder, zipped, tiny_weights
 ):
-    """A prediction submitted after the training's first step starts before its last one,
-    and its pixels are a fresh engine's: the training changes none of the served models."""
+    """A prediction prepared while the training runs its step 3 starts after that step and
+    ends before step 4 (the training's step counter seen by each of its denoising steps), and
+    its pixels are a fresh engine's: the training changes none of the served models."""
     fresh = start_engine(tiny_weights)
     try:
         expected = pixels(image(fresh, prompt="a photo of a cat", seed=3))
     finally:
         fresh.close()
-    first_step = threading.Event()
-    state: dict = {"prediction": None, "done_at": None}
+    at_step_3, prepared = threading.Event(), threading.Event()
+    seen: list[int] = []  # the training's steps done, at each denoising step of the prediction
 
-    def step(job, stage, done, total):  # on the GPU thread, between two training steps
-        first_step.set()
-        found = state["prediction"]
-        if found is not None and found.done() and state["done_at"] is None:
-            state["done_at"] = done
+    def training_step(job, stage, done, total):  # on the GPU thread, ending step `done`
+        if done == 3:
+            at_step_3.set()
+            assert prepared.wait(120)  # the GPU held until the prediction waits prepared
 
     req = small(input_images=str(zipped), max_train_steps=40)
-    training = engine.submit_training(Training(req, folder / "busy"), events=JobEvents(step=step))
-    assert first_step.wait(120)
-    prediction = state["prediction"] = engine.submit(
-        Request(prompt="a photo of a cat", width=SIZE, height=SIZE, num_inference_steps=3, seed=3)
+    events = JobEvents(step=training_step)
+    training = engine.submit_training(Training(req, folder / "busy"), events=events)
+    assert at_step_3.wait(120)
+    prediction = engine.submit(
+        Request(prompt="a photo of a cat", width=SIZE, height=SIZE, num_inference_steps=3, seed=3),
+        events=JobEvents(step=lambda job, stage, done, total: seen.append(training.steps["train"])),
     )
+    while prediction.status != JobStatus.READY:  # prepared off the GPU thread, which waits
+        assert not prediction.done()
+        time.sleep(0.01)
+    prepared.set()
     assert prediction.wait(120) and training.wait(300)
+    assert seen == [3, 3, 3]  # it ran whole between the training's steps 3 and 4
     assert pixels(prediction.result()) == expected
-    assert training.status == "succeeded"
-    assert state["done_at"] is not None and state["done_at"] < 40  # while it was under way
+    assert training.status == "succeeded" and training.steps["train"] == 40
 
 
 def test_a_cancelled_training_stops_at_its_next_step_and_leaves_a_checkpoint(

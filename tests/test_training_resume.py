@@ -8,6 +8,7 @@ real databases, never from the clock."""
 from __future__ import annotations
 
 import io
+import re
 import signal
 import tarfile
 import time
@@ -140,9 +141,13 @@ def test_sigterm_hands_the_training_back_and_the_restart_goes_on(
     finally:
         first.stop()
     assert "handed back to the queue" in first.log()
+    (signalled,) = map(
+        int, re.findall(rf"stopping training {training.id} after step (\d+)", first.log())
+    )
     row = stored(f"sqlite:///{tmp_path / 'state' / 'predictions.db'}", training.id)
     assert row["status"] == "starting" and row["claimed_by"] is None
-    assert 6 <= row["checkpoint_step"] < STEPS  # saved as it stopped, at its next step
+    # Saved as it stopped: after the step under way when the signal came, at the latest.
+    assert 6 <= row["checkpoint_step"] < STEPS and row["checkpoint_step"] - signalled in (0, 1)
     with serving(tiny_weights, tmp_path, env) as second:
         done = finished(client_of(second), training.id)
         resumed = resumed_from(done.logs)

@@ -158,6 +158,7 @@ class Engine:
             waiting.append(job)
         self.hand_back(waiting, reason)
         if training is not None:  # it stops at its next step, leaving a checkpoint
+            log.info("stopping training %s after step %d", training.id, training.steps["train"])
             training.stop(reason)
         return len(waiting)
 
