@@ -91,6 +91,7 @@ def test_the_tar_has_the_references_layout_and_the_web_uis_files(trained):
         "special_params.json",
         "webui/lora.safetensors",
         "webui/embeddings.safetensors",
+        "webui/embeddings/TOK.safetensors",
     }
     lora = load(found["lora.safetensors"])
     assert lora and all(".processor.to_" in k and "_lora." in k for k in lora)
@@ -106,6 +107,8 @@ def test_the_tar_has_the_references_layout_and_the_web_uis_files(trained):
     assert pti["text_encoders_0"].shape == webui["clip_l"].shape == (2, 32)  # tiny TE1 width
     assert pti["text_encoders_1"].shape == webui["clip_g"].shape == (2, 64)
     assert torch.equal(pti["text_encoders_1"], webui["clip_g"])
+    own = load(found["webui/embeddings/TOK.safetensors"])
+    assert torch.equal(own["clip_l"], pti["text_encoders_0"])
     assert json.loads(found["special_params.json"]) == {"TOK": "<s0><s1>"}
     assert len(trained.losses) == STEPS and trained.steps == STEPS
 
@@ -164,24 +167,27 @@ def test_the_webui_files_in_diffusers_loaders_give_the_replicate_weights_pixels(
     assert np.asarray(got.images[0]).tobytes() == np.asarray(expected).tobytes()
 
 
-def test_training_lowers_the_loss_on_its_own_images(engine, zipped, folder):
-    """The denoising loss on the training images with fixed noise and timesteps, before the
-    first step and after the last."""
+def trainer_of(engine, req: TrainRequest, folder):
+    """A `Trainer` on the engine's models, built as a training builds it (under its lock)."""
     from sdxl.train import models as trained_models
     from sdxl.train.archive import read_archive
     from sdxl.train.loop import Trainer, encode_examples
     from sdxl.train.preprocess import HelperModels, preprocess
 
-    req = small(input_images=str(zipped), max_train_steps=30, lr_warmup_steps=0)
     models = engine.models
-    archive = read_archive(zipped, "infer", folder / "loss", "TOK")
+    archive = read_archive(req.input_images, "infer", folder, "TOK")
+    prepared = preprocess(archive.images, req, HelperModels(models.weights_dir, "cpu", None))
+    generator = torch.Generator().manual_seed(5)
+    trained = trained_models.build(models, ["TOK"], req.is_lora, req.lora_rank, generator)
+    return Trainer(models, trained, req, encode_examples(models, prepared, trained.tokens, 5))
+
+
+def test_training_lowers_the_loss_on_its_own_images(engine, zipped, folder):
+    """The denoising loss on the training images with fixed noise and timesteps, before the
+    first step and after the last."""
+    req = small(input_images=str(zipped), max_train_steps=30, lr_warmup_steps=0)
     with engine.lock:
-        prepared = preprocess(archive.images, req, HelperModels(models.weights_dir, "cpu", None))
-        generator = torch.Generator().manual_seed(5)
-        trained = trained_models.build(models, ["TOK"], True, 4, generator)
-        trainer = Trainer(
-            models, trained, req, encode_examples(models, prepared, trained.tokens, 5)
-        )
+        trainer = trainer_of(engine, req, folder / "loss")
         before = trainer.evaluate(seed=123)
         while trainer.step < trainer.total:
             trainer.train_step()
@@ -189,14 +195,61 @@ def test_training_lowers_the_loss_on_its_own_images(engine, zipped, folder):
     assert after < before * 0.95, (before, after)
 
 
-def test_a_resumed_training_ends_with_the_uninterrupted_ones_weights(engine, folder, zipped):
-    req = small(input_images=str(zipped), max_train_steps=8, checkpointing_steps=3)
-    whole = engine.run_training(Training(req, folder / "whole"))
-    checkpoint = folder / "whole" / "checkpoints" / "step-6.tar"
-    assert checkpoint.is_file() and whole.checkpoint == checkpoint
+def test_gradients_are_clipped_before_each_step(engine, zipped, folder, monkeypatch):
+    """The norm of the gradients the optimiser steps with is at most MAX_GRAD_NORM (the
+    reference passed max_grad_norm and never applied it); set tiny here, so that every step
+    clips."""
+    from sdxl.train import loop
+
+    monkeypatch.setattr(loop, "MAX_GRAD_NORM", 1e-3)
+    req = small(input_images=str(zipped), max_train_steps=4)
+    norms: list[float] = []
+    with engine.lock:
+        trainer = trainer_of(engine, req, folder / "clipped")
+        step = trainer.optimizer.step
+
+        def measured_step(*args, **kwargs):
+            grads = [p.grad for g in trainer.optimizer.param_groups for p in g["params"]]
+            norms.append(
+                float(
+                    torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
+                    )
+                )
+            )
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = measured_step
+        while trainer.step < trainer.total:
+            trainer.train_step()
+    assert len(norms) == 4 and all(n <= 1e-3 * (1 + 1e-5) for n in norms), norms
+
+
+@pytest.mark.parametrize(
+    ("is_lora", "steps", "every", "resume_at"),
+    [
+        (True, 8, 3, 6),  # after the pivot (step 4): the token rows frozen, embeddings cached
+        (True, 8, 3, 3),  # before it: the token rows still training
+        (False, 6, 2, 2),  # a full fine-tune: the UNet's parameters and their optimiser state
+    ],
+)
+def test_a_resumed_training_ends_with_the_uninterrupted_ones_weights(
+    engine, folder, zipped, is_lora, steps, every, resume_at
+):
+    req = small(
+        input_images=str(zipped),
+        max_train_steps=steps,
+        checkpointing_steps=every,
+        is_lora=is_lora,
+        unet_learning_rate=1e-3,
+    )
+    name = f"{is_lora}-{resume_at}"
+    whole = engine.run_training(Training(req, folder / f"whole-{name}"))
+    checkpoint = folder / f"whole-{name}" / "checkpoints" / f"step-{resume_at}.tar"
+    assert checkpoint.is_file()
     again = dataclasses.replace(req, resume_from_checkpoint=str(checkpoint), seed=None)
-    resumed = engine.run_training(Training(again, folder / "resumed"))
-    assert resumed.steps == 2 and resumed.seed == whole.seed  # the checkpoint's seed
+    resumed = engine.run_training(Training(again, folder / f"resumed-{name}"))
+    assert resumed.steps == steps - resume_at and resumed.seed == whole.seed  # its seed
     assert members_of(resumed.weights) == members_of(whole.weights)  # byte for byte
 
 
@@ -240,7 +293,13 @@ def test_concept_folders_train_a_token_each(engine, folder):
     result = engine.run_training(Training(req, folder / "two"))
     found = members_of(result.weights)
     assert json.loads(found["special_params.json"]) == {"DOG": "<s0><s1>", "CAT": "<s2><s3>"}
-    assert load(found["embeddings.pti"])["text_encoders_0"].shape[0] == 4
+    pti = load(found["embeddings.pti"])
+    assert pti["text_encoders_0"].shape[0] == 4
+    # The web UIs name an embedding by its file: one per concept, with its own two rows.
+    for word, rows in (("DOG", slice(0, 2)), ("CAT", slice(2, 4))):
+        own = load(found[f"webui/embeddings/{word}.safetensors"])
+        assert torch.equal(own["clip_l"], pti["text_encoders_0"][rows])
+        assert torch.equal(own["clip_g"], pti["text_encoders_1"][rows])
 
 
 def test_predictions_between_training_steps_give_an_idle_engines_pixels(

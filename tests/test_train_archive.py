@@ -111,15 +111,17 @@ def test_a_zip_bomb_stops_at_the_byte_cap_whatever_its_headers_say(tmp_path):
         archive.writestr("bomb.png", b"\x00" * (8 << 20))  # 8 MB of zeros, a few KB zipped
     assert path.stat().st_size < 100_000
     limits = ArchiveLimits(max_bytes=1 << 20)
-    with pytest.raises(ArchiveError, match="zip bomb"):
+    with pytest.raises(ArchiveError, match="uncompressed by 'bomb.png' \\(a zip bomb"):
         read_archive(path, "infer", tmp_path / "job", "TOK", limits)
     assert sum(f.stat().st_size for f in (tmp_path / "job").iterdir()) <= 2 << 20
 
 
 def test_too_many_members_or_images_are_refused(tmp_path):
-    with pytest.raises(ArchiveError, match="more than 3 members"):
+    with pytest.raises(ArchiveError, match=r"more than 3 members \('\S+' is one too many\)"):
         read(tmp_path, photos(3), limits=ArchiveLimits(max_members=3))
-    with pytest.raises(ArchiveError, match="SDXL_MAX_TRAIN_IMAGES"):
+    with pytest.raises(
+        ArchiveError, match=r"more than 2 images \('\S+' is one too many\).*SDXL_MAX_TRAIN_IMAGES"
+    ):
         read(tmp_path, photos(3, caption=None), limits=ArchiveLimits(max_images=2))
 
 

@@ -80,8 +80,8 @@ def read_archive(
         if suffix in IMAGE_SUFFIXES:
             if len(images) >= limits.max_images:
                 raise ArchiveError(
-                    f"it holds more than {limits.max_images} images, the most this server "
-                    "trains on (SDXL_MAX_TRAIN_IMAGES); send fewer"
+                    f"it holds more than {limits.max_images} images ({name!r} is one too many), "
+                    "the most this server trains on (SDXL_MAX_TRAIN_IMAGES); send fewer"
                 )
             target = workdir / f"{len(images):05d}{suffix}"
             target.write_bytes(read(limits.max_image_bytes))
@@ -124,7 +124,7 @@ def _members(path: Path, filetype: str, limits: ArchiveLimits) -> Iterator[tuple
             if budget["left"] < 0:
                 raise ArchiveError(
                     f"its members add up to more than {limits.max_bytes} bytes uncompressed "
-                    "(a zip bomb, or too many large images); refused"
+                    f"by {name!r} (a zip bomb, or too many large images); refused"
                 )
             if len(data) > limit:
                 raise ArchiveError(f"{name!r} is larger than {limit} bytes; refused")
@@ -133,7 +133,9 @@ def _members(path: Path, filetype: str, limits: ArchiveLimits) -> Iterator[tuple
     def count(name: str) -> None:
         budget["members"] += 1
         if budget["members"] > limits.max_members:
-            raise ArchiveError(f"it has more than {limits.max_members} members; refused")
+            raise ArchiveError(
+                f"it has more than {limits.max_members} members ({name!r} is one too many); refused"
+            )
 
     if kind == "zip":
         with _opened_zip(path) as archive:

@@ -42,6 +42,13 @@ def steps_of(req: TrainRequest, examples: int) -> int:
     return min(req.max_train_steps, req.num_train_epochs * per_epoch)
 
 
+def masked_mse(predicted: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The squared error weighted by the masks ([b, 1, h, w], broadcast over channels) and
+    divided by their area: a mean over what the masks keep, whatever their size."""
+    weights = masks.expand_as(target)
+    return ((predicted.float() - target.float()) ** 2 * weights).sum() / weights.sum()
+
+
 class Trainer:
     def __init__(self, models, trained: Trained, req: TrainRequest, examples: list[Example]):
         self.models, self.trained, self.req, self.examples = models, trained, req, examples
@@ -87,32 +94,13 @@ class Trainer:
         if self.step == self.pivot:
             for embedding in self.trained.embeddings:
                 embedding.rows.requires_grad_(False)
-        latents = torch.stack([self.examples[i].latents for i in batch]).to(self.device)
-        masks = torch.stack([self.examples[i].mask for i in batch]).to(self.device)
+        examples = [self.examples[i] for i in batch]
+        latents = torch.stack([e.latents for e in examples]).to(self.device)
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device, latents.dtype)
         steps = torch.randint(
             0, self.noise.config.num_train_timesteps, (len(batch),), generator=self.generator
         )
-        steps = steps.to(self.device)
-        noisy = self.noise.add_noise(latents, noise, steps)
-        with self._autocast():
-            embeds, pooled = self._conditioning([self.examples[i].caption for i in batch])
-            size = self.req.resolution
-            time_ids = torch.tensor(
-                [[size, size, 0, 0, size, size]] * len(batch), device=self.device
-            )
-            predicted = self.trained.unet(
-                noisy.to(self._unet_dtype),
-                steps,
-                embeds.to(self._unet_dtype),
-                added_cond_kwargs={
-                    "text_embeds": pooled.to(self._unet_dtype),
-                    "time_ids": time_ids,
-                },
-                return_dict=False,
-            )[0]
-        weights = masks.expand_as(noise)
-        loss = ((predicted.float() - noise.float()) ** 2 * weights).sum() / weights.sum()
+        loss = self._loss(examples, latents, noise, steps.to(self.device))
         loss.backward()
         trainable = [
             p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad
@@ -148,10 +136,9 @@ class Trainer:
         )
         return order[index * size : (index + 1) * size].tolist()
 
-    def _loss(self, examples, latents, noise, steps, masks=None) -> torch.Tensor:
-        """The masked epsilon loss, normalised by the masks' area."""
-        if masks is None:
-            masks = torch.stack([e.mask for e in examples]).to(self.device)
+    def _loss(self, examples, latents, noise, steps) -> torch.Tensor:
+        """The examples' epsilon loss, weighted by their masks and normalised by their area."""
+        masks = torch.stack([e.mask for e in examples]).to(self.device)
         noisy = self.noise.add_noise(latents, noise, steps)
         size, dtype = self.req.resolution, self._unet_dtype
         time_ids = torch.tensor([[size, size, 0, 0, size, size]] * len(examples))
@@ -167,8 +154,7 @@ class Trainer:
                 },
                 return_dict=False,
             )[0]
-        weights = masks.expand_as(noise)
-        return ((predicted.float() - noise.float()) ** 2 * weights).sum() / weights.sum()
+        return masked_mse(predicted, noise, masks)
 
     def _conditioning(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL's prompt embeddings ([B, 77, 2048]) and pooled embeddings ([B, 1280]) of the

@@ -11,8 +11,10 @@ read them.
 - `webui/lora.safetensors`: the LoRA in kohya's keys (`lora_unet_..._to_q.lora_down.weight`,
   `.lora_up.weight`, `.alpha` = rank): AUTOMATIC1111, ComfyUI, Forge, InvokeAI and diffusers'
   `load_lora_weights` read it;
-- `webui/embeddings.safetensors`: `clip_l` [n, 768] and `clip_g` [n, 1280], what diffusers'
-  `load_textual_inversion` (one call per text encoder) and the web UIs' SDXL embeddings read.
+- `webui/embeddings.safetensors`: `clip_l` [n, 768] and `clip_g` [n, 1280], every new token's
+  row, what diffusers' `load_textual_inversion` (one call per text encoder) reads;
+- `webui/embeddings/<word>.safetensors`: the same for one concept (its two rows), named by its
+  word, which is how the web UIs name an SDXL embedding in a prompt.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def tar_members(trained: Trained, dtype: torch.dtype) -> dict[str, bytes]:
         members["unet.safetensors"] = save(tuned)
     members["embeddings.pti"] = save({"text_encoders_0": rows[0], "text_encoders_1": rows[1]})
     members["webui/embeddings.safetensors"] = save({"clip_l": rows[0], "clip_g": rows[1]})
+    first = 0
+    for concept, tokens in trained.tokens.items():  # rows in the order of the concepts' tokens
+        mine = slice(first, first + len(tokens))
+        first += len(tokens)
+        own = {"clip_l": rows[0][mine].contiguous(), "clip_g": rows[1][mine].contiguous()}
+        members[f"webui/embeddings/{concept}.safetensors"] = save(own)
     members["special_params.json"] = json.dumps(trained.special_params).encode()
     return members
 
