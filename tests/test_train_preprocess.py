@@ -92,6 +92,28 @@ def test_an_image_without_a_face_is_trained_whole():
     assert set(pre._face_mask(image).getdata()) == {255}
 
 
+def test_a_found_face_is_weighted_and_the_crop_centres_on_it(monkeypatch):
+    """OpenCV's detector stands in with one face at (160..224, 40..104) of a 256² image: the
+    mask is the face's weight there, the background's far from it, and its centre (where a
+    salience crop centres) moves from the image's centre towards the face."""
+    import cv2
+
+    class OneFace:
+        def __init__(self, path):
+            assert path.endswith("haarcascade_frontalface_default.xml")
+
+        def detectMultiScale(self, gray, *args, **kwargs):  # OpenCV's name
+            assert gray.shape == (256, 256)
+            return np.array([[160, 40, 64, 64]])
+
+    monkeypatch.setattr(cv2, "CascadeClassifier", OneFace)
+    mask = np.asarray(pre._face_mask(Image.new("RGB", (256, 256), (40, 90, 200))))
+    assert mask[72, 192] == round(255 * pre.FACE_WEIGHT)  # the face's centre (row, column)
+    assert mask[220, 30] == round(255 * pre.BACKGROUND_WEIGHT)  # a far corner
+    x, y = pre._centre(Image.fromarray(mask))  # pulled from the image's centre to the face
+    assert 128 + 10 < x < 192 and 72 < y < 128 - 10, (x, y)
+
+
 def test_missing_helpers_are_an_error_naming_the_download(tmp_path):
     found = archive_of(tmp_path, photos(1, caption=None))
     none = pre.HelperModels(tmp_path / "empty", torch.device("cpu"), torch.float32)
