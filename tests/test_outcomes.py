@@ -1,8 +1,8 @@
 """One outcome for every API: a job that runs out of memory, or fails inside, on one server,
 asked through DataCrunch's endpoint, OpenAI's, AUTOMATIC1111's and Replicate's. Each answers
 in its own shape with the code its docs give (out of memory: 422, OpenAI's 400, Replicate's
-failed prediction; an internal error: 500 naming its class, never its text), the metrics count the kind,
-and the server keeps serving."""
+failed prediction; an internal error: 500 naming its class, never its text), the metrics
+count the kind, and the server keeps serving."""
 
 from __future__ import annotations
 
