@@ -2,7 +2,8 @@
 asked through DataCrunch's endpoint, OpenAI's, AUTOMATIC1111's and Replicate's. Each answers
 in its own shape with the code its docs give (out of memory: 422, OpenAI's 400, Replicate's
 failed prediction; an internal error: 500 naming its class, never its text), the metrics
-count the kind, and the server keeps serving."""
+count the kind, and the server keeps serving. And a training whose archive is a private URL
+fails as a download refused by the server's URL rules."""
 
 from __future__ import annotations
 
@@ -31,12 +32,8 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
-    srv = Server(
-        tiny_weights,
-        tmp_path_factory.mktemp("outcomes"),
-        {"SDXL_API_KEYS": KEYS[0]},
-        preamble=FAULTS,
-    )
+    env = {"SDXL_API_KEYS": KEYS[0], "SDXL_ALLOW_PRIVATE_URLS": "0"}  # production's URL rule
+    srv = Server(tiny_weights, tmp_path_factory.mktemp("outcomes"), env, preamble=FAULTS)
     try:
         srv.wait_ready()
         yield srv
@@ -109,3 +106,33 @@ def test_an_internal_failure_is_a_500_that_tells_nothing_inside(server):
     assert "secret internal detail" not in prediction["error"]
     assert failures(server, "internal") == 4
     assert "secret internal detail" in server.log()  # for the operator, in the server's log
+
+
+def test_a_trainings_archive_on_a_private_address_is_refused(server):
+    """This server keeps the production rule for URLs (no SDXL_ALLOW_PRIVATE_URLS): a training
+    whose archive is on a loopback address fails, naming the input and the rule, and nothing
+    is fetched."""
+    owner = requests.get(
+        server.base + "/v1/account", headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10
+    ).json()["username"]
+    assert post(server, "/v1/models", {"owner": owner, "name": "mine"}).status_code == 201
+    served = requests.get(
+        server.base + "/v1/models/stability-ai/sdxl",
+        headers={"Authorization": f"Bearer {KEYS[0]}"},
+        timeout=10,
+    ).json()["latest_version"]["id"]
+    created = post(
+        server,
+        f"/v1/models/stability-ai/sdxl/versions/{served}/trainings",
+        {"destination": f"{owner}/mine", "input": {"input_images": "http://127.0.0.1:9/a.zip"}},
+    )
+    assert created.status_code == 201, created.text
+    url = created.json()["urls"]["get"]
+    training = created.json()
+    while training["status"] not in ("succeeded", "failed", "canceled"):
+        training = requests.get(
+            url, headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10
+        ).json()
+    assert training["status"] == "failed", training
+    assert training["error"].startswith("input_images: http://127.0.0.1:9/a.zip could not be")
+    assert "private or local address, refused" in training["error"]
