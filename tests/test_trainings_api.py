@@ -151,6 +151,10 @@ def test_the_python_client_cancels_a_running_training_and_the_metrics_count_it(
     training = start_training(alice, zipped, 5000)
     while not (training.logs or "").count("\nstep "):  # under way: a step is logged
         training.reload()
+    running = requests.get(server.base + "/metrics", timeout=10).text
+    assert 'sdxl_trainings{state="running"} 1.0' in running
+    (rate,) = map(float, re.findall(r"^sdxl_training_steps_per_second (\S+)$", running, re.M))
+    assert rate > 0
     assert alice.trainings.cancel(training.id).status == "canceled"
     ended = alice.trainings.get(training.id)
     assert ended.status == "canceled" and ended.output is None and ended.error is None
@@ -217,8 +221,9 @@ def test_another_tenant_sees_none_of_it(server, trained, zipped):
         ("GET", "/v1/models/alice/my-sdxl"),
         ("GET", "/v1/models/alice/my-sdxl/versions"),
         ("GET", f"/v1/models/alice/my-sdxl/versions/{trained.id}"),
+        ("POST", "/v1/models/alice/my-sdxl/predictions"),
     ):
-        answer = call(server, method, path, BOB)
+        answer = call(server, method, path, BOB, json={"input": IMAGE})
         assert answer.status_code == 404 == missing.status_code, (path, answer.text)
         assert set(answer.json()) == set(missing.json())
     assert [t.id for t in bob.trainings.list().results] == []
@@ -241,6 +246,8 @@ def test_another_tenant_sees_none_of_it(server, trained, zipped):
     )
     assert openai.status_code == 400 and openai.json()["error"]["param"] == "model"
     assert [m["id"] for m in call(server, "GET", "/v1/models", BOB).json()["data"]] == ["sdxl"]
+    checkpoints = call(server, "GET", "/sdapi/v1/sd-models", BOB).json()
+    assert [m["title"] for m in checkpoints] == ["sdxl"]
     admin = call(server, "GET", f"/v1/trainings/{trained.id}", ROOT)
     assert admin.status_code == 200 and admin.json()["id"] == trained.id
 
@@ -350,6 +357,9 @@ def test_a_predictions_replica_leaves_trainings_queued_and_caps_them_per_key(
         assert int(third.headers["Retry-After"]) > 0
         client.run(f"stability-ai/sdxl:{GUIDE_VERSION}", input=IMAGE)  # predictions run
         assert client.trainings.get(first.json()["id"]).status == "starting"
+        metrics = requests.get(srv.base + "/metrics", timeout=10).text
+        assert 'sdxl_trainings{state="queued"} 2.0' in metrics
+        assert "sdxl_training_steps_per_second" not in metrics  # no training runs here
         assert client.trainings.cancel(first.json()["id"]).status == "canceled"  # at once
         assert call(srv, "POST", path, json=body).status_code == 201  # room for one again
 
