@@ -29,6 +29,7 @@ from sdxl.store.tables import (
     predictions,
     previews,
     tenants,
+    unclaimed,
 )
 
 JOBS = "sdxl_jobs"  # a prediction became claimable (created, handed back, queued again)
@@ -96,13 +97,13 @@ class Predictions:
 
     def count_queued(self) -> int:
         with self.db.read() as conn:
-            return conn.scalar(sa.select(sa.func.count()).where(*_unclaimed()))
+            return conn.scalar(sa.select(sa.func.count()).where(*unclaimed(predictions)))
 
     def queued_by_tenant(self) -> dict[str | None, int]:
         """How many predictions of each tenant wait unclaimed."""
         query = (
             sa.select(predictions.c.tenant, sa.func.count())
-            .where(*_unclaimed())
+            .where(*unclaimed(predictions))
             .group_by(predictions.c.tenant)
         )
         with self.db.read() as conn:
@@ -118,7 +119,7 @@ class Predictions:
     def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
         """The oldest queued prediction (of `tenant`) nobody has claimed, now claimed by
         `replica`; the tenant's turn is stamped with it."""
-        where = _unclaimed()
+        where = unclaimed(predictions)
         if tenant is not ANY:
             where.append(of_tenant(predictions, tenant))
         for _ in range(10):  # another replica may win the race for a row: take the next
@@ -263,7 +264,7 @@ class Predictions:
         with self.db.tx() as conn:
             done = conn.execute(
                 predictions.update()
-                .where(predictions.c.id == prediction_id, *_unclaimed())
+                .where(predictions.c.id == prediction_id, *unclaimed(predictions))
                 .values(
                     status=PredictionStatus.CANCELED,
                     completed_at=time.time(),
@@ -299,10 +300,6 @@ class _NotOurs(Exception):
     """The prediction had ended, or another replica holds it."""
 
 
-def _unclaimed() -> list:
-    return [predictions.c.status == QUEUED, predictions.c.claimed_by.is_(None)]
-
-
 def turns_of(db: Database, table: sa.Table, kind: str) -> list[Turn]:
     """Each tenant with rows of `table` (predictions or trainings) queued and unclaimed, as a
     Turn of `kind`: one grouping of the queued rows, joined with one row per tenant."""
@@ -313,7 +310,7 @@ def turns_of(db: Database, table: sa.Table, kind: str) -> list[Turn]:
             sa.func.min(table.c.created_at).label("created_at"),
             sa.func.count().label("waiting"),
         )
-        .where(table.c.status == QUEUED, table.c.claimed_by.is_(None))
+        .where(*unclaimed(table))
         .group_by(name)
         .subquery()
     )

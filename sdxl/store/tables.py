@@ -175,6 +175,11 @@ def of_tenant(table: sa.Table, tenant: str | None):
     return table.c.tenant.is_(None) if tenant is None else table.c.tenant == tenant
 
 
+def unclaimed(table: sa.Table) -> list:
+    """The rows of `table` (predictions or trainings) queued that no replica has claimed."""
+    return [table.c.status == QUEUED, table.c.claimed_by.is_(None)]
+
+
 def new_id() -> str:
     """A Replicate-style id: 26 lowercase letters and digits."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -27,6 +27,7 @@ from sdxl.store.tables import (
     PredictionStatus,
     of_tenant,
     trainings,
+    unclaimed,
     versions,
 )
 
@@ -86,7 +87,7 @@ class Trainings:
 
     def claim(self, replica: str, tenant: str | None = ANY) -> dict | None:
         """The oldest queued training (of `tenant`) nobody has claimed, now `replica`'s."""
-        where = _unclaimed()
+        where = unclaimed(trainings)
         if tenant is not ANY:
             where.append(of_tenant(trainings, tenant))
         for _ in range(10):  # another replica may win the race for a row: take the next
@@ -232,7 +233,7 @@ class Trainings:
             ).first()
             done = conn.execute(
                 trainings.update()
-                .where(T.id == training_id, *_unclaimed())
+                .where(T.id == training_id, *unclaimed(trainings))
                 .values(
                     status=PredictionStatus.CANCELED,
                     completed_at=time.time(),
@@ -264,10 +265,6 @@ class Trainings:
 
 class _NotOurs(Exception):
     """The training had ended, or another replica holds it."""
-
-
-def _unclaimed() -> list:
-    return [T.status == QUEUED, T.claimed_by.is_(None)]
 
 
 def _add_version(conn: sa.Connection, training, key: str) -> None:
