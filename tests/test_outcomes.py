@@ -11,7 +11,7 @@ import re
 
 import pytest
 import requests
-from support.api_server import GENERATE, KEYS, Server
+from support.api_server import GENERATE, GUIDE_VERSION, KEYS, Server
 
 # Injected into the server process: the UNet runs out of memory at 320x320 (40x40 latents)
 # and fails inside at 384x384, as it would on a GPU; every other size runs.
@@ -42,8 +42,7 @@ def server(tiny_weights, tmp_path_factory):
 
 
 def post(server, path: str, body: dict, **headers) -> requests.Response:
-    headers["Authorization"] = f"Bearer {KEYS[0]}"
-    return requests.post(server.base + path, json=body, headers=headers, timeout=120)
+    return server.api("POST", path, body, headers=headers)
 
 
 def ask_everywhere(server, size: int) -> dict[str, requests.Response]:
@@ -112,27 +111,17 @@ def test_a_trainings_archive_on_a_private_address_is_refused(server):
     """This server keeps the production rule for URLs (no SDXL_ALLOW_PRIVATE_URLS): a training
     whose archive is on a loopback address fails, naming the input and the rule, and nothing
     is fetched."""
-    owner = requests.get(
-        server.base + "/v1/account", headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10
-    ).json()["username"]
+    owner = server.api("GET", "/v1/account").json()["username"]
     assert post(server, "/v1/models", {"owner": owner, "name": "mine"}).status_code == 201
-    served = requests.get(
-        server.base + "/v1/models/stability-ai/sdxl",
-        headers={"Authorization": f"Bearer {KEYS[0]}"},
-        timeout=10,
-    ).json()["latest_version"]["id"]
     created = post(
         server,
-        f"/v1/models/stability-ai/sdxl/versions/{served}/trainings",
+        f"/v1/models/stability-ai/sdxl/versions/{GUIDE_VERSION}/trainings",
         {"destination": f"{owner}/mine", "input": {"input_images": "http://127.0.0.1:9/a.zip"}},
     )
     assert created.status_code == 201, created.text
-    url = created.json()["urls"]["get"]
     training = created.json()
     while training["status"] not in ("succeeded", "failed", "canceled"):
-        training = requests.get(
-            url, headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10
-        ).json()
+        training = server.api("GET", f"/v1/trainings/{training['id']}").json()
     assert training["status"] == "failed", training
     assert training["error"].startswith("input_images: http://127.0.0.1:9/a.zip could not be")
     assert "private or local address, refused" in training["error"]
