@@ -59,6 +59,17 @@ class Database:
         with self._translated(), self.engine.connect() as conn:
             yield conn
 
+    def first(self, query: sa.Executable) -> dict | None:
+        """The first row `query` reads, as a dict (None: no row)."""
+        with self.read() as conn:
+            found = conn.execute(query).first()
+        return None if found is None else dict(found._mapping)
+
+    def rows(self, query: sa.Executable) -> list[dict]:
+        """Every row `query` reads, as dicts."""
+        with self.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     @contextmanager
     def migration_lock(self) -> Iterator[sa.Connection]:
         """A transaction that only one replica at a time holds (creating, upgrading)."""

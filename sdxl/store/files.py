@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
-from sdxl.store.tables import ANY, files, image_urls, new_id, new_token, of_tenant
+from sdxl.store.tables import ANY, files, image_urls, new_id, new_token, owned
 
 
 class Files:
@@ -42,12 +42,7 @@ class Files:
 
     def get(self, file_id: str, tenant: str | None = ANY) -> dict | None:
         """The upload, if it is `tenant`'s (ANY: whoever's)."""
-        query = sa.select(files).where(files.c.id == file_id)
-        if tenant is not ANY:
-            query = query.where(of_tenant(files, tenant))
-        with self.db.read() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else dict(row._mapping)
+        return self.db.first(owned(sa.select(files).where(files.c.id == file_id), files, tenant))
 
     def data(self, file_id: str, tenant: str | None = ANY) -> bytes | None:
         """The upload's bytes, if it is `tenant`'s and still kept."""
@@ -77,6 +72,4 @@ class Files:
         return [row["token"] for row in rows]
 
     def image_by_token(self, token: str) -> dict | None:
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(image_urls).where(image_urls.c.token == token)).first()
-        return None if row is None else dict(row._mapping)
+        return self.db.first(sa.select(image_urls).where(image_urls.c.token == token))

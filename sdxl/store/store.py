@@ -21,10 +21,10 @@ from sdxl.store.db import Database
 from sdxl.store.destinations import Destinations
 from sdxl.store.expiry import Expiry
 from sdxl.store.files import Files
-from sdxl.store.predictions import Predictions
-from sdxl.store.replicas import ReplicaRows
+from sdxl.store.prediction_rows import Predictions
+from sdxl.store.replica_rows import ReplicaRows
 from sdxl.store.tables import files, image_urls, outputs, settings
-from sdxl.store.trainings import Trainings
+from sdxl.store.training_rows import Trainings
 from sdxl.store.upgrade import upgrade
 from sdxl.store.wake import Wakeups
 
@@ -44,7 +44,7 @@ class Store:
         self.trainings = Trainings(self.db, self.blobs, limits.max_trainings_per_tenant)
         self.destinations = Destinations(self.db, self.blobs)
         self.files = Files(self.db, self.blobs)
-        self.replicas = ReplicaRows(self.db, self.trainings)
+        self.replicas = ReplicaRows(self.db, self.predictions, self.trainings)
         self.expiry = Expiry(self.db, self.blobs, limits)
         self.wakeups = Wakeups(self.db)
 

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 SCHEMA_VERSION = 3
 
 
-class PredictionStatus(StrEnum):
-    """A prediction's status, as Replicate names them."""
+class StoredStatus(StrEnum):
+    """A stored job's status (a prediction's or a training's), as Replicate names them."""
 
     STARTING = "starting"  # queued, or being prepared
     PROCESSING = "processing"  # running
@@ -26,8 +26,8 @@ class PredictionStatus(StrEnum):
     CANCELED = "canceled"
 
 
-QUEUED, RUNNING = PredictionStatus.STARTING, PredictionStatus.PROCESSING
-ENDED = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED)
+QUEUED, RUNNING = StoredStatus.STARTING, StoredStatus.PROCESSING
+ENDED = (StoredStatus.SUCCEEDED, StoredStatus.FAILED, StoredStatus.CANCELED)
 
 meta = sa.MetaData()
 predictions = sa.Table(
@@ -69,13 +69,13 @@ files = sa.Table(
     "files",
     meta,
     sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(64)),  # the uploader's
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("content_type", sa.String(255), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("tenant", sa.String(64)),
     sa.Column("key", sa.String(300)),
 )
 previews = sa.Table(  # the latest preview of a running prediction: small, replaced every few
@@ -173,6 +173,11 @@ NO_TENANT = ""  # the tenants table's name for predictions from before tenants
 
 def of_tenant(table: sa.Table, tenant: str | None):
     return table.c.tenant.is_(None) if tenant is None else table.c.tenant == tenant
+
+
+def owned(query: sa.Select, table: sa.Table, tenant: str | None) -> sa.Select:
+    """`query` kept to `tenant`'s rows of `table` (ANY: whoever's)."""
+    return query if tenant is ANY else query.where(of_tenant(table, tenant))
 
 
 def unclaimed(table: sa.Table) -> list:
