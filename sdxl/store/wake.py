@@ -1,7 +1,12 @@
 """Wake-ups when the store changes, instead of polling it: on PostgreSQL, one LISTEN connection
-per replica hears every replica's NOTIFY (a prediction created or handed back, a cancel for a
-claimed one); on SQLite, this process's own commits (`Database.notify`). Listeners are called
-on the listener's thread: keep them short (set an event).
+per replica hears every replica's NOTIFY (a job created or handed back, a cancel for a claimed
+one, a job that ended: the channels of `sdxl.store.jobs`); on SQLite, this process's own
+commits (`Database.notify`). Listeners are called on the listener's thread (SQLite: the
+committing one): keep them short (set an event).
+
+A listener may be added before or after `start`. On PostgreSQL one added after it, for a
+channel nobody listened to yet, is LISTENed to within LISTEN_POLL_S and then called once with
+"": whatever was notified before that was missed, so it looks at the store afresh.
 
 After the connection is lost and made again, every listener is called once: whatever was
 notified meanwhile was missed, so each looks at the store afresh. The replicas still look
@@ -31,13 +36,20 @@ class Wakeups:
     def __init__(self, db: Database):
         self.db = db
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        self._lock = threading.Lock()  # `on` may add while the listener thread reads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()  # PostgreSQL: the LISTEN connection is up
         db.local_listeners.append(self._deliver)
 
     def on(self, channel: str, listener: Listener) -> None:
-        self._listeners[channel].append(listener)
+        """Call `listener` with the payload of every notification on `channel`."""
+        with self._lock:
+            self._listeners[channel].append(listener)
+
+    def _channels(self) -> list[str]:
+        with self._lock:
+            return list(self._listeners)
 
     def start(self) -> None:
         """PostgreSQL: the listener thread (SQLite delivers its own commits)."""
@@ -51,14 +63,16 @@ class Wakeups:
             self._thread.join(timeout=5)
 
     def _deliver(self, channel: str, payload: str) -> None:
-        for listener in list(self._listeners.get(channel, ())):
+        with self._lock:
+            listeners = list(self._listeners.get(channel, ()))
+        for listener in listeners:
             try:
                 listener(payload)
             except Exception:  # a listener's bug must not stop the others
                 log.exception("a store wake-up listener failed")
 
-    def _everyone(self) -> None:
-        for channel in list(self._listeners):
+    def _everyone(self, channels: set[str]) -> None:
+        for channel in channels:
             self._deliver(channel, "")
 
     def _listen(self) -> None:
@@ -69,15 +83,26 @@ class Wakeups:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-                    for channel in list(self._listeners):
-                        conn.execute(f'LISTEN "{channel}"')
+                    heard: set[str] = set()
+                    _listen_to_new(conn, self._channels(), heard)
                     self.connected.set()
-                    self._everyone()  # anything notified before we listened
+                    self._everyone(heard)  # anything notified before we listened
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=LISTEN_POLL_S):
                             self._deliver(notice.channel, notice.payload)
+                        for channel in _listen_to_new(conn, self._channels(), heard):
+                            self._deliver(channel, "")  # added after start: look afresh
             except Exception as err:  # the database is away: listen again when it is back
                 if self.connected.is_set():
                     log.warning("the store's wake-ups stopped (%s); listening again", err)
                 self.connected.clear()
                 self._stop.wait(RECONNECT_S)
+
+
+def _listen_to_new(conn, channels: list[str], heard: set[str]) -> list[str]:
+    """LISTEN to those of `channels` not `heard` yet (added to it); which."""
+    new = [channel for channel in channels if channel not in heard]
+    for channel in new:
+        conn.execute(f'LISTEN "{channel}"')
+        heard.add(channel)
+    return new
