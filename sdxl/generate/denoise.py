@@ -12,10 +12,10 @@ import numpy as np
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
 from sdxl.generate import prompts
+from sdxl.generate.deepcache import feature_cache
 from sdxl.generate.plan import Generation
 from sdxl.generate.schedulers import make_scheduler
 from sdxl.inputs.request import Request
-from sdxl.model.deepcache import feature_cache
 
 # on_step(stage, steps done, steps planned, the latents after that step); it may raise to stop
 # the job at once. The latents are the pipeline's own: read them, never change them.
