@@ -28,9 +28,9 @@ from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH, REFINE_MODES
 from sdxl.engine import Engine
-from sdxl.generate.schedulers import refiner_schedule_for
 from sdxl.images.outputs import PNG_COMPRESS_LEVEL, encode_outputs
 from sdxl.inputs.request import Request
+from sdxl.inputs.scheduler_table import refiner_schedule_for
 
 OUTPUT_FORMAT = "png"
 

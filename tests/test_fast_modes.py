@@ -234,7 +234,7 @@ def test_each_refiner_stage_caches_its_own_features(engine, reference):
 def test_the_base_image_refiner_caches_its_own_features(engine, reference, scheduler, interval):
     """The refiner re-noises the base's image to 0.3 and runs the tail of its own schedule:
     the cache counts that tail's steps as the helper does."""
-    from sdxl.generate.schedulers import refiner_schedule_for
+    from sdxl.inputs.scheduler_table import refiner_schedule_for
 
     base, refiner = reference
     steps = 8

@@ -9,11 +9,12 @@ from support.helpers import half_mask, save, smooth_image
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG
 from sdxl.cog.inputs import COG
 from sdxl.errors import InputError
-from sdxl.generate.schedulers import StepPlanError, plan_steps, refiner_schedule_for
+from sdxl.generate.schedulers import plan_steps
 from sdxl.images.inputs import ImageSource
 from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
 from sdxl.inputs.rules import check_fields
+from sdxl.inputs.scheduler_table import StepPlanError, refiner_schedule_for
 from sdxl.settings import Caps
 
 BAD = [

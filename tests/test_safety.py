@@ -17,10 +17,9 @@ from safetensors.torch import load_file, save_file
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.config import SAFETY_DIR
 from sdxl.errors import InputError
-from sdxl.generate.result import Result
 from sdxl.generate.safety import FILES, SafetyChecker, SafetyCheckerError, load_safety_checker
-from sdxl.generate.schedulers import StepPlan
 from sdxl.images.outputs import AllFlagged, encode_outputs
+from sdxl.images.result import Result, StepPlan
 from sdxl.inputs.request import Request
 
 CPU = torch.device("cpu")

@@ -7,8 +7,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sdxl.generate.result import Result
 from sdxl.images.outputs import OutputImage, encode_outputs
+from sdxl.images.result import Result
 
 # coglet (0.23) keeps an empty inputs/outputs folder per prediction here and never removes it.
 COGLET_PREDICTIONS = Path("/tmp/coglet/predictions")

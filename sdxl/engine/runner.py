@@ -32,7 +32,7 @@ from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation, with_prompts
 from sdxl.generate.preview import make_preview
-from sdxl.generate.result import Result
+from sdxl.images.result import Result
 from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
 from sdxl.model.device import peak_bytes, start_peak

@@ -10,8 +10,8 @@ import dataclasses
 from sdxl.generate.denoise import StepCallback, denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation
-from sdxl.generate.result import Result
 from sdxl.images.inputs import ImageSource, load
+from sdxl.images.result import Result
 from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from sdxl.generate.plan import Generation
-from sdxl.generate.result import Result
 from sdxl.generate.watermark import apply_watermark
 from sdxl.images.fit import keep_unmasked
+from sdxl.images.result import Result
 
 
 def finish(models, gen: Generation, pixels: np.ndarray, on_device=None, **extra: Any) -> Result:

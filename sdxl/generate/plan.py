@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
-from sdxl.generate.schedulers import StepPlan, plan_steps
+from sdxl.generate.schedulers import plan_steps
 from sdxl.images.fit import fit_image, fit_mask
+from sdxl.images.result import StepPlan
 from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import Request
 from sdxl.settings import Caps

@@ -4,7 +4,7 @@
 thresholds) reads DIR/safety_checker/, laid out as CompVis/stable-diffusion-safety-checker
 (config.json, model.safetensors, preprocessor_config.json), safetensors only. `check` returns
 the checker's own verdicts and changes no image: the callers decide, Cog by leaving flagged
-images out, the REST API by returning them black (`sdxl.generate.result`).
+images out, the REST API by returning them black (`sdxl.images.outputs`).
 """
 
 from __future__ import annotations

@@ -1,36 +1,18 @@
-"""The one table of scheduler names, and fresh schedulers built from a pristine config."""
+"""Fresh schedulers built from a pristine config, by the table's names
+(`sdxl.inputs.scheduler_table`), and the step plan: how many steps each stage runs."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
-from sdxl.errors import InputError
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    class_name: str
-    options: dict = field(default_factory=dict)
-    # Its own timesteps (a consistency model's): timestep_spacing is ignored, and it takes at
-    # most its original_inference_steps (diffusers' default, 50) steps.
-    few_step: bool = False
-
-
-# Names as Replicate's stability-ai/sdxl spells them.
-SCHEDULER_TABLE: dict[str, SchedulerSpec] = {
-    "DDIM": SchedulerSpec("DDIMScheduler"),
-    "DPMSolverMultistep": SchedulerSpec("DPMSolverMultistepScheduler"),
-    "HeunDiscrete": SchedulerSpec("HeunDiscreteScheduler"),
-    "KarrasDPM": SchedulerSpec("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "K_EULER_ANCESTRAL": SchedulerSpec("EulerAncestralDiscreteScheduler"),
-    "K_EULER": SchedulerSpec("EulerDiscreteScheduler"),
-    "PNDM": SchedulerSpec("PNDMScheduler"),
-    "LCM": SchedulerSpec("LCMScheduler", few_step=True),
-    "TCD": SchedulerSpec("TCDScheduler", few_step=True),
-}
-FEW_STEP_MAX = 50  # LCMScheduler's and TCDScheduler's original_inference_steps
+from sdxl.images.result import StepPlan
+from sdxl.inputs.scheduler_table import (
+    SCHEDULER_TABLE,
+    StepPlanError,
+    check_few_step,
+    refiner_schedule_for,
+)
 
 
 def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | None = None) -> Any:
@@ -48,27 +30,6 @@ def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | Non
         overrides["timestep_spacing"] = timestep_spacing
     cls = getattr(diffusers, spec.class_name)
     return cls.from_config(pristine_config, **overrides)
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How many denoising steps each stage runs, computed as diffusers will compute them.
-
-    `base_steps` and `refiner_steps` count UNet passes (timesteps actually visited);
-    `refiner_schedule` is the num_inference_steps the refiner is called with. `base_calls` and
-    `refiner_calls` give, for each UNet call of the stage, the position of its timestep in the
-    stage scheduler's schedule (its first occurrence, as DeepCache counts steps).
-    """
-
-    base_steps: int
-    refiner_steps: int = 0
-    refiner_schedule: int = 0
-    base_calls: tuple[int, ...] = ()
-    refiner_calls: tuple[int, ...] = ()
-
-
-class StepPlanError(InputError):
-    """A stage would run fewer than one step."""
 
 
 def _timesteps(name: str, config: dict, spacing: str | None, steps: int):
@@ -137,29 +98,6 @@ def _calls(schedule, used) -> tuple[int, ...]:
     return tuple(first[timestep] for timestep in used.tolist())
 
 
-def check_few_step(
-    name: str, steps: int, field: str, wanted: int | None = None, strength: float = 0.3
-) -> None:
-    """LCM and TCD schedule at most FEW_STEP_MAX steps (diffusers raises a ValueError past
-    them). `wanted`: the refine_steps whose refiner schedule is `steps`."""
-    if not SCHEDULER_TABLE[name].few_step or steps <= FEW_STEP_MAX:
-        return
-    if wanted is None:
-        template = (
-            "{field} is more than the {scheduler} scheduler takes: at most {limit} (its "
-            "original_inference_steps); few-step schedulers run 1-8 steps"
-        )
-        words = {"scheduler": name, "limit": FEW_STEP_MAX}
-        raise StepPlanError(template, field, steps, words=words)
-    fewer = max(w for w in range(1, wanted) if refiner_schedule_for(w, strength) <= FEW_STEP_MAX)
-    template = (
-        "{field} makes the refiner schedule {steps} steps with the {scheduler} scheduler, which "
-        "takes at most {limit} (its original_inference_steps); use {fewer} or fewer"
-    )
-    words = {"steps": steps, "scheduler": name, "limit": FEW_STEP_MAX, "fewer": fewer}
-    raise StepPlanError(template, field, wanted, words=words)
-
-
 def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fraction) -> StepPlan:
     cutoff = _cutoff(refiner_config, fraction)
     base = int((base_timesteps >= cutoff).sum())
@@ -180,11 +118,3 @@ def _plan_ensemble(name, refiner_config, spacing, steps, base_timesteps, fractio
             words={"stage": stage},
         )
     return StepPlan(base, refiner, steps, refiner_calls=calls)
-
-
-def refiner_schedule_for(wanted: int, strength: float) -> int:
-    """The smallest schedule length whose img2img run at `strength` runs `wanted` steps."""
-    schedule = max(wanted, int(wanted / strength) - 1)
-    while min(int(schedule * strength), schedule) < wanted:
-        schedule += 1
-    return schedule

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from PIL import Image, PngImagePlugin
 
 from sdxl.errors import UserError
-from sdxl.generate.result import Result
+from sdxl.images.result import Result
 
 
 @dataclass(frozen=True)

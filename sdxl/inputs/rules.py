@@ -31,8 +31,8 @@ from sdxl.config import (
     INPUTS,
 )
 from sdxl.errors import InputError, field_error
-from sdxl.generate.schedulers import check_few_step, refiner_schedule_for
 from sdxl.images.inputs import bytes_source, source_from_text
+from sdxl.inputs.scheduler_table import check_few_step, refiner_schedule_for
 from sdxl.inputs.surface import (
     UNSET,
     Checked,
