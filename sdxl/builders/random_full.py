@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import save_file
 
 from sdxl.builders import sdxl_configs as configs
-from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, bytes_to_unicode, move_layout
+from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, move_layout
 from sdxl.builders.tiny_train import build_tiny_helpers
+from sdxl.builders.tokenizer import write_tokenizer
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
 
 CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
@@ -87,35 +88,10 @@ def clip_bpe_file() -> Path | None:
 
 
 def write_clip_tokenizer(folder: Path, pad_token: str, bpe: Path) -> None:
-    """vocab.json and merges.txt as in openai/clip-vit-large-patch14, from CLIP's BPE file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The tokenizer files of openai/clip-vit-large-patch14, from CLIP's BPE file."""
     with gzip.open(bpe) as f:
         lines = f.read().decode("utf-8").split("\n")[1 : CLIP_MERGES + 1]
-    merges = [tuple(line.split()) for line in lines]
-    base = list(bytes_to_unicode().values())
-    tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    merge_lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
-    (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": pad_token,
-    }
-    config = {
-        **special,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": True,
-        "do_lower_case": True,
-        "errors": "replace",
-        "model_max_length": 77,
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    write_tokenizer(folder, pad_token, [tuple(line.split()) for line in lines])
 
 
 def build_random_full(root: Path, log=print) -> Path:

@@ -8,16 +8,13 @@ every module has the real shapes (tests check the parameter counts).
 
 from __future__ import annotations
 
-BASE_UNET = {
+# What the base's and the refiner's UNets share; each adds its own sizes below.
+_UNET = {
     "act_fn": "silu",
     "addition_embed_type": "text_time",
     "addition_embed_type_num_heads": 64,
     "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
     "center_input_sample": False,
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "downsample_padding": 1,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
@@ -27,21 +24,25 @@ BASE_UNET = {
     "norm_eps": 1e-05,
     "norm_num_groups": 32,
     "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + 1280 pooled text
     "sample_size": 128,
-    "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "use_linear_projection": True,
 }
 
+BASE_UNET = {
+    **_UNET,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + 1280 pooled text
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+}
+
 REFINER_UNET = {
-    "act_fn": "silu",
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
+    **_UNET,
     "attention_head_dim": [6, 12, 24, 24],
     "block_out_channels": [384, 768, 1536, 1536],
-    "center_input_sample": False,
     "cross_attention_dim": 1280,
     "down_block_types": [
         "DownBlock2D",
@@ -49,20 +50,9 @@ REFINER_UNET = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
     "projection_class_embeddings_input_dim": 2560,  # 5 time ids x 256 + 1280 pooled text
-    "sample_size": 128,
     "transformer_layers_per_block": 4,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "use_linear_projection": True,
 }
 
 TEXT_ENCODER = {  # CLIP ViT-L/14's text model (CLIPTextModel)

@@ -7,14 +7,15 @@ score, two CLIP text encoders, the 8x VAE), with a few thousand parameters per m
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections import Counter
-from itertools import pairwise
 from pathlib import Path
 
 import torch
 
+from sdxl.builders.random_lora import random_kohya_lora
+from sdxl.builders.tiny_safety import build_tiny_safety_checker
+from sdxl.builders.tiny_train import build_tiny_helpers
+from sdxl.builders.tokenizer import tiny_merges, write_tokenizer
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, TRAIN_DIR
 
 # SDXL 1.0's scheduler_config.json, verbatim (base and refiner ship the same one).
@@ -35,81 +36,8 @@ SDXL_SCHEDULER_CONFIG = {
     "use_karras_sigmas": False,
 }
 
-# Words the tiny BPE learns merges from, so that common prompt words become few tokens.
-_CORPUS = (
-    "a photo of a cat with a hat an astronaut riding a rainbow unicorn studio portrait "
-    "dog bear tiger colored ugly soft blurry out of focus low quality garish distorted "
-    "disfigured the in on at and cinematic film painting art digital high detail sharp"
-).split()
 _TIME_EMBED_DIM = 8  # addition_time_embed_dim (256 in the real UNets)
 _TE1_DIM, _TE2_DIM = 32, 64  # hidden sizes of the two text encoders (768 and 1280 in SDXL)
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode character table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
-def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
-    """A minimal BPE trainer: repeatedly merge the most frequent adjacent pair."""
-    split = [[*w[:-1], w[-1] + "</w>"] for w in words]
-    merges: list[tuple[str, str]] = []
-    for _ in range(count):
-        pairs = Counter(p for toks in split for p in pairwise(toks))
-        if not pairs:
-            break
-        best = max(sorted(pairs), key=lambda p: pairs[p])
-        merges.append(best)
-        for toks in split:
-            i = 0
-            while i < len(toks) - 1:
-                if (toks[i], toks[i + 1]) == best:
-                    toks[i : i + 2] = [toks[i] + toks[i + 1]]
-                i += 1
-    return merges
-
-
-def write_tokenizer(folder: Path, pad_token: str) -> int:
-    """Write a CLIP-style byte-level BPE tokenizer (the files of SDXL's tokenizer folders)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    base = list(bytes_to_unicode().values())
-    merges = _learn_merges(_CORPUS, 120)
-    tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": pad_token,
-    }
-    config = {
-        **special,
-        "model_max_length": 77,
-        "do_lower_case": True,
-        "errors": "replace",
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": True,
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return len(vocab)
 
 
 def _text_encoders(vocab_size: int, eos_id: int):
@@ -190,43 +118,40 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    from sdxl.builders.random_lora import random_kohya_lora
-    from sdxl.builders.tiny_safety import build_tiny_safety_checker
-    from sdxl.builders.tiny_train import build_tiny_helpers
-
     root = Path(root)
     staging = root / ".tiny-staging"
     shutil.rmtree(staging, ignore_errors=True)
-    vocab_size = write_tokenizer(staging / "tok", pad_token="<|endoftext|>")
-    write_tokenizer(staging / "tok2", pad_token="!")
+    merges = tiny_merges()
+    vocab_size = write_tokenizer(staging / "tok", "<|endoftext|>", merges)
+    write_tokenizer(staging / "tok2", "!", merges)
     tokenizer = CLIPTokenizer.from_pretrained(staging / "tok")
     tokenizer_2 = CLIPTokenizer.from_pretrained(staging / "tok2")
     te1, te2 = _text_encoders(vocab_size, eos_id=tokenizer.eos_token_id)
     vae = _vae()
     scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
 
-    base = StableDiffusionXLPipeline(
+    # The refiner shares the VAE, the second text encoder and its tokenizer, as SDXL's do.
+    shared = dict(
         vae=vae,
-        text_encoder=te1,
         text_encoder_2=te2,
-        tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
-        unet=_unet(_TE1_DIM + _TE2_DIM, n_time_ids=6, seed=4),
         scheduler=scheduler,
-        force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
+    base = StableDiffusionXLPipeline(
+        **shared,
+        text_encoder=te1,
+        tokenizer=tokenizer,
+        unet=_unet(_TE1_DIM + _TE2_DIM, n_time_ids=6, seed=4),
+        force_zeros_for_empty_prompt=True,
+    )
     refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
+        **shared,
         text_encoder=None,
-        text_encoder_2=te2,
         tokenizer=None,
-        tokenizer_2=tokenizer_2,
         unet=_unet(_TE2_DIM, n_time_ids=5, seed=5),
-        scheduler=scheduler,
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
-        add_watermarker=False,
     )
     base.save_pretrained(staging / BASE_DIR, safe_serialization=True)
     refiner.save_pretrained(staging / REFINER_DIR, safe_serialization=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sdxl.builders.tiny import write_tokenizer
+from sdxl.builders.tokenizer import tiny_merges, write_tokenizer
 from sdxl.config import TRAIN_DIR
 from sdxl.weights.download import MANIFEST
 
@@ -69,7 +69,7 @@ def _clipseg(folder: Path) -> None:
     )
 
     folder.mkdir(parents=True, exist_ok=True)
-    size = write_tokenizer(folder, pad_token="!")
+    size = write_tokenizer(folder, "!", tiny_merges())
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
     config = CLIPSegConfig(
