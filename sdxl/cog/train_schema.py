@@ -10,29 +10,31 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from sdxl.cog import schema as base
-
-REF = base.REF
+from sdxl.cog import openapi
+from sdxl.cog.openapi import SchemaError, op, ref, text
 
 
 def find_train(tree: ast.Module, name: str = "train") -> ast.FunctionDef:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return node
-    raise base.SchemaError(f"no function {name} in train.py")
+    raise SchemaError(f"no function {name} in train.py")
 
 
 def output_schema(tree: ast.Module, function: ast.FunctionDef) -> dict[str, Any]:
     """The BaseModel `train()` returns: an object of its annotated fields."""
-    returned = base._name(function.returns) if function.returns is not None else None
+    returned = openapi.name_of(function.returns) if function.returns is not None else None
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == returned:
             properties, required = {}, []
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                     where = f"{returned}.{item.target.id}"
-                    schema = base.json_type(item.annotation, where)
-                    properties[item.target.id] = {"title": base._title(item.target.id), **schema}
+                    schema = openapi.json_type(item.annotation, where)
+                    properties[item.target.id] = {
+                        "title": openapi.title_of(item.target.id),
+                        **schema,
+                    }
                     if item.value is None:
                         required.append(item.target.id)
             return {
@@ -41,46 +43,36 @@ def output_schema(tree: ast.Module, function: ast.FunctionDef) -> dict[str, Any]
                 "properties": properties,
                 "required": required,
             }
-    raise base.SchemaError("train() must return a BaseModel class defined in train.py")
+    raise SchemaError("train() must return a BaseModel class defined in train.py")
 
 
 def training_parts(train_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(components, paths) of the trainer."""
     tree = ast.parse(Path(train_path).read_text(), filename=str(train_path))
     function = find_train(tree)
-    inputs, enums = base.input_schema(function, base.module_constants(tree))
+    inputs, enums = openapi.input_schema(function, openapi.module_constants(tree))
     inputs["title"] = "TrainingInput"
-    response = {
-        "input": {"$ref": REF + "TrainingInput"},
-        "output": {"$ref": REF + "TrainingOutput"},
-    }
-    response |= {"id": base._text("Id"), "version": base._text("Version")}
-    for key in ("created_at", "started_at", "completed_at"):
-        response[key] = base._text(base._title(key), format="date-time")
-    response |= {"status": base._text("Status"), "error": base._text("Error")}
-    response |= {"logs": base._text("Logs"), "metrics": {"title": "Metrics", "type": "object"}}
-    request = {"id": base._text("Id"), "input": {"$ref": REF + "TrainingInput"}}
     components = {
         "TrainingInput": inputs,
         "TrainingOutput": output_schema(tree, function),
-        "TrainingRequest": base._obj("TrainingRequest", request),
-        "TrainingResponse": base._obj("TrainingResponse", response),
+        "TrainingRequest": openapi.job_request("TrainingRequest", "TrainingInput"),
+        "TrainingResponse": openapi.job_response(
+            "TrainingResponse", "TrainingInput", "TrainingOutput"
+        ),
         **enums,
     }
     return components, _paths()
 
 
 def _paths() -> dict[str, Any]:
-    body = {"content": {"application/json": {"schema": {"$ref": REF + "TrainingRequest"}}}}
-    ok = {"$ref": REF + "TrainingResponse"}
-    param = {"required": True, "schema": base._text("Training Id"), "name": "training_id"}
+    body = {"content": {"application/json": {"schema": ref("TrainingRequest")}}}
+    ok = ref("TrainingResponse")
+    param = {"required": True, "schema": text("Training Id"), "name": "training_id"}
     path = [{**param, "in": "path"}]
     return {
-        "/trainings": {
-            "post": base._op("Train", "train_trainings_post", ok, True, requestBody=body)
-        },
+        "/trainings": {"post": op("Train", "train_trainings_post", ok, True, requestBody=body)},
         "/trainings/{training_id}": {
-            "put": base._op(
+            "put": op(
                 "Train Idempotent",
                 "train_idempotent_trainings__training_id__put",
                 ok,
@@ -90,7 +82,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/trainings/{training_id}/cancel": {
-            "post": base._op(
+            "post": op(
                 "Cancel Training",
                 "cancel_training_trainings__training_id__cancel_post",
                 {},
