@@ -11,7 +11,7 @@ from typing import Optional
 
 from cog import BaseModel, Input, Path
 
-from sdxl.cog.training import train as run_training
+from sdxl.cog.trainer import train as run_training
 
 
 class TrainingOutput(BaseModel):

@@ -20,6 +20,7 @@ from sdxl.errors import InputError, field_error
 
 LR_SCHEDULERS = ("constant", "linear")
 FILETYPES = ("zip", "tar", "infer")
+FILE_INPUTS = ("input_images", "resume_from_checkpoint")  # the inputs that are files
 TOKEN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
 TRAIN_INPUTS: dict[str, InputSpec] = {
@@ -50,38 +51,32 @@ TRAIN_INPUTS: dict[str, InputSpec] = {
 }
 
 
-def _default(name: str):
-    return dataclasses.field(default=TRAIN_INPUTS[name].default)
+_TYPES = {"integer": int, "number": float, "boolean": bool, "string": str, "file": str}
+_REQUIRED = ("input_images",)
+
+
+def _table_fields(cls):
+    """`cls` with one field per input of TRAIN_INPUTS, in its order, typed by its kind (a file
+    is a local path), with its default: the inputs are declared once, in the table."""
+    annotations = {}
+    for name, spec in TRAIN_INPUTS.items():
+        kind = _TYPES[spec.kind]
+        if name in _REQUIRED:
+            annotations[name] = kind
+            continue
+        annotations[name] = kind if spec.default is not None else kind | None
+        setattr(cls, name, spec.default)
+    cls.__annotations__ = annotations
+    return cls
 
 
 @dataclass(frozen=True)
+@_table_fields
 class TrainRequest:
-    """One training's inputs, checked; `input_images` and `resume_from_checkpoint` are local
-    paths by now (the Cog layer or the server brought them here)."""
-
-    input_images: str
-    seed: int | None = _default("seed")
-    resolution: int = _default("resolution")
-    train_batch_size: int = _default("train_batch_size")
-    num_train_epochs: int = _default("num_train_epochs")
-    max_train_steps: int = _default("max_train_steps")
-    is_lora: bool = _default("is_lora")
-    unet_learning_rate: float = _default("unet_learning_rate")
-    ti_lr: float = _default("ti_lr")
-    lora_lr: float = _default("lora_lr")
-    lora_rank: int = _default("lora_rank")
-    lr_scheduler: str = _default("lr_scheduler")
-    lr_warmup_steps: int = _default("lr_warmup_steps")
-    token_string: str = _default("token_string")
-    caption_prefix: str = _default("caption_prefix")
-    mask_target_prompts: str | None = _default("mask_target_prompts")
-    crop_based_on_salience: bool = _default("crop_based_on_salience")
-    use_face_detection_instead: bool = _default("use_face_detection_instead")
-    clipseg_temperature: float = _default("clipseg_temperature")
-    verbose: bool = _default("verbose")
-    checkpointing_steps: int = _default("checkpointing_steps")
-    input_images_filetype: str = _default("input_images_filetype")
-    resume_from_checkpoint: str | None = None
+    """One training's inputs, checked: a field for each input of TRAIN_INPUTS (`input_images`
+    is required, every other has the table's default). `input_images` and
+    `resume_from_checkpoint` are local paths by now (the Cog layer or the server brought them
+    here)."""
 
     def describe(self) -> dict[str, Any]:
         """The inputs that decide the trained weights (what a checkpoint must match)."""

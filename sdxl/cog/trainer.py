@@ -14,9 +14,8 @@ import tempfile
 
 from sdxl import logs
 from sdxl.cog.inputs import uploaded
-from sdxl.train.options import TRAIN_INPUTS, TrainRequest
+from sdxl.train.options import FILE_INPUTS, TRAIN_INPUTS, TrainRequest
 
-FILE_INPUTS = ("input_images", "resume_from_checkpoint")
 _engine = None
 
 
