@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sdxl.cog.serve import ROOT
 from sdxl.config import COG_INPUTS
+from sdxl.inputs.command_line import typed_value
 from sdxl.net.ports import free_port
 from sdxl.settings import env_number
 
@@ -48,17 +49,9 @@ def _value(name: str, text: str, kind: str):
     if text.startswith("@"):
         return data_uri(Path(text[1:]))
     try:
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            return float(text)
+        return typed_value(name, text, kind)
     except ValueError as err:
-        raise ClientError(f"-i {name}={text!r}: expected a {kind}") from err
-    if kind == "boolean":
-        if text.lower() not in ("true", "false"):
-            raise ClientError(f"-i {name}={text!r}: expected true or false")
-        return text.lower() == "true"
-    return text
+        raise ClientError(str(err)) from err
 
 
 def data_uri(path: Path) -> str:

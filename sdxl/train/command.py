@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 from sdxl.errors import UserError
+from sdxl.inputs.command_line import typed_value
 from sdxl.train.options import TRAIN_INPUTS, TrainRequest
-
-FILE_INPUTS = ("input_images", "resume_from_checkpoint")
 
 
 class CommandError(RuntimeError):
@@ -41,17 +40,9 @@ def _value(name: str, text: str, kind: str):
             raise CommandError(f"-i {name}: {path} is not a file")
         return str(path)
     try:
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            return float(text)
-    except ValueError:
-        raise CommandError(f"-i {name}={text!r}: expected a {kind}") from None
-    if kind == "boolean":
-        if text.lower() not in ("true", "false"):
-            raise CommandError(f"-i {name}={text!r}: expected true or false")
-        return text.lower() == "true"
-    return text
+        return typed_value(name, text, kind)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
 
 
 def run(pairs: list[str], out: Path) -> int:
