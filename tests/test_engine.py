@@ -23,12 +23,12 @@ from sdxl.adapters.staging import HostBudget
 from sdxl.engine import (
     DeadlineExceeded,
     EngineBroken,
+    GenerationJob,
     JobCanceled,
     JobEvents,
     MemoryQueue,
     OutOfMemory,
 )
-from sdxl.engine.jobs import Job
 from sdxl.inputs.request import Request
 from sdxl.settings import FetchSettings
 
@@ -197,7 +197,7 @@ def test_host_memory_for_prepared_weights_is_bounded():
 
 def test_memory_queue_is_fifo_and_discards():
     queue = MemoryQueue()
-    jobs = [Job(str(i), Request()) for i in range(3)]
+    jobs = [GenerationJob(str(i), Request()) for i in range(3)]
     for job in jobs:
         queue.put(job)
     assert queue.discard(jobs[1]) and not queue.discard(jobs[1])

@@ -4,6 +4,7 @@ It knows nothing of Cog or HTTP; see `sdxl.engine.engine` for how a job moves th
 """
 
 from sdxl.engine.engine import Engine, EngineState
+from sdxl.engine.generation_job import GenerationJob
 from sdxl.engine.jobs import (
     DeadlineExceeded,
     EngineBroken,
@@ -16,6 +17,7 @@ from sdxl.engine.jobs import (
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
+from sdxl.engine.training_job import TrainingJob
 
 __all__ = [
     "DeadlineExceeded",
@@ -23,6 +25,7 @@ __all__ = [
     "EngineBroken",
     "EngineSettings",
     "EngineState",
+    "GenerationJob",
     "Job",
     "JobCanceled",
     "JobEvents",
@@ -31,4 +34,5 @@ __all__ = [
     "MemoryQueue",
     "OutOfMemory",
     "ServerStopping",
+    "TrainingJob",
 ]

@@ -2,9 +2,13 @@
 
 A caller's thread `submit`s a job to the queue (`run` also waits for it, in short timeouts, so
 that an exception raised in the caller's thread, such as Cog's cancel, becomes a cancel). The
-engine's own threads take it from there (`sdxl.engine.lanes`): claimed, prepared off the GPU,
-run on the one GPU thread under the engine's lock, finished on the CPU while the next job runs,
-its events delivered in order.
+engine's own threads take it from there (`sdxl.engine.lanes`, the one owner of the jobs on
+their way): claimed, prepared off the GPU, run on the one GPU thread under the engine's lock,
+finished on the CPU while the next job runs, its events delivered in order. A job is a
+`GenerationJob` or a `TrainingJob`; each kind says how it is prepared, run and finished.
+
+The engine owns the models, their state (loading, ready, failed, broken) and the lock; it gives
+the lanes what they need of it (`Hooks`).
 """
 
 from __future__ import annotations
@@ -20,15 +24,15 @@ from typing import Any
 
 from sdxl.config import LORAS_DIR
 from sdxl.engine.device_tasks import DeviceTasks
-from sdxl.engine.jobs import Job, JobCanceled, JobEvents, JobStatus, ServerStopping
-from sdxl.engine.lanes import Lanes
+from sdxl.engine.generation_job import GenerationJob
+from sdxl.engine.jobs import EngineBroken, Job, JobEvents, notify
+from sdxl.engine.lanes import STOPPING, Hooks, Lanes
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.settings import EngineSettings
+from sdxl.engine.training_job import TrainingJob
 from sdxl.inputs.request import Request
 from sdxl.logs import adopt_library_loggers, quiet_libraries
 from sdxl.settings import Runtime
-
-STOPPING = "the server is stopping and this job had not started; send it again"
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +67,21 @@ class Engine:
         self.warmup_seconds: float | None = None
         self.lock = threading.RLock()  # held while the shared models are in use or changed
         self.device_tasks = DeviceTasks(self.lock)  # other threads' short device work
-        self.draining = False  # set by drain(): stored jobs are left for others or the next start
         self.runner: Any = None  # sdxl.engine.runner.Runner, once loaded
         # Called with each job once it has ended (metrics); on the engine's threads, so short.
         self.observers: list[Callable[[Job], Any]] = []
         self._ids = itertools.count(1)
-        self._lanes = Lanes(self)  # its threads start once the models are loaded
-        self._peak: int | None = None
+        hooks = Hooks(
+            takes_stored=lambda: self.takes_stored,
+            broken=self._broken_error,
+            break_down=self.break_down,
+            free_memory=self.free_memory,
+            observe=self._observe,
+        )
+        # Its threads start once the models are loaded.
+        self._lanes = Lanes(
+            self.queue, self.lock, self.device_tasks, hooks, self.settings.prepare_workers
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
@@ -94,7 +106,7 @@ class Engine:
                 device_tasks=self.device_tasks,
             )
             warmed = threading.Event()
-            self._lanes.start(warmed)
+            self._lanes.start(self.runner, self.warm_up, warmed)
             warmed.wait()
             if self.state == EngineState.LOAD_FAILED:
                 raise RuntimeError(self.reason)
@@ -130,17 +142,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop taking jobs; jobs not yet running are cancelled."""
-        lanes = self._lanes
-        with lanes.cond:
-            lanes.closed = True
-            pending = list(lanes.claimed)
-            lanes.cond.notify_all()
-        while (job := self.queue.claim(0, stored=False)) is not None:
-            pending.append(job)
-        for job in pending:
-            job.cancel("the server is shutting down")
-            lanes.settle(job, JobCanceled("the server is shutting down"))
-        lanes.close()
+        self._lanes.close()
         if self.runner is not None:
             self.runner.close()
 
@@ -150,25 +152,12 @@ class Engine:
         back to the store's queue (for another replica or the next start); every other job not
         running ends with ServerStopping(`reason`), and so does any job submitted from now on.
         Returns how many were handed back."""
-        with self._lanes.cond:
-            self.draining = True
-            waiting = list(self._lanes.claimed)
-            training = self._lanes.training
-        while (job := self.queue.claim(0, stored=False)) is not None:
-            waiting.append(job)
-        self.hand_back(waiting, reason)
-        if training is not None:  # it stops at its next step, leaving a checkpoint
-            log.info("stopping training %s after step %d", training.id, training.steps["train"])
-            training.stop(reason)
-        return len(waiting)
+        return self._lanes.drain(reason)
 
-    def hand_back(self, jobs: list[Job], reason: str = STOPPING) -> None:
-        release = getattr(self.queue, "release_claims", None)  # a queue that stores jobs
-        if release is not None:
-            release()  # first: their end must not be written as theirs
-        for job in jobs:
-            self._lanes.settle(job, ServerStopping(reason))  # first: the cancel then finds it ended
-            job.cancel(reason)  # a preparation under way sees it and stops
+    @property
+    def draining(self) -> bool:
+        """Whether `drain` was called: stored jobs are left for others or the next start."""
+        return self._lanes.draining
 
     @property
     def takes_stored(self) -> bool:
@@ -179,9 +168,15 @@ class Engine:
     def broken(self) -> bool:
         return self.state == EngineState.BROKEN
 
-    def break_down(self, reason: str) -> None:
+    def break_down(self, reason: str) -> EngineBroken:
+        """The shared models can no longer be trusted (`reason`); returns what every job fails
+        with from now on."""
         self.state, self.reason = EngineState.BROKEN, reason
         log.error("the shared models can no longer be trusted: %s", reason)
+        return EngineBroken(self.broken_message())
+
+    def _broken_error(self) -> EngineBroken | None:
+        return EngineBroken(self.broken_message()) if self.broken else None
 
     def broken_message(self) -> str:
         return (
@@ -195,9 +190,9 @@ class Engine:
 
         free_device_memory(self.models.device)
 
-    def note_peak(self, job: Job) -> None:
-        if job.peak_device_bytes is not None:
-            self._peak = max(self._peak or 0, job.peak_device_bytes)
+    def _observe(self, job: Job) -> None:
+        for observer in self.observers:
+            notify(observer, job)
 
     def _lora_dir(self) -> Path:
         return self.settings.lora_dir or self.models.weights_dir / LORAS_DIR
@@ -211,22 +206,13 @@ class Engine:
         job_id: str | None = None,
         preview_every: int = 0,
         tenant: str | None = None,
-    ) -> Job:
+    ) -> GenerationJob:
         """Queue `request`; the returned job ends succeeded, failed or canceled. With
         `preview_every`, it hands out a preview of its latents every that many steps; `tenant`
         is whose it is (queues take tenants in turn)."""
-        job = Job(job_id or str(next(self._ids)), request, events, preview_every, tenant)
-        return self._queued(job)
-
-    def _queued(self, job: Job) -> Job:
-        self._lanes.adopt(job)
-        if self._lanes.closed:
-            self._lanes.settle(job, JobCanceled("the server is shutting down"))
-            return job
-        if self.draining:
-            self._lanes.settle(job, ServerStopping(STOPPING))
-            return job
-        self.queue.put(job)
+        job_id = job_id or str(next(self._ids))
+        job = GenerationJob(job_id, request, events, preview_every, tenant)
+        self._lanes.submit(job)
         return job
 
     def submit_training(
@@ -236,11 +222,12 @@ class Engine:
         events: JobEvents | None = None,
         job_id: str | None = None,
         tenant: str | None = None,
-    ) -> Job:
+    ) -> TrainingJob:
         """Queue a training (`sdxl.train.training.Training`); the job ends with its
         TrainingResult. Predictions run between its steps."""
-        job = Job(job_id or str(next(self._ids)), None, events, 0, tenant, work=work)
-        return self._queued(job)
+        job = TrainingJob(job_id or str(next(self._ids)), work, events, tenant)
+        self._lanes.submit(job)
+        return job
 
     def run(self, request: Request, *, on_log=None, events: JobEvents | None = None, poll=0.1):
         """Submit `request` and wait for its Result in this thread, handing each log line to
@@ -258,24 +245,12 @@ class Engine:
             while not job.wait(poll):
                 _hand_out(job, on_log)
         except BaseException:
-            job.cancel("the prediction was cancelled")
+            job.cancel()  # in its kind's words
             _wait_through_interruptions(job)
             raise
         finally:
             _hand_out(job, on_log)
         return job.result()
-
-    def cancel(self, job: Job) -> None:
-        """A job's cancel: out of the queue, or settled if it waits prepared; a job preparing
-        sees it in its preparation, a running one at its next denoising step."""
-        lanes = self._lanes
-        if self.queue.discard(job):
-            lanes.settle(job, JobCanceled(job.cancel_reason))
-            return
-        with lanes.cond:
-            ready = job.status == JobStatus.READY and job in lanes.claimed
-        if ready:
-            lanes.settle(job, JobCanceled(job.cancel_reason))
 
     def counts(self) -> dict[str, int]:
         """What waits and runs: never a database call (the queue counts stored jobs from
@@ -294,15 +269,14 @@ class Engine:
             report["resident"] = self.runner.resident.stats()
         return report
 
-    def training(self) -> Job | None:
+    def training(self) -> TrainingJob | None:
         """The training running on this engine, if one is."""
-        with self._lanes.cond:
-            return self._lanes.training
+        return self._lanes.current_training()
 
     def peak_device_bytes(self) -> int | None:
         """The most device memory one job has allocated since the model loaded (None on the
         CPU)."""
-        return self._peak
+        return self._lanes.peak_device_bytes()
 
 
 def _hand_out(job: Job, on_log) -> None:

@@ -1,7 +1,8 @@
-"""A job: one request on its way through the engine, and the ways it can end.
+"""A job: one generation or one training on its way through the engine, and the ways it can end.
 
 queued -> preparing -> ready -> running -> succeeded | failed | canceled. A job can be
-cancelled in any state; `future` holds its `Result` or the exception that ended it.
+cancelled in any state; `future` holds its result (a generation's `Result`, a training's
+`TrainingResult`) or the exception that ended it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from enum import StrEnum
 from typing import Any
 
 from sdxl.errors import UserError
-from sdxl.inputs.request import Request
 
 
 class JobStatus(StrEnum):
@@ -80,34 +80,21 @@ class JobEvents:
 
 
 class Job:
-    """One request on its way through the engine; its images are decoded and its trained
-    weights read when it is prepared."""
+    """What every job on its way through the engine has: its id, whose it is, its events, its
+    status and future, its outcome, log lines and timings, and its cancel. A job is of one of
+    two kinds, `sdxl.engine.generation_job.GenerationJob` and
+    `sdxl.engine.training_job.TrainingJob`; each says how it is prepared, run on the GPU
+    thread and finished, and the line its end writes."""
 
-    def __init__(
-        self,
-        job_id: str,
-        request: Request | None,
-        events: JobEvents | None = None,
-        preview_every: int = 0,
-        tenant: str | None = None,
-        work: Any = None,
-    ):
+    what = "job"  # the kind, as its messages name it
+    CANCELED = "the job was cancelled"  # a cancel's reason when its caller gives none
+
+    def __init__(self, job_id: str, events: JobEvents | None = None, tenant: str | None = None):
         self.id = job_id
-        self.request = request  # a generation's; None for a training
-        # A training's work (sdxl.train.training.Training): prepared, then run in slices on the
-        # GPU thread with predictions between them, then finished.
-        self.work = work
         # Whose job it is (a tenant's name, never a key): queues take the tenants in turn.
         self.tenant = tenant
         self.events = events or JobEvents()
-        # A preview of the latents every this many steps of each stage, and after its last
-        # (0: none); each is in `preview` and goes to events.preview, all before `finished`.
-        self.preview_every = preview_every
-        self.preview: Any = None  # the latest sdxl.generate.preview.Preview
         self.seq = 0  # claim order, set by the engine: the GPU takes ready jobs in this order
-        # Whether preparing it fetches something (trained weights, image URLs): only such a
-        # job can be overtaken by the ones behind it; the others are waited for, in order.
-        self.downloads = request.fetches if request is not None else False
         self.status = JobStatus.QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None
@@ -115,11 +102,7 @@ class Job:
         self.future: Future = Future()
         self.outcome: Any = None  # sdxl.engine.outcome.Outcome, once it ended
         self.logs: list[str] = []
-        self.steps: dict[str, int] = {"base": 0, "refiner": 0}  # UNet steps run, per stage
-        if work is not None:
-            self.steps = {"train": 0}  # training steps run
-        self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
-        self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
+        self.steps: dict[str, int] = {}  # steps run, by stage (each kind names its stages)
         # On the GPU, by the engine's monotonic clock: when it was prepared, when it took the
         # lock and let it go; how long the lock stood idle while it was ready; its peak device
         # memory (None on the CPU).
@@ -137,19 +120,16 @@ class Job:
         self._on_cancel: Callable[[Job], None] = lambda job: None
 
     def __repr__(self) -> str:
-        return f"Job({self.id!r}, {self.status})"
-
-    @property
-    def is_training(self) -> bool:
-        return self.work is not None
+        return f"{type(self).__name__}({self.id!r}, {self.status})"
 
     # ---- for callers --------------------------------------------------------------------
-    def cancel(self, reason: str = "the prediction was cancelled") -> None:
-        """Stop the job: it leaves the queue, or stops at its next denoising step."""
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop the job: it leaves the queue, or stops at its next step (`reason`: what its
+        end says; the kind's own words when None)."""
         with self._lock:
             if self.status in ENDED or self._cancel_reason is not None:
                 return
-            self._cancel_reason = reason
+            self._cancel_reason = reason or self.CANCELED
         self._on_cancel(self)
 
     def stop(self, reason: str) -> None:
@@ -210,6 +190,38 @@ class Job:
         with self._lock:
             self.logs.append(line)
         self.deliver(self.events.log, self, line)
+
+    # ---- what each kind does, on the engine's threads (`sdxl.engine.lanes`) --------------
+    # Whether a job claimed after it may start before it while it prepares (one that
+    # downloads, or a training: a slow preparation must not hold the GPU back).
+    may_be_overtaken = False
+    runs_between_slices = False  # whether it may run between two slices of a training
+
+    @property
+    def holds_back_claims(self) -> bool:
+        """Whether it counts among the jobs prepared ahead of the GPU (the claim thread claims
+        no further job while one does)."""
+        return True
+
+    def prepare(self, runner) -> None:
+        """On a preparation thread: everything but the GPU (`runner`: sdxl.engine.runner)."""
+        raise NotImplementedError
+
+    def run_on(self, lanes) -> None:
+        """On the GPU thread, `lanes` (sdxl.engine.lanes.Lanes) having made it the running job;
+        it ends with `lanes.off_the_gpu`."""
+        raise NotImplementedError
+
+    def finish(self, runner, denoised: Any) -> Any:
+        """On the finishing thread, off the lock: the job's result."""
+        raise NotImplementedError
+
+    def release(self, runner) -> None:
+        """Once it ended: give back what it held (idempotent; `runner` None before loading)."""
+
+    def done_line(self, took: float) -> str:
+        """The last line of its log when it succeeded."""
+        raise NotImplementedError
 
 
 def notify(callback, *args) -> None:

@@ -1,7 +1,7 @@
 """Where submitted jobs wait until the engine claims them.
 
 The engine talks to one `JobQueue`. `MemoryQueue` is the in-process FIFO every API of one
-process shares; `SharedQueue` (`sdxl.engine.shared_queue`) adds jobs stored in a database that
+process shares; `SharedQueue` (`sdxl.runtime.shared_queue`) adds jobs stored in a database that
 outlives the process and may be shared by many replicas.
 """
 

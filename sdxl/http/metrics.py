@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sdxl.engine import Job
+from sdxl.engine import Job, TrainingJob
 from sdxl.engine.outcome import FAILURE_KINDS
 from sdxl.http.service import Service
 
@@ -90,12 +90,13 @@ class Metrics:
         """Count an ended job (an engine observer: runs on the engine's threads)."""
         self.jobs.labels(job.status).inc()
         self.tenant_jobs.labels(job.tenant or NO_TENANT, job.status).inc()
-        if job.is_training:
+        training = isinstance(job, TrainingJob)
+        if training:
             self.training_steps.inc(job.steps.get("train", 0))
         if not job.outcome.succeeded:
             self.failures.labels(job.outcome.kind).inc()
             return
-        if job.is_training:
+        if training:
             return
         if job.peak_device_bytes is not None:
             self.peak_memory.observe(job.peak_device_bytes)

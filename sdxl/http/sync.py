@@ -16,17 +16,10 @@ from fastapi import Request as HttpRequest
 
 from sdxl.engine import Job, JobEvents
 from sdxl.generate.result import Result
-from sdxl.http.errors import (
-    ClientDisconnected,
-    GenerationFailed,
-    GenerationTimeout,
-    InvalidRequest,
-    QueueFull,
-    Unavailable,
-    retry_after,
-)
+from sdxl.http.errors import ClientDisconnected, QueueFull, Unavailable, retry_after
+from sdxl.http.outcomes import api_error, stopping_headers
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S
+from sdxl.http.settings import LOADING_RETRY_AFTER_S
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import Surface
 
@@ -116,10 +109,6 @@ class SyncJobs:
             return [job for job in self._by_caller.get(caller, []) if not job.done()]
 
 
-def stopping_headers() -> dict[str, str]:
-    return {**retry_after(DRAINING_RETRY_AFTER_S), "Connection": "close"}
-
-
 def check_accepting(service: Service) -> None:
     status = service.status
     if status == ServerStatus.READY:
@@ -169,23 +158,8 @@ def cancel(jobs: list[Job], reason: str) -> None:
 
 
 def outcome(job: Job, surface: Surface) -> Result:
-    """The job's result, or its failure (`sdxl.engine.outcome`) as an ApiError in `surface`'s
-    names."""
-    ended = job.outcome
-    if ended.succeeded:
+    """The job's result, or its failure (`sdxl.engine.outcome`) as the ApiError its kind is
+    answered with (`sdxl.http.outcomes`), in `surface`'s names."""
+    if job.outcome.succeeded:
         return job.result()
-    error = job.error
-    if ended.http == 422:  # a rule of the model, or out of memory: the request's
-        raise InvalidRequest([surface.problem(error)]) from error
-    if ended.kind == "stopping":  # it never ran: the caller should send it again
-        raise Unavailable(ended.message, headers=stopping_headers()) from error
-    raise BY_STATUS[ended.http](ended.message) from error
-
-
-# The synchronous APIs' error for each code of the outcome table.
-BY_STATUS = {
-    499: ClientDisconnected,
-    500: GenerationFailed,
-    503: Unavailable,
-    504: GenerationTimeout,
-}
+    raise api_error(job, surface) from job.error
