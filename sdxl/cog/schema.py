@@ -2,10 +2,8 @@
 
 coglet validates requests against that file only (without it, it accepts anything). Like
 cog's Go static generator (pkg/schema/openapi.go), this reads predict.py without importing it:
-the inputs are `Predictor.run`'s (or `predict`'s) parameters in order (`x-order`); `Input()`
-keywords must be literals, or for default, description and choices a module-level literal
-constant; `Optional[T]` is `nullable` and not required; `choices` is an `allOf` reference to
-an enum component named after the input. Anything cog could not read is a SchemaError.
+the inputs are `Predictor.run`'s (or `predict`'s) parameters, read as `sdxl.cog.openapi` says;
+the trainer's part comes from train.py (`sdxl.cog.train_schema`).
 
     python -m sdxl schema            rewrite .cog/openapi_schema.json
     python -m sdxl schema --check    exit 1 if it is out of date with predict.py
