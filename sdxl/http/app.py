@@ -17,9 +17,8 @@ from sdxl.http.a1111 import fields as a1111_fields
 from sdxl.http.a1111 import routes as a1111
 from sdxl.http.auth import ApiKeys, AuthMiddleware
 from sdxl.http.datacrunch import routes as datacrunch
-from sdxl.http.datacrunch.errors import format_validation_errors
 from sdxl.http.datacrunch.fields import DATACRUNCH
-from sdxl.http.errors import ApiError, InvalidRequest, Unavailable, retry_after
+from sdxl.http.errors import ApiError, store_unavailable
 from sdxl.http.limits import BodyLimitMiddleware
 from sdxl.http.metrics import Metrics
 from sdxl.http.openai import fields as openai_fields
@@ -28,12 +27,11 @@ from sdxl.http.replicate import routes as replicate
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.schemas import body_schema
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S, Settings
-from sdxl.http.shapes import DEFAULT, error_response, shape_of
+from sdxl.http.settings import Settings
+from sdxl.http.shapes import error_response, invalid_body, shape_of
 from sdxl.http.sync import SyncJobs
 from sdxl.http.trained import TrainedModels
-from sdxl.inputs.surface import Problem
-from sdxl.store.errors import StoreDiskFull, StoreUnavailable
+from sdxl.store.errors import StoreUnavailable
 
 # The request bodies whose schemas the routes refer to: (title, surface, a multipart form)
 BODIES = (
@@ -84,13 +82,11 @@ def create_app(
     if keys is not None:
         app.add_middleware(AuthMiddleware, keys=keys)  # outermost: no body is read before it
 
+    # Each API's routes answer their errors in its shape (`sdxl.http.shapes`); these answer
+    # what no such route did, in the shape of the path's API.
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request, exc: RequestValidationError) -> JSONResponse:
-        items = format_validation_errors(exc.errors())
-        if shape_of(request.url.path, request.method) == DEFAULT:
-            return JSONResponse({"detail": items}, status_code=422)
-        problems = [Problem(item["field"], item["msg"]) for item in items]
-        return error_response(request.url.path, InvalidRequest(problems), request.method)
+        return invalid_body(shape_of(request.url.path, request.method), exc)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request, exc: ApiError) -> JSONResponse:
@@ -98,11 +94,7 @@ def create_app(
 
     @app.exception_handler(StoreUnavailable)
     async def on_store_unavailable(request, exc: StoreUnavailable) -> JSONResponse:
-        """The prediction store's database is away (or its disk full): a 503 to retry, on
-        the routes that need it; the others keep working."""
-        wait = DISK_FULL_RETRY_AFTER_S if isinstance(exc, StoreDiskFull) else STORE_RETRY_AFTER_S
-        error = Unavailable(f"{exc.message}; retry later", headers=retry_after(wait))
-        return error_response(request.url.path, error, request.method)
+        return error_response(request.url.path, store_unavailable(exc), request.method)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException) -> JSONResponse:

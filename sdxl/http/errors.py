@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from sdxl.http.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S
 from sdxl.inputs.surface import Problem
+from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 
 
 class ApiError(Exception):
@@ -86,3 +88,10 @@ class ClientDisconnected(ApiError):
 
 def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, round(seconds)))}
+
+
+def store_unavailable(exc: StoreUnavailable) -> Unavailable:
+    """The prediction store's database is away (or its disk full): a 503 to retry, on the
+    routes that need it; the others keep working."""
+    wait = DISK_FULL_RETRY_AFTER_S if isinstance(exc, StoreDiskFull) else STORE_RETRY_AFTER_S
+    return Unavailable(f"{exc.message}; retry later", headers=retry_after(wait))

@@ -1,12 +1,27 @@
-"""Errors in the shape each API's clients read, chosen by the request's path: OpenAI's Images
-API (`/v1/images/*` but DataCrunch's path, `/v1/models` and `/v1/models/<id>`), AUTOMATIC1111's
-(`/sdapi/*`), and the others as each of their errors writes itself (`ApiError.body`)."""
+"""Errors in the shape each API's clients read: OpenAI's Images API, AUTOMATIC1111's, and the
+others (DataCrunch's, Replicate's) as each of their errors writes itself (`ApiError.body`).
+
+Each API's routes carry their shape: their router's `route_class` (`OpenAIRoute`, `A1111Route`,
+`DataCrunchRoute`, `ReplicateRoute`) answers the ApiError, the validation error and the store
+outage its handlers raise in that shape. What no route of an API answers (a 404 or 405 of an
+unknown path, the auth middleware's 401, the body limit's 413, the probes) keeps a rule by the
+request's path (`shape_of`): OpenAI's for `/v1/images/*` but DataCrunch's path, `/v1/models`
+and `/v1/models/<id>`; AUTOMATIC1111's for `/sdapi/*`."""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from sdxl.http.errors import ApiError, InvalidRequest, problem_item
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sdxl.http.datacrunch.errors import format_validation_errors
+from sdxl.http.errors import ApiError, InvalidRequest, problem_item, store_unavailable
+from sdxl.inputs.surface import Problem
+from sdxl.store.errors import StoreUnavailable
 
 OPENAI, A1111, DEFAULT = "openai", "a1111", "default"
 DATACRUNCH_PREFIX = "/v1/images/stable-diffusion-xl/"
@@ -22,6 +37,7 @@ OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_excee
 
 
 def shape_of(path: str, method: str = "GET") -> str:
+    """The shape of an answer no API's route gave (the rule by path)."""
     if path.startswith("/sdapi/"):
         return A1111
     if path.startswith("/v1/images/") and not path.startswith(DATACRUNCH_PREFIX):
@@ -34,8 +50,13 @@ def shape_of(path: str, method: str = "GET") -> str:
 
 
 def error_response(path: str, error: ApiError, method: str = "GET") -> JSONResponse:
-    """`error` as the clients of `path`'s API read errors."""
-    shape = DEFAULT if error.own_shape else shape_of(path, method)
+    """`error` as the clients of `path`'s API read errors, for answers no route gave."""
+    return shaped_error(shape_of(path, method), error)
+
+
+def shaped_error(shape: str, error: ApiError) -> JSONResponse:
+    """`error` in `shape` (an error that writes its own shape keeps it)."""
+    shape = DEFAULT if error.own_shape else shape
     headers = dict(error.headers)
     status = error.status
     if shape == OPENAI:
@@ -49,6 +70,15 @@ def error_response(path: str, error: ApiError, method: str = "GET") -> JSONRespo
     else:
         body = error.body()
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def invalid_body(shape: str, exc: RequestValidationError) -> JSONResponse:
+    """A body FastAPI could not read into the route's parameters, in `shape`."""
+    items = format_validation_errors(exc.errors())
+    if shape == DEFAULT:
+        return JSONResponse({"detail": items}, status_code=422)
+    problems = [Problem(item["field"], item["msg"]) for item in items]
+    return shaped_error(shape, InvalidRequest(problems))
 
 
 def openai_error(status: int, message: str, param: str | None, code: str | None) -> dict:
@@ -74,3 +104,41 @@ def a1111_error(error: ApiError) -> dict:
 
 def _param(error: ApiError) -> str | None:
     return error.field if isinstance(error, InvalidRequest) else None
+
+
+class ShapedRoute(APIRoute):
+    """A route whose errors are answered in its API's `shape`."""
+
+    shape = DEFAULT
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        shape = self.shape
+
+        async def shaped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return invalid_body(shape, exc)
+            except ApiError as exc:
+                return shaped_error(shape, exc)
+            except StoreUnavailable as exc:
+                return shaped_error(shape, store_unavailable(exc))
+
+        return shaped
+
+
+class OpenAIRoute(ShapedRoute):
+    shape = OPENAI
+
+
+class A1111Route(ShapedRoute):
+    shape = A1111
+
+
+class DataCrunchRoute(ShapedRoute):
+    shape = DEFAULT  # its errors write DataCrunch's bodies themselves
+
+
+class ReplicateRoute(ShapedRoute):
+    shape = DEFAULT  # Replicate's errors write their own {"title", "detail", "status"}

@@ -34,6 +34,7 @@ from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.schemas import body_doc
 from sdxl.http.settings import PREVIEW_EVERY, Settings
+from sdxl.http.shapes import A1111Route
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
@@ -48,7 +49,7 @@ SKIPPED = "skipped (POST /sdapi/v1/skip)"
 
 
 def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRouter:
-    routes = APIRouter(prefix="/sdapi/v1")
+    routes = APIRouter(prefix="/sdapi/v1", route_class=A1111Route)
     caps = sync.service.engine.settings.caps
     runs = Runs()
     options = OptionsApi(settings, trained)

@@ -17,6 +17,7 @@ from sdxl.http.datacrunch.fields import DATACRUNCH
 from sdxl.http.datacrunch.schema import ErrorBody, GenerateResponse, ValidationErrorBody
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.schemas import body_doc
+from sdxl.http.shapes import DataCrunchRoute
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.images.outputs import encode_outputs
 from sdxl.inputs.rules import check_fields
@@ -51,7 +52,7 @@ async def checked_body(http: HttpRequest, caps: Caps) -> Checked:
 
 
 def router(sync: SyncJobs) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=DataCrunchRoute)
     caps = sync.service.engine.settings.caps
 
     @routes.post(

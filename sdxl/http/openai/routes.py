@@ -25,6 +25,7 @@ from sdxl.http.openai.images import encoded, job_requests, preview_every, respon
 from sdxl.http.openai.stream import image_events
 from sdxl.http.schemas import body_doc
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import OpenAIRoute
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
@@ -39,7 +40,7 @@ OWNED_BY = "sdxl-cog"
 
 
 def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=OpenAIRoute)
     caps = sync.service.engine.settings.caps
     names = settings.model_names
     trained = TrainedModels(store)

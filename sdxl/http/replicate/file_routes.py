@@ -15,10 +15,11 @@ from sdxl.http.auth import caller_of
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import ReplicateError, not_found, origin, whose
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import ReplicateRoute
 
 
 def file_routes(api: ReplicateApi, settings: Settings) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=ReplicateRoute)
     store, render = api.store, api.renderer
     file_form = {
         "type": "object",

@@ -10,10 +10,11 @@ from fastapi import Request as HttpRequest
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import not_found, origin, whose
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import ReplicateRoute
 
 
 def model_routes(api: ReplicateApi, settings: Settings) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=ReplicateRoute)
     catalogue, destinations = api.catalogue, api.store.destinations
 
     def destination(owner: str, name: str, http: HttpRequest) -> dict:

@@ -30,6 +30,7 @@ from sdxl.http.replicate.models import Version
 from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.store.errors import StoreFull
 from sdxl.store.tables import ANY, ENDED
@@ -38,7 +39,7 @@ EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client r
 
 
 def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=ReplicateRoute)
     rows, catalogue, predictions, render = (
         api.store.predictions,
         api.catalogue,

@@ -27,6 +27,7 @@ from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissin
 from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.store.errors import StoreFull
 from sdxl.train.options import TRAIN_INPUTS
@@ -59,7 +60,7 @@ TRAINING_BODY = {
 
 
 def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(route_class=ReplicateRoute)
     rows, trainings, render, catalogue = (
         api.store.trainings,
         api.trainings,
