@@ -15,11 +15,11 @@ import threading
 from fastapi import Request as HttpRequest
 
 from sdxl.engine import Job, JobEvents
-from sdxl.generate.result import Result
 from sdxl.http.errors import ClientDisconnected, QueueFull, Unavailable, retry_after
 from sdxl.http.outcomes import api_error, stopping_headers
 from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import LOADING_RETRY_AFTER_S
+from sdxl.images.result import Result
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import Surface
 

@@ -9,7 +9,6 @@ import base64
 from fastapi import APIRouter, Response
 from fastapi import Request as HttpRequest
 
-from sdxl.generate.result import Result
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.datacrunch.errors import EXAMPLE
@@ -20,6 +19,7 @@ from sdxl.http.schemas import body_doc
 from sdxl.http.shapes import DataCrunchRoute
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.images.outputs import encode_outputs
+from sdxl.images.result import Result
 from sdxl.inputs.rules import check_fields
 from sdxl.inputs.surface import Checked, InvalidInputs
 from sdxl.settings import Caps
