@@ -55,6 +55,7 @@ OUTPUT_FORMATS = ("png", "webp", "jpg")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 # Style presets live in one data file (prompt template + negative prompt), ours.
+ANONYMOUS = "anonymous"  # the tenant when the API server runs without keys (--no-auth)
 STYLES_FILE = Path(__file__).with_name("styles.json")
 STYLES: dict[str, dict[str, str]] = json.loads(STYLES_FILE.read_text())
 

@@ -12,8 +12,8 @@ import requests
 import yaml
 from support.api_server import KEYS, REPO, Server
 
-from sdxl.http.replicate.runs import RESULTS_GRACE_S
 from sdxl.http.server import build_parser
+from sdxl.runtime.stored_predictions import RESULTS_GRACE_S
 
 KUBERNETES_VERSION = "1.33.0"  # the schema the manifests are checked against
 MANIFESTS = REPO / "deploy" / "kubernetes"

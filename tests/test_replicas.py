@@ -1,4 +1,4 @@
-"""Replicas of one store watching each other (sdxl/http/replicate/replicas.py), on a real
+"""Replicas of one store watching each other (sdxl/runtime/heartbeats.py), on a real
 SQLite file: a replica that stops beating is settled by the others, one that was only slow
 finds its claims gone and cannot run or end them a second time, and a claim whose answer was
 lost is queued again."""
@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from sdxl.engine import Job, shared_queue
-from sdxl.engine.shared_queue import SharedQueue
-from sdxl.http.replicate.replicas import DEAD_MESSAGE, Replicas
+from sdxl.engine import GenerationJob
 from sdxl.http.settings import StoreLimits
 from sdxl.inputs.request import Request
+from sdxl.runtime import shared_queue
+from sdxl.runtime.heartbeats import DEAD_MESSAGE, Heartbeats
+from sdxl.runtime.shared_queue import SharedQueue
 from sdxl.store.errors import StoreUnavailable
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
@@ -33,7 +34,7 @@ def queued(store: Store) -> str:
 
 def test_a_silent_replica_is_settled_once_and_loses_its_claims(store):
     rows = store.predictions
-    slow, watcher = Replicas(store, "slow", TIMEOUT_S), Replicas(store, "watcher", TIMEOUT_S)
+    slow, watcher = Heartbeats(store, "slow", TIMEOUT_S), Heartbeats(store, "watcher", TIMEOUT_S)
     slow.beat()
     running, waiting = queued(store), queued(store)
     assert rows.claim("slow")["id"] == running and rows.started(running, "slow")
@@ -63,7 +64,7 @@ def test_claims_without_a_heartbeat_row_are_settled_too(store):
     rows = store.predictions
     orphan = queued(store)
     assert rows.claim("gone-before-its-first-beat")["id"] == orphan
-    watcher = Replicas(store, "watcher", TIMEOUT_S)
+    watcher = Heartbeats(store, "watcher", TIMEOUT_S)
     assert watcher.reap() == []
     time.sleep(TIMEOUT_S * 1.5)
     assert watcher.reap() == ["gone-before-its-first-beat"]
@@ -71,7 +72,10 @@ def test_claims_without_a_heartbeat_row_are_settled_too(store):
 
 
 def test_a_replica_that_leaves_is_forgotten_without_a_warning(store):
-    leaving, watcher = Replicas(store, "leaving", TIMEOUT_S), Replicas(store, "watcher", TIMEOUT_S)
+    leaving, watcher = (
+        Heartbeats(store, "leaving", TIMEOUT_S),
+        Heartbeats(store, "watcher", TIMEOUT_S),
+    )
     leaving.beat()
     watcher.reap()
     leaving.leave()
@@ -116,7 +120,7 @@ def test_a_claim_whose_answer_was_lost_is_queued_again_once_the_store_answers(st
     ran_unwritten, lost, after = queued(store), queued(store), queued(store)
     monkeypatch.setattr(store, "predictions", CommitsThenLosesTheAnswer(store.predictions, lost=2))
     monkeypatch.setattr(type(store), "shared", True)  # as replicas of one database
-    queue = SharedQueue(store, "replica", lambda row: Job(row["id"], Request(prompt="a")))
+    queue = SharedQueue(store, "replica", lambda row: GenerationJob(row["id"], Request(prompt="a")))
     first = queue.claim(timeout=1)
     assert first.id == ran_unwritten  # runs; its start is never written (the store is away)
     first.future.set_result(None)  # it ended, its result not yet stored: no longer held

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from sdxl.engine import Job
-from sdxl.engine.shared_queue import SharedQueue
+from sdxl.engine import GenerationJob, Job, TrainingJob
 from sdxl.http.settings import StoreLimits
 from sdxl.inputs.request import Request
+from sdxl.runtime.shared_queue import SharedQueue
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 
@@ -93,10 +93,12 @@ def test_a_replica_holds_one_training_at_a_time_and_predictions_go_on(store):
     jobs: list[Job] = []
 
     def training_job(row: dict) -> Job:
-        jobs.append(Job(row["id"], None, work=object(), tenant=row["tenant"]))
+        jobs.append(TrainingJob(row["id"], object(), tenant=row["tenant"]))
         return jobs[-1]
 
-    queue = SharedQueue(store, "r", lambda row: Job(row["id"], Request()), 0.1, training_job)
+    queue = SharedQueue(
+        store, "r", lambda row: GenerationJob(row["id"], Request()), 0.1, training_job
+    )
     assert queue.claim(timeout=1).id == first
     assert queue.claim(timeout=1).id == queued  # the second training waits
     assert queue.claim(timeout=0.3) is None
@@ -108,7 +110,11 @@ def test_tenants_take_turns_across_trainings_and_predictions(store):
     alice = [training(store, "alice"), prediction(store, "alice"), prediction(store, "alice")]
     bob = prediction(store, "bob")
     queue = SharedQueue(
-        store, "r", lambda row: Job(row["id"], Request()), 0.1, lambda row: Job(row["id"], None)
+        store,
+        "r",
+        lambda row: GenerationJob(row["id"], Request()),
+        0.1,
+        lambda row: TrainingJob(row["id"], None),
     )
     order = [queue.claim(timeout=1).id for _ in range(4)]
     assert order == [alice[0], bob, alice[1], alice[2]]  # bob's after alice's first job
@@ -120,9 +126,9 @@ def test_a_replica_for_predictions_only_leaves_trainings_to_others(store):
     queue = SharedQueue(
         store,
         "serving",
-        lambda row: Job(row["id"], Request()),
+        lambda row: GenerationJob(row["id"], Request()),
         0.1,
-        lambda row: Job(row["id"], None),
+        lambda row: TrainingJob(row["id"], None),
         kinds=("predictions",),
     )
     assert queue.claim(timeout=1).id == queued

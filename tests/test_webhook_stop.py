@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from sdxl.http.replicate.webhooks import Webhooks, new_secret
+from sdxl.runtime.webhooks import Webhooks, new_secret
 
 
 class Failing(BaseHTTPRequestHandler):

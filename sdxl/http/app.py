@@ -66,14 +66,11 @@ def create_app(
     async def lifespan(app: FastAPI):
         service.start_loading()
         if api is not None:
-            api.housekeeping.start()
+            api.runtime.start()
         yield
         await asyncio.to_thread(service.wait_idle)
         if api is not None:
-            await asyncio.to_thread(api.runs.close)  # the last results stored
-            await asyncio.to_thread(api.training_runs.close)  # checkpoints, hand-backs
-            await asyncio.to_thread(api.webhooks.close)  # and their webhooks, briefly
-            await asyncio.to_thread(api.housekeeping.stop)
+            await asyncio.to_thread(api.runtime.close)  # results, checkpoints, webhooks
 
     app = FastAPI(
         title="SDXL REST API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan

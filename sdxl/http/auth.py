@@ -16,13 +16,13 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sdxl.config import ANONYMOUS
 from sdxl.http.errors import Unauthenticated
 from sdxl.http.shapes import error_response
 from sdxl.settings import SettingsError
 
 PROTECTED_PREFIXES = ("/v1/", "/sdapi/")
 HOW_TO = "send the header 'Authorization: Bearer <your_api_key>'"
-ANONYMOUS = "anonymous"  # the caller when the server runs without keys (--no-auth)
 
 
 def _split(text: str) -> list[str]:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         api_keys = ApiKeys(keys, api.store.setting("tenant_salt", new_salt).encode())
         # The count and the tenants' names, never the keys.
         log.info("authentication on: %d API keys of tenants %s", len(keys), api_keys.tenants)
-    service = Service(Engine(runtime, engine_settings, queue=api.queue))
+    service = Service(Engine(runtime, engine_settings, queue=api.runtime.queue))
     app = create_app(service, settings, api_keys, api)
     config = uvicorn.Config(
         app,

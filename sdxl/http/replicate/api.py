@@ -1,24 +1,15 @@
-"""The Replicate API's parts, built once at start and wired through their constructors."""
+"""The Replicate API's parts, built once at start around the job runtime."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 from dataclasses import dataclass
 
-from sdxl.engine.shared_queue import SharedQueue
-from sdxl.http.replicate.events import Events
-from sdxl.http.replicate.housekeeping import Housekeeping
 from sdxl.http.replicate.models import Catalogue
 from sdxl.http.replicate.predictions import Predictions
 from sdxl.http.replicate.render import Renderer
-from sdxl.http.replicate.replicas import Replicas
-from sdxl.http.replicate.runs import StoredRuns
-from sdxl.http.replicate.training_runs import StoredTrainings
 from sdxl.http.replicate.trainings import Trainings
-from sdxl.http.replicate.webhooks import Webhooks, new_secret
-from sdxl.http.settings import Settings
+from sdxl.http.settings import PREVIEW_EVERY, Settings
+from sdxl.runtime.runtime import PREDICTION, TRAINING, JobRuntime, RuntimeSettings
 from sdxl.settings import Caps, FetchSettings
 from sdxl.store.store import Store
 
@@ -26,20 +17,11 @@ from sdxl.store.store import Store
 @dataclass(frozen=True)
 class ReplicateApi:
     store: Store
-    queue: SharedQueue  # the engine's queue: memory jobs and stored predictions
-    predictions: Predictions
+    runtime: JobRuntime  # stored jobs: created, queued for the engine, run, ended, delivered
+    predictions: Predictions  # a prediction's body checked, then created or cancelled
     catalogue: Catalogue
     renderer: Renderer
-    webhooks: Webhooks
-    housekeeping: Housekeeping
-    runs: StoredRuns  # stored jobs' ends written back to the store
-    trainings: Trainings  # trainings and destination models created, cancelled
-    training_runs: StoredTrainings  # stored trainings on the engine, their progress stored
-
-
-def replica_name() -> str:
-    host = socket.gethostname()[:40]  # the pod's name on Kubernetes
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    trainings: Trainings  # trainings and destination models checked, created, cancelled
 
 
 def open_store(settings: Settings) -> Store:
@@ -53,37 +35,27 @@ def open_store(settings: Settings) -> Store:
 def open_replicate_api(
     settings: Settings, store: Store, caps: Caps, fetch: FetchSettings
 ) -> ReplicateApi:
-    """Every part of Replicate's API around `store`, with what a restart left behind settled."""
-    replica = replica_name()
-    replicas = Replicas(store, replica, settings.replica_timeout_s) if store.shared else None
+    """Replicate's API over a job runtime around `store`."""
     renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
-    secret = settings.webhook_secret or store.setting("webhook_secret", new_secret)
-    webhooks = Webhooks(secret, public_only=fetch.public_only)
-    events = Events(store, renderer, webhooks)
     catalogue = Catalogue(settings.models, caps)
-    served = frozenset(catalogue.models)
-    runs = StoredRuns(store, events, replica, settings.public_url, served)
-    work_dir = settings.state_dir / "trainings"
-    training_runs = StoredTrainings(store, events, replica, fetch, work_dir)
-    queue = SharedQueue(
-        store,
-        replica,
-        runs.job_for,
-        settings.store_poll_s,
-        training_for=training_runs.job_for,
-        kinds=settings.job_kinds,
+    runtime_settings = RuntimeSettings(
+        work_dir=settings.state_dir / "trainings",
+        fetch=fetch,
+        public_url=settings.public_url,
+        webhook_secret=settings.webhook_secret,
+        replica_timeout_s=settings.replica_timeout_s,
+        store_poll_s=settings.store_poll_s,
+        job_kinds=settings.job_kinds,
+        served=frozenset(catalogue.models),
+        preview_every=PREVIEW_EVERY,
     )
-    housekeeping = Housekeeping(store, queue, replicas, settings.store_poll_s)
-    housekeeping.recover()
+    renderers = {PREDICTION: renderer.prediction, TRAINING: renderer.training}
+    runtime = JobRuntime(store, runtime_settings, renderers)
     return ReplicateApi(
         store=store,
-        queue=queue,
-        predictions=Predictions(store, queue, events, caps),
+        runtime=runtime,
+        predictions=Predictions(runtime, caps),
         catalogue=catalogue,
         renderer=renderer,
-        webhooks=webhooks,
-        housekeeping=housekeeping,
-        runs=runs,
-        trainings=Trainings(store, queue, events),
-        training_runs=training_runs,
+        trainings=Trainings(store, runtime),
     )

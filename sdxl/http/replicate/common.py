@@ -16,6 +16,7 @@ from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
 from sdxl.store.tables import ANY
 
 DEFAULT_WAIT_S = 60.0
+CANCEL_WAIT_S = 2.0  # a cancel answers once the job has stopped (its next step), or after this
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?:$|[,;\s])")
 
 

@@ -64,7 +64,7 @@ def file_routes(api: ReplicateApi, settings: Settings) -> APIRouter:
 
     @routes.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
     def webhook_secret(http: HttpRequest) -> dict:
-        return {"key": api.webhooks.secret_for(caller_of(http))}
+        return {"key": api.runtime.webhooks.secret_for(caller_of(http))}
 
     @routes.get("/outputs/{token}/{name}", summary="An output file (no key: the URL is secret)")
     def output_file(token: str, name: str) -> FileResponse:

@@ -4,7 +4,6 @@ and the running prediction's preview."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from fastapi import APIRouter, Response
 from fastapi import Request as HttpRequest
@@ -15,6 +14,7 @@ from sdxl.http.caps import inline_input_schema
 from sdxl.http.errors import retry_after
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import (
+    CANCEL_WAIT_S,
     ReplicateError,
     accepting,
     invalid,
@@ -27,13 +27,14 @@ from sdxl.http.replicate.common import (
     whose,
 )
 from sdxl.http.replicate.models import Version
-from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
+from sdxl.runtime.runtime import PREDICTION
+from sdxl.runtime.webhooks import EVENTS
 from sdxl.store.errors import StoreFull
-from sdxl.store.tables import ANY, ENDED
+from sdxl.store.tables import ENDED
 
 EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client reads 60.5 s)
 
@@ -70,19 +71,11 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         status = None
         wait = prefer_wait(http.headers.get("prefer"))
         if wait is not None:
-            row = await wait_for(row["id"], wait - EARLY_S, ANY)
+            row = await api.runtime.until_ended(PREDICTION, row["id"], wait - EARLY_S)
             if row["status"] not in ENDED:
                 status = "starting"  # Replicate's answer to a wait that ran out
         rendered = await asyncio.to_thread(render.prediction, row, base, status)
         return JSONResponse(rendered, status_code=201)
-
-    async def wait_for(prediction_id: str, seconds: float, tenant) -> dict:
-        deadline = time.monotonic() + seconds
-        while True:
-            row = await asyncio.to_thread(rows.get, prediction_id, tenant)
-            if row["status"] in ENDED or time.monotonic() >= deadline:
-                return row
-            await asyncio.sleep(0.1)
 
     body_schema = {
         "type": "object",
@@ -178,7 +171,8 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         if await asyncio.to_thread(rows.get, prediction_id, whose(http)) is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
         await asyncio.to_thread(predictions.cancel, prediction_id)
-        row = await wait_for(prediction_id, 2.0, ANY)  # a running one stops at its next step
+        # A running one stops at its next step.
+        row = await api.runtime.until_ended(PREDICTION, prediction_id, CANCEL_WAIT_S)
         return await asyncio.to_thread(render.prediction, row, origin(http, settings))
 
     return routes

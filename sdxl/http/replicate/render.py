@@ -28,26 +28,10 @@ class Renderer:
         output = None
         if row["status"] == "succeeded":
             output = [self.output_uri(o) for o in self.store.predictions.outputs_of(row["id"])]
-        return {
-            "id": row["id"],
-            "model": row["model"],
-            "version": row["version"],
-            "input": row["input"],
-            "output": output,
-            "logs": row["logs"],
-            "error": row["error"],
-            "status": status or row["status"],
-            "created_at": iso(row["created_at"]),
-            "started_at": iso(row["started_at"]),
-            "completed_at": iso(row["completed_at"]),
-            "urls": {
-                "get": f"{base}/v1/predictions/{row['id']}",
-                "cancel": f"{base}/v1/predictions/{row['id']}/cancel",
-            },
-            "metrics": row["metrics"] or {},
-            "source": "api",
-            "data_removed": False,
-        }
+        rendered = _job(row, f"{base}/v1/predictions", output)
+        if status is not None:
+            rendered["status"] = status
+        return {**rendered, "data_removed": False}
 
     def output_uri(self, output: dict) -> str:
         if self.public_url:
@@ -76,23 +60,25 @@ class Renderer:
         output = None
         if row["status"] == "succeeded" and row["output"]:
             output = {**row["output"], "weights": f"{base}/v1/trainings/{row['id']}/weights"}
-        return {
-            "id": row["id"],
-            "model": row["model"],
-            "version": row["version"],
-            "destination": row["destination"],
-            "input": row["input"],
-            "output": output,
-            "logs": row["logs"],
-            "error": row["error"],
-            "status": row["status"],
-            "created_at": iso(row["created_at"]),
-            "started_at": iso(row["started_at"]),
-            "completed_at": iso(row["completed_at"]),
-            "urls": {
-                "get": f"{base}/v1/trainings/{row['id']}",
-                "cancel": f"{base}/v1/trainings/{row['id']}/cancel",
-            },
-            "metrics": row["metrics"] or {},
-            "source": "api",
-        }
+        rendered = _job(row, f"{base}/v1/trainings", output)
+        return {**rendered, "destination": row["destination"]}
+
+
+def _job(row: dict, collection: str, output) -> dict:
+    """What a prediction and a training object share."""
+    return {
+        "id": row["id"],
+        "model": row["model"],
+        "version": row["version"],
+        "input": row["input"],
+        "output": output,
+        "logs": row["logs"],
+        "error": row["error"],
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "completed_at": iso(row["completed_at"]),
+        "urls": {"get": f"{collection}/{row['id']}", "cancel": f"{collection}/{row['id']}/cancel"},
+        "metrics": row["metrics"] or {},
+        "source": "api",
+    }

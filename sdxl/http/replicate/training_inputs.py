@@ -22,7 +22,6 @@ from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.numbers import number_from_text
 from sdxl.train.options import TRAIN_INPUTS, TrainRequest, check_train_request
 
-FILE_INPUTS = ("input_images", "resume_from_checkpoint")
 FILE_FORMS = ("http://", "https://", "data:")
 _DATA_URI = re.compile(r"data:[\w.+/-]*((?:;[\w.+=-]+)*),", re.IGNORECASE)
 

@@ -13,6 +13,7 @@ from sdxl.http.auth import caller
 from sdxl.http.errors import retry_after
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import (
+    CANCEL_WAIT_S,
     ReplicateError,
     accepting,
     invalid,
@@ -24,11 +25,12 @@ from sdxl.http.replicate.common import (
     whose,
 )
 from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissing, NotYours
-from sdxl.http.replicate.webhooks import EVENTS
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
+from sdxl.runtime.runtime import TRAINING
+from sdxl.runtime.webhooks import EVENTS
 from sdxl.store.errors import StoreFull
 from sdxl.train.options import TRAIN_INPUTS
 
@@ -143,11 +145,8 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
     async def cancel_training(training_id: str, http: HttpRequest) -> dict:
         await asyncio.to_thread(owned, training_id, http)
         await asyncio.to_thread(trainings.cancel, training_id)
-        for _ in range(20):  # a running one stops at its next step
-            row = await asyncio.to_thread(rows.get, training_id)
-            if row["status"] in ("succeeded", "failed", "canceled"):
-                break
-            await asyncio.sleep(0.1)
+        # A running one stops at its next step.
+        row = await api.runtime.until_ended(TRAINING, training_id, CANCEL_WAIT_S)
         return render.training(row, origin(http, settings))
 
     @routes.get(

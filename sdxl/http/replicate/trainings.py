@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 
-from sdxl.engine.shared_queue import SharedQueue
 from sdxl.http.auth import Caller
-from sdxl.http.replicate.events import Events
-from sdxl.http.replicate.inputs import own_file_id
 from sdxl.http.replicate.models import Version
-from sdxl.http.replicate.training_inputs import FILE_INPUTS, check_training_input, data_uri_file
-from sdxl.http.replicate.webhooks import check_webhook
+from sdxl.http.replicate.training_inputs import check_training_input, data_uri_file
 from sdxl.inputs.surface import InvalidInputs, Problem
+from sdxl.runtime.runtime import TRAINING, JobRuntime
+from sdxl.runtime.stored_inputs import own_file_id
+from sdxl.runtime.webhooks import check_webhook
 from sdxl.store.store import Store
 from sdxl.store.tables import ANY, new_id
+from sdxl.train.options import FILE_INPUTS
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")  # a model's name, as Replicate allows them
 VISIBILITIES = ("public", "private")
@@ -31,10 +31,9 @@ class NotYours(PermissionError):
 
 
 class Trainings:
-    def __init__(self, store: Store, queue: SharedQueue, events: Events):
+    def __init__(self, store: Store, runtime: JobRuntime):
         self.store = store
-        self.queue = queue
-        self.events = events
+        self.runtime = runtime
 
     def create_model(self, body: dict, tenant: str, admin: bool) -> dict | None:
         """The caller's new destination model (None: owner/name exists); InvalidInputs names
@@ -87,7 +86,7 @@ class Trainings:
             if name in given
             and (key := self._keep_file(training_id, name, given[name], scope, origins))
         }
-        row = self.store.trainings.create(
+        return self.runtime.create_training(
             {
                 "id": training_id,
                 "model": version.model,
@@ -101,8 +100,6 @@ class Trainings:
                 "input_files": kept,
             }
         )
-        self.queue.created()
-        return row
 
     def _keep_file(self, training_id: str, name: str, source: str, tenant, origins) -> str | None:
         """Where a file input waits for the training: a copy of the caller's upload or the
@@ -126,11 +123,4 @@ class Trainings:
         return key
 
     def cancel(self, training_id: str) -> None:
-        if self.store.trainings.request_cancel(training_id):  # it was still queued
-            self.queue.withdrawn()
-            self.events.training_changed(training_id, "completed")
-            return
-        job = self.queue.local(training_id)
-        if job is not None:
-            job.cancel("the training was cancelled")
-        # claimed by another replica: the CANCELS channel reaches it
+        self.runtime.cancel(TRAINING, training_id)

@@ -23,7 +23,7 @@ DEAD_MESSAGE = (
 )
 
 
-class Replicas:
+class Heartbeats:
     def __init__(self, store: Store, name: str, timeout_s: float):
         self.store = store
         self.name = name

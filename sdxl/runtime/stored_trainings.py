@@ -15,16 +15,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sdxl.engine import Job, JobEvents
+from sdxl.engine import Job, JobEvents, TrainingJob
 from sdxl.errors import InputError
-from sdxl.http.replicate.events import Events
-from sdxl.http.replicate.training_inputs import FILE_INPUTS
 from sdxl.net import http_get
 from sdxl.net.urls import redact
+from sdxl.runtime.events import TRAINING, Events
 from sdxl.settings import FetchSettings
 from sdxl.store.errors import StoreUnavailable
 from sdxl.store.store import Store
-from sdxl.store.tables import PredictionStatus
+from sdxl.store.tables import StoredStatus
+from sdxl.train.options import FILE_INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class StoredTrainings:
         job_id = row["id"]
         events = JobEvents(started=self._started, log=self._logged, finished=self._finished)
         work = ServerTraining(self, row)
-        job = Job(job_id, None, events, tenant=row.get("tenant"), work=work)
+        job = TrainingJob(job_id, work, events, tenant=row.get("tenant"))
         self._earlier[job_id] = row["logs"] or ""
         self._jobs[job_id] = job
         if row["cancel_requested"]:
@@ -88,7 +88,7 @@ class StoredTrainings:
                 return
         except StoreUnavailable:
             return
-        self.events.training_changed(job.id, "start")
+        self.events.changed(TRAINING, job.id, "start")
 
     def _logged(self, job: Job, line: str) -> None:
         now = time.monotonic()
@@ -98,7 +98,7 @@ class StoredTrainings:
         step = job.steps.get("train", 0)
         with contextlib.suppress(StoreUnavailable):
             self.store.trainings.progress(job.id, self.replica, logs=self._logs(job), step=step)
-            self.events.training_changed(job.id, "logs")
+            self.events.changed(TRAINING, job.id, "logs")
 
     def _finished(self, job: Job) -> None:
         self._flushed.pop(job.id, None)
@@ -133,7 +133,7 @@ class StoredTrainings:
         message = None if ended.kind == "canceled" else ended.message
         row = rows.finish(
             job.id,
-            PredictionStatus(ended.status),
+            StoredStatus(ended.status),
             replica=self.replica,
             error=message,
             logs=logs,
@@ -143,8 +143,8 @@ class StoredTrainings:
         if row is None:  # not this replica's any more
             return
         if ended.succeeded:
-            self.events.training_changed(job.id, "output")
-        self.events.training_changed(job.id, "completed")
+            self.events.changed(TRAINING, job.id, "output")
+        self.events.changed(TRAINING, job.id, "completed")
 
     def close(self, timeout: float = STORE_WAIT_S) -> None:
         """The server stops: the last checkpoints and hand-backs are written first."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sdxl.http.auth import ANONYMOUS
+from sdxl.config import ANONYMOUS
 from sdxl.inputs.surface import Problem
 from sdxl.net import http_get
 from sdxl.net.urls import redact

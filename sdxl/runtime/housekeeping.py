@@ -8,9 +8,10 @@ import logging
 import threading
 import time
 
-from sdxl.engine.shared_queue import SharedQueue
-from sdxl.http.replicate.replicas import Replicas
-from sdxl.store.predictions import CANCELS
+from sdxl.engine import TrainingJob
+from sdxl.runtime.heartbeats import Heartbeats
+from sdxl.runtime.shared_queue import SharedQueue
+from sdxl.store.jobs import CANCELS
 from sdxl.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ RESTART_MESSAGE = (
 
 
 class Housekeeping:
-    def __init__(self, store: Store, queue: SharedQueue, replicas: Replicas | None, poll_s: float):
+    def __init__(
+        self, store: Store, queue: SharedQueue, replicas: Heartbeats | None, poll_s: float
+    ):
         self.store = store
         self.queue = queue
         self.replicas = replicas  # None: the only replica of its store (SQLite)
@@ -97,7 +100,7 @@ class Housekeeping:
         """A cancel of `prediction_id` reached the store: stop it if it runs here."""
         job = self.queue.local(prediction_id)
         if job is not None:
-            what = "training" if job.is_training else "prediction"
+            what = "training" if isinstance(job, TrainingJob) else "prediction"
             job.cancel(f"the {what} was cancelled")
 
     def stop(self) -> None:

@@ -1,24 +1,29 @@
 """Stored predictions on the engine: the job for a claimed row, and every change of its state
-written back to the store (start, logs, the encoded outputs or the error)."""
+written back to the store (start, logs, the encoded outputs or the error).
+
+A prediction created on this replica runs the Request its API checked (`adopt`); one recovered
+from the store (a restart, another replica's) is made a Request again from its stored input.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sdxl.config import INPUTS, OUTPUT_INPUTS
-from sdxl.engine import Job, JobEvents
+from sdxl.engine import GenerationJob, Job, JobEvents
 from sdxl.errors import UserError
-from sdxl.http.replicate.events import Events
-from sdxl.http.replicate.inputs import stored_request
-from sdxl.http.settings import PREVIEW_EVERY
 from sdxl.images.outputs import encode_outputs
+from sdxl.inputs.request import Request
+from sdxl.runtime.events import PREDICTION, Events
+from sdxl.runtime.stored_inputs import stored_request, with_own_files
 from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 from sdxl.store.store import Store
-from sdxl.store.tables import PredictionStatus
+from sdxl.store.tables import StoredStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +37,10 @@ DISK_FULL = "{}: the images were made but could not be kept; create the predicti
 STORE_RETRY_S = 0.5  # the first wait before storing a result again while the store is away
 STORE_RETRY_MAX_S = 10.0  # the longest
 RESULTS_GRACE_S = 20.0  # at a stop, how long results still being stored are waited for
-FAILED = PredictionStatus.FAILED
+FAILED = StoredStatus.FAILED
 
 
-class StoredRuns:
+class StoredPredictions:
     """Turns claimed rows into jobs (`job_for`, the shared queue's) and their ends into stored
     results; one per replica."""
 
@@ -46,6 +51,7 @@ class StoredRuns:
         replica: str,
         public_url: str | None,
         served: frozenset[str] = frozenset(),
+        preview_every: int = 0,
     ):
         self.store = store
         self.served = served  # the served models (owner/name); others are trained versions
@@ -54,17 +60,47 @@ class StoredRuns:
         self.public_url = public_url
         self._outputs = ThreadPoolExecutor(1, thread_name_prefix="sdxl-outputs")
         self._stopping = threading.Event()
+        self.preview_every = preview_every  # steps between the previews of a running one
         self._flushed: dict[str, float] = {}
+        self._lock = threading.Lock()
+        # The Requests checked by this replica's API for predictions it stored and nobody has
+        # claimed yet: by id, until claimed here or ended anywhere.
+        self._checked: dict[str, Request] = {}
 
-    def job_for(self, row: dict) -> Job:
-        origins = tuple(o for o in (row.get("origin"), self.public_url) if o)
-        given = row["input"]
+    def adopt(self, row: dict, request: Request) -> None:
+        """`request` (checked at the boundary) is what runs when `row` is claimed here."""
+        request = with_own_files(request, self._origins(row), self._file_reader(row))
+        with self._lock:
+            self._checked[row["id"]] = request
+
+    def forget(self, prediction_id: str) -> None:
+        """It ended (here or on another replica): its checked Request is no longer needed."""
+        with self._lock:
+            self._checked.pop(prediction_id, None)
+
+    def _origins(self, row: dict) -> tuple[str, ...]:
+        return tuple(o for o in (row.get("origin"), self.public_url) if o)
+
+    def _file_reader(self, row: dict):
         tenant = row.get("tenant")
 
         def file_bytes(file_id: str) -> bytes | None:  # only the creator's own uploads
             return self.store.files.data(file_id, tenant)
 
-        request = stored_request(given, origins, file_bytes, self._trained_tar(row))
+        return file_bytes
+
+    def _request(self, row: dict) -> Request:
+        """The checked Request if this replica's API made it, else the stored input's."""
+        with self._lock:
+            checked = self._checked.pop(row["id"], None)
+        trained_tar = self._trained_tar(row)
+        if checked is not None:
+            return checked if trained_tar is None else _with_tar(checked, trained_tar)
+        return stored_request(row["input"], self._origins(row), self._file_reader(row), trained_tar)
+
+    def job_for(self, row: dict) -> Job:
+        given, tenant = row["input"], row.get("tenant")
+        request = self._request(row)
         output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
 
         def finished(job: Job) -> None:
@@ -74,7 +110,8 @@ class StoredRuns:
         events = JobEvents(
             started=self._started, log=self._logged, preview=self._preview, finished=finished
         )
-        job = Job(row["id"], request, events, preview_every=PREVIEW_EVERY, tenant=tenant)
+        every = self.preview_every
+        job = GenerationJob(row["id"], request, events, preview_every=every, tenant=tenant)
         if row["cancel_requested"]:
             job.cancel("the prediction was cancelled")
         return job
@@ -95,7 +132,7 @@ class StoredRuns:
                 return
         except StoreUnavailable:  # it runs; its start is written with its end
             return
-        self.events.changed(job.id, "start")
+        self.events.changed(PREDICTION, job.id, "start")
 
     def _preview(self, job: Job, preview) -> None:
         with contextlib.suppress(StoreUnavailable):  # the next one, or the result, will do
@@ -111,7 +148,7 @@ class StoredRuns:
                 self.store.predictions.update(job.id, logs=_text(job.logs))
             except StoreUnavailable:  # the store is away: the logs go with the result
                 return
-            self.events.changed(job.id, "logs")
+            self.events.changed(PREDICTION, job.id, "logs")
 
     def _store_result(self, job: Job, fmt: str, quality: int) -> None:
         if job.outcome.kind == "stopping":
@@ -125,9 +162,9 @@ class StoredRuns:
         kept = self._finish(job, status, error, images, metrics)
         if not kept:  # cancelled while queued, or settled by another replica: theirs stands
             return
-        if status == PredictionStatus.SUCCEEDED:
-            self.events.changed(job.id, "output")
-        self.events.changed(job.id, "completed")
+        if status == StoredStatus.SUCCEEDED:
+            self.events.changed(PREDICTION, job.id, "output")
+        self.events.changed(PREDICTION, job.id, "completed")
 
     def _finish(self, job: Job, status, error, images, metrics) -> bool:
         """Store the end of `job`. While the store cannot be reached the result is kept here and
@@ -178,16 +215,20 @@ class StoredRuns:
         ended = job.outcome  # sdxl.engine.outcome: the same status and message as every API
         if not ended.succeeded:
             message = None if ended.kind == "canceled" else ended.message
-            return PredictionStatus(ended.status), message, [], metrics
+            return StoredStatus(ended.status), message, [], metrics
         result = job.result()
         try:
             outputs = encode_outputs(result, fmt, quality, flagged="drop")
         except UserError as err:  # every image flagged
-            return PredictionStatus.FAILED, str(err), [], metrics
+            return StoredStatus.FAILED, str(err), [], metrics
         images = [(o.name, o.mime, o.data) for o in outputs]
         metrics.update(seeds=[o.seed for o in outputs], mode=result.mode)
         metrics["refine"] = job.request.refine
-        return PredictionStatus.SUCCEEDED, None, images, metrics
+        return StoredStatus.SUCCEEDED, None, images, metrics
+
+
+def _with_tar(request: Request, trained_tar: str) -> Request:
+    return dataclasses.replace(request, trained_tar=trained_tar)
 
 
 def _text(lines: list[str]) -> str:

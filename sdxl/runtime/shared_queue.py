@@ -25,9 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sdxl.engine.jobs import Job
-from sdxl.engine.queue import MemoryQueue
-from sdxl.store.predictions import JOBS
+from sdxl.engine import Job, MemoryQueue
+from sdxl.store.jobs import JOBS
 
 log = logging.getLogger(__name__)
 

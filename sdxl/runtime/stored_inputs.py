@@ -1,0 +1,88 @@
+"""A stored job's input made an engine Request again: for a prediction claimed after a restart
+or on another replica (the one created here runs the Request its API checked, never reparsed).
+
+Images become sources: this server's uploads are read from the store, never fetched over
+HTTP; data URIs are decoded; other URLs are fetched when the job is prepared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+from sdxl.errors import InputError
+from sdxl.images.inputs import ImageSource, data_uri_bytes
+from sdxl.inputs.request import Request
+from sdxl.inputs.surface import REQUEST_FIELDS
+
+IMAGE_INPUTS = ("image", "mask")
+
+_FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")
+
+
+def stored_request(
+    given: dict,
+    origins: tuple[str, ...],
+    read_file: Callable[[str], bytes | None],
+    trained_tar: str | None = None,
+) -> Request:
+    """The engine Request of a checked input. `origins` are this server's (its public URL, the
+    creating request's); `read_file(id)` reads one of its uploads; `trained_tar` is a trained
+    version's weights in this server's files."""
+    values = {k: v for k, v in given.items() if k in REQUEST_FIELDS}
+    for name in IMAGE_INPUTS:
+        if name in values:
+            values[name] = _source(values[name], name, origins, read_file)
+    return Request(**values, trained_tar=trained_tar)
+
+
+def with_own_files(
+    request: Request, origins: tuple[str, ...], read_file: Callable[[str], bytes | None]
+) -> Request:
+    """The Request the boundary checked, its images that are this server's uploads read from
+    the store instead of fetched over HTTP."""
+    own = {}
+    for name in IMAGE_INPUTS:
+        source = getattr(request, name)
+        if isinstance(source, ImageSource) and source.url is not None:
+            file_id = own_file_id(source.url, origins)
+            if file_id is not None:
+                own[name] = replace(source, url=None, read=_reader(file_id, name, read_file))
+    return replace(request, **own) if own else request
+
+
+def _source(text: str, name: str, origins, read_file) -> ImageSource:
+    text = text.strip()
+    if text[:5].lower() == "data:":
+        return ImageSource(name, data=data_uri_bytes(text, name))
+    file_id = own_file_id(text, origins)
+    if file_id is None:
+        return ImageSource(name, url=text)
+    return ImageSource(name, read=_reader(file_id, name, read_file))
+
+
+def _reader(file_id: str, name: str, read_file) -> Callable[[], bytes]:
+    def read() -> bytes:
+        data = read_file(file_id)
+        if data is None:
+            raise InputError(
+                "{field:name}: the file " + file_id + " is not on this server (expired or never "
+                "uploaded); upload it again",
+                name,
+                values={},
+            )
+        return data
+
+    return read
+
+
+def own_file_id(url: str, origins: tuple[str, ...]) -> str | None:
+    """The file id when `url` is one of this server's /v1/files/<id> URLs."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    match = _FILE_PATH.fullmatch(parts.path)
+    if match and origin in {o.lower().rstrip("/") for o in origins}:
+        return match.group(1)
+    return None
