@@ -10,103 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 from fastapi import Request as HttpRequest
 
-from sdxl.engine import Job, JobEvents
+from sdxl.engine import GenerationJob, Job
 from sdxl.http.errors import ClientDisconnected, QueueFull, Unavailable, retry_after
 from sdxl.http.outcomes import api_error, stopping_headers
 from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import LOADING_RETRY_AFTER_S
 from sdxl.images.result import Result
-from sdxl.inputs.request import Request
 from sdxl.inputs.surface import Surface
+from sdxl.runtime.memory_jobs import MemoryJobs
+from sdxl.runtime.memory_jobs import QueueFull as RuntimeQueueFull
 
 log = logging.getLogger(__name__)
 
-FIRST_GUESS_S = 10.0  # Retry-After before any job has been timed
 
-
-class SyncJobs:
-    """The synchronous APIs' jobs on this replica, bounded, by caller."""
+class SyncJobs(MemoryJobs):
+    """The synchronous APIs' jobs on this replica (`sdxl.runtime.memory_jobs`), taken only
+    while the server takes requests, with the runtime's refusal as these APIs' 429."""
 
     def __init__(self, service: Service, capacity: int):
+        super().__init__(service.engine, capacity)
         self.service = service
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._mean_s: float | None = None
-        self._by_caller: dict[str, list[Job]] = {}
 
-    def submit(
-        self,
-        requests: list[Request],
-        caller: str,
-        events: JobEvents | None = None,
-        preview_every: int = 0,
-    ) -> list[Job]:
-        """Queue one request's jobs (QueueFull when they do not fit; Unavailable when the
-        server takes no request)."""
+    def submit(self, *args, **kwargs) -> list[GenerationJob]:
+        """`MemoryJobs.submit`; QueueFull when the jobs do not fit, Unavailable when the
+        server takes no request."""
         check_accepting(self.service)
-        with self._lock:
-            room = self.capacity + (0 if self.service.engine.counts()["running"] else 1)
-            if self._waiting + len(requests) > room:
-                mean = FIRST_GUESS_S if self._mean_s is None else self._mean_s
-                raise QueueFull(
-                    f"{self._waiting} jobs are already waiting, the most this server queues is "
-                    f"{self.capacity} (SDXL_QUEUE_SIZE); retry after the Retry-After seconds",
-                    headers=retry_after(mean * max(1, self._waiting - self.capacity + 1)),
-                )
-            self._waiting += len(requests)
-        jobs = [self._submit(r, caller, events or JobEvents(), preview_every) for r in requests]
-        return jobs
-
-    def _submit(self, request: Request, caller: str, events: JobEvents, every: int) -> Job:
-        left = threading.Event()  # the job stopped waiting: it started, or it ended
-
-        def stop_waiting(job: Job) -> None:
-            with self._lock:
-                if not left.is_set():
-                    left.set()
-                    self._waiting -= 1
-
-        def started(job: Job) -> None:
-            stop_waiting(job)
-            if events.started is not None:
-                events.started(job)
-
-        def finished(job: Job) -> None:
-            stop_waiting(job)
-            with self._lock:
-                jobs = self._by_caller.get(caller, [])
-                if job in jobs:
-                    jobs.remove(job)
-                if not jobs:
-                    self._by_caller.pop(caller, None)
-                if job.run_seconds is not None and job.error is None:
-                    old = self._mean_s if self._mean_s is not None else job.run_seconds
-                    self._mean_s = 0.7 * old + 0.3 * job.run_seconds
-            if events.finished is not None:
-                events.finished(job)
-
-        own = JobEvents(
-            started=started,
-            step=events.step,
-            log=events.log,
-            preview=events.preview,
-            finished=finished,
-        )
-        job = self.service.engine.submit(request, events=own, preview_every=every, tenant=caller)
-        with self._lock:
-            if not job.done():
-                self._by_caller.setdefault(caller, []).append(job)
-        return job
-
-    def of_caller(self, caller: str) -> list[Job]:
-        """The caller's jobs not ended yet, in the order they were submitted."""
-        with self._lock:
-            return [job for job in self._by_caller.get(caller, []) if not job.done()]
+        try:
+            return super().submit(*args, **kwargs)
+        except RuntimeQueueFull as full:
+            raise QueueFull(
+                f"{full.waiting} jobs are already waiting, the most this server queues is "
+                f"{full.capacity} (SDXL_QUEUE_SIZE); retry after the Retry-After seconds",
+                headers=retry_after(full.retry_after_s),
+            ) from None
 
 
 def check_accepting(service: Service) -> None:

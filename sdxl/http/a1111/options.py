@@ -20,6 +20,7 @@ from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.settings import Settings
+from sdxl.http.shapes import A1111Route
 from sdxl.http.trained import TrainedModels
 from sdxl.inputs.surface import Problem
 
@@ -81,7 +82,7 @@ class OptionsApi:
         }
 
     def router(self) -> APIRouter:
-        routes = APIRouter()
+        routes = APIRouter(route_class=A1111Route)
         names = self.settings.model_names
 
         @routes.get("/options")

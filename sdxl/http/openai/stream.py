@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from fastapi import Request as HttpRequest
 from PIL import Image
 
-from sdxl.engine import JobEvents
 from sdxl.http.auth import caller_of
 from sdxl.http.errors import ApiError
 from sdxl.http.openai.images import REPORTED_QUALITY, encoded
@@ -23,6 +22,7 @@ from sdxl.http.sync import SyncJobs, outcome
 from sdxl.images.outputs import encode_image
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import Checked, Surface
+from sdxl.runtime.memory_jobs import Watch
 
 USAGE = {
     "input_tokens": 0,
@@ -45,14 +45,8 @@ async def image_events(
     kind: str,
     every: int,
 ) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def put(item) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    events = JobEvents(preview=lambda job, p: put(("preview", p)), finished=lambda job: put(None))
-    (job,) = sync.submit([request], caller_of(http), events, preview_every=every)
+    watch = Watch()
+    (job,) = sync.submit([request], caller_of(http), preview_every=every, watch=watch)
     fmt, quality = found.output("output_format"), found.output("output_quality")
     common = {
         "background": "opaque",
@@ -62,7 +56,7 @@ async def image_events(
     partial = found.given.get("partial_images", 0)
     sent = 0
     try:
-        while (item := await queue.get()) is not None:
+        while (item := await watch.next()) is not None:
             preview = item[1]
             if sent < partial:
                 image = Image.open(io.BytesIO(preview.jpeg))
