@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from common import loaded_engine, reset_rss_peak, rss_peak_bytes, sync, weights_or_tiny, write
 
-from sdxl.train import models as trained_models
+from sdxl.train import trainable
 from sdxl.train.loop import Example, Trainer
 from sdxl.train.options import TrainRequest
 
@@ -46,7 +46,7 @@ def examples(models, count: int, size: int) -> list[Example]:
 
 
 def ours(models, req: TrainRequest, data: list[Example], checkpointing: bool) -> Trainer:
-    trained = trained_models.build(
+    trained = trainable.build(
         models, ["TOK"], True, req.lora_rank, torch.Generator().manual_seed(1)
     )
     if checkpointing:

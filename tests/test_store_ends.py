@@ -1,4 +1,4 @@
-"""The store tells who waits for a job that it ended (the ENDS channel, `sdxl.store.jobs`), with
+"""The store tells who waits for a job that it ended (the ENDS channel, `sdxl.store.job_rows`), with
 the job's id: a finish, a queued job cancelled, a prediction failed for a dead or restarted
 replica; a cancel that only reaches a claimed job, a training queued again, or expiry tells
 nothing. On SQLite this process's commits; on PostgreSQL every replica, also to a listener
@@ -13,7 +13,7 @@ from support.helpers import wait_until
 from support.postgres import fresh_database
 
 from sdxl.http.settings import StoreLimits
-from sdxl.store.jobs import CANCELS, ENDS
+from sdxl.store.job_rows import CANCELS, ENDS
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 

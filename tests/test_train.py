@@ -169,7 +169,7 @@ def test_the_webui_files_in_diffusers_loaders_give_the_replicate_weights_pixels(
 
 def trainer_of(engine, req: TrainRequest, folder):
     """A `Trainer` on the engine's models, built as a training builds it (under its lock)."""
-    from sdxl.train import models as trained_models
+    from sdxl.train import trainable
     from sdxl.train.archive import read_archive
     from sdxl.train.loop import Trainer, encode_examples
     from sdxl.train.preprocess import HelperModels, preprocess
@@ -178,7 +178,7 @@ def trainer_of(engine, req: TrainRequest, folder):
     archive = read_archive(req.input_images, "infer", folder, "TOK")
     prepared = preprocess(archive.images, req, HelperModels(models.weights_dir, "cpu", None))
     generator = torch.Generator().manual_seed(5)
-    trained = trained_models.build(models, ["TOK"], req.is_lora, req.lora_rank, generator)
+    trained = trainable.build(models, ["TOK"], req.is_lora, req.lora_rank, generator)
     return Trainer(models, trained, req, encode_examples(models, prepared, trained.tokens, 5))
 
 

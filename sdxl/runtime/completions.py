@@ -2,7 +2,7 @@
 woken by the end itself instead of polling the store.
 
 `ended(job_id)` may be called from any thread: by this process when it stored the job's end, and
-by the store's wake-up (`sdxl.store.jobs.ENDS`: LISTEN/NOTIFY on PostgreSQL, this process's
+by the store's wake-up (`sdxl.store.job_rows.ENDS`: LISTEN/NOTIFY on PostgreSQL, this process's
 commits on SQLite) when another replica ended it. An empty id wakes every waiter (the wake-ups
 reconnected: what was notified meanwhile was missed). A waiter reads the job once when it
 starts and again at each wake-up for its id; it never reads on a timer.

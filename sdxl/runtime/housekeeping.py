@@ -11,7 +11,7 @@ import time
 from sdxl.engine import TrainingJob
 from sdxl.runtime.heartbeats import Heartbeats
 from sdxl.runtime.shared_queue import SharedQueue
-from sdxl.store.jobs import CANCELS
+from sdxl.store.job_rows import CANCELS
 from sdxl.store.store import Store
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from sdxl.runtime.stored_predictions import StoredPredictions
 from sdxl.runtime.stored_trainings import StoredTrainings
 from sdxl.runtime.webhooks import Webhooks, new_secret
 from sdxl.settings import FetchSettings
-from sdxl.store.jobs import ENDS
+from sdxl.store.job_rows import ENDS
 from sdxl.store.store import Store
 from sdxl.store.tables import ANY
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sdxl.engine import Job, MemoryQueue
-from sdxl.store.jobs import JOBS
+from sdxl.store.job_rows import JOBS
 
 log = logging.getLogger(__name__)
 

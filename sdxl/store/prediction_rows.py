@@ -1,4 +1,4 @@
-"""Stored predictions: the stored jobs of `sdxl.store.jobs` (created queued, claimed in the
+"""Stored predictions: the stored jobs of `sdxl.store.job_rows` (created queued, claimed in the
 tenants' turns, started, cancelled, ended, with the wake-ups they send), bounded by the queued
 caps; ended with their outputs (bytes in the files backend); their latest preview while they
 run. One that was running when its replica died or restarted fails (`fail_running`)."""
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
 from sdxl.store.errors import StoreFull
-from sdxl.store.jobs import ENDS, StoredJobs
+from sdxl.store.job_rows import ENDS, StoredJobs
 from sdxl.store.tables import (
     QUEUED,
     RUNNING,

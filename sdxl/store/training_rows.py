@@ -1,4 +1,4 @@
-"""Stored trainings: the stored jobs of `sdxl.store.jobs` (created queued, claimed in the
+"""Stored trainings: the stored jobs of `sdxl.store.job_rows` (created queued, claimed in the
 tenants' turns with the predictions, started, cancelled, ended, with the wake-ups they send),
 bounded per tenant; their progress and latest checkpoint kept (the checkpoint's bytes in the
 files backend); one that succeeds adds a version to its destination model
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
 from sdxl.store.errors import StoreFull
-from sdxl.store.jobs import StoredJobs
+from sdxl.store.job_rows import StoredJobs
 from sdxl.store.tables import ENDED, of_tenant, trainings, versions
 
 T = trainings.c

@@ -1,6 +1,6 @@
 """Wake-ups when the store changes, instead of polling it: on PostgreSQL, one LISTEN connection
 per replica hears every replica's NOTIFY (a job created or handed back, a cancel for a claimed
-one, a job that ended: the channels of `sdxl.store.jobs`); on SQLite, this process's own
+one, a job that ended: the channels of `sdxl.store.job_rows`); on SQLite, this process's own
 commits (`Database.notify`). Listeners are called on the listener's thread (SQLite: the
 committing one): keep them short (set an event).
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdxl.train.models import Trained
 from sdxl.train.options import TrainRequest
 from sdxl.train.preprocess import Prepared
+from sdxl.train.trainable import Trained
 
 MAX_GRAD_NORM = 1.0
 WEIGHT_DECAY, EMBEDDING_WEIGHT_DECAY = 1e-4, 1e-3

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from sdxl.train.models import Trained
+from sdxl.train.trainable import Trained
 
 _PEFT = re.compile(r"(?P<module>.+)\.(?P<proj>to_q|to_k|to_v|to_out\.0)\.lora_(?P<ab>[AB])\.weight")
 

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from sdxl.engine.jobs import OutOfMemory, notify
 from sdxl.inputs.request import draw_seed
-from sdxl.train import checkpoint, output
-from sdxl.train import models as trained_models
+from sdxl.train import checkpoint, output, trainable
 from sdxl.train.archive import Archive, ArchiveLimits, read_archive
 from sdxl.train.loop import Trainer, encode_examples
 from sdxl.train.options import TrainRequest, check_train_request
@@ -143,9 +142,7 @@ class Training:
             job.log(f"caption: {item.caption}")
         yield "preprocessed"
         generator = _generator(req.seed)
-        trained = trained_models.build(
-            models, archive.concepts, req.is_lora, req.lora_rank, generator
-        )
+        trained = trainable.build(models, archive.concepts, req.is_lora, req.lora_rank, generator)
         if self._checkpointing(models):
             trained.unet.enable_gradient_checkpointing()
         examples = encode_examples(models, prepared, trained.tokens, req.seed)

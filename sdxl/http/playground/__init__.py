@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from sdxl.http.caps import inline_input_schema
-from sdxl.http.replicate.models import Catalogue
+from sdxl.http.replicate.catalogue import Catalogue
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The inputs shown unfolded; every other input of the schema is under "Advanced inputs", so

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdxl.http.replicate.models import Catalogue
+from sdxl.http.replicate.catalogue import Catalogue
 from sdxl.http.replicate.predictions import Predictions
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.replicate.trainings import Trainings

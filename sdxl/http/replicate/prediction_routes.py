@@ -13,6 +13,7 @@ from sdxl.http.auth import caller_of
 from sdxl.http.caps import inline_input_schema
 from sdxl.http.errors import retry_after
 from sdxl.http.replicate.api import ReplicateApi
+from sdxl.http.replicate.catalogue import Version
 from sdxl.http.replicate.common import (
     CANCEL_WAIT_S,
     ReplicateError,
@@ -26,7 +27,6 @@ from sdxl.http.replicate.common import (
     prefer_wait,
     whose,
 )
-from sdxl.http.replicate.models import Version
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
@@ -41,12 +41,8 @@ EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client r
 
 def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter(route_class=ReplicateRoute)
-    rows, catalogue, predictions, render = (
-        api.store.predictions,
-        api.catalogue,
-        api.predictions,
-        api.renderer,
-    )
+    rows, catalogue = api.store.predictions, api.catalogue
+    predictions, render = api.predictions, api.renderer
 
     async def create(http: HttpRequest, version, body: dict) -> JSONResponse:
         accepting(service, "predictions")

@@ -3,8 +3,8 @@ runtime with the Request it checked), cancel."""
 
 from __future__ import annotations
 
+from sdxl.http.replicate.catalogue import Version
 from sdxl.http.replicate.inputs import REPLICATE, WIRE
-from sdxl.http.replicate.models import Version
 from sdxl.http.wire import checked
 from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.runtime.runtime import PREDICTION, JobRuntime

@@ -11,19 +11,9 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from sdxl.http.auth import caller
 from sdxl.http.errors import retry_after
+from sdxl.http.replicate import common
 from sdxl.http.replicate.api import ReplicateApi
-from sdxl.http.replicate.common import (
-    CANCEL_WAIT_S,
-    ReplicateError,
-    accepting,
-    invalid,
-    json_body,
-    json_body_doc,
-    not_found,
-    origin,
-    page_of,
-    whose,
-)
+from sdxl.http.replicate.common import ReplicateError, not_found
 from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissing, NotYours
 from sdxl.http.service import Service
 from sdxl.http.settings import Settings
@@ -63,15 +53,11 @@ TRAINING_BODY = {
 
 def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter(route_class=ReplicateRoute)
-    rows, trainings, render, catalogue = (
-        api.store.trainings,
-        api.trainings,
-        api.renderer,
-        api.catalogue,
-    )
+    rows, trainings = api.store.trainings, api.trainings
+    render, catalogue = api.renderer, api.catalogue
 
     def owned(training_id: str, http: HttpRequest) -> dict:
-        row = rows.get(training_id, whose(http))
+        row = rows.get(training_id, common.whose(http))
         if row is None:
             raise not_found(f"the training {training_id[:40]!r}")
         return row
@@ -85,35 +71,35 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
         "/v1/models", status_code=201, summary="Create a model (a destination for trainings)"
     )
     async def create_model(http: HttpRequest) -> JSONResponse:
-        body = await json_body(http)
+        body = await common.json_body(http)
         who = caller(http)
         try:
             row = await asyncio.to_thread(trainings.create_model, body, who.tenant, who.admin)
         except InvalidInputs as err:
-            raise invalid(err) from None
+            raise common.invalid(err) from None
         except NotYours:
             detail = f"you can create models only under your own name, {who.tenant!r}"
             raise ReplicateError(403, "Forbidden", detail) from None
         if row is None:
             detail = f"a model {body['owner']}/{body['name']} already exists"
             raise ReplicateError(409, "Conflict", detail)
-        rendered = catalogue.destination_json(row, None, origin(http, settings))
+        rendered = catalogue.destination_json(row, None, common.origin(http, settings))
         return JSONResponse(rendered, status_code=201)
 
     @routes.post(
         "/v1/models/{owner}/{name}/versions/{version_id}/trainings",
         status_code=201,
         summary="Create a training of a version into a destination model",
-        openapi_extra=json_body_doc(TRAINING_BODY),
+        openapi_extra=common.json_body_doc(TRAINING_BODY),
     )
     async def create_training(owner: str, name: str, version_id: str, http: HttpRequest):
-        accepting(service, "trainings")
+        common.accepting(service, "trainings")
         model = catalogue.model(owner, name)
         version = catalogue.version(version_id, model) if model else None
         if version is None:
             raise not_found(f"the version {owner}/{name}:{version_id[:70]}")
-        body = await json_body(http)
-        base = origin(http, settings)
+        body = await common.json_body(http)
+        base = common.origin(http, settings)
         origins = tuple(o for o in (base, settings.public_url) if o)
         try:
             row = await asyncio.to_thread(
@@ -122,7 +108,7 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
         except DestinationMissing:
             raise ReplicateError(404, "Not found", MISSING_DESTINATION) from None
         except InvalidInputs as err:
-            raise invalid(err) from None
+            raise common.invalid(err) from None
         except StoreFull as err:
             detail = (
                 f"{err.waiting} trainings of this API key are queued or running, the most this "
@@ -135,19 +121,19 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
 
     @routes.get("/v1/trainings/{training_id}", summary="Get a training")
     def get_training(training_id: str, http: HttpRequest) -> dict:
-        return render.training(owned(training_id, http), origin(http, settings))
+        return render.training(owned(training_id, http), common.origin(http, settings))
 
     @routes.get("/v1/trainings", summary="List trainings, newest first")
     def list_trainings(http: HttpRequest, cursor: str | None = None) -> dict:
-        return page_of(rows, http, settings, "/v1/trainings", render.training)
+        return common.page_of(rows, http, settings, "/v1/trainings", render.training)
 
     @routes.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training")
     async def cancel_training(training_id: str, http: HttpRequest) -> dict:
         await asyncio.to_thread(owned, training_id, http)
         await asyncio.to_thread(trainings.cancel, training_id)
         # A running one stops at its next step.
-        row = await api.runtime.until_ended(TRAINING, training_id, CANCEL_WAIT_S)
-        return render.training(row, origin(http, settings))
+        row = await api.runtime.until_ended(TRAINING, training_id, common.CANCEL_WAIT_S)
+        return render.training(row, common.origin(http, settings))
 
     @routes.get(
         "/v1/trainings/{training_id}/weights",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from sdxl.http.auth import Caller
-from sdxl.http.replicate.models import Version
+from sdxl.http.replicate.catalogue import Version
 from sdxl.http.replicate.training_inputs import check_training_input, data_uri_file
 from sdxl.inputs.surface import InvalidInputs, Problem
 from sdxl.runtime.runtime import TRAINING, JobRuntime
