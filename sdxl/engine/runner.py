@@ -31,7 +31,7 @@ from sdxl.engine.settings import EngineSettings
 from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation, with_prompts
-from sdxl.generate.preview import make_preview
+from sdxl.generate.preview import host_latents, make_preview
 from sdxl.images.result import Result
 from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.request import Request
@@ -198,7 +198,7 @@ class Runner:
                 self.device_tasks.run_pending()  # a finished job's safety checker, say
             every = job.preview_every
             if every and (done % every == 0 or done == total):
-                copied = latents[:1].detach().clone()  # the pipeline's own tensor stays as is
+                copied = host_latents(latents)  # the pipeline's own tensor stays as is
                 with contextlib.suppress(RuntimeError):  # the engine is closing: no preview
                     pending.append(self._previews.submit(_preview, job, stage, done, total, copied))
             job.check(deadline, self.clock)  # raises out of the pipeline: no further step
