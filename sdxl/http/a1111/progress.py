@@ -3,6 +3,10 @@
 
 A caller with two requests at once has two runs: the second one's progress never overwrites
 the first's; interrupt stops them all, skip the running batch of the first.
+
+Previews are made only for a run whose caller reads them: the first `/progress` that asks for
+the current image turns them on for that run's jobs (every PREVIEW_EVERY steps from then on),
+so a request nobody watches does no per-step work beyond counting.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ class Run:
     timestamp: str = field(default_factory=job_timestamp)
     interrupted: bool = False
     skipped: bool = False
+
+    def watch(self, every: int) -> None:
+        """Someone reads the previews: the jobs not ended make one every `every` steps."""
+        for job in self.jobs:
+            if not job.done() and not job.preview_every:
+                job.preview_every = every
 
 
 class Runs:
@@ -58,7 +68,8 @@ class Runs:
         return next((r for r in self.of(caller) if not all(j.done() for j in r.jobs)), None)
 
 
-def progress_of(run: Run | None, skip_current_image: bool) -> dict:
+def progress_of(run: Run | None, skip_current_image: bool, preview_every: int) -> dict:
+    """What /progress answers; asking for the current image turns the run's previews on."""
     idle = {
         "skipped": False,
         "interrupted": False,
@@ -78,6 +89,8 @@ def progress_of(run: Run | None, skip_current_image: bool) -> dict:
             "current_image": None,
             "textinfo": None,
         }
+    if not skip_current_image:
+        run.watch(preview_every)
     count = len(run.jobs)
     number = next(i for i, job in enumerate(run.jobs) if not job.done())
     job = run.jobs[number]

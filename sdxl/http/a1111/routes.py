@@ -61,7 +61,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         first = replace(found.request(), trained_tar=tar)
         requests = in_batches(first, [first.num_outputs] * found.given.get("n_iter", 1))
         caller = caller_of(http)
-        jobs = sync.submit(requests, caller, preview_every=PREVIEW_EVERY)
+        jobs = sync.submit(requests, caller)  # previews once /progress asks (progress.py)
         run = Run(jobs)
         runs.add(caller, run)
         try:
@@ -122,7 +122,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
 
     @routes.get("/progress", summary="The caller's running request, with a preview")
     def progress(http: HttpRequest, skip_current_image: bool = False) -> dict:
-        return progress_of(runs.current(caller_of(http)), skip_current_image)
+        return progress_of(runs.current(caller_of(http)), skip_current_image, PREVIEW_EVERY)
 
     @routes.post("/interrupt", summary="Stop the caller's running request")
     def interrupt(http: HttpRequest) -> dict:
