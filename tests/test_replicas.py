@@ -10,12 +10,12 @@ import time
 import pytest
 
 from sdxl.engine import GenerationJob
-from sdxl.http.settings import StoreLimits
 from sdxl.inputs.request import Request
 from sdxl.runtime import shared_queue
 from sdxl.runtime.heartbeats import DEAD_MESSAGE, Heartbeats
 from sdxl.runtime.shared_queue import SharedQueue
 from sdxl.store.errors import StoreUnavailable
+from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 

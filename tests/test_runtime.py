@@ -9,10 +9,13 @@ import threading
 
 import pytest
 
-from sdxl.http.settings import StoreLimits
 from sdxl.inputs.request import Request
+from sdxl.runtime import shared_queue
 from sdxl.runtime.completions import Completions
-from sdxl.runtime.runtime import PREDICTION, JobRuntime, RuntimeSettings
+from sdxl.runtime.kinds import PREDICTION
+from sdxl.runtime.runtime import JobRuntime, RuntimeSettings
+from sdxl.store.errors import StoreUnavailable
+from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 
@@ -26,8 +29,8 @@ def store(tmp_path):
     opened.close()
 
 
-def runtime_on(store: Store, tmp_path) -> JobRuntime:
-    settings = RuntimeSettings(work_dir=tmp_path / "trainings", served=SERVED)
+def runtime_on(store: Store, tmp_path, poll_s: float = 5.0) -> JobRuntime:
+    settings = RuntimeSettings(work_dir=tmp_path / "trainings", served=SERVED, store_poll_s=poll_s)
     return JobRuntime(store, settings, {PREDICTION: lambda row, base: {}})
 
 
@@ -55,6 +58,56 @@ def test_a_recovered_prediction_is_made_again_from_its_stored_input(store, tmp_p
     assert job.id == created["id"]
     assert job.request == Request(prompt="a stored cat", num_inference_steps=3, seed=7)
     restarted.close()
+
+
+def test_a_checked_request_another_replica_claimed_is_let_go(store, tmp_path):
+    runtime = runtime_on(store, tmp_path)
+    checked = Request(prompt="checked here", seed=1)
+    created = runtime.create_prediction(row_of({"prompt": "stored", "seed": 1}), checked)
+    assert store.predictions.claim("another-replica")["id"] == created["id"]
+    runtime.predictions.prune()  # an expiry round: the prediction is not this replica's now
+    store.replicas.release("another-replica")  # it stopped before starting it: queued again
+    job = runtime.queue.claim(1.0)
+    assert job.id == created["id"]
+    assert job.request == Request(prompt="stored", seed=1)  # made again, not the one kept
+    runtime.close()
+
+
+def test_a_claim_whose_job_cannot_be_made_goes_back_to_the_queue(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(shared_queue, "STORE_RETRY_S", 0.05)
+    runtime = runtime_on(store, tmp_path, poll_s=0.1)  # looks again soon after the failure
+    created = runtime.create_prediction(row_of({"prompt": "x"}), Request(prompt="x"))
+    job_for, calls = runtime.queue.job_for, []
+
+    def failing_once(row: dict):
+        calls.append(row["id"])
+        if len(calls) == 1:
+            raise StoreUnavailable("the database went away")
+        return job_for(row)
+
+    runtime.queue.job_for = failing_once
+    assert runtime.queue.claim(0) is None  # claimed in the store, but no job was made
+    assert store.predictions.get(created["id"])["claimed_by"] == runtime.replica
+    job = runtime.queue.claim(5.0)  # the lost claim is handed back, then claimed again
+    assert job is not None and job.id == created["id"]
+    assert calls == [created["id"], created["id"]]
+    runtime.close()
+
+
+def test_a_cancel_between_the_claim_and_the_job_reaches_the_job(store, tmp_path):
+    runtime = runtime_on(store, tmp_path)
+    created = runtime.create_prediction(row_of({"prompt": "x"}), Request(prompt="x"))
+    job_for = runtime.queue.job_for
+
+    def cancelled_meanwhile(row: dict):
+        # Claimed, not yet known here: the cancel finds no job to stop and only marks the row.
+        runtime.cancel(PREDICTION, row["id"])
+        return job_for(row)
+
+    runtime.queue.job_for = cancelled_meanwhile
+    job = runtime.queue.claim(1.0)
+    assert job.id == created["id"] and job.cancel_requested
+    runtime.close()
 
 
 def test_a_cancelled_queued_prediction_wakes_its_waiter(store, tmp_path):

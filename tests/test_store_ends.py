@@ -12,8 +12,8 @@ import pytest
 from support.helpers import wait_until
 from support.postgres import fresh_database
 
-from sdxl.http.settings import StoreLimits
 from sdxl.store.job_rows import CANCELS, ENDS
+from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from support.api_server import Server
 from support.postgres import _bin, fresh_database
 
-from sdxl.http.settings import StoreLimits
 from sdxl.store.blobs import Blobs
+from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import SCHEMA_VERSION
 

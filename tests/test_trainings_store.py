@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from sdxl.engine import GenerationJob, Job, TrainingJob
-from sdxl.http.settings import StoreLimits
 from sdxl.inputs.request import Request
 from sdxl.runtime.shared_queue import SharedQueue
+from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 

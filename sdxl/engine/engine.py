@@ -68,7 +68,8 @@ class Engine:
         self.lock = threading.RLock()  # held while the shared models are in use or changed
         self.device_tasks = DeviceTasks(self.lock)  # other threads' short device work
         self.runner: Any = None  # sdxl.engine.runner.Runner, once loaded
-        # Called with each job once it has ended (metrics); on the engine's threads, so short.
+        # Called with each job once it has ended (the runtime's metrics); on the engine's
+        # threads, so short.
         self.observers: list[Callable[[Job], Any]] = []
         self._ids = itertools.count(1)
         hooks = Hooks(

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sdxl.engine.engine")
 
+CLAIM_RETRY_S = 1.0  # after a claim that raised, wait this long before the next
 LOOKAHEAD = 1  # jobs prepared or preparing beyond the running one (downloads aside)
 STOPPING = "the server is stopping and this job had not started; send it again"
 SHUTTING_DOWN = "the server is shutting down"
@@ -158,9 +159,7 @@ class Lanes:
         return len(waiting)
 
     def hand_back(self, jobs: list[Job], reason: str = STOPPING) -> None:
-        release = getattr(self.queue, "release_claims", None)  # a queue that stores jobs
-        if release is not None:
-            release()  # first: their end must not be written as theirs
+        self.queue.release_claims()  # first: their end must not be written as theirs
         for job in jobs:
             self.settle(job, ServerStopping(reason))  # first: the cancel then finds it ended
             job.cancel(reason)  # a preparation under way sees it and stops
@@ -231,7 +230,12 @@ class Lanes:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or self._room())
                 busy = self._running is not None or self._training is not None
-            job = self.queue.claim(0.5, stored=self.hooks.takes_stored(), ahead=busy)
+            try:
+                job = self.queue.claim(0.5, stored=self.hooks.takes_stored(), ahead=busy)
+            except Exception:  # a queue's bug must not stop the engine claiming for good
+                log.exception("claiming the next job failed; claiming again in a moment")
+                time.sleep(CLAIM_RETRY_S)
+                continue
             if job is None:
                 continue
             with self._cond:

@@ -31,6 +31,10 @@ class JobQueue(Protocol):
     def waiting(self, *, stored: bool = True) -> int:
         """How many jobs wait for this engine (`stored` as in `claim`)."""
 
+    def release_claims(self) -> None:
+        """The engine stops: the stored jobs it claimed and did not start wait again for
+        another replica or the next start (their end here is not theirs)."""
+
 
 class MemoryQueue:
     """A first-in first-out queue in this process's memory (`SharedQueue` takes its tenants in
@@ -70,3 +74,6 @@ class MemoryQueue:
     def waiting(self, *, stored: bool = True) -> int:
         with self._cond:
             return len(self._jobs)
+
+    def release_claims(self) -> None:
+        """Nothing is stored: the jobs in memory end with the process."""

@@ -27,7 +27,8 @@ from sdxl import logs
 from sdxl.engine import Engine, EngineSettings, EngineState
 from sdxl.http.app import create_app
 from sdxl.http.auth import ApiKeys, KeyEntry, load_api_keys, new_salt
-from sdxl.http.replicate.api import open_replicate_api, open_store
+from sdxl.http.replicate.api import open_replicate_api, open_runtime, open_store
+from sdxl.http.replicate.render import Renderer
 from sdxl.http.service import ServerStatus, Service
 from sdxl.http.settings import Settings
 from sdxl.settings import Runtime, SettingsError
@@ -133,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
         keys = _keys(args.no_auth, args.host)
-        runtime = Runtime.from_env()
+        model_settings = Runtime.from_env()  # the weights, device and dtype
         engine_settings = EngineSettings.from_env()
     except SettingsError as err:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
     try:
         store = open_store(settings)
-        api = open_replicate_api(settings, store, engine_settings.caps, engine_settings.fetch)
+        renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
+        runtime = open_runtime(settings, store, engine_settings.fetch, renderer)
+        api = open_replicate_api(settings, runtime, renderer, engine_settings.caps)
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         api_keys = ApiKeys(keys, api.store.setting("tenant_salt", new_salt).encode())
         # The count and the tenants' names, never the keys.
         log.info("authentication on: %d API keys of tenants %s", len(keys), api_keys.tenants)
-    service = Service(Engine(runtime, engine_settings, queue=api.runtime.queue))
+    service = Service(Engine(model_settings, engine_settings, queue=runtime.queue))
     app = create_app(service, settings, api_keys, api)
     config = uvicorn.Config(
         app,
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "serving on http://%s:%d (weights %s, queue %d, body limit %d bytes)",
         args.host,
         args.port,
-        runtime.weights_dir,
+        model_settings.weights_dir,
         settings.queue_size,
         settings.max_body_bytes,
     )

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sdxl.runtime.kinds import CLAIMED_KINDS
 from sdxl.settings import SettingsError, env_number, parse_size
+from sdxl.store.limits import StoreLimits
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # 20 MiB: room for a large base64 seed_image
 DEFAULT_QUEUE_SIZE = 8
@@ -34,7 +36,7 @@ def _public_url(raw: str) -> str | None:
     return raw
 
 
-def _models(raw: str) -> tuple[str, ...]:
+def _served_names(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     for name in names:
         model = name.partition(":")[0]
@@ -70,12 +72,9 @@ def _files_dir(environ: Mapping[str, str]) -> Path | None:
     return Path(raw) if raw else None
 
 
-JOB_KINDS = ("predictions", "trainings")
-
-
 def _job_kinds(raw: str) -> tuple[str, ...]:
     kinds = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    wrong = [kind for kind in kinds if kind not in JOB_KINDS]
+    wrong = [kind for kind in kinds if kind not in CLAIMED_KINDS]
     if wrong or not kinds:
         raise SettingsError(
             f"SDXL_JOB_KINDS={raw!r}: list what this replica takes from the shared queue, "
@@ -89,31 +88,21 @@ def default_state_dir() -> Path:
     return Path(base) / "sdxl-cog"
 
 
-@dataclass(frozen=True)
-class StoreLimits:
-    """What the Replicate API's prediction store keeps."""
-
-    ttl_s: float = 3600.0  # SDXL_PREDICTION_TTL: kept this long after they end
-    max_predictions: int = 10_000  # SDXL_MAX_STORED_PREDICTIONS
-    max_bytes: int = 10 << 30  # SDXL_MAX_STORED_BYTES: outputs and files together
-    max_queued: int = 1000  # SDXL_MAX_QUEUED_PREDICTIONS: waiting predictions
-    max_queued_per_tenant: int | None = None  # SDXL_MAX_QUEUED_PER_KEY: of one tenant (None: any)
-    max_trainings_per_tenant: int = 2  # SDXL_MAX_TRAININGS_PER_KEY: queued or running, per tenant
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> StoreLimits:
-        return cls(
-            ttl_s=env_number(env, "SDXL_PREDICTION_TTL", float, 1.0, cls.ttl_s),
-            max_predictions=env_number(
-                env, "SDXL_MAX_STORED_PREDICTIONS", int, 1, cls.max_predictions
-            ),
-            max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, cls.max_bytes),
-            max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, cls.max_queued),
-            max_queued_per_tenant=env_number(env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, None),
-            max_trainings_per_tenant=env_number(
-                env, "SDXL_MAX_TRAININGS_PER_KEY", int, 1, cls.max_trainings_per_tenant
-            ),
-        )
+def store_limits(env: Mapping[str, str]) -> StoreLimits:
+    """The store's limits from SDXL_PREDICTION_TTL, SDXL_MAX_STORED_* and SDXL_MAX_QUEUED_*."""
+    defaults = StoreLimits
+    return StoreLimits(
+        ttl_s=env_number(env, "SDXL_PREDICTION_TTL", float, 1.0, defaults.ttl_s),
+        max_predictions=env_number(
+            env, "SDXL_MAX_STORED_PREDICTIONS", int, 1, defaults.max_predictions
+        ),
+        max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, defaults.max_bytes),
+        max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, defaults.max_queued),
+        max_queued_per_tenant=env_number(env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, None),
+        max_trainings_per_tenant=env_number(
+            env, "SDXL_MAX_TRAININGS_PER_KEY", int, 1, defaults.max_trainings_per_tenant
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -127,7 +116,7 @@ class Settings:
     # database, a folder every replica mounts (a ReadWriteMany volume)
     files_dir: Path | None = None
     store: StoreLimits = field(default_factory=StoreLimits)  # SDXL_PREDICTION_TTL, ...
-    models: tuple[str, ...] = (GUIDE_MODEL,)  # SDXL_REPLICATE_MODELS
+    served_names: tuple[str, ...] = (GUIDE_MODEL,)  # SDXL_REPLICATE_MODELS: owner/name[:version]
     page_size: int = 100  # SDXL_PAGE_SIZE: predictions per page of GET /v1/predictions
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (default: made once, stored)
     # SDXL_REPLICA_TIMEOUT: on a shared database, a replica silent this long is dead
@@ -137,7 +126,7 @@ class Settings:
     store_poll_s: float = 5.0
     # SDXL_JOB_KINDS: what this replica claims from the store's queue (a serving pool and a
     # training pool on one database); its synchronous APIs answer whatever it is sent
-    job_kinds: tuple[str, ...] = JOB_KINDS
+    job_kinds: tuple[str, ...] = CLAIMED_KINDS
     # SDXL_MODEL_NAME: the served model's id on OpenAI's and AUTOMATIC1111's APIs (no "/")
     model_name: str = "sdxl"
     # SDXL_MODEL_ALIASES: other names accepted for it, for front-ends that cannot change theirs
@@ -164,13 +153,13 @@ class Settings:
             state_dir=Path(environ.get("SDXL_STATE_DIR") or default_state_dir()),
             database_url=environ.get("SDXL_DATABASE_URL", "").strip() or None,
             files_dir=_files_dir(environ),
-            store=StoreLimits.from_env(environ),
-            models=_models(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
+            store=store_limits(environ),
+            served_names=_served_names(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
             page_size=env_number(environ, "SDXL_PAGE_SIZE", int, 1, 100),
             webhook_secret=secret,
             replica_timeout_s=env_number(environ, "SDXL_REPLICA_TIMEOUT", float, 1.0, 30.0),
             store_poll_s=env_number(environ, "SDXL_STORE_POLL_S", float, 0.1, cls.store_poll_s),
-            job_kinds=_job_kinds(environ.get("SDXL_JOB_KINDS", ",".join(JOB_KINDS))),
+            job_kinds=_job_kinds(environ.get("SDXL_JOB_KINDS", ",".join(CLAIMED_KINDS))),
             model_name=_model_name(environ.get("SDXL_MODEL_NAME", "sdxl"), "SDXL_MODEL_NAME"),
             model_aliases=tuple(
                 _model_name(name, "SDXL_MODEL_ALIASES")

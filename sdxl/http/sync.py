@@ -13,7 +13,7 @@ import logging
 
 from fastapi import Request as HttpRequest
 
-from sdxl.engine import GenerationJob, Job
+from sdxl.engine import Job
 from sdxl.http.errors import ClientDisconnected, QueueFull, Unavailable, retry_after
 from sdxl.http.outcomes import api_error, stopping_headers
 from sdxl.http.service import ServerStatus, Service
@@ -21,31 +21,25 @@ from sdxl.http.settings import LOADING_RETRY_AFTER_S
 from sdxl.images.result import Result
 from sdxl.inputs.surface import Surface
 from sdxl.runtime.memory_jobs import MemoryJobs
-from sdxl.runtime.memory_jobs import QueueFull as RuntimeQueueFull
 
 log = logging.getLogger(__name__)
 
 
 class SyncJobs(MemoryJobs):
     """The synchronous APIs' jobs on this replica (`sdxl.runtime.memory_jobs`), taken only
-    while the server takes requests, with the runtime's refusal as these APIs' 429."""
+    while the server takes requests, and a 429 with Retry-After when they do not fit."""
 
     def __init__(self, service: Service, capacity: int):
-        super().__init__(service.engine, capacity)
+        super().__init__(service.engine, capacity, lambda: check_accepting(service), queue_full)
         self.service = service
 
-    def submit(self, *args, **kwargs) -> list[GenerationJob]:
-        """`MemoryJobs.submit`; QueueFull when the jobs do not fit, Unavailable when the
-        server takes no request."""
-        check_accepting(self.service)
-        try:
-            return super().submit(*args, **kwargs)
-        except RuntimeQueueFull as full:
-            raise QueueFull(
-                f"{full.waiting} jobs are already waiting, the most this server queues is "
-                f"{full.capacity} (SDXL_QUEUE_SIZE); retry after the Retry-After seconds",
-                headers=retry_after(full.retry_after_s),
-            ) from None
+
+def queue_full(waiting: int, capacity: int, retry_after_s: float) -> QueueFull:
+    return QueueFull(
+        f"{waiting} jobs are already waiting, the most this server queues is {capacity} "
+        "(SDXL_QUEUE_SIZE); retry after the Retry-After seconds",
+        headers=retry_after(retry_after_s),
+    )
 
 
 def check_accepting(service: Service) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 from sdxl.store.tables import ENDED
+
+log = logging.getLogger(__name__)
 
 
 class Completions:
@@ -37,9 +40,13 @@ class Completions:
             else:
                 waiting = [w for ws in self._waiters.values() for w in ws]
         for loop, event in waiting:
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits there
+                loop.call_soon_threadsafe(event.set)
         for listener in self._listeners:
-            listener(job_id)
+            try:
+                listener(job_id)
+            except Exception:  # a listener's bug must not keep the end from the others
+                log.exception("a job-end listener failed")
 
     async def until_ended(self, job_id: str, seconds: float, read: Callable[[], dict | None]):
         """The job's row once it has ended, or as it is after `seconds`; `read()` reads it

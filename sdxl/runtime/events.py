@@ -11,11 +11,11 @@ import contextlib
 from collections.abc import Callable
 
 from sdxl.runtime.completions import Completions
+from sdxl.runtime.kinds import TRAINING
 from sdxl.runtime.webhooks import Webhooks
 from sdxl.store.errors import StoreUnavailable
 from sdxl.store.store import Store
 
-PREDICTION, TRAINING = "prediction", "training"  # the kinds of stored jobs
 Render = Callable[[dict, str], dict]  # (stored row, base URL) -> the API's object
 
 

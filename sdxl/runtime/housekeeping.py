@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from sdxl.engine import TrainingJob
 from sdxl.runtime.heartbeats import Heartbeats
 from sdxl.runtime.shared_queue import SharedQueue
 from sdxl.store.job_rows import CANCELS
@@ -26,12 +26,18 @@ RESTART_MESSAGE = (
 
 class Housekeeping:
     def __init__(
-        self, store: Store, queue: SharedQueue, replicas: Heartbeats | None, poll_s: float
+        self,
+        store: Store,
+        queue: SharedQueue,
+        replicas: Heartbeats | None,
+        poll_s: float,
+        chores: tuple[Callable[[], None], ...] = (),
     ):
         self.store = store
         self.queue = queue
         self.replicas = replicas  # None: the only replica of its store (SQLite)
         self.poll_s = poll_s  # SDXL_STORE_POLL_S: how often to look without a wake-up
+        self.chores = chores  # run at every expiry round (EXPIRE_EVERY_S)
         store.wakeups.on(CANCELS, self._cancel_here)
 
     def recover(self) -> None:
@@ -40,14 +46,14 @@ class Housekeeping:
         claims anything; the others settle the predictions of dead replicas."""
         if self.replicas is not None:
             self.replicas.beat()
-            log.info("replica %s of a shared prediction store", self.replicas.name)
+            log.info("replica %s of a shared job store", self.replicas.name)
         else:
             failed, requeued = self.store.replicas.recover(RESTART_MESSAGE)
             if failed or requeued:
                 log.info("after the restart: %d failed, %d queued again", failed, requeued)
         removed = self.store.expire()
         if removed:
-            log.info("removed %d expired predictions and files", removed)
+            log.info("removed %d expired jobs and files", removed)
 
     def start(self) -> None:
         self.store.wakeups.start()  # every channel is listened to by now
@@ -61,13 +67,15 @@ class Housekeeping:
             time.sleep(EXPIRE_EVERY_S)
             try:
                 self.store.expire()
+                for chore in self.chores:
+                    chore()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_EVERY_S
                     swept = self.store.expiry.sweep()
                     if swept:
                         log.info("removed %d files that no stored row names", swept)
             except Exception:
-                log.exception("expiring old predictions failed")
+                log.exception("expiring old jobs and files failed")
 
     def _replica_loop(self) -> None:
         """Heartbeats, the other replicas watched, and cancels made on other replicas (their
@@ -84,7 +92,7 @@ class Housekeeping:
                     next_look = now + self.poll_s
                     self._cancels_from_elsewhere()
             except Exception as err:  # the database is away: try again at the next round
-                log.warning("the shared prediction store cannot be reached: %s", err)
+                log.warning("the shared job store cannot be reached: %s", err)
                 replicas.forget()
                 time.sleep(replicas.beat_every_s)
             time.sleep(max(0.0, min(next_beat, next_look) - time.monotonic()))
@@ -96,12 +104,11 @@ class Housekeeping:
         for job_id in self.store.trainings.cancels_requested(here):
             self._cancel_here(job_id)
 
-    def _cancel_here(self, prediction_id: str) -> None:
-        """A cancel of `prediction_id` reached the store: stop it if it runs here."""
-        job = self.queue.local(prediction_id)
+    def _cancel_here(self, job_id: str) -> None:
+        """A cancel of the stored job `job_id` reached the store: stop it if it runs here."""
+        job = self.queue.local(job_id)
         if job is not None:
-            what = "training" if isinstance(job, TrainingJob) else "prediction"
-            job.cancel(f"the {what} was cancelled")
+            job.cancel()  # in its kind's words
 
     def stop(self) -> None:
         """After the drain: this replica holds no claim, so it leaves the replicas' table."""
@@ -110,4 +117,4 @@ class Housekeeping:
             try:
                 self.replicas.leave()
             except Exception as err:
-                log.warning("leaving the shared prediction store failed: %s", err)
+                log.warning("leaving the shared job store failed: %s", err)

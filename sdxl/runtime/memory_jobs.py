@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sdxl.engine import Engine, GenerationJob, Job, JobEvents
@@ -19,13 +20,17 @@ from sdxl.inputs.request import Request
 FIRST_GUESS_S = 10.0  # the wait guessed before any job has been timed
 
 
-class QueueFull(Exception):
+class NoRoom(Exception):
     """The jobs do not fit: `waiting` wait already, the most is `capacity`; `retry_after_s` is
     the guess of when room comes."""
 
     def __init__(self, waiting: int, capacity: int, retry_after_s: float):
         super().__init__(f"{waiting} jobs wait already; the most is {capacity}")
         self.waiting, self.capacity, self.retry_after_s = waiting, capacity, retry_after_s
+
+
+def _takes_all() -> None:
+    """The default `admit`: every submit is taken (while there is room)."""
 
 
 class Watch:
@@ -50,9 +55,20 @@ class Watch:
 
 
 class MemoryJobs:
-    def __init__(self, engine: Engine, capacity: int):
+    """`admit()` raises when no job may be submitted now (the server is loading or stopping);
+    `refuse(waiting, capacity, retry_after_s)` is the error raised when the jobs do not fit."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        capacity: int,
+        admit: Callable[[], None] = _takes_all,
+        refuse: Callable[[int, int, float], Exception] = NoRoom,
+    ):
         self.engine = engine
         self.capacity = capacity
+        self.admit = admit
+        self.refuse = refuse
         self._lock = threading.Lock()
         self._waiting = 0
         self._mean_s: float | None = None
@@ -65,13 +81,15 @@ class MemoryJobs:
         preview_every: int = 0,
         watch: Watch | None = None,
     ) -> list[GenerationJob]:
-        """Queue one request's jobs; QueueFull when they do not fit."""
+        """Queue one request's jobs (`admit`'s error when none is taken now, `refuse`'s when
+        they do not fit); `watch` hands their previews and ends to the caller's event loop."""
+        self.admit()
         with self._lock:
             room = self.capacity + (0 if self.engine.counts()["running"] else 1)
             if self._waiting + len(requests) > room:
                 mean = FIRST_GUESS_S if self._mean_s is None else self._mean_s
                 ahead = max(1, self._waiting - self.capacity + 1)
-                raise QueueFull(self._waiting, self.capacity, mean * ahead)
+                raise self.refuse(self._waiting, self.capacity, mean * ahead)
             self._waiting += len(requests)
         return [self._submit(request, caller, preview_every, watch) for request in requests]
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from sdxl.inputs.request import Request
 from sdxl.runtime.completions import Completions
-from sdxl.runtime.events import PREDICTION, TRAINING, Events, Render
+from sdxl.runtime.events import Events, Render
 from sdxl.runtime.heartbeats import Heartbeats
 from sdxl.runtime.housekeeping import Housekeeping
+from sdxl.runtime.kinds import CLAIMED_KINDS
 from sdxl.runtime.shared_queue import SharedQueue
 from sdxl.runtime.stored_predictions import StoredPredictions
 from sdxl.runtime.stored_trainings import StoredTrainings
@@ -34,8 +35,6 @@ from sdxl.store.tables import ANY
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("predictions", "trainings")
-
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -45,7 +44,7 @@ class RuntimeSettings:
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (None: one kept in the store)
     replica_timeout_s: float = 30.0  # SDXL_REPLICA_TIMEOUT: a silent replica is dead after it
     store_poll_s: float = 5.0  # SDXL_STORE_POLL_S: the store looked at without a wake-up
-    job_kinds: tuple[str, ...] = JOB_KINDS  # SDXL_JOB_KINDS: what this replica claims
+    job_kinds: tuple[str, ...] = CLAIMED_KINDS  # SDXL_JOB_KINDS: what this replica claims
     served: frozenset[str] = frozenset()  # the served models (owner/name); others are trained
     preview_every: int = 0  # steps between a running prediction's stored previews (0: none)
 
@@ -90,7 +89,10 @@ class JobRuntime:
             training_for=self.trainings.job_for,
             kinds=settings.job_kinds,
         )
-        self.housekeeping = Housekeeping(store, self.queue, heartbeats, settings.store_poll_s)
+        chores = (self.predictions.prune,)  # checked Requests of predictions not ours any more
+        self.housekeeping = Housekeeping(
+            store, self.queue, heartbeats, settings.store_poll_s, chores
+        )
         self.housekeeping.recover()
 
     # ---- the APIs' calls ---------------------------------------------------------------
@@ -98,8 +100,12 @@ class JobRuntime:
         """Store and queue a prediction (`row`: id, model, version, input as checked, webhook,
         its filter, origin, tenant); `request` is what the boundary checked, and what runs if
         this replica claims it. StoreFull when too many wait."""
-        created = self.store.predictions.create(row)
-        self.predictions.adopt(created, request)
+        self.predictions.adopt(row, request)  # before it can be claimed
+        try:
+            created = self.store.predictions.create(row)
+        except BaseException:
+            self.predictions.forget(row["id"])
+            raise
         self.queue.created()
         if self.store.predictions.count() > self.store.limits.max_predictions:
             self.store.expire()  # over the count bound: the oldest ended ones go now
@@ -121,7 +127,7 @@ class JobRuntime:
             return
         job = self.queue.local(job_id)
         if job is not None:
-            job.cancel(f"the {kind} was cancelled")
+            job.cancel()  # in its kind's words
 
     async def until_ended(self, kind: str, job_id: str, seconds: float, tenant=ANY):
         """The job's row once it has ended, or as it is after `seconds` (None: not found)."""
@@ -141,4 +147,4 @@ class JobRuntime:
         self.housekeeping.stop()
 
 
-__all__ = ["PREDICTION", "TRAINING", "JobRuntime", "RuntimeSettings"]
+__all__ = ["JobRuntime", "RuntimeSettings"]

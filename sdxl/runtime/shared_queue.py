@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sdxl.engine import Job, MemoryQueue
+from sdxl.runtime.kinds import TRAINING
 from sdxl.store.job_rows import JOBS
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ STORE_POLL_S = 5.0  # without a wake-up, the store is looked at this often (a sa
 # A replica whose GPU is busy claims a stored job ahead only once it has waited this long, so
 # that a replica with a free GPU, woken by the same notification, takes it first.
 AHEAD_GRACE_S = 2.0
-MEMORY, TRAINING = "memory", "training"  # where a turn's head waits (or "prediction")
+MEMORY = "memory"  # where a turn's head waits (or in the store: a kind of stored job)
 STORE_RETRY_S = 2.0  # after the store could not be read, wait this long before asking again
 
 
@@ -146,11 +147,12 @@ class SharedQueue:
                     self._served[tenant] = time.time()
                     return job
                 continue
+            attempted_at = time.time()
             row = self._claim_from_store(tenant, source)
             self._stale = True  # claimed, or another replica took that head: read again
             if row is not None:
                 self._served[tenant] = time.time()
-                return self._adopt(row, source)
+                return self._adopt(row, source, attempted_at)
         return None
 
     def _old_enough(self, turns: list) -> list:
@@ -163,15 +165,32 @@ class SharedQueue:
             self._young_until = time.monotonic() + AHEAD_GRACE_S - (now - min(young))
         return [turn for turn in turns if now - turn.created_at >= AHEAD_GRACE_S]
 
-    def _adopt(self, row: dict, kind: str) -> Job:
-        job = (self.training_for if kind == TRAINING else self.job_for)(row)
+    def _adopt(self, row: dict, kind: str, claimed_since: float) -> Job | None:
+        """The claimed row's job (None: it could not be made, and the claim goes back to the
+        queue once the store answers)."""
+        try:
+            job = (self.training_for if kind == TRAINING else self.job_for)(row)
+        except Exception as err:  # the store went away while reading what the job needs
+            if self._lost_claim_since is None:
+                self._lost_claim_since = claimed_since
+            self._store_failed(err)
+            return None
         with self._lock:
             self.claimed[job.id] = job
             if kind == TRAINING:
                 self._training = job.id
             self._stored_waiting = max(0, self._stored_waiting - 1)
         job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
+        if not row["cancel_requested"] and self._cancel_requested(job.id, kind):
+            job.cancel()  # cancelled between the claim and now: no notification found it here
         return job
+
+    def _cancel_requested(self, job_id: str, kind: str) -> bool:
+        rows = self.store.trainings if kind == TRAINING else self.store.predictions
+        try:
+            return job_id in rows.cancels_requested([job_id])
+        except Exception:  # the store is away: a cancel made meanwhile reaches it later
+            return False
 
     def _stored_turns(self) -> list:
         """The store's tenants in waiting (`Predictions.turns`), read again only when they may
@@ -223,11 +242,11 @@ class SharedQueue:
         )
         self._lost_claim_since = None
         if released:
-            log.info("%d predictions claimed while the store was away queued again", released)
+            log.info("%d stored jobs claimed while the store was away queued again", released)
 
     def _store_failed(self, err: Exception) -> None:
         self._store_failed_at = time.monotonic()
-        log.warning("the prediction store cannot be read: %s", err)
+        log.warning("the job store cannot be read: %s", err)
 
     def release_claims(self) -> None:
         """The engine stops: the stored jobs claimed here and not started are queued again in
@@ -235,10 +254,10 @@ class SharedQueue:
         try:
             released = self.store.replicas.release(self.replica)
         except Exception as err:  # the database is away: another replica or the next start
-            log.warning("the claimed predictions could not be handed back: %s", err)
+            log.warning("the claimed stored jobs could not be handed back: %s", err)
             return
         if released:
-            log.info("%d claimed predictions handed back to the store's queue", released)
+            log.info("%d claimed stored jobs handed back to the store's queue", released)
 
     def _release(self, job_id: str) -> None:
         with self._lock:

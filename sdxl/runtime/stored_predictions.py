@@ -11,23 +11,22 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 from sdxl.config import INPUTS, OUTPUT_INPUTS
 from sdxl.engine import GenerationJob, Job, JobEvents
 from sdxl.errors import UserError
 from sdxl.images.outputs import encode_outputs
 from sdxl.inputs.request import Request
-from sdxl.runtime.events import PREDICTION, Events
+from sdxl.runtime.events import Events
+from sdxl.runtime.kinds import PREDICTION
 from sdxl.runtime.stored_inputs import stored_request, with_own_files
+from sdxl.runtime.stored_runs import StoredRuns, log_text
 from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 from sdxl.store.store import Store
-from sdxl.store.tables import StoredStatus
+from sdxl.store.tables import ENDED, StoredStatus
 
 log = logging.getLogger(__name__)
 
-LOG_FLUSH_S = 0.5  # logs are written to the store (and sent to webhooks) at most this often
 LOST_CLAIM = (
     "this replica was presumed dead and lost its claim on the prediction, which another "
     "replica settled"
@@ -40,9 +39,11 @@ RESULTS_GRACE_S = 20.0  # at a stop, how long results still being stored are wai
 FAILED = StoredStatus.FAILED
 
 
-class StoredPredictions:
+class StoredPredictions(StoredRuns):
     """Turns claimed rows into jobs (`job_for`, the shared queue's) and their ends into stored
     results; one per replica."""
+
+    kind, lost_claim = PREDICTION, LOST_CLAIM
 
     def __init__(
         self,
@@ -53,15 +54,11 @@ class StoredPredictions:
         served: frozenset[str] = frozenset(),
         preview_every: int = 0,
     ):
-        self.store = store
+        super().__init__(store, events, replica, writer="sdxl-outputs")
         self.served = served  # the served models (owner/name); others are trained versions
-        self.events = events
-        self.replica = replica
         self.public_url = public_url
-        self._outputs = ThreadPoolExecutor(1, thread_name_prefix="sdxl-outputs")
         self._stopping = threading.Event()
         self.preview_every = preview_every  # steps between the previews of a running one
-        self._flushed: dict[str, float] = {}
         self._lock = threading.Lock()
         # The Requests checked by this replica's API for predictions it stored and nobody has
         # claimed yet: by id, until claimed here or ended anywhere.
@@ -74,9 +71,28 @@ class StoredPredictions:
             self._checked[row["id"]] = request
 
     def forget(self, prediction_id: str) -> None:
-        """It ended (here or on another replica): its checked Request is no longer needed."""
+        """It ended (here or on another replica), or was never stored: its checked Request is
+        no longer needed. "" (the store's wake-ups reconnected, ends may have been missed):
+        those that another replica claimed or that ended go."""
+        if prediction_id:
+            with self._lock:
+                self._checked.pop(prediction_id, None)
+            return
+        self.prune()
+
+    def prune(self) -> None:
+        """Drop the checked Requests of predictions no longer waiting for this replica: ended,
+        gone, or claimed by another (at a reconnect of the wake-ups, and every expiry round)."""
         with self._lock:
-            self._checked.pop(prediction_id, None)
+            waiting = list(self._checked)
+        for prediction_id in waiting:
+            try:
+                row = self.store.predictions.get(prediction_id)
+            except StoreUnavailable:
+                return  # the next round
+            if row is None or row["status"] in ENDED or row["claimed_by"] is not None:
+                with self._lock:
+                    self._checked.pop(prediction_id, None)
 
     def _origins(self, row: dict) -> tuple[str, ...]:
         return tuple(o for o in (row.get("origin"), self.public_url) if o)
@@ -91,9 +107,9 @@ class StoredPredictions:
 
     def _request(self, row: dict) -> Request:
         """The checked Request if this replica's API made it, else the stored input's."""
+        trained_tar = self._trained_tar(row)  # a store read: the checked Request stays till then
         with self._lock:
             checked = self._checked.pop(row["id"], None)
-        trained_tar = self._trained_tar(row)
         if checked is not None:
             return checked if trained_tar is None else _with_tar(checked, trained_tar)
         return stored_request(row["input"], self._origins(row), self._file_reader(row), trained_tar)
@@ -104,8 +120,7 @@ class StoredPredictions:
         output = tuple(given.get(n, INPUTS[n].default) for n in OUTPUT_INPUTS)
 
         def finished(job: Job) -> None:
-            self._flushed.pop(job.id, None)
-            self._outputs.submit(self._store_result, job, *output)  # off the GPU thread
+            self._ended(job, self._store_result, *output)
 
         events = JobEvents(
             started=self._started, log=self._logged, preview=self._preview, finished=finished
@@ -113,7 +128,7 @@ class StoredPredictions:
         every = self.preview_every
         job = GenerationJob(row["id"], request, events, preview_every=every, tenant=tenant)
         if row["cancel_requested"]:
-            job.cancel("the prediction was cancelled")
+            job.cancel()
         return job
 
     def _trained_tar(self, row: dict) -> str | None:
@@ -125,15 +140,6 @@ class StoredPredictions:
         key = found["weights_key"] if found else f"versions/{row['version']}/trained_model.tar"
         return str(self.store.blobs.path(key))
 
-    def _started(self, job: Job) -> None:
-        try:
-            if not self.store.predictions.started(job.id, self.replica):
-                job.cancel(LOST_CLAIM)
-                return
-        except StoreUnavailable:  # it runs; its start is written with its end
-            return
-        self.events.changed(PREDICTION, job.id, "start")
-
     def _preview(self, job: Job, preview) -> None:
         with contextlib.suppress(StoreUnavailable):  # the next one, or the result, will do
             self.store.predictions.set_preview(
@@ -141,14 +147,13 @@ class StoredPredictions:
             )
 
     def _logged(self, job: Job, line: str) -> None:
-        now = time.monotonic()
-        if now - self._flushed.get(job.id, 0.0) >= LOG_FLUSH_S:
-            self._flushed[job.id] = now
-            try:
-                self.store.predictions.update(job.id, logs=_text(job.logs))
-            except StoreUnavailable:  # the store is away: the logs go with the result
-                return
-            self.events.changed(PREDICTION, job.id, "logs")
+        if not self._log_due(job):
+            return
+        try:
+            self.store.predictions.update(job.id, logs=log_text(job.logs))
+        except StoreUnavailable:  # the store is away: the logs go with the result
+            return
+        self.events.changed(PREDICTION, job.id, "logs")
 
     def _store_result(self, job: Job, fmt: str, quality: int) -> None:
         if job.outcome.kind == "stopping":
@@ -178,7 +183,7 @@ class StoredPredictions:
                     status,
                     error=error,
                     metrics=metrics,
-                    logs=_text(job.logs),
+                    logs=log_text(job.logs),
                     images=images,
                     replica=self.replica,
                     started_at=job.started_at,
@@ -204,11 +209,9 @@ class StoredPredictions:
     def close(self, timeout: float = RESULTS_GRACE_S) -> None:
         """The server stops: results being stored get `timeout` seconds, then are given up
         (the next start or another replica settles their predictions)."""
-        done = self._outputs.submit(lambda: None)  # behind every result queued before it
-        with contextlib.suppress(TimeoutError):
-            done.result(timeout)
+        self._drain_writes(timeout)
         self._stopping.set()
-        self._outputs.shutdown(wait=True)
+        self._writes.shutdown(wait=True)
 
     def _result(self, job: Job, fmt: str, quality: int):
         metrics = {} if job.run_seconds is None else {"predict_time": job.run_seconds}
@@ -229,7 +232,3 @@ class StoredPredictions:
 
 def _with_tar(request: Request, trained_tar: str) -> Request:
     return dataclasses.replace(request, trained_tar=trained_tar)
-
-
-def _text(lines: list[str]) -> str:
-    return "".join(f"{line}\n" for line in lines)

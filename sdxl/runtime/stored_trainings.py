@@ -11,15 +11,15 @@ import contextlib
 import logging
 import os
 import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sdxl.engine import Job, JobEvents, TrainingJob
 from sdxl.errors import InputError
 from sdxl.net import http_get
 from sdxl.net.urls import redact
-from sdxl.runtime.events import TRAINING, Events
+from sdxl.runtime.events import Events
+from sdxl.runtime.kinds import TRAINING
+from sdxl.runtime.stored_runs import StoredRuns, log_text
 from sdxl.settings import FetchSettings
 from sdxl.store.errors import StoreUnavailable
 from sdxl.store.store import Store
@@ -28,27 +28,24 @@ from sdxl.train.options import FILE_INPUTS
 
 log = logging.getLogger(__name__)
 
-LOG_FLUSH_S = 0.5  # logs and step are written (and sent to webhooks) at most this often
 LOST_CLAIM = "this replica lost its claim on the training, which another replica holds now"
 STORE_WAIT_S = 20.0  # at a stop, how long the last checkpoint and hand-backs may take
 
 
-class StoredTrainings:
+class StoredTrainings(StoredRuns):
     """Turns claimed training rows into engine jobs and their ends into stored results; one per
     replica."""
+
+    kind, lost_claim = TRAINING, LOST_CLAIM
 
     def __init__(self, store: Store, events: Events, replica: str, fetch: FetchSettings, work_dir):
         from sdxl.train.training import TrainSettings
 
-        self.store = store
-        self.events = events
-        self.replica = replica
+        super().__init__(store, events, replica, writer="sdxl-training-store")
         self.fetch = fetch
         self.settings = TrainSettings.from_env()
         self.work_dir = Path(work_dir)  # one folder per training here, removed at its end
-        # Checkpoints and ends, in order, off the GPU thread: a hand-back follows its checkpoint.
-        self._writes = ThreadPoolExecutor(1, thread_name_prefix="sdxl-training-store")
-        self._flushed: dict[str, float] = {}
+        # Checkpoints and ends go in order on the writer: a hand-back follows its checkpoint.
         self._earlier: dict[str, str] = {}  # a resumed training's logs from before
         self._jobs: dict[str, Job] = {}  # the trainings this replica runs, by id
 
@@ -60,7 +57,7 @@ class StoredTrainings:
         self._earlier[job_id] = row["logs"] or ""
         self._jobs[job_id] = job
         if row["cancel_requested"]:
-            job.cancel("the training was cancelled")
+            job.cancel()
         return job
 
     def checkpointed(self, training_id: str, path: Path, step: int) -> None:
@@ -81,28 +78,16 @@ class StoredTrainings:
             )
 
     # ---- the job's events ----------------------------------------------------------------
-    def _started(self, job: Job) -> None:
-        try:
-            if not self.store.trainings.started(job.id, self.replica):
-                job.cancel(LOST_CLAIM)
-                return
-        except StoreUnavailable:
-            return
-        self.events.changed(TRAINING, job.id, "start")
-
     def _logged(self, job: Job, line: str) -> None:
-        now = time.monotonic()
-        if now - self._flushed.get(job.id, 0.0) < LOG_FLUSH_S:
+        if not self._log_due(job):
             return
-        self._flushed[job.id] = now
         step = job.steps.get("train", 0)
         with contextlib.suppress(StoreUnavailable):
             self.store.trainings.progress(job.id, self.replica, logs=self._logs(job), step=step)
             self.events.changed(TRAINING, job.id, "logs")
 
     def _finished(self, job: Job) -> None:
-        self._flushed.pop(job.id, None)
-        self._writes.submit(self._store_end, job)
+        self._ended(job, self._store_end)
 
     def _store_end(self, job: Job) -> None:
         try:
@@ -116,7 +101,7 @@ class StoredTrainings:
 
     def _logs(self, job: Job) -> str:
         """Its logs: a resumed training's earlier runs', then this run's."""
-        return self._earlier.get(job.id, "") + _text(job.logs)
+        return self._earlier.get(job.id, "") + log_text(job.logs)
 
     def _end(self, job: Job) -> None:
         rows, ended = self.store.trainings, job.outcome
@@ -148,9 +133,7 @@ class StoredTrainings:
 
     def close(self, timeout: float = STORE_WAIT_S) -> None:
         """The server stops: the last checkpoints and hand-backs are written first."""
-        done = self._writes.submit(lambda: None)
-        with contextlib.suppress(TimeoutError):
-            done.result(timeout)
+        self._drain_writes(timeout)
         self._writes.shutdown(wait=False, cancel_futures=True)
 
 
@@ -224,7 +207,3 @@ def _linked(source: Path, target: Path) -> Path:
     except OSError:
         shutil.copyfile(source, target)
     return target
-
-
-def _text(lines: list[str]) -> str:
-    return "".join(f"{line}\n" for line in lines)

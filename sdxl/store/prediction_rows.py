@@ -34,7 +34,7 @@ class Predictions(StoredJobs):
 
     def __init__(self, db: Database, blobs: Blobs, limits):
         super().__init__(db, blobs)
-        self.limits = limits  # sdxl.http.settings.StoreLimits
+        self.limits = limits  # sdxl.store.limits.StoreLimits
 
     def _check_room(self, conn: sa.Connection, tenant: str | None) -> None:
         """StoreFull when too many wait already, in all or of `tenant`."""

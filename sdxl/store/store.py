@@ -33,7 +33,7 @@ log = logging.getLogger("sdxl.store")
 
 class Store:
     def __init__(self, url: str, files_dir: Path, limits):
-        """`limits`: sdxl.http.settings.StoreLimits (TTL, bounds, queued caps)."""
+        """`limits`: sdxl.store.limits.StoreLimits (TTL, bounds, queued caps)."""
         self.db = Database(url)
         self.blobs = Blobs(files_dir)
         self.limits = limits

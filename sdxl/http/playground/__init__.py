@@ -50,7 +50,7 @@ def static_files() -> StaticFiles:
 def playground_config(catalogue: Catalogue, auth_required: bool) -> dict:
     """The model and version the page runs, whether it needs a key, and the inputs in the
     predictor's order with their enums written out."""
-    model, versions = next(iter(catalogue.models.items()))
+    model, versions = next(iter(catalogue.served.items()))
     schema = catalogue.schema
     order = schema["components"]["schemas"]["Input"]["properties"]
     properties = inline_input_schema(schema)["properties"]

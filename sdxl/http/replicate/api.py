@@ -1,4 +1,5 @@
-"""The Replicate API's parts, built once at start around the job runtime."""
+"""The Replicate API's parts, built once at start over the job runtime that `open_runtime` builds
+for the server (the engine takes its queue from the runtime, the API its calls)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from sdxl.http.replicate.predictions import Predictions
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.replicate.trainings import Trainings
 from sdxl.http.settings import PREVIEW_EVERY, Settings
-from sdxl.runtime.runtime import PREDICTION, TRAINING, JobRuntime, RuntimeSettings
+from sdxl.runtime.kinds import PREDICTION, TRAINING
+from sdxl.runtime.runtime import JobRuntime, RuntimeSettings
 from sdxl.settings import Caps, FetchSettings
 from sdxl.store.store import Store
 
@@ -32,12 +34,12 @@ def open_store(settings: Settings) -> Store:
     return Store(settings.store_url, settings.files_folder, settings.store)
 
 
-def open_replicate_api(
-    settings: Settings, store: Store, caps: Caps, fetch: FetchSettings
-) -> ReplicateApi:
-    """Replicate's API over a job runtime around `store`."""
-    renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
-    catalogue = Catalogue(settings.models, caps)
+def open_runtime(
+    settings: Settings, store: Store, fetch: FetchSettings, renderer: Renderer
+) -> JobRuntime:
+    """The job runtime around `store`, with what a restart left behind settled; its webhooks
+    carry Replicate's objects (`renderer`)."""
+    served = frozenset(name.partition(":")[0] for name in settings.served_names)
     runtime_settings = RuntimeSettings(
         work_dir=settings.state_dir / "trainings",
         fetch=fetch,
@@ -46,16 +48,22 @@ def open_replicate_api(
         replica_timeout_s=settings.replica_timeout_s,
         store_poll_s=settings.store_poll_s,
         job_kinds=settings.job_kinds,
-        served=frozenset(catalogue.models),
+        served=served,
         preview_every=PREVIEW_EVERY,
     )
     renderers = {PREDICTION: renderer.prediction, TRAINING: renderer.training}
-    runtime = JobRuntime(store, runtime_settings, renderers)
+    return JobRuntime(store, runtime_settings, renderers)
+
+
+def open_replicate_api(
+    settings: Settings, runtime: JobRuntime, renderer: Renderer, caps: Caps
+) -> ReplicateApi:
+    """Replicate's API over `runtime`."""
     return ReplicateApi(
-        store=store,
+        store=runtime.store,
         runtime=runtime,
         predictions=Predictions(runtime, caps),
-        catalogue=catalogue,
+        catalogue=Catalogue(settings.served_names, caps),
         renderer=renderer,
-        trainings=Trainings(store, runtime),
+        trainings=Trainings(runtime.store, runtime),
     )

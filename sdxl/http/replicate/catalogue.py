@@ -57,7 +57,7 @@ class Catalogue:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @cached_property
-    def models(self) -> dict[str, list[str]]:
+    def served(self) -> dict[str, list[str]]:
         """owner/name -> version ids, the server's own last (the latest)."""
         found: dict[str, list[str]] = {}
         for name in self.names:
@@ -72,19 +72,19 @@ class Catalogue:
 
     def model(self, owner: str, name: str) -> str | None:
         key = f"{owner}/{name}"
-        return key if key in self.models else None
+        return key if key in self.served else None
 
     def version(self, text: str, model: str | None = None) -> Version | None:
         """The version `text` names (an id, or owner/name:id), of `model` when given."""
         named_model, _, version_id = text.rpartition(":")
-        candidates = [named_model] if named_model else [model] if model else list(self.models)
+        candidates = [named_model] if named_model else [model] if model else list(self.served)
         for candidate in candidates:
-            if version_id in self.models.get(candidate, ()):
+            if version_id in self.served.get(candidate, ()):
                 return Version(version_id, candidate)
         return None
 
     def latest(self, model: str) -> Version:
-        return Version(self.models[model][-1], model)
+        return Version(self.served[model][-1], model)
 
     def model_json(self, model: str, base: str) -> dict:
         owner, name = model.split("/")

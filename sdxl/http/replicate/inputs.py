@@ -2,9 +2,10 @@
 
 Checked once, when the prediction is created (`sdxl.inputs.rules`): numbers may come as strings
 ("0.8", as the Replicate guide's JavaScript sends them) and null means "not given". The checked
-input is stored, and the Request made of it (`sdxl.runtime.stored_inputs`) is what the engine
-runs; it is made again from the stored text only when the prediction is recovered (a restart,
-another replica), and the engine checks the model's rules when it prepares the job.
+input is stored, and the Request the check made is what the engine runs (handed to the job
+runtime with it); a Request is made again from the stored text only when the prediction is
+recovered (a restart, another replica: `sdxl.runtime.stored_inputs`), and the engine checks the
+model's rules when it prepares the job.
 """
 
 from __future__ import annotations

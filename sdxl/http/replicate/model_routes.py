@@ -36,7 +36,7 @@ def model_routes(api: ReplicateApi, settings: Settings) -> APIRouter:
     def list_versions(owner: str, name: str, http: HttpRequest) -> dict:
         model = catalogue.model(owner, name)
         if model is not None:
-            found = [catalogue.version(v, model) for v in reversed(catalogue.models[model])]
+            found = [catalogue.version(v, model) for v in reversed(catalogue.served[model])]
             results = [version.to_json(catalogue.schema) for version in found]
         else:
             destination(owner, name, http)

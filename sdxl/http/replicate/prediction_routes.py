@@ -31,7 +31,7 @@ from sdxl.http.service import Service
 from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
-from sdxl.runtime.runtime import PREDICTION
+from sdxl.runtime.kinds import PREDICTION
 from sdxl.runtime.webhooks import EVENTS
 from sdxl.store.errors import StoreFull
 from sdxl.store.tables import ENDED
@@ -67,7 +67,8 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         status = None
         wait = prefer_wait(http.headers.get("prefer"))
         if wait is not None:
-            row = await api.runtime.until_ended(PREDICTION, row["id"], wait - EARLY_S)
+            # None: it ended and was expired meanwhile (a store bounded by count)
+            row = await api.runtime.until_ended(PREDICTION, row["id"], wait - EARLY_S) or row
             if row["status"] not in ENDED:
                 status = "starting"  # Replicate's answer to a wait that ran out
         rendered = await asyncio.to_thread(render.prediction, row, base, status)
@@ -78,7 +79,7 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         "properties": {
             "version": {
                 "type": "string",
-                "enum": sorted({v for vs in catalogue.models.values() for v in vs}),
+                "enum": sorted({v for vs in catalogue.served.values() for v in vs}),
             },
             "input": inline_input_schema(catalogue.schema),
             "webhook": {"type": "string", "format": "uri"},
@@ -169,6 +170,8 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         await asyncio.to_thread(predictions.cancel, prediction_id)
         # A running one stops at its next step.
         row = await api.runtime.until_ended(PREDICTION, prediction_id, CANCEL_WAIT_S)
+        if row is None:  # ended and expired meanwhile
+            raise not_found(f"the prediction {prediction_id[:40]!r}")
         return await asyncio.to_thread(render.prediction, row, origin(http, settings))
 
     return routes

@@ -7,7 +7,8 @@ from sdxl.http.replicate.catalogue import Version
 from sdxl.http.replicate.inputs import REPLICATE, WIRE
 from sdxl.http.wire import checked
 from sdxl.inputs.surface import InvalidInputs, Problem
-from sdxl.runtime.runtime import PREDICTION, JobRuntime
+from sdxl.runtime.kinds import PREDICTION
+from sdxl.runtime.runtime import JobRuntime
 from sdxl.runtime.webhooks import check_webhook
 from sdxl.settings import Caps
 from sdxl.store.tables import new_id

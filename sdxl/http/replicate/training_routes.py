@@ -19,7 +19,7 @@ from sdxl.http.service import Service
 from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
-from sdxl.runtime.runtime import TRAINING
+from sdxl.runtime.kinds import TRAINING
 from sdxl.runtime.webhooks import EVENTS
 from sdxl.store.errors import StoreFull
 from sdxl.train.options import TRAIN_INPUTS
@@ -133,6 +133,8 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
         await asyncio.to_thread(trainings.cancel, training_id)
         # A running one stops at its next step.
         row = await api.runtime.until_ended(TRAINING, training_id, common.CANCEL_WAIT_S)
+        if row is None:  # ended and expired meanwhile
+            raise not_found(f"the training {training_id[:40]!r}")
         return render.training(row, common.origin(http, settings))
 
     @routes.get(

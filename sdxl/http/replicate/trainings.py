@@ -10,7 +10,8 @@ from sdxl.http.auth import Caller
 from sdxl.http.replicate.catalogue import Version
 from sdxl.http.replicate.training_inputs import check_training_input, data_uri_file
 from sdxl.inputs.surface import InvalidInputs, Problem
-from sdxl.runtime.runtime import TRAINING, JobRuntime
+from sdxl.runtime.kinds import TRAINING
+from sdxl.runtime.runtime import JobRuntime
 from sdxl.runtime.stored_inputs import own_file_id
 from sdxl.runtime.webhooks import check_webhook
 from sdxl.store.store import Store
