@@ -298,7 +298,9 @@ def main() -> int:
     record |= {"threads": args.threads, "dtype": "float32", "scheduler": "K_EULER"}
     record |= {"guidance": GUIDANCE, "by_steps": {}}
     if args.baseline:
-        record["baseline_tree"] = str(args.baseline)
+        head = ["git", "-C", str(args.baseline), "rev-parse", "HEAD"]
+        record["baseline_commit"] = subprocess.run(head, capture_output=True, text=True).stdout
+        record["baseline_commit"] = record["baseline_commit"].strip()
     try:
         print(
             f"{'steps':>5} {'bare s':>7} " + " ".join(f"{n + ' s':>12} {'ratio':>6}" for n in APIS)
