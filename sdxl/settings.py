@@ -2,8 +2,8 @@
 
 Every setting is parsed here (numbers, sizes, switches); a value that cannot be used is a
 `SettingsError` naming the variable and what to write instead, so that a server refuses to start
-rather than misbehave. The engine's and the API's own settings (`sdxl.engine.settings`,
-`sdxl.http.settings`) use the same parsers.
+rather than misbehave. The engine's and the API's own settings (`sdxl.engine.engine_settings`,
+`sdxl.http.server_settings`) use the same parsers.
 """
 
 from __future__ import annotations

@@ -252,6 +252,37 @@ def test_cancel_mid_run_stops_it(client, server):
     assert output.read()
 
 
+def test_a_prediction_makes_previews_only_once_someone_reads_them(client, server):
+    prediction = client.predictions.create(version=GUIDE_VERSION, input=LONG)
+    preview_url = f"{server.base}/v1/predictions/{prediction.id}/preview"
+    headers = {"Authorization": f"Bearer {KEYS[0]}"}
+
+    def steps_run() -> int:
+        prediction.reload()
+        done = [
+            int(line.split()[2].split("/")[0])
+            for line in (prediction.logs or "").splitlines()
+            if line.startswith("base step ")
+        ]
+        return max(done, default=0)
+
+    wait_until(lambda: steps_run() >= 12, "12 steps run", timeout=120)
+    asked_at = steps_run()
+    first = requests.get(preview_url, headers=headers, timeout=10)
+    assert first.status_code == 204  # nobody read them: none was made at step 5 or 10
+    shown = wait_until(
+        lambda: (
+            (r := requests.get(preview_url, headers=headers, timeout=10)).status_code == 200 and r
+        ),
+        "a preview once asked for",
+        timeout=120,
+    )
+    assert int(shown.headers["X-Preview-Step"]) > asked_at
+    prediction.cancel()
+    prediction.wait()
+    assert prediction.status == "canceled"
+
+
 def test_a_failing_input_raises_model_error_with_our_message(client):
     with pytest.raises(replicate.exceptions.ModelError) as caught:
         client.run(MODEL, input={"prompt": "a", **SMALL, "width": 260})

@@ -16,7 +16,7 @@ from sdxl.errors import InputError
 from sdxl.generate.schedulers import plan_steps
 from sdxl.http.auth import ApiKeys, Caller, KeyEntry, load_api_keys, presented_key
 from sdxl.http.datacrunch.fields import DATACRUNCH, OUTPUT_FORMATS, OUTPUT_QUALITY, SCHEDULERS
-from sdxl.http.settings import Settings
+from sdxl.http.server_settings import Settings
 from sdxl.images.outputs import encode_image
 from sdxl.inputs.model_rules import check_request
 from sdxl.inputs.presets import apply_presets

@@ -4,6 +4,7 @@ It knows nothing of Cog or HTTP; see `sdxl.engine.engine` for how a job moves th
 """
 
 from sdxl.engine.engine import Engine, EngineState
+from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.generation_job import GenerationJob
 from sdxl.engine.jobs import (
     DeadlineExceeded,
@@ -16,7 +17,6 @@ from sdxl.engine.jobs import (
     ServerStopping,
 )
 from sdxl.engine.queue import JobQueue, MemoryQueue
-from sdxl.engine.settings import EngineSettings
 from sdxl.engine.training_job import TrainingJob
 
 __all__ = [

@@ -24,11 +24,11 @@ from typing import Any
 
 from sdxl.config import LORAS_DIR
 from sdxl.engine.device_tasks import DeviceTasks
+from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.generation_job import GenerationJob
 from sdxl.engine.jobs import EngineBroken, Job, JobEvents, notify
 from sdxl.engine.lanes import STOPPING, Hooks, Lanes
 from sdxl.engine.queue import JobQueue, MemoryQueue
-from sdxl.engine.settings import EngineSettings
 from sdxl.engine.training_job import TrainingJob
 from sdxl.inputs.request import Request
 from sdxl.logs import adopt_library_loggers, quiet_libraries

@@ -47,6 +47,13 @@ class GenerationJob(Job):
         self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
         self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
 
+    def want_previews(self, every: int) -> None:
+        """Someone reads the previews (`every` > 0: one every that many steps, from the next
+        step on) or no longer does (0: none is made any more). Previews are the model's work
+        only while someone reads them."""
+        if not self.done():
+            self.preview_every = every
+
     @property
     def may_be_overtaken(self) -> bool:
         return self.downloads

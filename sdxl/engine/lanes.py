@@ -170,6 +170,7 @@ class Lanes:
             self._closed = True
             pending = list(self._claimed)
             self._cond.notify_all()
+        self.device_tasks.serve_from(None)  # callers run their tasks themselves again
         for job in pending + self._take_from_memory():
             job.cancel(SHUTTING_DOWN)
             self.settle(job, JobCanceled(SHUTTING_DOWN))
@@ -274,14 +275,30 @@ class Lanes:
             warm_up()  # here: CUDA graph trees keep per-thread state
         finally:
             warmed.set()
+        self.device_tasks.serve_from(self._wake_gpu)  # every device task on this thread
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._next_ready() is not None)
+                self._cond.wait_for(
+                    lambda: (
+                        self._closed or self._next_ready() is not None or self.device_tasks.waiting
+                    )
+                )
                 if self._closed:
                     return
-                job = self._take(self._next_ready())
+                ready = self._next_ready()
+                job = None if ready is None else self._take(ready)
+            if job is None:  # idle, and a finished job's safety checker waits
+                with self.lock:
+                    self.device_tasks.run_pending()
+                continue
             with job_context(job.id):
                 job.run_on(self)
+
+    def _wake_gpu(self) -> None:
+        """A device task waits: the idle GPU thread runs it (a running job does between two
+        steps)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _next_ready(self, between_slices: bool = False) -> Job | None:
         """The first job in claim order that is prepared. A job still preparing that may not be

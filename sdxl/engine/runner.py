@@ -25,9 +25,9 @@ import torch
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.adapters.resident import ResidentLimits, ResidentWeights, RestoreError
 from sdxl.adapters.staging import HostBudget, Resolver, stage_weights
+from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
 from sdxl.engine.prepare import with_images
-from sdxl.engine.settings import EngineSettings
 from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.plan import plan_generation, with_prompts

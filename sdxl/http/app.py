@@ -16,18 +16,18 @@ from sdxl.http import playground
 from sdxl.http.a1111 import fields as a1111_fields
 from sdxl.http.a1111 import routes as a1111
 from sdxl.http.auth import ApiKeys, AuthMiddleware
+from sdxl.http.body_limits import BodyLimitMiddleware
 from sdxl.http.datacrunch import routes as datacrunch
 from sdxl.http.datacrunch.fields import DATACRUNCH
 from sdxl.http.errors import ApiError, store_unavailable
-from sdxl.http.limits import BodyLimitMiddleware
 from sdxl.http.metrics import Metrics
 from sdxl.http.openai import fields as openai_fields
 from sdxl.http.openai import routes as openai
 from sdxl.http.replicate import routes as replicate
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.schemas import body_schema
+from sdxl.http.server_settings import Settings
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import Settings
 from sdxl.http.shapes import error_response, invalid_body, shape_of
 from sdxl.http.sync import SyncJobs
 from sdxl.http.trained import TrainedModels

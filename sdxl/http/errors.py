@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdxl.http.settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S
+from sdxl.http.server_settings import DISK_FULL_RETRY_AFTER_S, STORE_RETRY_AFTER_S
 from sdxl.inputs.surface import Problem
 from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 

@@ -19,7 +19,7 @@ from sdxl.http.errors import (
     Unavailable,
     retry_after,
 )
-from sdxl.http.settings import DRAINING_RETRY_AFTER_S
+from sdxl.http.server_settings import DRAINING_RETRY_AFTER_S
 from sdxl.inputs.surface import Surface
 
 # Each outcome kind's error (its class's status is the code the synchronous APIs answer).

@@ -29,8 +29,8 @@ from sdxl.http.app import create_app
 from sdxl.http.auth import ApiKeys, KeyEntry, load_api_keys, new_salt
 from sdxl.http.replicate.api import open_replicate_api, open_runtime, open_store
 from sdxl.http.replicate.render import Renderer
+from sdxl.http.server_settings import Settings
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import Settings
 from sdxl.settings import Runtime, SettingsError
 
 log = logging.getLogger("sdxl.http")

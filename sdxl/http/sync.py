@@ -16,8 +16,8 @@ from fastapi import Request as HttpRequest
 from sdxl.engine import Job
 from sdxl.http.errors import ClientDisconnected, QueueFull, Unavailable, retry_after
 from sdxl.http.outcomes import api_error, stopping_headers
+from sdxl.http.server_settings import LOADING_RETRY_AFTER_S
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import LOADING_RETRY_AFTER_S
 from sdxl.images.result import Result
 from sdxl.inputs.surface import Surface
 from sdxl.runtime.memory_jobs import MemoryJobs

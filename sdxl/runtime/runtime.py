@@ -29,7 +29,7 @@ from sdxl.runtime.stored_predictions import StoredPredictions
 from sdxl.runtime.stored_trainings import StoredTrainings
 from sdxl.runtime.webhooks import Webhooks, new_secret
 from sdxl.settings import FetchSettings
-from sdxl.store.job_rows import ENDS
+from sdxl.store.job_rows import ENDS, PREVIEWS
 from sdxl.store.store import Store
 from sdxl.store.tables import ANY
 
@@ -46,7 +46,8 @@ class RuntimeSettings:
     store_poll_s: float = 5.0  # SDXL_STORE_POLL_S: the store looked at without a wake-up
     job_kinds: tuple[str, ...] = CLAIMED_KINDS  # SDXL_JOB_KINDS: what this replica claims
     served: frozenset[str] = frozenset()  # the served models (owner/name); others are trained
-    preview_every: int = 0  # steps between a running prediction's stored previews (0: none)
+    # Steps between a running prediction's stored previews once someone reads them (0: none).
+    preview_every: int = 0
 
 
 def replica_name() -> str:
@@ -81,6 +82,7 @@ class JobRuntime:
         )
         self.completions.on_end(self.predictions.forget)
         store.wakeups.on(ENDS, self.completions.ended)
+        store.wakeups.on(PREVIEWS, self._previews_wanted)
         self.queue = SharedQueue(
             store,
             replica,
@@ -128,6 +130,20 @@ class JobRuntime:
         job = self.queue.local(job_id)
         if job is not None:
             job.cancel()  # in its kind's words
+
+    def want_previews(self, prediction_id: str) -> None:
+        """Someone reads the prediction's previews: it makes them from its next step on, here
+        or on the replica running it (told through the store)."""
+        if not self._previews_wanted(prediction_id):
+            self.store.predictions.want_previews(prediction_id)
+
+    def _previews_wanted(self, prediction_id: str) -> bool:
+        job = self.queue.local(prediction_id)
+        if job is None or not self.settings.preview_every:
+            return False
+        if not job.preview_every:
+            job.want_previews(self.settings.preview_every)
+        return True
 
     async def until_ended(self, kind: str, job_id: str, seconds: float, tenant=ANY):
         """The job's row once it has ended, or as it is after `seconds` (None: not found)."""

@@ -58,7 +58,7 @@ class StoredPredictions(StoredRuns):
         self.served = served  # the served models (owner/name); others are trained versions
         self.public_url = public_url
         self._stopping = threading.Event()
-        self.preview_every = preview_every  # steps between the previews of a running one
+        self.preview_every = preview_every  # steps between previews, once someone reads them
         self._lock = threading.Lock()
         # The Requests checked by this replica's API for predictions it stored and nobody has
         # claimed yet: by id, until claimed here or ended anywhere.
@@ -125,8 +125,8 @@ class StoredPredictions(StoredRuns):
         events = JobEvents(
             started=self._started, log=self._logged, preview=self._preview, finished=finished
         )
-        every = self.preview_every
-        job = GenerationJob(row["id"], request, events, preview_every=every, tenant=tenant)
+        # No previews until someone reads them (JobRuntime.want_previews).
+        job = GenerationJob(row["id"], request, events, tenant=tenant)
         if row["cancel_requested"]:
             job.cancel()
         return job

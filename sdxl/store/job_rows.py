@@ -41,6 +41,7 @@ from sdxl.store.tables import (
 JOBS = "sdxl_jobs"  # a job became claimable (created, handed back, queued again)
 CANCELS = "sdxl_cancels"  # payload: the id of a claimed job a cancel reached
 ENDS = "sdxl_ends"  # payload: the id of a job that ended
+PREVIEWS = "sdxl_previews"  # payload: the id of a prediction whose previews someone reads
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
 from sdxl.store.errors import StoreFull
-from sdxl.store.job_rows import ENDS, StoredJobs
+from sdxl.store.job_rows import ENDS, PREVIEWS, StoredJobs
 from sdxl.store.tables import (
     QUEUED,
     RUNNING,
@@ -81,6 +81,11 @@ class Predictions(StoredJobs):
                     prediction_id=prediction_id, stage=stage, step=step, total=total, data=data
                 )
             )
+
+    def want_previews(self, prediction_id: str) -> None:
+        """Someone reads the prediction's previews: tell the replica running it (PREVIEWS)."""
+        with self.db.tx() as conn:
+            self.db.notify(conn, PREVIEWS, prediction_id)
 
     def preview_of(self, prediction_id: str) -> dict | None:
         return self.db.first(sa.select(previews).where(previews.c.prediction_id == prediction_id))

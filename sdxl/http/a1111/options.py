@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
-from sdxl.http.settings import Settings
+from sdxl.http.server_settings import Settings
 from sdxl.http.shapes import A1111Route
 from sdxl.http.trained import TrainedModels
 from sdxl.inputs.surface import Problem

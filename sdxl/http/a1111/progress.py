@@ -36,8 +36,8 @@ class Run:
     def watch(self, every: int) -> None:
         """Someone reads the previews: the jobs not ended make one every `every` steps."""
         for job in self.jobs:
-            if not job.done() and not job.preview_every:
-                job.preview_every = every
+            if not job.preview_every:
+                job.want_previews(every)
 
 
 class Runs:

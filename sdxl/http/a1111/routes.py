@@ -33,7 +33,7 @@ from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
 from sdxl.http.schemas import body_doc
-from sdxl.http.settings import PREVIEW_EVERY, Settings
+from sdxl.http.server_settings import PREVIEW_EVERY, Settings
 from sdxl.http.shapes import A1111Route
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.http.trained import TrainedModels

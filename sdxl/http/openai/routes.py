@@ -24,7 +24,7 @@ from sdxl.http.openai.fields import GENERATIONS, WIRES, surface
 from sdxl.http.openai.images import encoded, job_requests, preview_every, response_body
 from sdxl.http.openai.stream import image_events
 from sdxl.http.schemas import body_doc
-from sdxl.http.settings import Settings
+from sdxl.http.server_settings import Settings
 from sdxl.http.shapes import OpenAIRoute
 from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.http.trained import TrainedModels

@@ -74,7 +74,7 @@ async def image_events(
                 )
                 sent += 1
                 if sent >= partial:
-                    job.preview_every = 0  # all it asked for: no preview is made any more
+                    job.want_previews(0)  # all it asked for: no preview is made any more
         try:
             result = outcome(job, shape)
             (output,) = await asyncio.to_thread(encoded, [result], found)

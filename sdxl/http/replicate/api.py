@@ -9,7 +9,7 @@ from sdxl.http.replicate.catalogue import Catalogue
 from sdxl.http.replicate.predictions import Predictions
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.replicate.trainings import Trainings
-from sdxl.http.settings import PREVIEW_EVERY, Settings
+from sdxl.http.server_settings import PREVIEW_EVERY, Settings
 from sdxl.runtime.kinds import PREDICTION, TRAINING
 from sdxl.runtime.runtime import JobRuntime, RuntimeSettings
 from sdxl.settings import Caps, FetchSettings

@@ -11,8 +11,8 @@ from fastapi import Request as HttpRequest
 
 from sdxl.http.auth import caller
 from sdxl.http.errors import ApiError, retry_after
+from sdxl.http.server_settings import DRAINING_RETRY_AFTER_S, Settings
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.settings import DRAINING_RETRY_AFTER_S, Settings
 from sdxl.store.tables import ANY
 
 DEFAULT_WAIT_S = 60.0

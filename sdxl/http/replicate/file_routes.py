@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sdxl.http.auth import caller_of
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import ReplicateError, not_found, origin, whose
-from sdxl.http.settings import Settings
+from sdxl.http.server_settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 
 

@@ -9,7 +9,7 @@ from fastapi import Request as HttpRequest
 
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import not_found, origin, whose
-from sdxl.http.settings import Settings
+from sdxl.http.server_settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 
 

@@ -27,8 +27,8 @@ from sdxl.http.replicate.common import (
     prefer_wait,
     whose,
 )
+from sdxl.http.server_settings import Settings
 from sdxl.http.service import Service
-from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.runtime.kinds import PREDICTION
@@ -152,6 +152,7 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
     def get_preview(prediction_id: str, http: HttpRequest) -> Response:
         if rows.get(prediction_id, whose(http)) is None:
             raise not_found(f"the prediction {prediction_id[:40]!r}")
+        api.runtime.want_previews(prediction_id)  # previews are made only while read
         preview = rows.preview_of(prediction_id)
         if preview is None:
             return Response(status_code=204)

@@ -11,8 +11,8 @@ from sdxl.http.replicate.file_routes import file_routes
 from sdxl.http.replicate.model_routes import model_routes
 from sdxl.http.replicate.prediction_routes import prediction_routes
 from sdxl.http.replicate.training_routes import training_routes
+from sdxl.http.server_settings import Settings
 from sdxl.http.service import Service
-from sdxl.http.settings import Settings
 
 
 def router(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:

@@ -15,8 +15,8 @@ from sdxl.http.replicate import common
 from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.replicate.common import ReplicateError, not_found
 from sdxl.http.replicate.trainings import MISSING_DESTINATION, DestinationMissing, NotYours
+from sdxl.http.server_settings import Settings
 from sdxl.http.service import Service
-from sdxl.http.settings import Settings
 from sdxl.http.shapes import ReplicateRoute
 from sdxl.inputs.surface import InvalidInputs
 from sdxl.runtime.kinds import TRAINING
