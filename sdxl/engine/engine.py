@@ -117,6 +117,7 @@ class Engine:
             raise
         self.load_seconds = time.perf_counter() - started
         self.state = EngineState.READY
+        self._lanes.changed()  # it takes stored jobs from now on
 
     def warm_up(self) -> None:
         """On the GPU thread, before its first job (`Lanes`)."""
@@ -174,6 +175,7 @@ class Engine:
         with from now on."""
         self.state, self.reason = EngineState.BROKEN, reason
         log.error("the shared models can no longer be trusted: %s", reason)
+        self._lanes.changed()  # it takes no stored job any more
         return EngineBroken(self.broken_message())
 
     def _broken_error(self) -> EngineBroken | None:
@@ -241,7 +243,10 @@ class Engine:
         return self.wait(self.submit_training(work, events=events), on_log, poll)
 
     def wait(self, job: Job, on_log=None, poll: float = 0.1):
-        """The job's result, waited for in this thread (see `run`)."""
+        """The job's result, waited for in this thread (see `run`). The wait wakes every
+        `poll` s only so that this thread runs Python between two waits: Cog's server delivers
+        its cancel with PyThreadState_SetAsyncExc, which raises only then. It reads nothing
+        and hands out the log lines that came meanwhile."""
         try:
             while not job.wait(poll):
                 _hand_out(job, on_log)

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdxl.engine.engine")
 
 CLAIM_RETRY_S = 1.0  # after a claim that raised, wait this long before the next
+# A claim waits this long at most (a safety net): what changes what it may take wakes it
+# (`changed`), and a job put or stored wakes the queue itself.
+CLAIM_WAIT_S = 30.0
 LOOKAHEAD = 1  # jobs prepared or preparing beyond the running one (downloads aside)
 STOPPING = "the server is stopping and this job had not started; send it again"
 SHUTTING_DOWN = "the server is shutting down"
@@ -151,6 +154,7 @@ class Lanes:
             self._draining = True
             waiting = list(self._claimed)
             training = self._training
+        self.changed()  # no stored job from now on
         waiting += self._take_from_memory()
         self.hand_back(waiting, reason)
         if training is not None:  # it stops at its next step, leaving a checkpoint
@@ -170,6 +174,7 @@ class Lanes:
             self._closed = True
             pending = list(self._claimed)
             self._cond.notify_all()
+        self.changed()  # the claim under way returns
         self.device_tasks.serve_from(None)  # callers run their tasks themselves again
         for job in pending + self._take_from_memory():
             job.cancel(SHUTTING_DOWN)
@@ -232,7 +237,7 @@ class Lanes:
                 self._cond.wait_for(lambda: self._closed or self._room())
                 busy = self._running is not None or self._training is not None
             try:
-                job = self.queue.claim(0.5, stored=self.hooks.takes_stored(), ahead=busy)
+                job = self.queue.claim(CLAIM_WAIT_S, stored=self.hooks.takes_stored(), ahead=busy)
             except Exception:  # a queue's bug must not stop the engine claiming for good
                 log.exception("claiming the next job failed; claiming again in a moment")
                 time.sleep(CLAIM_RETRY_S)
@@ -321,7 +326,13 @@ class Lanes:
         self._running = job
         job.status = JobStatus.RUNNING
         self._cond.notify_all()
+        self.changed()  # busy now: the claim thread asks again, ahead of the GPU
         return job
+
+    def changed(self) -> None:
+        """What the claim thread may take changed (the GPU became busy or free, the engine
+        ready, broken, draining or closing): its claim under way returns, to ask again."""
+        self.queue.wake()
 
     def took_lock(self, job: Job) -> None:
         """`job` took the engine's lock, on the GPU thread: how long the lock stood idle while
@@ -367,6 +378,7 @@ class Lanes:
             if error is None:
                 self._finishing.append(job)
             self._cond.notify_all()
+        self.changed()  # the GPU is free: no need to leave new stored jobs to others
         if error is None:
             self.finish_pool.submit(self._finish, job, denoised)
         else:

@@ -19,7 +19,8 @@ class JobQueue(Protocol):
         """Accept `job`; it waits behind the jobs put before it."""
 
     def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
-        """The oldest waiting job, now the caller's; None if none came within `timeout` s.
+        """The oldest waiting job, now the caller's; None if none came within `timeout` s, or
+        at once when `wake` was called (what the caller asks for changed: ask again).
         `stored=False`: only jobs in this process's memory (the engine takes no stored job
         while it is draining or broken; other replicas, or the next start, take them).
         `ahead`: the engine runs a job already (a queue shared by replicas leaves new jobs a
@@ -30,6 +31,11 @@ class JobQueue(Protocol):
 
     def waiting(self, *, stored: bool = True) -> int:
         """How many jobs wait for this engine (`stored` as in `claim`)."""
+
+    def wake(self) -> None:
+        """What the engine may take changed (it started or stopped running a job, became ready
+        or broken, drains or closes): a claim under way, or the next one if none is, returns
+        None once it finds no job, so that the engine asks again with what holds now."""
 
     def release_claims(self) -> None:
         """The engine stops: the stored jobs it claimed and did not start wait again for
@@ -43,6 +49,7 @@ class MemoryQueue:
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
+        self._woken = False  # `wake` was called since a claim last returned for it
 
     def put(self, job: Job) -> None:
         with self._cond:
@@ -51,9 +58,16 @@ class MemoryQueue:
 
     def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._jobs, timeout):
-                return None
-            return self._jobs.popleft()
+            self._cond.wait_for(lambda: self._jobs or self._woken, timeout)
+            if self._jobs:
+                return self._jobs.popleft()
+            self._woken = False
+            return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def heads(self) -> dict[str | None, Job]:
         """Each tenant's oldest waiting job."""

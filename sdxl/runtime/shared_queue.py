@@ -77,6 +77,7 @@ class SharedQueue:
         # counted without a database call, so that the event loop may ask (`waiting`).
         self._stored_waiting = 0
         self._wake = threading.Event()  # a job was put in memory, or the store changed
+        self._woken = False  # the engine's `wake` since a claim last returned for it
         # The store's turns as last read: read again only when the store changed (NOTIFY on
         # PostgreSQL, this process's commits on SQLite), after this replica claimed from it,
         # or every `poll_s` (a safety net), never on every claim.
@@ -94,6 +95,11 @@ class SharedQueue:
 
     def put(self, job: Job) -> None:
         self.memory.put(job)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """The engine's state changed (JobQueue.wake)."""
+        self._woken = True
         self._wake.set()
 
     def created(self) -> None:
@@ -121,12 +127,17 @@ class SharedQueue:
             job = self._claim_oldest(stored, ahead and self.store.shared)
             if job is not None:
                 return job
+            if self._woken:  # what the engine asks for changed: it asks again
+                self._woken = False
+                return None
             now = time.monotonic()
             left = deadline - now
             if left <= 0:
                 return None
             until_old = self.poll_s if self._young_until is None else self._young_until - now
-            self._wake.wait(max(0.0, min(left, self.poll_s, until_old)))
+            until_retry = self._store_failed_at + STORE_RETRY_S - now  # the store failed: then
+            waits = (left, self.poll_s, until_old) + ((until_retry,) if until_retry > 0 else ())
+            self._wake.wait(max(0.0, min(waits)))
 
     def _claim_oldest(self, stored: bool, leave_young: bool = False) -> Job | None:
         """The next job: the oldest of the tenant served least recently (tenants in turn),
