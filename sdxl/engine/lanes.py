@@ -96,6 +96,8 @@ class Lanes:
         self._training: TrainingJob | None = None  # under way (generations run between steps)
         self._finishing: list[Job] = []  # the GPU is done with them; their results are made
         self._closed = False
+        self._changes = 0  # what the claim thread may take changed this many times (`changed`)
+        self._changes_lock = threading.Lock()
         self._draining = False  # stored jobs are left for others or the next start
         self._seq = itertools.count()
         self._threads: list[threading.Thread] = []
@@ -236,8 +238,15 @@ class Lanes:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or self._room())
                 busy = self._running is not None or self._training is not None
+                seen = self._changes  # before what the claim asks for is read
+            stored = self.hooks.takes_stored()
             try:
-                job = self.queue.claim(CLAIM_WAIT_S, stored=self.hooks.takes_stored(), ahead=busy)
+                job = self.queue.claim(
+                    CLAIM_WAIT_S,
+                    stored=stored,
+                    ahead=busy,
+                    stale=lambda seen=seen: self._changes != seen or self._closed,
+                )
             except Exception:  # a queue's bug must not stop the engine claiming for good
                 log.exception("claiming the next job failed; claiming again in a moment")
                 time.sleep(CLAIM_RETRY_S)
@@ -332,6 +341,8 @@ class Lanes:
     def changed(self) -> None:
         """What the claim thread may take changed (the GPU became busy or free, the engine
         ready, broken, draining or closing): its claim under way returns, to ask again."""
+        with self._changes_lock:
+            self._changes += 1
         self.queue.wake()
 
     def took_lock(self, job: Job) -> None:

@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from sdxl.engine.jobs import Job
+
+
+def never() -> bool:
+    """A claim's default `stale`: what it asks for never changes while it waits."""
+    return False
 
 
 class JobQueue(Protocol):
     def put(self, job: Job) -> None:
         """Accept `job`; it waits behind the jobs put before it."""
 
-    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
+    def claim(
+        self,
+        timeout: float,
+        *,
+        stored: bool = True,
+        ahead: bool = False,
+        stale: Callable[[], bool] = never,
+    ) -> Job | None:
         """The oldest waiting job, now the caller's; None if none came within `timeout` s, or
-        at once when `wake` was called (what the caller asks for changed: ask again).
-        `stored=False`: only jobs in this process's memory (the engine takes no stored job
-        while it is draining or broken; other replicas, or the next start, take them).
+        as soon as `stale()` is true once no job is found (checked at each `wake`: what the
+        caller asks for changed, and it asks again). `stored=False`: only jobs in this
+        process's memory (the engine takes no stored job while it is draining or broken;
+        other replicas, or the next start, take them).
         `ahead`: the engine runs a job already (a queue shared by replicas leaves new jobs a
         moment to replicas with a free GPU)."""
 
@@ -34,8 +48,7 @@ class JobQueue(Protocol):
 
     def wake(self) -> None:
         """What the engine may take changed (it started or stopped running a job, became ready
-        or broken, drains or closes): a claim under way, or the next one if none is, returns
-        None once it finds no job, so that the engine asks again with what holds now."""
+        or broken, drains or closes): a claim under way looks at its `stale()` now."""
 
     def release_claims(self) -> None:
         """The engine stops: the stored jobs it claimed and did not start wait again for
@@ -49,24 +62,26 @@ class MemoryQueue:
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
-        self._woken = False  # `wake` was called since a claim last returned for it
 
     def put(self, job: Job) -> None:
         with self._cond:
             self._jobs.append(job)
             self._cond.notify()
 
-    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
+    def claim(
+        self,
+        timeout: float,
+        *,
+        stored: bool = True,
+        ahead: bool = False,
+        stale: Callable[[], bool] = never,
+    ) -> Job | None:
         with self._cond:
-            self._cond.wait_for(lambda: self._jobs or self._woken, timeout)
-            if self._jobs:
-                return self._jobs.popleft()
-            self._woken = False
-            return None
+            self._cond.wait_for(lambda: self._jobs or stale(), timeout)
+            return self._jobs.popleft() if self._jobs else None
 
     def wake(self) -> None:
         with self._cond:
-            self._woken = True
             self._cond.notify_all()
 
     def heads(self) -> dict[str | None, Job]:

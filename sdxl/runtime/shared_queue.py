@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sdxl.engine import Job, MemoryQueue
+from sdxl.engine.queue import never
 from sdxl.runtime.kinds import TRAINING
 from sdxl.store.job_rows import JOBS
 
@@ -77,7 +78,6 @@ class SharedQueue:
         # counted without a database call, so that the event loop may ask (`waiting`).
         self._stored_waiting = 0
         self._wake = threading.Event()  # a job was put in memory, or the store changed
-        self._woken = False  # the engine's `wake` since a claim last returned for it
         # The store's turns as last read: read again only when the store changed (NOTIFY on
         # PostgreSQL, this process's commits on SQLite), after this replica claimed from it,
         # or every `poll_s` (a safety net), never on every claim.
@@ -98,8 +98,7 @@ class SharedQueue:
         self._wake.set()
 
     def wake(self) -> None:
-        """The engine's state changed (JobQueue.wake)."""
-        self._woken = True
+        """The engine's state changed (JobQueue.wake): the claim under way looks again."""
         self._wake.set()
 
     def created(self) -> None:
@@ -117,7 +116,14 @@ class SharedQueue:
         with self._lock:
             self._stored_waiting = max(0, self._stored_waiting - 1)
 
-    def claim(self, timeout: float, *, stored: bool = True, ahead: bool = False) -> Job | None:
+    def claim(
+        self,
+        timeout: float,
+        *,
+        stored: bool = True,
+        ahead: bool = False,
+        stale: Callable[[], bool] = never,
+    ) -> Job | None:
         """`ahead`: the engine runs a job already (stored jobs that just arrived are left a
         moment for replicas with a free GPU)."""
         deadline = time.monotonic() + timeout
@@ -127,8 +133,7 @@ class SharedQueue:
             job = self._claim_oldest(stored, ahead and self.store.shared)
             if job is not None:
                 return job
-            if self._woken:  # what the engine asks for changed: it asks again
-                self._woken = False
+            if stale():  # what the engine asks for changed: it asks again
                 return None
             now = time.monotonic()
             left = deadline - now
