@@ -89,59 +89,34 @@ class Bare:
 
 
 # ---- the APIs -------------------------------------------------------------------------------
+def _picture(size: int) -> dict:
+    """What every API's body says alike: the prompt, the size, the seed."""
+    return {"prompt": PROMPT, "negative_prompt": "", "width": size, "height": size, "seed": SEED}
+
+
+def _euler(steps: int) -> dict:
+    """The Replicate and DataCrunch names of the same steps, guidance and scheduler."""
+    return {"num_inference_steps": steps, "guidance_scale": GUIDANCE, "scheduler": "K_EULER"}
+
+
 def replicate(base: str, size: int, steps: int, spacing: str) -> str:
-    body = {
-        "version": GUIDE_VERSION,
-        "input": {
-            "prompt": PROMPT,
-            "negative_prompt": "",
-            "width": size,
-            "height": size,
-            "num_inference_steps": steps,
-            "guidance_scale": GUIDANCE,
-            "scheduler": "K_EULER",
-            "seed": SEED,
-            "refine": "no_refiner",
-            "apply_watermark": False,
-            "disable_safety_checker": True,
-            "output_format": "png",
-        },
-    }
+    inputs = {**_picture(size), **_euler(steps), "refine": "no_refiner", "output_format": "png"}
+    inputs.update(apply_watermark=False, disable_safety_checker=True)
+    body = {"version": GUIDE_VERSION, "input": inputs}
     answer = _post(base + "/v1/predictions", body, {"Prefer": "wait=60"})
     assert answer["status"] == "succeeded", answer
     return answer["output"][0].partition(",")[2]  # a data URI without SDXL_PUBLIC_URL
 
 
 def a1111(base: str, size: int, steps: int, spacing: str) -> str:
-    body = {
-        "prompt": PROMPT,
-        "negative_prompt": "",
-        "width": size,
-        "height": size,
-        "steps": steps,
-        "cfg_scale": GUIDANCE,
-        "sampler_name": "Euler",
-        "seed": SEED,
-        "apply_watermark": False,
-        "disable_safety_checker": True,
-    }
+    body = {**_picture(size), "steps": steps, "cfg_scale": GUIDANCE, "sampler_name": "Euler"}
+    body.update(apply_watermark=False, disable_safety_checker=True)
     return _post(base + "/sdapi/v1/txt2img", body)["images"][0]
 
 
 def datacrunch(base: str, size: int, steps: int, spacing: str) -> str:
-    body = {
-        "prompt": PROMPT,
-        "negative_prompt": "",
-        "width": size,
-        "height": size,
-        "num_inference_steps": steps,
-        "guidance_scale": GUIDANCE,
-        "scheduler": "K_EULER",
-        "timestep_spacing": spacing,
-        "seed": SEED,
-        "safety_filter": False,
-        "output_format": "png",
-    }
+    body = {**_picture(size), **_euler(steps), "timestep_spacing": spacing}
+    body.update(safety_filter=False, output_format="png")
     return _post(base + "/v1/images/stable-diffusion-xl/generate", body)["images"][0]
 
 

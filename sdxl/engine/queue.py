@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from sdxl.engine.jobs import Job
@@ -24,14 +23,7 @@ class JobQueue(Protocol):
     def put(self, job: Job) -> None:
         """Accept `job`; it waits behind the jobs put before it."""
 
-    def claim(
-        self,
-        timeout: float,
-        *,
-        stored: bool = True,
-        ahead: bool = False,
-        stale: Callable[[], bool] = never,
-    ) -> Job | None:
+    def claim(self, timeout: float, *, stored=True, ahead=False, stale=never) -> Job | None:
         """The oldest waiting job, now the caller's; None if none came within `timeout` s, or
         as soon as `stale()` is true once no job is found (checked at each `wake`: what the
         caller asks for changed, and it asks again). `stored=False`: only jobs in this
@@ -68,14 +60,7 @@ class MemoryQueue:
             self._jobs.append(job)
             self._cond.notify()
 
-    def claim(
-        self,
-        timeout: float,
-        *,
-        stored: bool = True,
-        ahead: bool = False,
-        stale: Callable[[], bool] = never,
-    ) -> Job | None:
+    def claim(self, timeout: float, *, stored=True, ahead=False, stale=never) -> Job | None:
         with self._cond:
             self._cond.wait_for(lambda: self._jobs or stale(), timeout)
             return self._jobs.popleft() if self._jobs else None

@@ -116,14 +116,7 @@ class SharedQueue:
         with self._lock:
             self._stored_waiting = max(0, self._stored_waiting - 1)
 
-    def claim(
-        self,
-        timeout: float,
-        *,
-        stored: bool = True,
-        ahead: bool = False,
-        stale: Callable[[], bool] = never,
-    ) -> Job | None:
+    def claim(self, timeout: float, *, stored=True, ahead=False, stale=never) -> Job | None:
         """`ahead`: the engine runs a job already (stored jobs that just arrived are left a
         moment for replicas with a free GPU)."""
         deadline = time.monotonic() + timeout
