@@ -75,7 +75,6 @@ class JobRuntime:
             replica,
             settings.public_url,
             settings.served,
-            settings.preview_every,
         )
         self.trainings = StoredTrainings(
             store, self.events, replica, settings.fetch, settings.work_dir

@@ -52,13 +52,11 @@ class StoredPredictions(StoredRuns):
         replica: str,
         public_url: str | None,
         served: frozenset[str] = frozenset(),
-        preview_every: int = 0,
     ):
         super().__init__(store, events, replica, writer="sdxl-outputs")
         self.served = served  # the served models (owner/name); others are trained versions
         self.public_url = public_url
         self._stopping = threading.Event()
-        self.preview_every = preview_every  # steps between previews, once someone reads them
         self._lock = threading.Lock()
         # The Requests checked by this replica's API for predictions it stored and nobody has
         # claimed yet: by id, until claimed here or ended anywhere.

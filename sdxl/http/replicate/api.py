@@ -65,5 +65,5 @@ def open_replicate_api(
         predictions=Predictions(runtime, caps),
         catalogue=Catalogue(settings.served_names, caps),
         renderer=renderer,
-        trainings=Trainings(runtime.store, runtime),
+        trainings=Trainings(runtime),
     )

@@ -14,7 +14,6 @@ from sdxl.runtime.kinds import TRAINING
 from sdxl.runtime.runtime import JobRuntime
 from sdxl.runtime.stored_inputs import own_file_id
 from sdxl.runtime.webhooks import check_webhook
-from sdxl.store.store import Store
 from sdxl.store.tables import ANY, new_id
 from sdxl.train.options import FILE_INPUTS
 
@@ -32,8 +31,8 @@ class NotYours(PermissionError):
 
 
 class Trainings:
-    def __init__(self, store: Store, runtime: JobRuntime):
-        self.store = store
+    def __init__(self, runtime: JobRuntime):
+        self.store = runtime.store
         self.runtime = runtime
 
     def create_model(self, body: dict, tenant: str, admin: bool) -> dict | None:
