@@ -36,20 +36,24 @@ def _chunks(tokenizer, text: str) -> list[list[int]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
 
 
-def _frame(tokenizer, chunk: list[int]) -> list[int]:
+def frame(tokenizer, chunk: list[int]) -> list[int]:
     ids = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
     return ids + [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(ids))
 
 
+def encoders(pipe) -> list[tuple]:
+    """(tokenizer, text encoder) of each encoder the pipeline has, in SDXL's order."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    return [(tok, enc) for tok, enc in pairs if enc is not None]
+
+
 def _encode_chunks(pipe, texts: tuple[str, ...], n_chunks: int):
     """(hidden states [1, 77*n, dim], pooled [1, dim]) for one prompt across the encoders."""
-    encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-    encoders = [(tok, enc) for tok, enc in encoders if enc is not None]
     per_encoder, pooled = [], None
-    for (tokenizer, encoder), text in zip(encoders, texts, strict=True):
+    for (tokenizer, encoder), text in zip(encoders(pipe), texts, strict=True):
         chunks = _chunks(tokenizer, text)
         chunks += [[]] * (n_chunks - len(chunks))
-        ids = torch.tensor([_frame(tokenizer, c) for c in chunks], device=encoder.device)
+        ids = torch.tensor([frame(tokenizer, c) for c in chunks], device=encoder.device)
         out = encoder(ids, output_hidden_states=True)
         if out[0].ndim == 2:  # the projection model: pooled text embeds
             pooled = out[0][:1]
