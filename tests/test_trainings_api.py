@@ -1,7 +1,8 @@
 """Replicate's trainings API on `python -m sdxl api`, with the official clients: a destination
 model, a training from a zip, the new version run on every API, tenants kept apart, webhooks
-signed, a prediction served between training steps. Real servers on loopback with the tiny
-model; orders of events, never durations."""
+signed, a prediction served between training steps, a cancelled training's checkpoint served
+to its owner and resumed from. Real servers on loopback with the tiny model; orders of events,
+never durations."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from support.archives import photos, write_zip
 from support.cog_server import Receiver, signed_deliveries
 from support.files import Files
 from test_replicate_api import node
+
+from sdxl.train import checkpoint
 
 pytestmark = pytest.mark.http
 
@@ -70,13 +73,13 @@ def call(server, method: str, path: str, key: str = ALICE, **kwargs) -> requests
     return requests.request(method, server.base + path, headers=headers, timeout=60, **kwargs)
 
 
-def start_training(client, zipped, steps: int, **options):
+def start_training(client, zipped, steps: int, inputs: dict | None = None, **options):
     """A training of alice/my-sdxl on the photos (a local file: the client uploads it)."""
     with open(zipped, "rb") as archive:
         return client.trainings.create(
             model="stability-ai/sdxl",
             version=GUIDE_VERSION,
-            input={"input_images": archive, "max_train_steps": steps, **TRAIN},
+            input={"input_images": archive, "max_train_steps": steps, **TRAIN, **(inputs or {})},
             destination="alice/my-sdxl",
             **options,
         )
@@ -145,19 +148,28 @@ def test_the_python_client_trains_and_runs_the_new_version(server, alice, traine
     assert latest.status_code == 201 and latest.json()["version"] == trained.id
 
 
-def test_the_python_client_cancels_a_running_training_and_the_metrics_count_it(
-    server, alice, zipped, destination
-):
-    training = start_training(alice, zipped, 5000)
-    while not (training.logs or "").count("\nstep "):  # under way: a step is logged
+@pytest.fixture(scope="module")
+def cancelled(server, alice, zipped, destination):
+    """A long training cancelled after its first checkpoint (at step 2), and the metrics read
+    while it ran."""
+    training = start_training(alice, zipped, 5000, {"checkpointing_steps": 2})
+    while "checkpoint at step 2:" not in (training.logs or ""):
         training.reload()
     running = requests.get(server.base + "/metrics", timeout=10).text
+    assert alice.trainings.cancel(training.id).status == "canceled"
+    return training, running
+
+
+def test_the_python_client_cancels_a_running_training_and_the_metrics_count_it(
+    server, alice, cancelled
+):
+    training, running = cancelled
     assert 'sdxl_trainings{state="running"} 1.0' in running
     (rate,) = map(float, re.findall(r"^sdxl_training_steps_per_second (\S+)$", running, re.M))
     assert rate > 0
-    assert alice.trainings.cancel(training.id).status == "canceled"
     ended = alice.trainings.get(training.id)
-    assert ended.status == "canceled" and ended.output is None and ended.error is None
+    assert ended.status == "canceled" and ended.error is None
+    assert ended.output == {"checkpoint": f"{server.base}/v1/trainings/{training.id}/checkpoint"}
     assert training.id not in [v["id"] for v in versions_of(server, "alice", "my-sdxl")]
     metrics = requests.get(server.base + "/metrics", timeout=10).text
     assert 'sdxl_trainings{state="canceled"} 1.0' in metrics
@@ -331,7 +343,9 @@ def test_the_javascript_client_trains_from_a_url_and_cancels(server, zipped):
     assert said["created"]["status"] == "starting"
     assert said["created"]["destination"] == "bob/js-sdxl"
     assert said["running"]["status"] == "processing"
-    assert said["after"]["status"] == "canceled" and said["after"]["output"] is None
+    assert said["after"]["status"] == "canceled"  # after a step: its checkpoint is bob's
+    checkpoint = said["after"]["output"]["checkpoint"]
+    assert call(server, "GET", checkpoint.removeprefix(server.base), BOB).status_code == 200
     assert files.requested["/photos.zip"] == 1  # fetched once, when it was prepared
     assert call(server, "GET", "/v1/models/bob/js-sdxl/versions", BOB).json()["results"] == []
 
@@ -362,6 +376,79 @@ def test_a_predictions_replica_leaves_trainings_queued_and_caps_them_per_key(
         assert "sdxl_training_steps_per_second" not in metrics  # no training runs here
         assert client.trainings.cancel(first.json()["id"]).status == "canceled"  # at once
         assert call(srv, "POST", path, json=body).status_code == 201  # room for one again
+
+
+def kept_checkpoint(server, training) -> tuple[int, str]:
+    """The step and URL of a stopped training's checkpoint, as its log's last line says."""
+    last = training.logs.splitlines()[-1]
+    found = re.fullmatch(r"the checkpoint of step (\d+) is kept at (\S+) \(GET it with .*", last)
+    assert found, training.logs[-2000:]
+    return int(found.group(1)), found.group(2)
+
+
+def test_a_cancelled_trainings_checkpoint_is_served_to_its_owner_only(
+    server, alice, cancelled, folder
+):
+    training = alice.trainings.get(cancelled[0].id)
+    step, url = kept_checkpoint(server, training)
+    assert url == training.output["checkpoint"] and step >= 2  # the step it was cancelled at
+    answer = call(server, "GET", f"/v1/trainings/{training.id}/checkpoint")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/x-tar"
+    assert f'filename="checkpoint-step-{step}.tar"' in answer.headers["content-disposition"]
+    files = folder / f"state-{server.port}" / "files" / "trainings" / training.id
+    assert answer.content == (files / f"checkpoint-{step}.tar").read_bytes()
+    downloaded = folder / "downloaded-checkpoint.tar"
+    downloaded.write_bytes(answer.content)
+    tensors, meta = checkpoint.read(downloaded)  # its safetensors and state load
+    assert meta["step"] == step and meta["total"] == 5000 and "generator" in tensors
+    missing = call(server, "GET", "/v1/trainings/nosuchtraining000000000000/checkpoint", BOB)
+    refused = call(server, "GET", f"/v1/trainings/{training.id}/checkpoint", BOB)
+    assert refused.status_code == 404 == missing.status_code
+    assert set(refused.json()) == set(missing.json())
+    assert call(server, "GET", f"/v1/trainings/{training.id}/checkpoint", ROOT).status_code == 200
+
+
+@pytest.mark.parametrize("given", ["upload", "url"])
+def test_a_new_training_goes_on_from_the_checkpoint(
+    server, alice, zipped, cancelled, given, tmp_path
+):
+    """resume_from_checkpoint: the downloaded file (the client uploads it) or the URL itself;
+    the new training's first step is the one after the checkpoint's."""
+    step, url = kept_checkpoint(server, alice.trainings.get(cancelled[0].id))
+    source = url
+    if given == "upload":
+        downloaded = tmp_path / "checkpoint.tar"
+        downloaded.write_bytes(call(server, "GET", url.removeprefix(server.base)).content)
+        source = open(downloaded, "rb")  # noqa: SIM115 (the client reads it as it uploads)
+    resumed = start_training(alice, zipped, 5000, {"resume_from_checkpoint": source})
+    if given == "upload":
+        source.close()
+        assert resumed.input["resume_from_checkpoint"].startswith(f"{server.base}/v1/files/")
+    while not re.search(r"^step \d+/5000 ", resumed.logs or "", re.M):
+        resumed.reload()
+    alice.trainings.cancel(resumed.id)
+    logs = until_ended(resumed).logs
+    assert f"resumed from step {step} of 5000" in logs
+    steps = [int(n) for n in re.findall(r"^step (\d+)/5000 ", logs, re.M)]
+    assert steps[0] == step + 1 and steps == list(range(step + 1, step + 1 + len(steps)))
+
+
+def test_another_tenants_checkpoint_url_is_refused(server, zipped, cancelled):
+    bob = replicate.Client(api_token=BOB, base_url=server.base)
+    bob.models.create(owner="bob", name="resume", visibility="private", hardware="gpu")
+    url = f"{server.base}/v1/trainings/{cancelled[0].id}/checkpoint"
+    with open(zipped, "rb") as archive:
+        training = bob.trainings.create(
+            model="stability-ai/sdxl",
+            version=GUIDE_VERSION,
+            input={"input_images": archive, **TRAIN, "resume_from_checkpoint": url},
+            destination="bob/resume",
+        )
+    until_ended(training)
+    assert training.status == "failed" and training.output is None
+    assert training.error.startswith("resume_from_checkpoint: ")
+    assert "no checkpoint of yours" in training.error
 
 
 def pixels(data: bytes) -> np.ndarray:

@@ -2,7 +2,9 @@
 checkpoint resumed), and every change of its state written back to the store: the start, the
 logs and step, each checkpoint (in the files backend, off the GPU thread), and the end. A
 succeeded training's tar becomes a version of its destination; a training stopped by a drain
-is handed back to the queue with its last checkpoint, for any replica to go on from.
+is handed back to the queue with its last checkpoint, for any replica to go on from. A training
+cancelled (or failed) after a step keeps its checkpoint for its owner: its log ends with the
+checkpoint's URL (CHECKPOINT_PATH, on Replicate's API), which `resume_from_checkpoint` takes.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sdxl.engine import Job, JobEvents, TrainingJob
 from sdxl.errors import InputError
@@ -30,6 +34,19 @@ log = logging.getLogger(__name__)
 
 LOST_CLAIM = "this replica lost its claim on the training, which another replica holds now"
 STORE_WAIT_S = 20.0  # at a stop, how long the last checkpoint and hand-backs may take
+CHECKPOINT_PATH = "/v1/trainings/{}/checkpoint"  # a stopped training's, for its owner's key
+_CHECKPOINT_PATH = re.compile(r"/v1/trainings/([a-z0-9]{1,40})/checkpoint")
+RESUME = "resume_from_checkpoint"
+
+
+def own_checkpoint_id(url: str, origins: tuple[str, ...]) -> str | None:
+    """The training's id when `url` is one of this server's checkpoint URLs."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    match = _CHECKPOINT_PATH.fullmatch(parts.path)
+    if match and not parts.query and origin in {o.lower().rstrip("/") for o in origins}:
+        return match.group(1)
+    return None
 
 
 class StoredTrainings(StoredRuns):
@@ -103,6 +120,21 @@ class StoredTrainings(StoredRuns):
         """Its logs: a resumed training's earlier runs', then this run's."""
         return self._earlier.get(job.id, "") + log_text(job.logs)
 
+    def origins(self, row: dict) -> tuple[str, ...]:
+        """This server's origins as the training's creator saw them (and SDXL_PUBLIC_URL)."""
+        return tuple(o for o in (self.events.public_url, row.get("origin")) if o)
+
+    def _where_kept(self, training_id: str) -> str:
+        """The log's last line for a training stopped early: where its checkpoint is."""
+        row = self.rows.get(training_id)
+        if row is None or not row["checkpoint_key"]:
+            return ""
+        url = (*self.origins(row), "")[0] + CHECKPOINT_PATH.format(training_id)
+        return (
+            f"the checkpoint of step {row['checkpoint_step']} is kept at {url} (GET it with "
+            f"your API key); give that URL, or the file, as {RESUME} to go on from it\n"
+        )
+
     def _end(self, job: Job) -> None:
         rows, ended = self.store.trainings, job.outcome
         logs, step = self._logs(job), job.steps.get("train", 0)
@@ -116,6 +148,8 @@ class StoredTrainings(StoredRuns):
         if ended.succeeded:
             weights = job.result().weights
         message = None if ended.kind == "canceled" else ended.message
+        if not ended.succeeded:
+            logs += self._where_kept(job.id)
         row = rows.finish(
             job.id,
             StoredStatus(ended.status),
@@ -160,6 +194,8 @@ class ServerTraining:
         for name in FILE_INPUTS:
             if name in kept:
                 values[name] = str(_linked(owner.store.blobs.path(kept[name]), folder / name))
+            elif name == RESUME and (source := self._own_checkpoint(values.get(name))):
+                values[name] = str(_linked(source, folder / name))
             elif name in values:
                 values[name] = str(self._fetched(values[name], folder / name, name, check))
         if row.get("checkpoint_key"):  # a replica stopped or died: go on from its checkpoint
@@ -172,6 +208,23 @@ class ServerTraining:
         request = TrainRequest(**values)
         self.inner = Training(request, folder, owner.settings, on_checkpoint=keep)
         self.inner.prepare(check)
+
+    def _own_checkpoint(self, url: str | None) -> Path | None:
+        """The kept checkpoint that `url` names when it is this server's URL of one of the
+        owner's stopped trainings (None: not this server's checkpoint URL)."""
+        source_id = None if url is None else own_checkpoint_id(url, self.owner.origins(self.row))
+        if source_id is None:
+            return None
+        stopped = self.owner.store.trainings.get(source_id, self.row.get("tenant"))
+        key = None if stopped is None else stopped["checkpoint_key"]
+        if stopped is None or stopped["status"] not in ("canceled", "failed") or not key:
+            raise InputError(
+                f"{RESUME}: {redact(url)} is no checkpoint of yours on this server (the training "
+                "was not yours, did not stop early, or its checkpoint was replaced by those of "
+                "your later stopped trainings); give the downloaded file instead",
+                RESUME,
+            )
+        return self.owner.store.blobs.path(key)
 
     def _fetched(self, url: str, target: Path, name: str, check) -> Path:
         def fail(why: str) -> Exception:

@@ -2,7 +2,9 @@
 tenants' turns with the predictions, started, cancelled, ended, with the wake-ups they send),
 bounded per tenant; their progress and latest checkpoint kept (the checkpoint's bytes in the
 files backend); one that succeeds adds a version to its destination model
-(`sdxl.store.destinations`), whose predictions then run with its weights.
+(`sdxl.store.destinations`), whose predictions then run with its weights. One that stopped
+before its end (cancelled, or failed after a step) keeps its last checkpoint for its owner to go
+on from, the newest few of each tenant's (as many as it may run trainings at once).
 
 A training whose replica stops, dies or restarts is queued again with its last checkpoint, for
 any replica to go on from (`hand_back`, `requeue`): a training is never failed for its
@@ -21,16 +23,19 @@ from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
 from sdxl.store.errors import StoreFull
 from sdxl.store.job_rows import StoredJobs
-from sdxl.store.tables import ENDED, of_tenant, trainings, versions
+from sdxl.store.tables import ENDED, StoredStatus, of_tenant, trainings, versions
 
 T = trainings.c
+STOPPED = (StoredStatus.CANCELED, StoredStatus.FAILED)  # ended early: their checkpoint is kept
+KEPT_PER_TENANT = 2  # stopped trainings' checkpoints kept per tenant without a training cap
 
 
 class Trainings(StoredJobs):
     table = trainings
     kind = "training"
     fields: ClassVar[dict[str, Any]] = {"step": 0}
-    cleared: ClassVar[dict[str, Any]] = {"checkpoint_key": None, "input_files": None}
+    # A stopped training's checkpoint stays (a succeeded one's goes: `finish`).
+    cleared: ClassVar[dict[str, Any]] = {"input_files": None}
 
     def __init__(self, db: Database, blobs: Blobs, max_per_tenant: int | None = None):
         super().__init__(db, blobs)
@@ -98,7 +103,8 @@ class Trainings(StoredJobs):
     ) -> dict | None:
         """End a training; a succeeded one's `weights` (its trained_model.tar) become a new
         version of its destination, named by the training's id. The training as stored, or None
-        when it was not `replica`'s to end. Its checkpoint and input archive go."""
+        when it was not `replica`'s to end. Its input archive goes, and its checkpoint unless it
+        stopped early (cancelled or failed): then its owner may go on from it."""
         key = None
         if weights is not None:
             key = f"versions/{training_id}/trained_model.tar"
@@ -106,20 +112,58 @@ class Trainings(StoredJobs):
         values = {"error": error, "metrics": metrics}
         if logs is not None:
             values["logs"] = logs
+        if status not in STOPPED:
+            values["checkpoint_key"] = None
 
         def with_version(conn: sa.Connection, row) -> None:
             if key is not None:
                 _add_version(conn, row, key)
 
         written = [key] if key else []
-        ended = self._end(
+        before = self._end(
             training_id, status, values, replica=replica, written=written, within=with_version
         )
-        return None if ended is None else self.get(training_id)
+        if before is None:
+            return None
+        if status in STOPPED:
+            self._keep_newest_checkpoints(before.tenant)
+        else:
+            self.blobs.delete([before.checkpoint_key])
+        return self.get(training_id)
+
+    def request_cancel(self, job_id: str) -> bool:
+        """As for any job; a queued training that was handed back keeps its checkpoint."""
+        done = super().request_cancel(job_id)
+        if done:
+            row = self.get(job_id)
+            if row is not None:
+                self._keep_newest_checkpoints(row["tenant"])
+        return done
 
     def _files_of(self, row) -> list[str | None]:
-        """Its checkpoint (if it was handed back) and its copied inputs."""
-        return [row.checkpoint_key, *(row.input_files or {}).values()]
+        """Its copied inputs (its checkpoint: see `finish`)."""
+        return list((row.input_files or {}).values())
+
+    # ---- stopped: the checkpoint kept for its owner ------------------------------------------
+    def _keep_newest_checkpoints(self, tenant: str | None) -> None:
+        """Only the newest stopped trainings of `tenant` keep their checkpoints (as many as
+        the tenant may run trainings at once), so that one tenant cannot fill the files
+        backend by starting and cancelling trainings."""
+        keep = self.max_per_tenant or KEPT_PER_TENANT
+        stopped = [T.status.in_(STOPPED), T.checkpoint_key.is_not(None)]
+        with self.db.tx() as conn:
+            older = conn.execute(
+                sa.select(T.id, T.checkpoint_key)
+                .where(of_tenant(trainings, tenant), *stopped)
+                .order_by(T.completed_at.desc(), T.number.desc())
+                .offset(keep)
+            ).all()
+            if older:
+                ids = [row.id for row in older]
+                conn.execute(
+                    trainings.update().where(T.id.in_(ids), *stopped).values(checkpoint_key=None)
+                )
+        self.blobs.delete(row.checkpoint_key for row in older)  # committed: no row names them
 
 
 def _add_version(conn: sa.Connection, training, key: str) -> None:

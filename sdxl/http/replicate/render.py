@@ -1,11 +1,14 @@
-"""Replicate's JSON objects: a prediction (with its output URLs), a training, an uploaded file."""
+"""Replicate's JSON objects: a prediction (with its output URLs), a training (with its weights'
+or, stopped early, its checkpoint's URL), an uploaded file."""
 
 from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
 
+from sdxl.runtime.stored_trainings import CHECKPOINT_PATH
 from sdxl.store.store import Store
+from sdxl.store.training_rows import STOPPED
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -55,11 +58,15 @@ class Renderer:
 
     def training(self, row: dict, base: str) -> dict:
         """Replicate's training object; its output's `weights` is served by this server (with
-        the caller's key: GET /v1/trainings/<id>/weights)."""
+        the caller's key: GET /v1/trainings/<id>/weights); a training cancelled or failed after
+        a step has `output.checkpoint` instead (GET /v1/trainings/<id>/checkpoint, likewise),
+        which `resume_from_checkpoint` takes."""
         base = self.public_url or base
         output = None
         if row["status"] == "succeeded" and row["output"]:
             output = {**row["output"], "weights": f"{base}/v1/trainings/{row['id']}/weights"}
+        elif row["status"] in STOPPED and row.get("checkpoint_key"):
+            output = {"checkpoint": base + CHECKPOINT_PATH.format(row["id"])}
         rendered = _job(row, f"{base}/v1/trainings", output)
         return {**rendered, "destination": row["destination"]}
 

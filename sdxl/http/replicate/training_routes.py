@@ -1,5 +1,6 @@
 """Replicate's training paths: a destination model created, a training created on one of the
-served model's versions, got, listed (newest first), cancelled, and its trained weights."""
+served model's versions, got, listed (newest first), cancelled, its trained weights, and the
+checkpoint of one that stopped early (cancelled or failed after a step), to go on from."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sdxl.inputs.surface import InvalidInputs
 from sdxl.runtime.kinds import TRAINING
 from sdxl.runtime.webhooks import EVENTS
 from sdxl.store.errors import StoreFull
+from sdxl.store.training_rows import STOPPED
 from sdxl.train.options import TRAIN_INPUTS
 
 MODEL_BODY = {
@@ -148,5 +150,18 @@ def training_routes(api: ReplicateApi, service: Service, settings: Settings) -> 
             raise not_found(f"the weights of training {training_id[:40]!r}")
         path = api.store.blobs.path(version["weights_key"])
         return FileResponse(path, media_type="application/x-tar", filename="trained_model.tar")
+
+    @routes.get(
+        "/v1/trainings/{training_id}/checkpoint",
+        summary="A cancelled or failed training's last checkpoint, for resume_from_checkpoint",
+    )
+    def training_checkpoint(training_id: str, http: HttpRequest) -> FileResponse:
+        row = owned(training_id, http)
+        key = row["checkpoint_key"] if row["status"] in STOPPED else None
+        path = None if key is None else api.store.blobs.path(key)
+        if path is None or not path.is_file():  # none kept, or replaced by a newer one's
+            raise not_found(f"the checkpoint of training {training_id[:40]!r}")
+        name = f"checkpoint-step-{row['checkpoint_step']}.tar"
+        return FileResponse(path, media_type="application/x-tar", filename=name)
 
     return routes
