@@ -1,12 +1,15 @@
 """The playground's Train page in a real browser, as in tests/test_playground.py (Debian's
 chromium driven by Selenium, a real server process on loopback, the tiny model): a zip of
-photos uploaded, a training started, its loss curve and log followed to success, and its new
-version run in one click, the image checked against the API's own, pixel for pixel; a long
-training cancelled; an archive dropped on the page, a destination that is not the caller's
-and a file that is no archive refused with the server's reasons."""
+photos uploaded, a training started, its loss curve and log followed to success, its
+trained_model.tar downloaded through the page's link, and its new version put in the Generate
+form (nothing run until Run is pressed), the image checked against the API's own, pixel for
+pixel; a long training cancelled and its checkpoint offered; an archive dropped on the page, a
+destination that is not the caller's and a file that is no archive refused with the server's
+reasons."""
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -94,7 +97,57 @@ def chart_points(driver) -> int:
     return int(driver.find_element(By.ID, "loss-chart").get_attribute("data-points"))
 
 
-def test_a_training_shows_its_loss_then_its_version_generates(train_page, server, tenant):
+# The bytes a URL gives in the page with the key the page holds (base64).
+FETCHED = """
+const [url, done] = arguments;
+const key = sessionStorage.getItem("sdxl-playground-api-key");
+fetch(url, {headers: {Authorization: `Bearer ${key}`}})
+  .then((response) => response.ok ? response.blob() : Promise.reject(response.status))
+  .then((blob) => new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.split(",")[1]);
+    reader.readAsDataURL(blob);
+  }))
+  .then(done, (error) => done(`failed: ${error}`));
+"""
+
+
+def fetched_in_page(driver, url: str) -> bytes:
+    driver.set_script_timeout(60)
+    answer = driver.execute_async_script(FETCHED, url)
+    assert not answer.startswith("failed"), answer
+    return base64.b64decode(answer)
+
+
+def served(server, url: str) -> bytes:
+    """What the API gives for one of its URLs, with the key."""
+    answer = server.api("GET", url.removeprefix(server.base))
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+def prediction_ids(server) -> list[str]:
+    """Every prediction of the key's, over the API (all pages)."""
+    ids, path = [], "/v1/predictions"
+    while path:
+        answer = server.api("GET", path)
+        assert answer.status_code == 200, answer.text
+        ids += [p["id"] for p in answer.json()["results"]]
+        path = (answer.json()["next"] or "").removeprefix(server.base)
+    return ids
+
+
+def downloaded(driver, folder, name: str):
+    """The link's file, once the browser has saved it in `folder`."""
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)}
+    )
+    driver.find_element(By.ID, "train-download").click()
+    wait(driver, lambda d: (folder / name).is_file() and not list(folder.glob("*.crdownload")))
+    return (folder / name).read_bytes()
+
+
+def test_a_training_shows_its_loss_then_its_version_generates(train_page, server, tenant, tmp_path):
     page = train_page
     start_training(page, STEPS)
     status = page.find_element(By.ID, "train-status").text
@@ -127,14 +180,32 @@ def test_a_training_shows_its_loss_then_its_version_generates(train_page, server
     assert not wide, "the Train page scrolls sideways on a phone-sized screen"
     page.set_window_size(1280, 1400)
 
+    # The trained tar: a link to its weights URL, which gives the API's bytes in the page, and
+    # a click saves it as the server names it.
+    link = page.find_element(By.ID, "train-download")
+    assert link.is_displayed() and "trained_model.tar" in link.text
+    assert link.get_attribute("href") == training["output"]["weights"]
+    tar = served(server, training["output"]["weights"])
+    assert fetched_in_page(page, link.get_attribute("href")) == tar
+    assert downloaded(page, tmp_path, "trained_model.tar") == tar
+
+    # "Generate with this version" fills the Generate form and runs nothing until Run.
+    before = prediction_ids(server)
     page.find_element(By.ID, "train-generate").click()
+    wait(page, lambda d: d.find_element(By.ID, "generate-page").is_displayed())
+    assert page.find_element(By.ID, "in-prompt").get_attribute("value") == "a photo of TOK"
+    assert f"{tenant}/my-sdxl" in page.find_element(By.ID, "form-status").text
+    assert page.find_element(By.ID, "status").text.startswith("Check the inputs")
+    assert page.find_element(By.ID, "run").is_enabled()  # a run would have disabled it
+    assert page.find_element(By.ID, "in-width").get_attribute("value") == QUICK["width"]
+    assert body_data(page, "prediction-status") is None
+    assert prediction_ids(server) == before
+    page.find_element(By.ID, "run").click()
     wait(page, lambda d: body_data(d, "prediction-status") in (*ENDED, "refused"))
     error = page.find_element(By.ID, "error").text
     assert body_data(page, "prediction-status") == "succeeded", error
-    assert page.find_element(By.ID, "generate-page").is_displayed()
-    assert page.find_element(By.ID, "in-prompt").get_attribute("value") == "a photo of TOK"
-    assert f"{tenant}/my-sdxl" in page.find_element(By.ID, "form-status").text
     sent = server.prediction(body_data(page, "prediction-id"))
+    assert prediction_ids(server) == [sent["id"], *before]
     assert (sent["model"], sent["version"]) == (f"{tenant}/my-sdxl", training_id)
     (shown,) = page_images(page)
     inputs = {"prompt": "a photo of TOK", "width": 256, "height": 256, "seed": 5}
@@ -168,6 +239,13 @@ def test_a_long_training_cancels(train_page, server):
     assert not page.find_element(By.ID, "train-cancel").is_displayed()
     training = server.api("GET", f"/v1/trainings/{body_data(page, 'training-id')}").json()
     assert training["status"] == "canceled"
+    # Stopped after a step: its checkpoint, to go on from, is offered.
+    link = page.find_element(By.ID, "train-download")
+    assert link.is_displayed() and "checkpoint" in link.text
+    assert link.get_attribute("href") == training["output"]["checkpoint"]
+    assert fetched_in_page(page, link.get_attribute("href")) == served(
+        server, training["output"]["checkpoint"]
+    )
 
 
 DROP = """

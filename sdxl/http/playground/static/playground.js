@@ -268,7 +268,8 @@ function useBase() {
 }
 
 // "Generate with this version" on the Train page: this page, the new version, and a prompt
-// with the training's token (the only word that calls up what was trained), run at once.
+// with the training's token (the only word that calls up what was trained); the other inputs
+// stay as they are (the model's defaults unless changed). Nothing runs until Run is pressed.
 function generateWith(training) {
   const ref = training.output.version; // owner/name:id
   const [model, version] = ref.split(":");
@@ -280,7 +281,8 @@ function generateWith(training) {
     prompt.dispatchEvent(new Event("input", { bubbles: true }));
   }
   location.hash = "";
-  run();
+  if (!state.prediction) setStatus(`Check the inputs for ${model}, then press Run.`);
+  prompt.focus();
 }
 
 // ---- the two pages ----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 // The Train page: a .zip (or .tar) of photos, dropped or picked, uploaded to /v1/files; the
 // destination model created unless it exists; a training of the served version started with
 // Replicate's trainings API, polled for its log and loss curve, cancellable; and once it has
-// succeeded, its new version handed to the Generate page in one click.
+// succeeded, its trained_model.tar to download and its new version handed to the Generate page
+// (filled in, run when the visitor presses Run); a cancelled one's checkpoint to download.
 
-import { ENDED, POLL_MS, api, missingKey, sleep } from "./api.js";
+import { ApiError, ENDED, POLL_MS, api, authHeaders, missingKey, sleep } from "./api.js";
 import { LossChart, parseSteps } from "./chart.js";
 import { InputForm } from "./form.js";
 
@@ -24,6 +25,7 @@ export class Trainer {
     this.trained = null; // the last succeeded training
     this.prefilled = ""; // the destination as this page filled it in, not the visitor
     this.cancelling = false; // "Cancelling…" stays until the training has stopped
+    this.downloading = false;
     const hosts = [$("train-basic-fields"), $("train-advanced-fields")];
     this.form = new InputForm(config.training, ...hosts, () => {}, "train-");
     this.chart = new LossChart($("loss-chart"));
@@ -51,6 +53,7 @@ export class Trainer {
     $("train-reset").addEventListener("click", () => this.form.reset());
     $("train-cancel").addEventListener("click", () => this.cancel());
     $("train-generate").addEventListener("click", () => this.onGenerate(this.trained));
+    $("train-download").addEventListener("click", (event) => this.download(event));
     document.addEventListener("api-key", () => this.whoami());
   }
 
@@ -123,6 +126,7 @@ export class Trainer {
     this.running = training.id;
     document.body.dataset.trainingId = training.id;
     $("train-generate").hidden = true;
+    $("train-download").hidden = true;
     $("train-progress").value = 0;
     $("train-progress").hidden = false;
     $("train-cancel").hidden = false;
@@ -196,13 +200,55 @@ export class Trainer {
       this.trained = training;
       this.status(`Succeeded${timing}: the new version is ${training.output.version}.`);
       $("train-generate").hidden = false;
+      this.offer(training.output.weights, "Download the weights (trained_model.tar)");
     } else if (training.status === "canceled") {
       this.status("Canceled.");
     } else {
       this.status("Failed.");
       this.error(training.error || "the training failed");
     }
+    const checkpoint = training.output?.checkpoint; // stopped after a step: go on from it later
+    if (checkpoint) this.offer(checkpoint, "Download the checkpoint (resume_from_checkpoint)");
     document.body.dataset.trainingStatus = training.status; // for scripts and tests
+  }
+
+  // A link to a file the server keeps for the key's owner. The file is named by the server.
+  offer(url, text) {
+    const link = $("train-download");
+    link.href = url;
+    link.download = "";
+    link.textContent = text;
+    link.hidden = false;
+  }
+
+  // A server with keys wants one on the download too, which a link cannot send: the file is
+  // fetched with it (from this origin, also when the URL is under SDXL_PUBLIC_URL) and saved.
+  async download(event) {
+    if (!Object.keys(authHeaders()).length) return; // no keys: the link works as it is
+    event.preventDefault();
+    if (this.downloading) return;
+    this.downloading = true;
+    this.error("");
+    const link = $("train-download");
+    try {
+      const response = await fetch(new URL(link.href).pathname, { headers: authHeaders() });
+      if (!response.ok) {
+        throw new ApiError(response.status, await response.json().catch(() => ({})));
+      }
+      const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition"));
+      const saved = URL.createObjectURL(await response.blob());
+      const anchor = document.createElement("a");
+      anchor.href = saved;
+      anchor.download = named ? named[1] : "download.tar";
+      document.body.append(anchor);
+      anchor.click();
+      anchor.remove();
+      setTimeout(() => URL.revokeObjectURL(saved), 60000); // once the download has it
+    } catch (error) {
+      this.error(`The download failed: ${error.message}`);
+    } finally {
+      this.downloading = false;
+    }
   }
 
   async cancel() {
