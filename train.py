@@ -2,9 +2,9 @@
 one call into `sdxl`, the output.
 
 The inputs are Replicate's SDXL trainer's (replicate/cog-sdxl), in its order, with its names,
-types and defaults; bounds where a value cannot work; one input of ours, last
-(`resume_from_checkpoint`). `cog build` reads this file statically, so every choice, bound and
-default is a literal; they equal `sdxl/train/options.py` (tests/test_train_surface.py).
+types and defaults; bounds where a value cannot work; two inputs of ours, last
+(`resume_from_checkpoint`, `name`). `cog build` reads this file statically, so every choice,
+bound and default is a literal; they equal `sdxl/train/options.py` (tests/test_train_surface.py).
 """
 
 from typing import Optional
@@ -101,9 +101,10 @@ def train(
     ),
     caption_prefix: str = Input(
         description="Text which will be used as prefix during automatic captioning. Must "
-        "contain the `token_string`. For example, if caption text is 'a photo of TOK', "
-        "automatic captioning will expand to 'a photo of TOK under a bridge', 'a photo of TOK "
-        "holding a cup', etc.",
+        "contain the `token_string`; left at its default, it follows `token_string` ('a photo "
+        "of ZWX, ' for ZWX). For example, if caption text is 'a photo of TOK', automatic "
+        "captioning will expand to 'a photo of TOK under a bridge', 'a photo of TOK holding a "
+        "cup', etc.",
         default="a photo of TOK, ",
         max_length=1000,
     ),
@@ -134,7 +135,11 @@ def train(
         ge=0.01,
         le=100,
     ),
-    verbose: bool = Input(description="verbose output", default=True),
+    verbose: bool = Input(
+        description="verbose output: a log line per training step (step, loss, learning rate, "
+        "speed, ETA) besides the images, captions and seed",
+        default=True,
+    ),
     checkpointing_steps: int = Input(
         description="Number of steps between saving checkpoints. Set to very very high number "
         "to disable checkpointing, because you don't need one.",
@@ -152,6 +157,15 @@ def train(
         description="A checkpoint of an earlier training with the same inputs (checkpoints/"
         "step-N.tar) to go on from; its seed is used when none is given",
         default=None,
+    ),
+    name: Optional[str] = Input(
+        description="What the tar's web UI files are named after: webui/<name>.safetensors "
+        "(the LoRA) and webui/embeddings/<name>_<token>.safetensors (the embedding: write "
+        "<name>_<token> in an AUTOMATIC1111 or ComfyUI prompt). Letters, digits, '-', '_', "
+        "'.'. Leave empty for the first 8 hex digits of the trained weights' sha256 (on the "
+        "trainings API: <owner>-<model>-<the version's first 8 characters>)",
+        default=None,
+        max_length=100,
     ),
 ) -> TrainingOutput:
     inputs = dict(locals())

@@ -37,7 +37,8 @@ def archive(tmp_path_factory):
 
 
 def test_a_training_over_http_answers_the_trained_tar(server, archive):
-    body = {"input": {"input_images": data_uri(archive), "max_train_steps": 3, **SMALL}}
+    inputs = {"input_images": data_uri(archive), "max_train_steps": 3, **SMALL}
+    body = {"input": {**inputs, "name": "my-dog", "verbose": False}}
     answer = requests.put(server.base + "/trainings/t-one", json=body, timeout=300)
     assert answer.status_code == 200, answer.text
     found = answer.json()
@@ -47,9 +48,22 @@ def test_a_training_over_http_answers_the_trained_tar(server, archive):
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(payload))) as tar:
         names = set(tar.getnames())
         special = json.loads(tar.extractfile("special_params.json").read())
-    assert {"lora.safetensors", "embeddings.pti", "webui/lora.safetensors"} <= names
+    assert {"lora.safetensors", "embeddings.pti", "webui/my-dog.safetensors"} <= names
+    assert "webui/embeddings/my-dog_TOK.safetensors" in names
     assert special == {"TOK": "<s0><s1>"}
+    # Not verbose: the log has the images, the seed and the web UI files, no line per step.
+    logs = found["logs"]
+    assert "3 images of TOK" in logs and ", seed 1" in logs and "<lora:my-dog:1>" in logs
+    assert "step 1/3 loss" not in logs
     assert server.settles_ready()
+
+
+def test_a_wrong_name_fails_the_training_naming_it(server, archive):
+    body = {"input": {"input_images": data_uri(archive), **SMALL, "name": "my/dog"}}
+    answer = requests.put(server.base + "/trainings/t-name", json=body, timeout=60)
+    found = answer.json()
+    assert found["status"] == "failed", found
+    assert "name='my/dog' is not a file name" in found["error"]
 
 
 def test_coglet_refuses_an_input_out_of_bounds_from_our_schema(server, archive):

@@ -50,6 +50,7 @@ def small(**kw) -> TrainRequest:
         lora_lr=5e-3,
         ti_lr=5e-3,
         lr_warmup_steps=2,
+        name="tiny",
     )
     return TrainRequest(**{**base, **kw})
 
@@ -89,15 +90,15 @@ def test_the_tar_has_the_references_layout_and_the_web_uis_files(trained):
         "lora.safetensors",
         "embeddings.pti",
         "special_params.json",
-        "webui/lora.safetensors",
+        "webui/tiny.safetensors",
         "webui/embeddings.safetensors",
-        "webui/embeddings/TOK.safetensors",
+        "webui/embeddings/tiny_TOK.safetensors",
     }
     lora = load(found["lora.safetensors"])
     assert lora and all(".processor.to_" in k and "_lora." in k for k in lora)
     assert {k.rsplit(".", 2)[-2] for k in lora} == {"down", "up"}
     assert all(v.dtype == torch.float32 for v in lora.values())
-    kohya = load(found["webui/lora.safetensors"])
+    kohya = load(found["webui/tiny.safetensors"])
     assert all(k.startswith("lora_unet_") for k in kohya)
     alphas = {k: v for k, v in kohya.items() if k.endswith(".alpha")}
     assert alphas and all(int(v) == 4 for v in alphas.values())  # alpha = rank: scale 1
@@ -107,7 +108,7 @@ def test_the_tar_has_the_references_layout_and_the_web_uis_files(trained):
     assert pti["text_encoders_0"].shape == webui["clip_l"].shape == (2, 32)  # tiny TE1 width
     assert pti["text_encoders_1"].shape == webui["clip_g"].shape == (2, 64)
     assert torch.equal(pti["text_encoders_1"], webui["clip_g"])
-    own = load(found["webui/embeddings/TOK.safetensors"])
+    own = load(found["webui/embeddings/tiny_TOK.safetensors"])
     assert torch.equal(own["clip_l"], pti["text_encoders_0"])
     assert json.loads(found["special_params.json"]) == {"TOK": "<s0><s1>"}
     assert len(trained.losses) == STEPS and trained.steps == STEPS
@@ -131,7 +132,7 @@ def test_the_webui_files_in_diffusers_loaders_give_the_replicate_weights_pixels(
 
     found = members_of(trained.weights)
     (folder / "webui").mkdir(exist_ok=True)
-    (folder / "webui" / "lora.safetensors").write_bytes(found["webui/lora.safetensors"])
+    (folder / "webui" / "lora.safetensors").write_bytes(found["webui/tiny.safetensors"])
     (folder / "webui" / "embeddings.safetensors").write_bytes(found["webui/embeddings.safetensors"])
     pipe = StableDiffusionXLPipeline.from_pretrained(
         tiny_weights / "base", torch_dtype=torch.float32, add_watermarker=False
@@ -290,7 +291,7 @@ def test_concept_folders_train_a_token_each(engine, folder):
     assert pti["text_encoders_0"].shape[0] == 4
     # The web UIs name an embedding by its file: one per concept, with its own two rows.
     for word, rows in (("DOG", slice(0, 2)), ("CAT", slice(2, 4))):
-        own = load(found[f"webui/embeddings/{word}.safetensors"])
+        own = load(found[f"webui/embeddings/tiny_{word}.safetensors"])
         assert torch.equal(own["clip_l"], pti["text_encoders_0"][rows])
         assert torch.equal(own["clip_g"], pti["text_encoders_1"][rows])
 

@@ -54,7 +54,7 @@ def declared() -> dict[str, tuple[str, dict]]:
 def test_the_reference_inputs_come_first_with_its_names_types_and_defaults():
     inputs = declared()
     assert list(inputs)[: len(REFERENCE)] == [name for name, _, _ in REFERENCE]
-    assert list(inputs)[len(REFERENCE) :] == ["resume_from_checkpoint"]
+    assert list(inputs)[len(REFERENCE) :] == ["resume_from_checkpoint", "name"]
     for name, annotation, default in REFERENCE:
         written, keywords = inputs[name]
         assert written.removeprefix("Optional[").removesuffix("]") == annotation, name

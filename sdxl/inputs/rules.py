@@ -151,8 +151,15 @@ def check_range(name: str, value: float, lo: float | None, hi: float | None) -> 
     (OpenAI's size, AUTOMATIC1111's sampler)."""
     if (lo is None or value >= lo) and (hi is None or value <= hi):
         return
-    words = {"lo": f"{lo:g}", "hi": f"{hi:g}"}
+    words = {"lo": bound_text(lo), "hi": bound_text(hi)}
     raise field_error("{field} is out of range; use {lo}..{hi}", name, value, words=words)
+
+
+def bound_text(bound: float) -> str:
+    """A bound as a person writes it: 4294967295, not 4.29497e+09; 0.01 as 0.01."""
+    if isinstance(bound, int) or (isinstance(bound, float) and bound.is_integer()):
+        return str(int(bound))
+    return f"{bound:g}"
 
 
 def check_choice(name: str, value: Any, choices) -> None:

@@ -1,11 +1,12 @@
 """The trainer's inputs: the reference trainer's 22 (replicate/cog-sdxl's train.py) with the
-same names, types and defaults, bounds added where a value cannot work, and one input of ours
-(`resume_from_checkpoint`). `train.py` repeats them as literals for `cog build`;
+same names, types and defaults, bounds added where a value cannot work, and two inputs of ours
+(`resume_from_checkpoint`, `name`). `train.py` repeats them as literals for `cog build`;
 tests/test_train_surface.py keeps the two equal.
 
 Where the reference is silent or wrong, this trainer decides (docs/training.md): `seed=0` is a
 seed, not a random one; `max_train_steps` is the number of steps run (at most
-`num_train_epochs` passes over the images); `lr_warmup_steps` applies to both schedulers.
+`num_train_epochs` passes over the images); `lr_warmup_steps` applies to both schedulers;
+`caption_prefix` left at its default follows `token_string` ("a photo of ZWX, " for ZWX).
 """
 
 from __future__ import annotations
@@ -17,11 +18,20 @@ from typing import Any
 
 from sdxl.config import MAX_SEED, SIZE_MULTIPLE, InputSpec
 from sdxl.errors import InputError, field_error
+from sdxl.inputs.rules import check_choice, check_range
 
 LR_SCHEDULERS = ("constant", "linear")
 FILETYPES = ("zip", "tar", "infer")
 FILE_INPUTS = ("input_images", "resume_from_checkpoint")  # the inputs that are files
 TOKEN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+DEFAULT_TOKEN, DEFAULT_PREFIX = "TOK", "a photo of TOK, "
+# The tar's web UI files' name: a file name on every system (no separator, no leading dot, no
+# trailing dot, none of Windows' reserved device names), at most 100 characters; not
+# "embeddings", which webui/embeddings.safetensors has.
+NAME_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9_-])?")
+RESERVED_NAMES = re.compile(
+    r"(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\..*)?|embeddings", re.IGNORECASE
+)
 
 TRAIN_INPUTS: dict[str, InputSpec] = {
     "input_images": InputSpec("file"),  # required: a .zip or .tar of images
@@ -37,8 +47,8 @@ TRAIN_INPUTS: dict[str, InputSpec] = {
     "lora_rank": InputSpec("integer", 32, 1, 256),
     "lr_scheduler": InputSpec("string", "constant", choices=LR_SCHEDULERS),
     "lr_warmup_steps": InputSpec("integer", 100, 0, 100_000),
-    "token_string": InputSpec("string", "TOK", max_length=32),
-    "caption_prefix": InputSpec("string", "a photo of TOK, ", max_length=1000),
+    "token_string": InputSpec("string", DEFAULT_TOKEN, max_length=32),
+    "caption_prefix": InputSpec("string", DEFAULT_PREFIX, max_length=1000),
     "mask_target_prompts": InputSpec("string", None, max_length=1000),
     "crop_based_on_salience": InputSpec("boolean", True),
     "use_face_detection_instead": InputSpec("boolean", False),
@@ -48,6 +58,8 @@ TRAIN_INPUTS: dict[str, InputSpec] = {
     "input_images_filetype": InputSpec("string", "infer", choices=FILETYPES),
     # Ours: a checkpoint of an earlier training with the same inputs, to go on from.
     "resume_from_checkpoint": InputSpec("file"),
+    # Ours: what the tar's web UI files are named after (None: a hash of the trained weights).
+    "name": InputSpec("string", None, max_length=100),
 }
 
 
@@ -76,11 +88,16 @@ class TrainRequest:
     """One training's inputs, checked: a field for each input of TRAIN_INPUTS (`input_images`
     is required, every other has the table's default). `input_images` and
     `resume_from_checkpoint` are local paths by now (the Cog layer or the server brought them
-    here)."""
+    here). `caption_prefix` at its default follows `token_string`."""
+
+    def __post_init__(self):
+        if self.caption_prefix == DEFAULT_PREFIX and self.token_string != DEFAULT_TOKEN:
+            prefix = DEFAULT_PREFIX.replace(DEFAULT_TOKEN, self.token_string)
+            object.__setattr__(self, "caption_prefix", prefix)
 
     def describe(self) -> dict[str, Any]:
         """The inputs that decide the trained weights (what a checkpoint must match)."""
-        skip = {"input_images", "resume_from_checkpoint", "verbose", "checkpointing_steps"}
+        skip = {"input_images", "resume_from_checkpoint", "verbose", "checkpointing_steps", "name"}
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
         }
@@ -89,15 +106,7 @@ class TrainRequest:
 def check_train_request(req: TrainRequest) -> None:
     """The rules the schema cannot say; InputError names the input and the fix."""
     for name, spec in TRAIN_INPUTS.items():
-        value = getattr(req, name)
-        numeric = spec.kind in ("integer", "number") and value is not None
-        if numeric and not spec.ge <= value <= spec.le:
-            words = {"lo": f"{spec.ge:g}", "hi": f"{spec.le:g}"}
-            raise field_error("{field} is out of range; use {lo}..{hi}", name, value, words=words)
-        if spec.choices is not None and value not in spec.choices:
-            words = {"choices": ", ".join(spec.choices)}
-            template = "{field} is not supported; choose one of: {choices}"
-            raise field_error(template, name, value, words=words)
+        _check_value(name, spec, getattr(req, name))
     if req.resolution % SIZE_MULTIPLE:
         lower = req.resolution // SIZE_MULTIPLE * SIZE_MULTIPLE
         raise field_error(
@@ -114,6 +123,34 @@ def check_train_request(req: TrainRequest) -> None:
             "caption_prefix",
             req.caption_prefix,
             values={"caption_prefix": req.caption_prefix, "token_string": req.token_string},
+        )
+    if req.name is not None:
+        check_name(req.name)
+
+
+def _check_value(name: str, spec: InputSpec, value: Any) -> None:
+    """The table's rule for one input: its bounds, choices and length."""
+    if spec.choices is not None:
+        check_choice(name, value, spec.choices)
+    if value is None:
+        return
+    if spec.kind in ("integer", "number"):
+        check_range(name, value, spec.ge, spec.le)
+    if spec.max_length is not None and len(value) > spec.max_length:
+        words = {"limit": spec.max_length, "count": len(value)}
+        template = "{field} has {count} characters; the limit is {limit}"
+        raise field_error(template, name, value, words=words)
+
+
+def check_name(name: str) -> None:
+    """`name` names files in the web UIs' folders: one plain file name on every system."""
+    if not NAME_WORD.fullmatch(name) or RESERVED_NAMES.fullmatch(name):
+        raise field_error(
+            "{field} is not a file name the web UIs can share: use letters, digits, '-', '_' "
+            "and '.' (at most 100, starting with a letter or digit, not ending with '.'; not "
+            "a device name such as CON, nor embeddings), such as my-dog-v1",
+            "name",
+            name,
         )
 
 

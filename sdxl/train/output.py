@@ -1,6 +1,9 @@
 """`trained_model.tar`: the reference trainer's layout, so that Replicate's own predictor and
 ours (`replicate_weights`) load it, and in `webui/` the same weights as the other SDXL tools
-read them.
+read them, named after the training (`name`: the `name` input, the destination and version on
+the trainings API, else the first 8 hex digits of the sha256 of `lora.safetensors`, or of
+`unet.safetensors` for a full fine-tune), so that two trainings' files can share the web UIs'
+folders.
 
 - `lora.safetensors`: the LoRA in the reference's keys (diffusers' old attention-processor
   names, `...attn1.processor.to_q_lora.down.weight`), float32; or `unet.safetensors` for a
@@ -8,17 +11,19 @@ read them.
 - `embeddings.pti`: safetensors with `text_encoders_0` [n, 768] and `text_encoders_1`
   [n, 1280], one row per new token `<s0>`, `<s1>`, ...; `special_params.json`: each concept's
   word and its tokens, {"TOK": "<s0><s1>"};
-- `webui/lora.safetensors`: the LoRA in kohya's keys (`lora_unet_..._to_q.lora_down.weight`,
+- `webui/<name>.safetensors`: the LoRA in kohya's keys (`lora_unet_..._to_q.lora_down.weight`,
   `.lora_up.weight`, `.alpha` = rank): AUTOMATIC1111, ComfyUI, Forge, InvokeAI and diffusers'
   `load_lora_weights` read it;
 - `webui/embeddings.safetensors`: `clip_l` [n, 768] and `clip_g` [n, 1280], every new token's
   row, what diffusers' `load_textual_inversion` (one call per text encoder) reads;
-- `webui/embeddings/<word>.safetensors`: the same for one concept (its two rows), named by its
-  word, which is how the web UIs name an SDXL embedding in a prompt.
+- `webui/embeddings/<name>_<word>.safetensors`: the same for one concept (its two rows). The
+  web UIs take an embedding's file name as the word that calls it in a prompt: there the
+  prompt says `<name>_<word>` where it says `<word>` with `replicate_weights`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -30,30 +35,48 @@ from safetensors.torch import save
 
 from sdxl.train.trainable import Trained
 
+EMBEDDINGS_DIR = "webui/embeddings/"  # one file per concept, for the web UIs
+DIFFUSERS_EMBEDDINGS = "webui/embeddings.safetensors"  # every token's rows, for diffusers
 _PEFT = re.compile(r"(?P<module>.+)\.(?P<proj>to_q|to_k|to_v|to_out\.0)\.lora_(?P<ab>[AB])\.weight")
 
 
-def tar_members(trained: Trained, dtype: torch.dtype) -> dict[str, bytes]:
+def tar_members(trained: Trained, dtype: torch.dtype, name: str | None = None) -> dict[str, bytes]:
+    """The tar's files, by name; the web UI files named after `name` (None: weights_hash)."""
     rows = [e.rows.detach().float().cpu().contiguous() for e in trained.embeddings]
     members: dict[str, bytes] = {}
     if trained.is_lora:
         lora = peft_lora(trained.unet)
         members["lora.safetensors"] = save(reference_keys(lora))
-        members["webui/lora.safetensors"] = save(kohya_keys(lora))
+        name = name or weights_hash(members["lora.safetensors"])
+        members[lora_member(name)] = save(kohya_keys(lora))
     else:
         names = {id(p): n for n, p in trained.unet.named_parameters()}
         tuned = {names[id(p)]: p.detach().to(dtype).cpu().contiguous() for p in trained.unet_params}
         members["unet.safetensors"] = save(tuned)
+        name = name or weights_hash(members["unet.safetensors"])
     members["embeddings.pti"] = save({"text_encoders_0": rows[0], "text_encoders_1": rows[1]})
-    members["webui/embeddings.safetensors"] = save({"clip_l": rows[0], "clip_g": rows[1]})
+    members[DIFFUSERS_EMBEDDINGS] = save({"clip_l": rows[0], "clip_g": rows[1]})
     first = 0
     for concept, tokens in trained.tokens.items():  # rows in the order of the concepts' tokens
         mine = slice(first, first + len(tokens))
         first += len(tokens)
         own = {"clip_l": rows[0][mine].contiguous(), "clip_g": rows[1][mine].contiguous()}
-        members[f"webui/embeddings/{concept}.safetensors"] = save(own)
+        members[embedding_member(name, concept)] = save(own)
     members["special_params.json"] = json.dumps(trained.special_params).encode()
     return members
+
+
+def weights_hash(weights: bytes) -> str:
+    """The default name: the first 8 hex digits of the trained weights file's sha256."""
+    return hashlib.sha256(weights).hexdigest()[:8]
+
+
+def lora_member(name: str) -> str:
+    return f"webui/{name}.safetensors"
+
+
+def embedding_member(name: str, word: str) -> str:
+    return f"{EMBEDDINGS_DIR}{name}_{word}.safetensors"
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:

@@ -167,7 +167,7 @@ class Training:
                     self._save(trainer, job)
                 notify(job.events.step, job, "train", done, trainer.total)
                 yield "step"
-            self._members = output.tar_members(trained, models.dtype)
+            self._members = output.tar_members(trained, models.dtype, req.name)
         except BaseException:
             if trainer.step > first:
                 self._save(trainer, job)  # stopped early: go on from here later

@@ -1,6 +1,8 @@
 """The Replicate API's calls that change trainings and destinations: a model created for the
 caller, a training created (its destination the caller's own, its input checked, an uploaded
-archive copied so that it outlives the upload's expiry) and queued, a training cancelled."""
+archive copied so that it outlives the upload's expiry) and queued, a training cancelled. A
+training's tar names its web UI files after its destination and version unless its input
+gives a `name` (`webui_name`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,13 @@ from sdxl.train.options import FILE_INPUTS
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")  # a model's name, as Replicate allows them
 VISIBILITIES = ("public", "private")
 MISSING_DESTINATION = "The specified training destination does not exist"
+
+
+def webui_name(owner: str, model: str, version: str) -> str:
+    """`<owner>-<model>-<the version's first 8 characters>`: the web UI files of two versions,
+    or of two destinations, differ; cut to the 100 characters a `name` may have."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", f"{owner}-{model}")[:91].strip("._-")
+    return f"{stem}-{version[:8]}" if stem else version[:8]
 
 
 class DestinationMissing(LookupError):
@@ -79,7 +88,8 @@ class Trainings:
         problems += check_webhook(body.get("webhook"), body.get("webhook_events_filter"))
         if problems:
             raise InvalidInputs(problems)
-        training_id = new_id()
+        training_id = new_id()  # the id of the version it makes, too
+        given.setdefault("name", webui_name(owner, name, training_id))
         kept = {
             name: key
             for name in FILE_INPUTS
