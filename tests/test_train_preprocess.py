@@ -5,6 +5,7 @@ around the mask's centre, small images upscaled by Swin2SR (or resized without i
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import numpy as np
@@ -87,9 +88,55 @@ def test_small_images_are_upscaled_by_swin2sr_or_resized_without_it(tmp_path, he
     assert loaded == [] and resized.image.size == (512, 512)
 
 
-def test_an_image_without_a_face_is_trained_whole():
+def test_an_image_without_a_face_is_trained_whole_and_the_log_names_it():
     image = Image.new("RGB", (128, 128), (40, 90, 200))
-    assert set(pre._face_mask(image).getdata()) == {255}
+    said: list[str] = []
+    assert set(pre._face_mask(image, "me/photo-3.png", said.append).getdata()) == {255}
+    assert said == ["no face found in 'me/photo-3.png': it is trained whole"]
+
+
+def test_transparency_is_flattened_onto_white_as_predictions_do(tmp_path):
+    """A transparent PNG (transparent black around an opaque blue square): white around the
+    square, as `sdxl.images.inputs.decode` gives a prediction's image; no helper is needed."""
+    pixels = np.zeros((SIZE, SIZE, 4), np.uint8)
+    pixels[64:192, 64:192] = (20, 40, 220, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    found = archive_of(tmp_path, {"clear.png": buffer.getvalue(), "clear.txt": b"a TOK"})
+    none = pre.HelperModels(tmp_path / "no-helpers", torch.device("cpu"), torch.float32)
+    req = TrainRequest(input_images="x", resolution=SIZE)
+    (item,) = pre.preprocess(found.images, req, none)
+    image = np.asarray(item.image)
+    assert image.shape == (SIZE, SIZE, 3)
+    assert image[5, 5].tolist() == [255, 255, 255]  # the transparent corner: white
+    assert image[128, 128].tolist() == [20, 40, 220]  # the opaque square as it was
+
+
+def test_the_training_log_names_what_was_skipped_and_the_images_without_a_face(tmp_path):
+    """The log of a training's first slice: the stray files and OS clutter the archive skipped,
+    and each image no face was found in, by its name in the archive."""
+    from types import SimpleNamespace
+
+    from sdxl.train.training import Training
+
+    members = {**photos(2, "me/"), "me/README.md": b"my photos", "__MACOSX/._x.png": b"junk"}
+    path = write_zip(tmp_path / "in.zip", members)
+    req = TrainRequest(input_images=str(path), resolution=SIZE, use_face_detection_instead=True)
+    training = Training(req, tmp_path / "work")
+    training.prepare(lambda: None)
+    job = SimpleNamespace(logs=[], check=lambda: None)
+    job.log = job.logs.append
+    models = SimpleNamespace(weights_dir=tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+    slices = training.slices(models, job)
+    assert next(slices) == "preprocessed"
+    slices.close()
+    assert job.logs[2:6] == [
+        "skipped 1 file that is neither an image (.png, .jpg, .jpeg, .webp) nor a caption "
+        "beside one: 'me/README.md'",
+        "skipped 1 OS file (__MACOSX/, names starting with a dot)",
+        "no face found in 'me/photo-0.png': it is trained whole",
+        "no face found in 'me/photo-1.png': it is trained whole",
+    ]
 
 
 def test_a_found_face_is_weighted_and_the_crop_centres_on_it(monkeypatch):
@@ -107,7 +154,9 @@ def test_a_found_face_is_weighted_and_the_crop_centres_on_it(monkeypatch):
             return np.array([[160, 40, 64, 64]])
 
     monkeypatch.setattr(cv2, "CascadeClassifier", OneFace)
-    mask = np.asarray(pre._face_mask(Image.new("RGB", (256, 256), (40, 90, 200))))
+    said: list[str] = []
+    mask = np.asarray(pre._face_mask(Image.new("RGB", (256, 256), (40, 90, 200)), "a", said.append))
+    assert said == []  # a face found: nothing to say
     assert mask[72, 192] == round(255 * pre.FACE_WEIGHT)  # the face's centre (row, column)
     assert mask[220, 30] == round(255 * pre.BACKGROUND_WEIGHT)  # a far corner
     x, y = pre._centre(Image.fromarray(mask))  # pulled from the image's centre to the face

@@ -1,11 +1,12 @@
 """The training images' archive (`input_images`: a zip or a tar), read without trusting it.
 
-Nothing is extracted with zipfile's or tarfile's own extract: each member's name is checked (no
-absolute path, no `..`, no NUL or backslash; no link, device or FIFO), the number of members
-and the bytes read are bounded as they are read (a zip bomb stops at the cap, whatever its
-headers claim), and only images and captions are copied, under names of our own, into the
-job's folder. A member of any other kind is an error naming it; a corrupt or tiny image too.
-OS clutter (`__MACOSX/`, names starting with a dot) is skipped.
+Nothing is extracted with zipfile's or tarfile's own extract: the members are read one at a
+time (`sdxl.train.members`: names checked, members and decompressed bytes bounded, skipped
+members counted too, corrupt archives named), and only images and captions are copied, under
+names of our own, into the job's folder. Members that are neither an image nor a caption (a
+README, a .gif) and OS clutter (`__MACOSX/`, names starting with a dot) are skipped, and the
+archive says which (`Archive.skipped`, `Archive.clutter`) for the training's log. A corrupt or
+tiny image is an error naming it.
 
 Concepts: one top-level folder per concept, named by its token (`dog/`, `cat/`); a flat
 archive, or one whose images all sit in one folder, is one concept: `token_string`.
@@ -18,39 +19,25 @@ from __future__ import annotations
 
 import csv
 import io
-import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from sdxl.errors import InputError
 from sdxl.images.inputs import FORMATS, ImageInputError, check_header
+from sdxl.train.members import SEND, ArchiveError, ArchiveLimits, Budget, Member, shown
 from sdxl.train.options import TOKEN_WORD
+from sdxl.train.tar_members import compressed, tar_members, unreadable
+from sdxl.train.zip_members import zip_members
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 MIN_SIDE = 64  # pixels: smaller images cannot be cropped and scaled into anything useful
-CHUNK = 1 << 20
-INPUT = "input_images"
 
-
-class ArchiveError(InputError):
-    """The archive cannot be trained on; the message names the member and the rule."""
-
-    def __init__(self, message: str):
-        super().__init__(f"{INPUT}: {message}", INPUT)
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    max_images: int = 1000  # SDXL_MAX_TRAIN_IMAGES
-    max_members: int = 10_000
-    max_bytes: int = 2 << 30  # all members read, uncompressed
-    max_image_bytes: int = 64 << 20
-    max_caption_bytes: int = 64 << 10
+__all__ = ["Archive", "ArchiveError", "ArchiveLimits", "TrainImage", "read_archive"]
 
 
 @dataclass
@@ -65,94 +52,96 @@ class TrainImage:
 class Archive:
     images: list[TrainImage]
     concepts: list[str] = field(default_factory=list)  # tokens, in order
+    skipped: list[str] = field(default_factory=list)  # neither an image nor a caption
+    clutter: int = 0  # OS clutter skipped (__MACOSX/, dot-files)
+
+    def skipped_lines(self, most: int = 10) -> list[str]:
+        """What was skipped, for the training's log (the first `most` names)."""
+        lines = []
+        if count := len(self.skipped):
+            names = ", ".join(shown(name[:100]) for name in self.skipped[:most])
+            more = f" and {count - most} more" if count > most else ""
+            lines.append(
+                f"skipped {_files(count)} neither an image ({', '.join(IMAGE_SUFFIXES)}) nor "
+                f"a caption beside one: {names}{more}"
+            )
+        if self.clutter:
+            lines.append(
+                f"skipped {self.clutter} OS file{'s' * (self.clutter > 1)} (__MACOSX/, names "
+                "starting with a dot)"
+            )
+        return lines
+
+
+def _files(count: int) -> str:
+    return "1 file that is" if count == 1 else f"{count} files that are"
 
 
 def read_archive(
-    path: Path, filetype: str, workdir: Path, token: str, limits: ArchiveLimits = ArchiveLimits()
+    path: Path,
+    filetype: str,
+    workdir: Path,
+    token: str,
+    limits: ArchiveLimits | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Archive:
-    """The images, concepts and captions of `path` (filetype zip, tar or infer)."""
+    """The images, concepts and captions of `path` (filetype zip, tar or infer); `check` is
+    called at least every MiB decompressed, and may raise to stop (a cancel)."""
+    limits = limits or ArchiveLimits()
     workdir.mkdir(parents=True, exist_ok=True)
-    images: dict[str, Path] = {}
-    texts: dict[str, bytes] = {}
-    sheets: dict[str, bytes] = {}
-    for name, read in _members(Path(path), filetype, limits):
-        suffix = PurePosixPath(name).suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            if len(images) >= limits.max_images:
-                raise ArchiveError(
-                    f"it holds more than {limits.max_images} images ({name!r} is one too many), "
-                    "the most this server trains on (SDXL_MAX_TRAIN_IMAGES); send fewer"
-                )
-            target = workdir / f"{len(images):05d}{suffix}"
-            target.write_bytes(read(limits.max_image_bytes))
-            images[name] = target
-        elif suffix == ".txt":
-            texts[name] = read(limits.max_caption_bytes)
-        elif suffix == ".csv" and "caption" in PurePosixPath(name).name.lower():
-            sheets[name] = read(limits.max_caption_bytes * 16)
-        else:
-            raise ArchiveError(
-                f"{name!r} is not an image ({', '.join(IMAGE_SUFFIXES)}), a caption (a .txt "
-                "beside its image) or a captions CSV (a .csv whose name contains 'caption'); "
-                "remove it from the archive"
-            )
+    found, images, texts, sheets = _copied(Path(path), filetype, workdir, limits, check)
     if not images:
         raise ArchiveError(f"the archive holds no image ({', '.join(IMAGE_SUFFIXES)})")
     for name, copy in images.items():
+        if check is not None:
+            check()  # each image is decoded whole: a cancel need not wait for them all
         _check_image(name, copy)
     concepts = _concepts(list(images), token)
     captions = _csv_captions(sheets, list(images))
-    found = []
+    beside = {str(PurePosixPath(name).with_suffix(".txt")): name for name in images}
+    found.skipped += [name for name in texts if name not in beside]  # a caption of no image
     for name, copy in images.items():
-        beside = str(PurePosixPath(name).with_suffix(".txt"))
-        caption = _text(beside, texts[beside]) if beside in texts else captions.get(name)
-        found.append(TrainImage(name, concepts[name], copy, caption))
-    return Archive(found, list(dict.fromkeys(concepts.values())))
+        text = str(PurePosixPath(name).with_suffix(".txt"))
+        caption = _text(text, texts[text]) if text in texts else captions.get(name)
+        found.images.append(TrainImage(name, concepts[name], copy, caption))
+    found.concepts = list(dict.fromkeys(concepts.values()))
+    return found
 
 
-# ---- members ------------------------------------------------------------------------------
-def _members(path: Path, filetype: str, limits: ArchiveLimits) -> Iterator[tuple[str, object]]:
-    """(checked name, read(limit) -> bytes) for each file worth reading."""
-    kind = _kind(path, filetype)
-    budget = {"left": limits.max_bytes, "members": 0}
-
-    def counted(stream, limit: int, name: str) -> bytes:
-        data = bytearray()
-        while chunk := stream.read(CHUNK):
-            data += chunk
-            budget["left"] -= len(chunk)
-            if budget["left"] < 0:
+def _copied(path: Path, filetype: str, workdir: Path, limits: ArchiveLimits, check):
+    """The members sorted: (the archive with what was skipped, image member -> its copy in
+    `workdir`, .txt member -> bytes, captions CSV member -> bytes)."""
+    images: dict[str, Path] = {}
+    texts: dict[str, bytes] = {}
+    sheets: dict[str, bytes] = {}
+    found = Archive([])
+    for member in _members(path, filetype, Budget(limits, check)):
+        name, suffix = member.name, PurePosixPath(member.name).suffix.lower()
+        if member.clutter:
+            found.clutter += 1
+        elif suffix in IMAGE_SUFFIXES:
+            if len(images) >= limits.max_images:
                 raise ArchiveError(
-                    f"its members add up to more than {limits.max_bytes} bytes uncompressed "
-                    f"by {name!r} (a zip bomb, or too many large images); refused"
+                    f"it holds more than {limits.max_images} images ({shown(name)} is one too "
+                    "many), the most this server trains on (SDXL_MAX_TRAIN_IMAGES); send fewer"
                 )
-            if len(data) > limit:
-                raise ArchiveError(f"{name!r} is larger than {limit} bytes; refused")
-        return bytes(data)
+            target = workdir / f"{len(images):05d}{suffix}"
+            target.write_bytes(member.read(limits.max_image_bytes))
+            images[name] = target
+        elif suffix == ".txt":
+            texts[name] = member.read(limits.max_caption_bytes)
+        elif suffix == ".csv" and "caption" in PurePosixPath(name).name.lower():
+            sheets[name] = member.read(limits.max_caption_bytes * 16)
+        else:
+            member.skip()
+            found.skipped.append(name)
+    return found, images, texts, sheets
 
-    def count(name: str) -> None:
-        budget["members"] += 1
-        if budget["members"] > limits.max_members:
-            raise ArchiveError(
-                f"it has more than {limits.max_members} members ({name!r} is one too many); refused"
-            )
 
-    if kind == "zip":
-        with _opened_zip(path) as archive:
-            for info in archive.infolist():
-                count(info.filename)
-                name = _checked(info.filename, _zip_kind(info))
-                if name is None or info.is_dir():
-                    continue
-                yield name, lambda limit, i=info, n=name: counted(archive.open(i), limit, n)
-        return
-    with _opened_tar(path) as archive:
-        while (member := _next(archive)) is not None:
-            count(member.name)
-            name = _checked(member.name, _tar_kind(member))
-            if name is None or member.isdir():
-                continue
-            yield name, lambda limit, m=member, n=name: counted(archive.extractfile(m), limit, n)
+def _members(path: Path, filetype: str, budget: Budget) -> Iterator[Member]:
+    if _kind(path, filetype) == "zip":
+        return zip_members(path, budget)
+    return tar_members(path, budget)
 
 
 def _kind(path: Path, filetype: str) -> str:
@@ -161,7 +150,11 @@ def _kind(path: Path, filetype: str) -> str:
     name = path.name.lower()
     if name.endswith(".zip") or zipfile.is_zipfile(path):
         return "zip"
-    if name.endswith((".tar", ".tar.gz", ".tgz")) or _is_tar(path):
+    with open(path, "rb") as f:
+        head = f.read(tarfile.BLOCKSIZE)
+    if (what := unreadable(head)) is not None:
+        raise ArchiveError(f"is {what}, which this server cannot read: {SEND}")
+    if name.endswith(TAR_SUFFIXES) or compressed(head) or _tar_header(head):
         return "tar"
     raise ArchiveError(
         "is neither a zip nor a tar file; send a .zip or .tar of images (or set "
@@ -169,68 +162,14 @@ def _kind(path: Path, filetype: str) -> str:
     )
 
 
-def _is_tar(path: Path) -> bool:
+def _tar_header(head: bytes) -> bool:
+    """Whether `head` is an uncompressed tar's first header (read here, not by `tarfile`,
+    which would read on into the archive)."""
     try:
-        return tarfile.is_tarfile(path)
-    except OSError:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
         return False
-
-
-def _opened_zip(path: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ArchiveError(f"is not a readable zip file ({err})") from None
-
-
-def _opened_tar(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise ArchiveError(f"is not a readable tar file ({err})") from None
-
-
-def _next(archive: tarfile.TarFile) -> tarfile.TarInfo | None:
-    try:
-        return archive.next()
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise ArchiveError(f"the tar is damaged ({err})") from None
-
-
-def _zip_kind(info: zipfile.ZipInfo) -> str:
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "link"
-    return "dir" if info.is_dir() else "file"
-
-
-def _tar_kind(member: tarfile.TarInfo) -> str:
-    if member.issym() or member.islnk():
-        return "link"
-    if member.isdir():
-        return "dir"
-    if member.isreg() and not member.issparse():
-        return "file"
-    return "device, FIFO or other special file"
-
-
-def _checked(raw: str, kind: str) -> str | None:
-    """The member's clean name; None for OS clutter; ArchiveError for a hostile one."""
-    shown = repr(raw[:200])
-    if "\x00" in raw or "\\" in raw:
-        raise ArchiveError(f"member {shown} has a NUL or a backslash in its name; refused")
-    if raw.startswith("/") or PurePosixPath(raw).is_absolute():
-        raise ArchiveError(f"member {shown} has an absolute path; refused")
-    parts = [p for p in PurePosixPath(raw).parts if p not in (".", "")]
-    if ".." in parts:
-        raise ArchiveError(f"member {shown} has '..' in its path; refused")
-    if kind == "link":
-        raise ArchiveError(f"member {shown} is a link; refused")
-    if kind not in ("file", "dir"):
-        raise ArchiveError(f"member {shown} is a {kind}; refused")
-    if not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-        return None
-    return "/".join(parts)
+    return True
 
 
 # ---- images, concepts, captions -----------------------------------------------------------
@@ -243,7 +182,7 @@ def _check_image(name: str, copy: Path) -> None:
     except ImageInputError as err:  # names the member itself
         raise ArchiveError(str(err)) from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ArchiveError(f"{name!r} is not a readable image ({err}); remove it") from None
+        raise ArchiveError(f"{shown(name)} is not a readable image ({err}); remove it") from None
     if min(width, height) < MIN_SIDE:
         raise ArchiveError(
             f"{name!r} is {width}x{height}; training needs images of at least {MIN_SIDE}x{MIN_SIDE}"

@@ -1,5 +1,7 @@
 """The training images made ready, as the reference trainer makes them, its defects fixed:
 
+0. each image read as predictions read theirs (EXIF orientation, transparency flattened onto
+   white);
 1. a mask of what matters in each image: CLIPSeg's for `mask_target_prompts` (the prompt
    against an empty one, at `clipseg_temperature`), faces found by OpenCV's frontal-face
    detector for `use_face_detection_instead` (faces 1, the rest 0.2: the reference meant that
@@ -23,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from sdxl.config import TRAIN_DIR
 from sdxl.errors import InputError
+from sdxl.images.inputs import decode
 from sdxl.train.archive import TrainImage
 from sdxl.train.options import TrainRequest
 
@@ -87,11 +90,14 @@ def preprocess(
     req: TrainRequest,
     helpers: HelperModels,
     check: Callable | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> list[Prepared]:
-    """The examples of `images`, in order; `check` may raise between images (a cancel)."""
+    """The examples of `images`, in order; `check` may raise between images (a cancel);
+    `say` takes what the training's log should say (a face not found)."""
     check = check or (lambda: None)
-    opened = [ImageOps.exif_transpose(Image.open(item.path)).convert("RGB") for item in images]
-    masks = _masks(opened, req, helpers, check)
+    say = say or log.info
+    opened = [_opened(item, check) for item in images]
+    masks = _masks(opened, images, req, helpers, check, say)
     squares, square_masks = [], []
     for image, mask in zip(opened, masks, strict=True):
         box = _square(image.size, _centre(mask) if req.crop_based_on_salience else None)
@@ -108,10 +114,21 @@ def preprocess(
     ]
 
 
+def _opened(item: TrainImage, check) -> Image.Image:
+    """The image as predictions read theirs: EXIF orientation applied, RGB, transparency
+    flattened onto white."""
+    check()
+    return decode(item.path.read_bytes(), item.member)
+
+
 # ---- 1. masks ------------------------------------------------------------------------------
-def _masks(images, req: TrainRequest, helpers: HelperModels, check) -> list[Image.Image]:
+def _masks(images, items, req: TrainRequest, helpers: HelperModels, check, say) -> list:
     if req.use_face_detection_instead:
-        return [_face_mask(image) for image in images]
+        masks = []
+        for image, item in zip(images, items, strict=True):
+            check()
+            masks.append(_face_mask(image, item.member, say))
+        return masks
     if not req.mask_target_prompts:
         return [Image.new("L", image.size, 255) for image in images]
     helpers.require(CLIPSEG_DIR, "masks for mask_target_prompts")
@@ -140,7 +157,7 @@ def _masks(images, req: TrainRequest, helpers: HelperModels, check) -> list[Imag
     return masks
 
 
-def _face_mask(image: Image.Image) -> Image.Image:
+def _face_mask(image: Image.Image, name: str, say: Callable[[str], None]) -> Image.Image:
     import cv2
 
     detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
@@ -148,7 +165,7 @@ def _face_mask(image: Image.Image) -> Image.Image:
     side = min(image.size)
     faces = detector.detectMultiScale(gray, 1.1, 4, minSize=(max(16, side // 16),) * 2)
     if len(faces) == 0:
-        log.info("no face found in an image: it is trained on whole")
+        say(f"no face found in {name[:100]!r}: it is trained whole")
         return Image.new("L", image.size, 255)
     mask = np.full(gray.shape, int(255 * BACKGROUND_WEIGHT), np.uint8)
     for x, y, w, h in faces:

@@ -1,7 +1,8 @@
 """One training as the engine runs it, phase by phase on the engine's threads:
 
-1. `prepare` (a preparation thread): the inputs checked, the archive read and checked, the
-   seed fixed (a resume without one takes its checkpoint's);
+1. `prepare` (a preparation thread): the inputs checked, the archive read and checked (the
+   cancel checked at least every MiB decompressed), the seed fixed (a resume without one takes
+   its checkpoint's);
 2. `slices` (the GPU thread; each slice under the engine's lock, predictions may run between
    two): the preprocessing, each helper model loaded and freed in turn; the training's own
    modules built and the latents encoded; a checkpoint restored; each training step, with a
@@ -121,13 +122,14 @@ class Training:
                 found = checkpoint.seed_of(Path(req.resume_from_checkpoint))
             self.req = req = dataclasses.replace(req, seed=draw_seed() if found is None else found)
         check()
-        self.digest = _sha256(Path(req.input_images))
+        self.digest = _sha256(Path(req.input_images), check)
         self.archive = read_archive(
             Path(req.input_images),
             req.input_images_filetype,
             self.workdir / "images",
             req.token_string,
             self.settings.archive,
+            check,  # at least every MiB decompressed: a cancel stops the read
         )
         check()
 
@@ -136,8 +138,10 @@ class Training:
         req, archive = self.req, self.archive
         job.log(self.describe())
         job.log(f"{len(archive.images)} images of {', '.join(archive.concepts)}")
+        for line in archive.skipped_lines():
+            job.log(line)
         helpers = HelperModels(models.weights_dir, models.device, models.dtype)
-        prepared = preprocess(archive.images, req, helpers, job.check)
+        prepared = preprocess(archive.images, req, helpers, job.check, job.log)
         for item in prepared:
             job.log(f"caption: {item.caption}")
         yield "preprocessed"
@@ -246,9 +250,10 @@ def _generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, check: Callable[[], None]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
+            check()
     return digest.hexdigest()
