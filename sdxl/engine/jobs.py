@@ -196,6 +196,7 @@ class Job:
     # downloads, or a training: a slow preparation must not hold the GPU back).
     may_be_overtaken = False
     runs_between_slices = False  # whether it may run between two slices of a training
+    prepares_apart = False  # prepared on threads of its own kind (a training's long archive read)
 
     @property
     def holds_back_claims(self) -> bool:

@@ -2,11 +2,14 @@
 
 1. the claim thread takes the next job from the queue (tenants in turn) while fewer than one
    job waits prepared or preparing beyond the running one (jobs that download do not count,
-   up to SDXL_PREPARE_WORKERS of them), so a tenant that arrives behind a backlog starts after
-   at most the running job and the one claimed ahead;
+   up to SDXL_PREPARE_WORKERS of them, nor do trainings), so a tenant that arrives behind a
+   backlog starts after at most the running job and the one claimed ahead;
 2. preparation threads (`Job.prepare`: for a generation `Runner.prepare`): checks, images, step
    plan, trained weights read into host memory; no model is touched, so a slow download delays
-   only its own job;
+   only its own job. Trainings (their archive fetched, read and checked: long for a large or
+   hostile one) are prepared on threads of their own (TRAININGS_PREPARED_AT_ONCE), so that
+   they never hold back a generation's preparation, nor one another (the shared queue claims
+   another tenant's training while one is still being prepared);
 3. the GPU thread: the first prepared job in claim order, under the engine's lock
    (`Job.run_on`: a generation's `Runner.run`, a training's slices); it hands the decoded
    pixels on and takes the next job at once;
@@ -61,6 +64,7 @@ CLAIM_RETRY_S = 1.0  # after a claim that raised, wait this long before the next
 # (`changed`), and a job put or stored wakes the queue itself.
 CLAIM_WAIT_S = 30.0
 LOOKAHEAD = 1  # jobs prepared or preparing beyond the running one (downloads aside)
+TRAININGS_PREPARED_AT_ONCE = 2  # trainings prepared at once, each on a thread of its own
 STOPPING = "the server is stopping and this job had not started; send it again"
 SHUTTING_DOWN = "the server is shutting down"
 
@@ -105,6 +109,7 @@ class Lanes:
         self._peak: int | None = None  # the most device memory one job has allocated
         self._prepare_workers = prepare_workers
         self.prepare_pool = ThreadPoolExecutor(prepare_workers, "sdxl-prepare")
+        self.training_pool = ThreadPoolExecutor(TRAININGS_PREPARED_AT_ONCE, "sdxl-prepare-training")
         self.finish_pool = ThreadPoolExecutor(1, "sdxl-finish")
         self.delivery = ThreadPoolExecutor(1, "sdxl-events")
 
@@ -182,6 +187,7 @@ class Lanes:
             job.cancel(SHUTTING_DOWN)
             self.settle(job, JobCanceled(SHUTTING_DOWN))
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
+        self.training_pool.shutdown(wait=True, cancel_futures=True)  # they were cancelled
         for thread in self._threads:
             thread.join(timeout=5)
         self.finish_pool.shutdown(wait=True)
@@ -230,8 +236,9 @@ class Lanes:
     # ---- 1. claiming and 2. preparing ---------------------------------------------------
     def _room(self) -> bool:
         waiting = [job for job in self._claimed if job.holds_back_claims]
+        pooled = [job for job in self._claimed if not job.prepares_apart]
         most = LOOKAHEAD + self._prepare_workers
-        return len(waiting) < LOOKAHEAD and len(self._claimed) < most
+        return len(waiting) < LOOKAHEAD and len(pooled) < most
 
     def _claim_loop(self) -> None:
         while not self._closed:
@@ -266,7 +273,8 @@ class Lanes:
             elif canceled:
                 self.settle(job, JobCanceled(job.cancel_reason))
             else:
-                self.prepare_pool.submit(self._prepare, job)
+                pool = self.training_pool if job.prepares_apart else self.prepare_pool
+                pool.submit(self._prepare, job)
 
     def _prepare(self, job: Job) -> None:
         try:

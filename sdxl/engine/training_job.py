@@ -27,6 +27,7 @@ class TrainingJob(Job):
     what = "training"
     CANCELED = "the training was cancelled"
     may_be_overtaken = True  # its archive is read and checked while others run
+    prepares_apart = True  # a long archive read never holds a generation's preparation back
 
     def __init__(
         self,

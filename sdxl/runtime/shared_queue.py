@@ -1,8 +1,11 @@
 """The engine's queue when jobs are also stored: the synchronous APIs' jobs wait in this process's
 memory, stored jobs (the Replicate API's predictions and trainings) in a database, where they
-survive a restart and, on a shared database, can be claimed by any replica. A replica holds at
-most one training at a time, and claims only the kinds of stored jobs it is set to take
-(SDXL_JOB_KINDS: a serving pool and a training pool on one database).
+survive a restart and, on a shared database, can be claimed by any replica. A replica runs at
+most one training at a time: it claims a training only while those it holds are all still
+being prepared (their archive fetched and read), none of them the same tenant's, and fewer than
+TRAININGS_PREPARED_AT_ONCE; so a training stuck in a long archive read holds back no other
+tenant's. It claims only the kinds of stored jobs it is set to take (SDXL_JOB_KINDS: a serving
+pool and a training pool on one database).
 
 Tenants take turns: each claim takes the oldest job of the tenant served least recently, in
 memory or in the store (where "served" is when a replica last claimed one of its predictions,
@@ -25,7 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sdxl.engine import Job, MemoryQueue
+from sdxl.engine import Job, JobStatus, MemoryQueue
+from sdxl.engine.lanes import TRAININGS_PREPARED_AT_ONCE
 from sdxl.engine.queue import never
 from sdxl.runtime.kinds import TRAINING
 from sdxl.store.job_rows import JOBS
@@ -71,7 +75,7 @@ class SharedQueue:
         self.job_for = job_for  # a claimed prediction's row -> its Job
         self.training_for = training_for  # a claimed training's row -> its Job
         self.kinds = kinds if training_for is not None else ("predictions",)
-        self._training: str | None = None  # the id of the training this replica holds
+        self._trainings: dict[str, Job] = {}  # the trainings this replica holds, by id
         self.memory = MemoryQueue()
         self.claimed: dict[str, Job] = {}  # this replica's stored jobs, until they end
         # Stored jobs waiting, as this replica last saw them (its turns, creates and claims):
@@ -187,7 +191,7 @@ class SharedQueue:
         with self._lock:
             self.claimed[job.id] = job
             if kind == TRAINING:
-                self._training = job.id
+                self._trainings[job.id] = job
             self._stored_waiting = max(0, self._stored_waiting - 1)
         job.future.add_done_callback(lambda _, job_id=job.id: self._release(job_id))
         if not row["cancel_requested"] and self._cancel_requested(job.id, kind):
@@ -227,10 +231,17 @@ class SharedQueue:
         return self._claimable(turns)
 
     def _claimable(self, turns: list) -> list:
-        """Trainings wait while this replica holds one."""
+        """Trainings wait while this replica holds one that is prepared (ready or running),
+        one of the same tenant, or TRAININGS_PREPARED_AT_ONCE being prepared."""
         with self._lock:
-            holds = self._training is not None
-        return [turn for turn in turns if not (holds and turn.kind == TRAINING)]
+            held = list(self._trainings.values())
+        preparing = (JobStatus.QUEUED, JobStatus.PREPARING)
+        if len(held) >= TRAININGS_PREPARED_AT_ONCE or any(
+            job.status not in preparing for job in held
+        ):
+            return [turn for turn in turns if turn.kind != TRAINING]
+        tenants = {job.tenant for job in held}
+        return [turn for turn in turns if turn.kind != TRAINING or turn.tenant not in tenants]
 
     def _claim_from_store(self, tenant: str | None, kind: str) -> dict | None:
         attempted_at = time.time()  # the store stamps claimed_at later than this
@@ -271,8 +282,7 @@ class SharedQueue:
     def _release(self, job_id: str) -> None:
         with self._lock:
             self.claimed.pop(job_id, None)
-            if self._training == job_id:
-                self._training = None
+            self._trainings.pop(job_id, None)
         self._wake.set()  # a training may be claimed again
 
     def local(self, job_id: str) -> Job | None:
