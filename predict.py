@@ -9,7 +9,7 @@ from typing import List, Optional
 from cog import BaseRunner, Input, Path
 
 from sdxl import logs
-from sdxl.cog.inputs import checked_inputs
+from sdxl.cog.inputs import checked_inputs, trusting
 from sdxl.cog.outputs import OutputWriter
 from sdxl.engine import Engine, EngineSettings
 from sdxl.settings import Runtime
@@ -54,7 +54,8 @@ class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load base and refiner once, into the engine every prediction goes through."""
         logs.configure(job_lines=False)  # run() prints each job's lines into its own logs
-        self.engine = Engine(Runtime.from_env(), EngineSettings.from_env())
+        # Its caller owns the machine: replicate_weights may name a local file (a path).
+        self.engine = Engine(Runtime.from_env(), trusting(EngineSettings.from_env()))
         self.engine.load()
         self.outputs = OutputWriter()
 
@@ -183,10 +184,10 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
-        checked = checked_inputs(inputs, self.engine.settings.caps)  # the operator's caps
-        # The engine's log lines are printed here, in the prediction's thread, so that they
-        # land in its logs; Cog's cancel, raised in this thread, cancels the job.
-        result = self.engine.run(checked.request(), on_log=print)
+        with checked_inputs(inputs, self.engine.settings.caps) as checked:  # operator's caps
+            # The engine's log lines are printed here, in the prediction's thread, so that they
+            # land in its logs; Cog's cancel, raised in this thread, cancels the job.
+            result = self.engine.run(checked.request(), on_log=print)
         written = self.outputs.write(result, output_format, output_quality)  # flagged left out
         self.record_metric("seeds", [output.seed for _, output in written])
         self.record_metric("mode", result.mode)

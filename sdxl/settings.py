@@ -105,6 +105,35 @@ def env_flag(env: Env, name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LocalFiles:
+    """Which files on this machine `replicate_weights` may name (a path or a file:// URL).
+
+    A surface whose user owns the machine (`python -m sdxl predict`, the Cog predictor) may
+    name any (`anywhere`); every HTTP API only files inside the operator's folders
+    (SDXL_LOCAL_WEIGHTS_DIRS, separated by os.pathsep; none by default), so that a request
+    cannot make the server read one of its own files.
+    """
+
+    dirs: tuple[Path, ...] = ()
+    anywhere: bool = False
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> LocalFiles:
+        env = os.environ if env is None else env
+        raw = env.get("SDXL_LOCAL_WEIGHTS_DIRS", "")
+        return cls(dirs=tuple(Path(p) for p in raw.split(os.pathsep) if p.strip()))
+
+    def allows(self, path: str | Path) -> bool:
+        """Whether `path` may be read: anywhere, or inside one of `dirs` once symbolic links
+        and `..` are resolved."""
+        if self.anywhere:
+            return True
+        real = Path(os.path.realpath(path))
+        roots = [Path(os.path.realpath(d)) for d in self.dirs]
+        return any(real == root or root in real.parents for root in roots)
+
+
+@dataclass(frozen=True)
 class Caps:
     """Limits an operator sets below the schema's bounds, for every API of the process. Which
     input each one limits is said once, in the input table (`sdxl.config.InputSpec.cap`)."""
@@ -113,6 +142,7 @@ class Caps:
     max_pixels: int = MAX_PIXELS  # SDXL_MAX_PIXELS: width x height (images are scaled to it)
     max_outputs: int = MAX_IMAGES  # SDXL_MAX_OUTPUTS: images per request (OpenAI's n up to 10)
     max_prompt_chars: int = MAX_PROMPT_CHARS  # SDXL_MAX_PROMPT_CHARS: each prompt field
+    local_files: LocalFiles = LocalFiles()  # SDXL_LOCAL_WEIGHTS_DIRS: files replicate_weights names
 
     VARIABLES: ClassVar[dict[str, str]] = {
         "max_steps": "SDXL_MAX_STEPS",
@@ -128,7 +158,7 @@ class Caps:
         for name, variable in cls.VARIABLES.items():
             most = getattr(cls, name)
             values[name] = env_number(env, variable, int, 1, most, maximum=most)
-        return cls(**values)
+        return cls(**values, local_files=LocalFiles.from_env(env))
 
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -214,12 +244,12 @@ class FetchSettings:
     deadline: float = 1800.0  # SDXL_FETCH_DEADLINE: seconds for one whole download
     max_redirects: int = 5
     local_dirs: tuple[Path, ...] = ()  # SDXL_LOCAL_WEIGHTS_DIRS: folders local paths may name
+    local_anywhere: bool = False  # any local path (a surface whose user owns the machine)
     public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> FetchSettings:
         env = os.environ if env is None else env
-        dirs = env.get("SDXL_LOCAL_WEIGHTS_DIRS", "").split(os.pathsep)
 
         def seconds(name: str, default: float) -> float:
             return env_number(env, name, float, 0.001, default)
@@ -231,6 +261,10 @@ class FetchSettings:
             connect_timeout=seconds("SDXL_FETCH_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=seconds("SDXL_FETCH_READ_TIMEOUT", cls.read_timeout),
             deadline=seconds("SDXL_FETCH_DEADLINE", cls.deadline),
-            local_dirs=tuple(Path(p) for p in dirs if p),
+            local_dirs=LocalFiles.from_env(env).dirs,
             public_only=not env_flag(env, "SDXL_ALLOW_PRIVATE_URLS"),
         )
+
+    @property
+    def local_files(self) -> LocalFiles:
+        return LocalFiles(dirs=self.local_dirs, anywhere=self.local_anywhere)

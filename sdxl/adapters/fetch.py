@@ -8,9 +8,12 @@ into place with `os.replace` only once complete and checked against Content-Leng
 cache never holds a partial file. Each entry has a JSON record beside it (size, sha256,
 mtime, last use); an entry whose file no longer matches its record is fetched again.
 
-Local paths are accepted only inside the folders named in SDXL_LOCAL_WEIGHTS_DIRS, so a
-request cannot make the server read one of its own files. Query strings (which often carry
-signatures) never appear in messages, logs or records.
+A local path is read where `settings.local_files` allows it: any file on the surfaces whose
+user owns the machine (the command line, the Cog predictor), only files inside the folders named
+in SDXL_LOCAL_WEIGHTS_DIRS on a server, so that a request cannot make it read one of its own
+files. The boundary checked the same rule when the request came (`sdxl.inputs.weights_source`,
+which also makes a file:// URL a path); this check holds for requests made again from the
+store. Query strings (which often carry signatures) never appear in messages, logs or records.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sdxl.errors import InputError
+from sdxl.inputs.weights_source import HTTP_WAYS
 from sdxl.net import http_get
 from sdxl.net.urls import redact
 from sdxl.settings import FetchSettings
@@ -69,8 +73,9 @@ class DownloadCache:
 
     # ---- public -------------------------------------------------------------------------
     def fetch(self, source: str, input_name: str, check: Callable[[], None] | None = None) -> Path:
-        """A local file holding `source` (an http(s) URL or an allowed local path). `check` is
-        called while downloading and may raise to stop (a cancelled job)."""
+        """A local file holding `source` (an http(s) URL or an allowed local path: the
+        boundary made a file:// URL a path). `check` is called while downloading and may raise
+        to stop (a cancelled job)."""
         if not isinstance(source, str) or not source.strip():
             raise FetchError(f"{input_name} must be an http(s) URL")
         source = source.strip()
@@ -105,17 +110,18 @@ class DownloadCache:
 
     # ---- local files --------------------------------------------------------------------
     def _local(self, source: str, input_name: str) -> Path:
-        roots = [Path(os.path.realpath(d)) for d in self.settings.local_dirs]
-        if not roots:
+        local = self.settings.local_files
+        if not local.anywhere and not local.dirs:
             raise FetchError(
-                f"{input_name}: local paths are not accepted here; give an http(s) URL "
+                f"{input_name}: local paths are not accepted here ({source[:80]}); {HTTP_WAYS} "
                 "(the server's operator can allow a folder with SDXL_LOCAL_WEIGHTS_DIRS)"
             )
-        real = Path(os.path.realpath(source))
-        if not any(real == r or r in real.parents for r in roots):
+        if not local.allows(source):
             raise FetchError(
-                f"{input_name}: {source} is outside the folders allowed for local weights"
+                f"{input_name}: {source[:80]} is outside the folders allowed for local weights "
+                f"(SDXL_LOCAL_WEIGHTS_DIRS); {HTTP_WAYS}"
             )
+        real = Path(os.path.realpath(source))
         if not real.is_file():
             raise FetchError(f"{input_name}: {source} is not a regular file")
         size = real.stat().st_size

@@ -135,15 +135,15 @@ def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
     try:
         if spec.replicate_weights:
             _from_url(prepared, spec.replicate_weights, r, check)
-        elif spec.trained_tar:  # a trained version's own weights, in this server's files
+        elif spec.trained_tar:  # a trained version's weights or an upload, in this server's files
             path = Path(spec.trained_tar)
             if not path.is_file():
                 raise LoraError(
-                    "the trained version's weights are no longer in this server's files; "
-                    "train it again",
+                    "the trained weights are no longer in this server's files: upload the file "
+                    "again (uploads expire), or train the version again",
                     "version",
                 )
-            _from_file(prepared, path, file_sha256(path), r, check, "the trained version")
+            _from_file(prepared, path, file_sha256(path), r, check, "this server's files")
         if spec.lora_name:
             path = r.weights_dir / NAMED_LORAS[spec.lora_name]
             if not path.is_file():

@@ -1,8 +1,9 @@
 """`python -m sdxl predict`: one prediction through the real server, like `cog predict`.
 
 It starts `python -m sdxl serve` on a free loopback port, waits until the predictor is
-READY, sends the inputs (files as data URIs), writes the outputs as files and prints their
-paths. Errors exit non-zero with the server's message.
+READY, sends the inputs (image files as data URIs; `replicate_weights` as the absolute path of
+a local file, which the predictor reads on this machine), writes the outputs as files and
+prints their paths. Errors exit non-zero with the server's message.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from pathlib import Path
 from sdxl.cog.serve import ROOT
 from sdxl.config import COG_INPUTS
 from sdxl.inputs.command_line import typed_value
+from sdxl.inputs.weights_source import local_path
 from sdxl.net.ports import free_port
 from sdxl.settings import env_number
 
 # SDXL_READY_TIMEOUT: seconds to wait for the server (real weights load slowly)
 READY_TIMEOUT = env_number(os.environ, "SDXL_READY_TIMEOUT", float, 1.0, 1800.0)
+# Inputs that name a file the predictor reads itself (never sent as data: a tar of gigabytes).
+LOCAL_FILE_INPUTS = ("replicate_weights",)
+FAILED_PREFIX = "Prediction failed: "
 
 
 class ClientError(RuntimeError):
@@ -46,12 +51,34 @@ def parse_inputs(pairs: list[str], kinds: dict[str, str]) -> dict:
 
 
 def _value(name: str, text: str, kind: str):
+    if name in LOCAL_FILE_INPUTS:
+        return local_file(name, text)
     if text.startswith("@"):
         return data_uri(Path(text[1:]))
     try:
         return typed_value(name, text, kind)
     except ValueError as err:
         raise ClientError(str(err)) from err
+
+
+def local_file(name: str, text: str) -> str:
+    """`@path`, a path or a file:// URL as the file's absolute path (the server runs in another
+    folder); a URL as given."""
+    path = text[1:] if text.startswith("@") else local_path(text)
+    if path is None or not path.strip():
+        return text
+    full = Path(path).expanduser().absolute()
+    if not full.is_file():
+        raise ClientError(f"-i {name}={text!r}: {full} is not a file")
+    return str(full)
+
+
+def failure(error: object) -> str:
+    """coglet's error text, its "Prediction failed: " said once (coglet 0.23.1 says it twice)."""
+    text = str(error)
+    while text.startswith(FAILED_PREFIX + FAILED_PREFIX):
+        text = text[len(FAILED_PREFIX) :]
+    return text if text.startswith(FAILED_PREFIX) else FAILED_PREFIX + text
 
 
 def data_uri(path: Path) -> str:
@@ -134,8 +161,10 @@ def predict(pairs: list[str], out_dir: Path) -> int:
         print(body["logs"], file=sys.stderr, end="")
     if status != 200:
         raise ClientError(f"the server refused the input ({status}): {json.dumps(body)}")
+    if body.get("status") == "canceled":
+        raise ClientError("the prediction was canceled")
     if body.get("status") != "succeeded":
-        raise ClientError(f"{body.get('status')}: {body.get('error')}")
+        raise ClientError(failure(body.get("error")))
     for path in write_outputs(body["output"], out_dir):
         print(path)
     return 0

@@ -1,33 +1,101 @@
 """Cog's inputs -> a checked request: the predictor's inputs under their own names.
 
 coglet has checked types, bounds and choices against the schema already; the rules
-(`sdxl.inputs.rules`) add the operator's caps. File inputs are read here (only files Cog itself
+(`sdxl.inputs.rules`) add the operator's caps. Image inputs are read here (only files Cog itself
 wrote for this request) and decoded when the engine prepares the job.
+
+The Cog predictor's caller owns the machine (`cog predict`, `python -m sdxl predict`, or
+whoever the operator lets reach `python -m sdxl serve`), so `replicate_weights` may name any
+file on it (`LOCAL_FILES`, a trust given here once: `trusting` sets it for the boundary's check
+and for the engine's reads). `cog predict -i replicate_weights=@trained_model.tar` sends the
+file as a data URI: it is written to a temporary file for the prediction's time.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import dataclasses
 import os
 import pathlib
+import re
 import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sdxl.config import COG_INPUTS
 from sdxl.errors import InputError
 from sdxl.inputs.rules import check_fields
 from sdxl.inputs.surface import Checked, Field, Surface
-from sdxl.settings import Caps
+from sdxl.settings import Caps, LocalFiles
+
+if TYPE_CHECKING:
+    from sdxl.engine import EngineSettings
 
 COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))
 FILE_INPUTS = ("image", "mask")
+LOCAL_FILES = LocalFiles(anywhere=True)  # replicate_weights: any file on this machine
+_DATA_URI = re.compile(r"data:[^,;]*((?:;[^,;]*)*),", re.IGNORECASE)
 
 
-def checked_inputs(inputs: dict, caps: Caps) -> Checked:
-    """`run()`'s arguments checked; InputError (InvalidInputs) names every input at fault."""
+def trusting(settings: EngineSettings) -> EngineSettings:
+    """The Cog predictor's engine settings: `replicate_weights` may name any local file, at the
+    boundary (`caps.local_files`) and when the engine reads it (`fetch.local_anywhere`)."""
+    caps = dataclasses.replace(settings.caps, local_files=LOCAL_FILES)
+    fetch = dataclasses.replace(settings.fetch, local_anywhere=True)
+    return dataclasses.replace(settings, caps=caps, fetch=fetch)
+
+
+@contextlib.contextmanager
+def checked_inputs(inputs: dict, caps: Caps) -> Iterator[Checked]:
+    """`run()`'s arguments checked, for the time of the prediction (a data URI given as
+    `replicate_weights` is a temporary file until then); InputError (InvalidInputs) names
+    every input at fault."""
     values = dict(inputs)
     for name in FILE_INPUTS:
         if values.get(name) is not None:
             values[name] = uploaded(name, values[name]).read_bytes()
-    return check_fields(values, COG, caps)
+    with _weights_file(values.get("replicate_weights")) as weights:
+        if weights is not None:
+            values["replicate_weights"] = weights
+        yield check_fields(values, COG, caps)
+
+
+@contextlib.contextmanager
+def _weights_file(value: object) -> Iterator[str | None]:
+    """`replicate_weights` as text the rules read: a Cog Path as its path, a data URI as a
+    temporary file holding its bytes (removed at the end), else as given."""
+    if isinstance(value, os.PathLike):
+        yield os.fspath(value)
+        return
+    if not (isinstance(value, str) and value[:5].lower() == "data:"):
+        yield None
+        return
+    fd, name = tempfile.mkstemp(prefix="sdxl-replicate-weights-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(_data_uri_bytes(value))
+        yield name
+    finally:
+        pathlib.Path(name).unlink(missing_ok=True)
+
+
+def _data_uri_bytes(text: str) -> bytes:
+    match = _DATA_URI.match(text)
+    if match is None or "base64" not in match.group(1).lower().split(";"):
+        raise InputError(
+            "replicate_weights is not a base64 data URI (data:application/x-tar;base64,...); "
+            "give the file's path, an https URL, or @trained_model.tar to `cog predict`",
+            "replicate_weights",
+        )
+    try:
+        return base64.b64decode(text[match.end() :], validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(
+            "replicate_weights: the data URI's base64 is not valid; send the file again",
+            "replicate_weights",
+        ) from None
 
 
 def uploaded(name: str, value: object) -> pathlib.Path:

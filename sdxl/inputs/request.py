@@ -59,8 +59,9 @@ class Request:
     cache_interval: int = _default("cache_interval")
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
-    # A trained version's trained_model.tar in this server's files, set by the server for the
-    # version's predictions (never from an input: see SERVER_FIELDS); replicate_weights wins.
+    # Trained weights in this server's files, set by the server (never from an input: see
+    # SERVER_FIELDS): a trained version's trained_model.tar for the version's predictions, or
+    # the caller's upload that replicate_weights named; replicate_weights wins.
     trained_tar: str | None = None
 
     @property
@@ -129,8 +130,9 @@ def in_batches(request: Request, sizes: list[int]) -> list[Request]:
 class AdapterSpec:
     """The trained weights one request asks for. Empty: nothing is loaded or touched."""
 
-    replicate_weights: str | None = None  # URL of a trainer tar or of a LoRA .safetensors
-    trained_tar: str | None = None  # a trained version's tar on this server (a trusted path)
+    # URL (or a local path the surface allowed) of a trainer tar or of a LoRA .safetensors
+    replicate_weights: str | None = None
+    trained_tar: str | None = None  # a tar or LoRA in this server's files (a trusted path)
     lora_name: str | None = None  # a LoRA we ship: "offset"
     lora_id: str | None = None  # <SDXL_LORA_DIR>/<id>.safetensors
     lora_scale: float = 0.6

@@ -41,7 +41,8 @@ from sdxl.inputs.surface import (
     Problem,
     Surface,
 )
-from sdxl.settings import Caps
+from sdxl.inputs.weights_source import weights_source
+from sdxl.settings import Caps, LocalFiles
 
 KIND_WORDS = {
     "string": "a string",
@@ -58,7 +59,8 @@ LORA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # ---- tier 1: the boundary -----------------------------------------------------------------
 def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Checked:
-    """`body` (an API's request in its names) checked against the API's schema and the caps;
+    """`body` (an API's request in its names) checked against the API's schema and the caps
+    (with the files on this machine that `replicate_weights` may name, `caps.local_files`);
     InvalidInputs lists every problem."""
     given: dict[str, Any] = {}
     parsed: dict[str, Any] = {}
@@ -72,7 +74,7 @@ def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Check
         if raw is None and not spec.nullable and surface.null_is_unset:
             continue
         try:
-            parsed[name] = _parse(spec, raw, surface)
+            parsed[name] = _parse(spec, raw, surface, caps.local_files)
         except InputError as err:
             problems.append(Problem(name, str(err)))
             continue
@@ -116,7 +118,7 @@ def _unknown(name: str, surface: Surface) -> Problem:
     return Problem(shown, f"{shown!r} is not an input of this API; {hint}remove it or fix it")
 
 
-def _parse(spec: Field, raw: Any, surface: Surface) -> Any:
+def _parse(spec: Field, raw: Any, surface: Surface, local: LocalFiles) -> Any:
     """One field's value in the API's units, checked; InputError names the field."""
     kind = spec.value_kind
     if raw is None:
@@ -140,6 +142,8 @@ def _parse(spec: Field, raw: Any, surface: Surface) -> Any:
         return value
     if kind in ("integer", "number"):
         check_range(spec.name, value, *spec.bounds)
+    if spec.input == "replicate_weights" and value is not None:
+        value = weights_source(value, local)  # a URL, or a local file the surface may name
     limit = spec.spec.max_length if spec.spec is not None else None
     if kind == "string" and limit is not None and len(value) > limit:
         raise _too_long(spec.name, value, limit, None)

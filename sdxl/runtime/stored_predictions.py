@@ -19,7 +19,7 @@ from sdxl.images.outputs import encode_outputs
 from sdxl.inputs.request import Request
 from sdxl.runtime.events import Events
 from sdxl.runtime.kinds import PREDICTION
-from sdxl.runtime.stored_inputs import stored_request, with_own_files
+from sdxl.runtime.stored_inputs import own_file_id, stored_request, with_own_files
 from sdxl.runtime.stored_runs import StoredRuns, log_text
 from sdxl.store.errors import StoreDiskFull, StoreUnavailable
 from sdxl.store.store import Store
@@ -105,12 +105,30 @@ class StoredPredictions(StoredRuns):
 
     def _request(self, row: dict) -> Request:
         """The checked Request if this replica's API made it, else the stored input's."""
-        trained_tar = self._trained_tar(row)  # a store read: the checked Request stays till then
+        # Store reads first: the checked Request stays till then.
+        upload = self._uploaded_weights(row)
+        trained_tar = upload or self._trained_tar(row)
         with self._lock:
             checked = self._checked.pop(row["id"], None)
-        if checked is not None:
-            return checked if trained_tar is None else _with_tar(checked, trained_tar)
-        return stored_request(row["input"], self._origins(row), self._file_reader(row), trained_tar)
+        if checked is None:
+            origins, reader = self._origins(row), self._file_reader(row)
+            request = stored_request(row["input"], origins, reader, trained_tar)
+        else:
+            request = checked if trained_tar is None else _with_tar(checked, trained_tar)
+        return request if upload is None else dataclasses.replace(request, replicate_weights=None)
+
+    def _uploaded_weights(self, row: dict) -> str | None:
+        """Where `replicate_weights` is when it names one of the creator's uploads (/v1/files):
+        the upload in this server's files, read there, never fetched over HTTP. It replaces a
+        trained version's weights, as any replicate_weights does."""
+        url = row["input"].get("replicate_weights")
+        file_id = own_file_id(url, self._origins(row)) if isinstance(url, str) else None
+        if file_id is None:
+            return None
+        found = self.store.files.get(file_id, row.get("tenant"))
+        if found is None:  # expired, deleted or another key's: a path that is never a file
+            return str(self.store.blobs.root / "gone" / file_id)
+        return str(self.store.blobs.path(found["key"]))
 
     def job_for(self, row: dict) -> Job:
         given, tenant = row["input"], row.get("tenant")
