@@ -9,7 +9,7 @@ from typing import List, Optional
 from cog import BaseRunner, Input, Path
 
 from sdxl import logs
-from sdxl.cog.inputs import checked_inputs, trusting
+from sdxl.cog.inputs import checked_inputs, reading_from, staging_folder
 from sdxl.cog.outputs import OutputWriter
 from sdxl.engine import Engine, EngineSettings
 from sdxl.settings import Runtime
@@ -54,8 +54,9 @@ class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load base and refiner once, into the engine every prediction goes through."""
         logs.configure(job_lines=False)  # run() prints each job's lines into its own logs
-        # Its caller owns the machine: replicate_weights may name a local file (a path).
-        self.engine = Engine(Runtime.from_env(), trusting(EngineSettings.from_env()))
+        self.staging = staging_folder()  # cog predict's replicate_weights=@file, as a file
+        settings = reading_from(EngineSettings.from_env(), self.staging)
+        self.engine = Engine(Runtime.from_env(), settings)
         self.engine.load()
         self.outputs = OutputWriter()
 
@@ -184,7 +185,7 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
-        with checked_inputs(inputs, self.engine.settings.caps) as checked:  # operator's caps
+        with checked_inputs(inputs, self.engine.settings.caps, self.staging) as checked:
             # The engine's log lines are printed here, in the prediction's thread, so that they
             # land in its logs; Cog's cancel, raised in this thread, cancels the job.
             result = self.engine.run(checked.request(), on_log=print)

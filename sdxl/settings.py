@@ -108,14 +108,13 @@ def env_flag(env: Env, name: str) -> bool:
 class LocalFiles:
     """Which files on this machine `replicate_weights` may name (a path or a file:// URL).
 
-    A surface whose user owns the machine (`python -m sdxl predict`, the Cog predictor) may
-    name any (`anywhere`); every HTTP API only files inside the operator's folders
-    (SDXL_LOCAL_WEIGHTS_DIRS, separated by os.pathsep; none by default), so that a request
-    cannot make the server read one of its own files.
+    Only files inside the operator's folders (SDXL_LOCAL_WEIGHTS_DIRS, separated by
+    os.pathsep; none by default), so that a request cannot make the server read one of its own
+    files. `python -m sdxl predict` adds the folder of the file its user names to its own
+    server's; the Cog predictor adds the private folder it writes `cog predict`'s data URIs to.
     """
 
     dirs: tuple[Path, ...] = ()
-    anywhere: bool = False
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> LocalFiles:
@@ -124,10 +123,8 @@ class LocalFiles:
         return cls(dirs=tuple(Path(p) for p in raw.split(os.pathsep) if p.strip()))
 
     def allows(self, path: str | Path) -> bool:
-        """Whether `path` may be read: anywhere, or inside one of `dirs` once symbolic links
-        and `..` are resolved."""
-        if self.anywhere:
-            return True
+        """Whether `path` may be read: inside one of `dirs` once symbolic links and `..` are
+        resolved."""
         real = Path(os.path.realpath(path))
         roots = [Path(os.path.realpath(d)) for d in self.dirs]
         return any(real == root or root in real.parents for root in roots)
@@ -244,7 +241,6 @@ class FetchSettings:
     deadline: float = 1800.0  # SDXL_FETCH_DEADLINE: seconds for one whole download
     max_redirects: int = 5
     local_dirs: tuple[Path, ...] = ()  # SDXL_LOCAL_WEIGHTS_DIRS: folders local paths may name
-    local_anywhere: bool = False  # any local path (a surface whose user owns the machine)
     public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
 
     @classmethod
@@ -267,4 +263,4 @@ class FetchSettings:
 
     @property
     def local_files(self) -> LocalFiles:
-        return LocalFiles(dirs=self.local_dirs, anywhere=self.local_anywhere)
+        return LocalFiles(dirs=self.local_dirs)

@@ -119,29 +119,33 @@ def test_the_operators_folders_and_nothing_outside_them(folders):
     assert FetchSettings.from_env(env).local_files == LocalFiles(dirs=(allowed, outside))
 
 
-def test_the_cog_predictor_reads_any_local_file_and_the_data_uri_cog_sends(folders, monkeypatch):
+def test_the_cog_predictor_reads_the_data_uri_cog_sends_and_no_server_file(folders, tmp_path):
     from cog import Path as CogPath
 
-    from sdxl.cog.inputs import checked_inputs, trusting
+    from sdxl.cog.inputs import checked_inputs, reading_from
     from sdxl.engine import EngineSettings
 
     _, outside = folders
     tar = outside / "trained_model.tar"
-    settings = trusting(EngineSettings())
-    assert settings.fetch.local_anywhere and settings.caps.local_files.anywhere
+    settings = reading_from(EngineSettings(), tmp_path)
+    assert settings.caps.local_files.dirs == (tmp_path,)
+    assert settings.fetch.local_files == settings.caps.local_files
     inputs = {name: spec.default for name, spec in COG_INPUTS.items()}
     uri = "data:application/x-tar;base64," + base64.b64encode(tar.read_bytes()).decode()
-    with checked_inputs({**inputs, "replicate_weights": uri}, settings.caps) as checked:
+    with checked_inputs({**inputs, "replicate_weights": uri}, settings.caps, tmp_path) as checked:
         staged = Path(checked.request().replicate_weights)
-        assert staged.read_bytes() == tar.read_bytes()
+        assert staged.parent == tmp_path and staged.read_bytes() == tar.read_bytes()
     assert not staged.exists()  # the temporary file lasts the prediction
-    monkeypatch.chdir(outside)
-    for value in ("trained_model.tar", f"file://{tar}", CogPath(tar)):
-        with checked_inputs({**inputs, "replicate_weights": value}, settings.caps) as checked:
-            assert checked.request().replicate_weights == str(tar)
+    # A Cog image on Replicate takes strangers' inputs: no file of the server by its path.
+    for value in (str(tar), f"file://{tar}", CogPath(tar), "/etc/hostname"):
+        with (
+            pytest.raises(InputError, match="replicate_weights: .* is outside the folders"),
+            checked_inputs({**inputs, "replicate_weights": value}, settings.caps, tmp_path),
+        ):
+            pass
     with (
         pytest.raises(InputError, match="replicate_weights is not a base64 data URI"),
-        checked_inputs({**inputs, "replicate_weights": "data:,abc"}, settings.caps),
+        checked_inputs({**inputs, "replicate_weights": "data:,abc"}, settings.caps, tmp_path),
     ):
         pass
 
@@ -200,17 +204,23 @@ def cli_image(tiny_weights, folders, tmp_path_factory) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_weights):
-    """The Cog predictor in this process, its engine as predict.py sets it up."""
+def predictor(tiny_weights, folders):
+    """The Cog predictor in this process, its engine as predict.py sets it up, with the
+    operator's folder for local weights (`allowed`)."""
     from predict import Predictor
 
-    previous = os.environ.get("SDXL_WEIGHTS_DIR")
-    os.environ["SDXL_WEIGHTS_DIR"] = str(tiny_weights)
+    env = {"SDXL_WEIGHTS_DIR": str(tiny_weights), "SDXL_LOCAL_WEIGHTS_DIRS": str(folders[0])}
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         p = Predictor()
         p.setup()
     finally:
-        os.environ["SDXL_WEIGHTS_DIR"] = previous or ""
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     yield p
     p.engine.close()
 

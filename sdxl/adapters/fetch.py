@@ -8,12 +8,12 @@ into place with `os.replace` only once complete and checked against Content-Leng
 cache never holds a partial file. Each entry has a JSON record beside it (size, sha256,
 mtime, last use); an entry whose file no longer matches its record is fetched again.
 
-A local path is read where `settings.local_files` allows it: any file on the surfaces whose
-user owns the machine (the command line, the Cog predictor), only files inside the folders named
-in SDXL_LOCAL_WEIGHTS_DIRS on a server, so that a request cannot make it read one of its own
-files. The boundary checked the same rule when the request came (`sdxl.inputs.weights_source`,
-which also makes a file:// URL a path); this check holds for requests made again from the
-store. Query strings (which often carry signatures) never appear in messages, logs or records.
+A local path is read where `settings.local_files` allows it: only files inside the folders
+named in SDXL_LOCAL_WEIGHTS_DIRS (and the Cog predictor's own staging folder), so that a
+request cannot make the server read one of its own files. The boundary checked the same rule
+when the request came (`sdxl.inputs.weights_source`, which also makes a file:// URL a path);
+this check holds for requests made again from the store. Query strings (which often carry
+signatures) never appear in messages, logs or records.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class DownloadCache:
     # ---- local files --------------------------------------------------------------------
     def _local(self, source: str, input_name: str) -> Path:
         local = self.settings.local_files
-        if not local.anywhere and not local.dirs:
+        if not local.dirs:
             raise FetchError(
                 f"{input_name}: local paths are not accepted here ({source[:80]}); {HTTP_WAYS} "
                 "(the server's operator can allow a folder with SDXL_LOCAL_WEIGHTS_DIRS)"

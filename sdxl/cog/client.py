@@ -2,8 +2,8 @@
 
 It starts `python -m sdxl serve` on a free loopback port, waits until the predictor is
 READY, sends the inputs (image files as data URIs; `replicate_weights` as the absolute path of
-a local file, which the predictor reads on this machine), writes the outputs as files and
-prints their paths. Errors exit non-zero with the server's message.
+a local file, whose folder the server is allowed to read: `server_env`), writes the outputs as
+files and prints their paths. Errors exit non-zero with the server's message.
 """
 
 from __future__ import annotations
@@ -137,6 +137,21 @@ def write_outputs(outputs: list, folder: Path) -> list[Path]:
     return paths
 
 
+def server_env(inputs: dict) -> dict[str, str]:
+    """The environment of the server this command starts: its own, with the folders of the
+    local files its user named added to SDXL_LOCAL_WEIGHTS_DIRS (the server reads no other)."""
+    env = dict(os.environ)
+    folders = [
+        str(Path(inputs[name]).parent)
+        for name in LOCAL_FILE_INPUTS
+        if isinstance(inputs.get(name), str) and os.path.isabs(inputs[name])
+    ]
+    if folders:
+        given = env.get("SDXL_LOCAL_WEIGHTS_DIRS", "")
+        env["SDXL_LOCAL_WEIGHTS_DIRS"] = os.pathsep.join([*folders, *filter(None, [given])])
+    return env
+
+
 def predict(pairs: list[str], out_dir: Path) -> int:
     inputs = parse_inputs(pairs, {name: spec.kind for name, spec in COG_INPUTS.items()})
     port = free_port()
@@ -144,7 +159,12 @@ def predict(pairs: list[str], out_dir: Path) -> int:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as server_log:
         server = subprocess.Popen(
-            cmd, cwd=ROOT, start_new_session=True, stdout=server_log, stderr=subprocess.STDOUT
+            cmd,
+            cwd=ROOT,
+            env=server_env(inputs),
+            start_new_session=True,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_ready(base, server)

@@ -4,11 +4,12 @@ coglet has checked types, bounds and choices against the schema already; the rul
 (`sdxl.inputs.rules`) add the operator's caps. Image inputs are read here (only files Cog itself
 wrote for this request) and decoded when the engine prepares the job.
 
-The Cog predictor's caller owns the machine (`cog predict`, `python -m sdxl predict`, or
-whoever the operator lets reach `python -m sdxl serve`), so `replicate_weights` may name any
-file on it (`LOCAL_FILES`, a trust given here once: `trusting` sets it for the boundary's check
-and for the engine's reads). `cog predict -i replicate_weights=@trained_model.tar` sends the
-file as a data URI: it is written to a temporary file for the prediction's time.
+`replicate_weights` may name a file on this machine only inside the folders the predictor
+reads weights from (`reading_from`: SDXL_LOCAL_WEIGHTS_DIRS, which `python -m sdxl predict`
+extends with the folder of the file its user names, and the predictor's own staging folder),
+because a Cog image on Replicate takes its inputs from strangers. `cog predict -i
+replicate_weights=@trained_model.tar` sends the file as a data URI: it is written into the
+staging folder for the prediction's time.
 """
 
 from __future__ import annotations
@@ -35,44 +36,50 @@ if TYPE_CHECKING:
 
 COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))
 FILE_INPUTS = ("image", "mask")
-LOCAL_FILES = LocalFiles(anywhere=True)  # replicate_weights: any file on this machine
 _DATA_URI = re.compile(r"data:[^,;]*((?:;[^,;]*)*),", re.IGNORECASE)
 
 
-def trusting(settings: EngineSettings) -> EngineSettings:
-    """The Cog predictor's engine settings: `replicate_weights` may name any local file, at the
-    boundary (`caps.local_files`) and when the engine reads it (`fetch.local_anywhere`)."""
-    caps = dataclasses.replace(settings.caps, local_files=LOCAL_FILES)
-    fetch = dataclasses.replace(settings.fetch, local_anywhere=True)
+def staging_folder() -> pathlib.Path:
+    """A private folder (mode 700) for the data URIs `replicate_weights` brings."""
+    return pathlib.Path(tempfile.mkdtemp(prefix="sdxl-replicate-weights-"))
+
+
+def reading_from(settings: EngineSettings, staging: pathlib.Path) -> EngineSettings:
+    """The Cog predictor's engine settings: `replicate_weights` may also name files in its
+    `staging` folder (where `checked_inputs` writes data URIs), at the boundary
+    (`caps.local_files`) and when the engine reads it (`fetch.local_dirs`)."""
+    dirs = (*settings.caps.local_files.dirs, staging)
+    caps = dataclasses.replace(settings.caps, local_files=LocalFiles(dirs=dirs))
+    fetch = dataclasses.replace(settings.fetch, local_dirs=(*settings.fetch.local_dirs, staging))
     return dataclasses.replace(settings, caps=caps, fetch=fetch)
 
 
 @contextlib.contextmanager
-def checked_inputs(inputs: dict, caps: Caps) -> Iterator[Checked]:
+def checked_inputs(inputs: dict, caps: Caps, staging: pathlib.Path) -> Iterator[Checked]:
     """`run()`'s arguments checked, for the time of the prediction (a data URI given as
-    `replicate_weights` is a temporary file until then); InputError (InvalidInputs) names
-    every input at fault."""
+    `replicate_weights` is a temporary file in `staging` until then); InputError
+    (InvalidInputs) names every input at fault."""
     values = dict(inputs)
     for name in FILE_INPUTS:
         if values.get(name) is not None:
             values[name] = uploaded(name, values[name]).read_bytes()
-    with _weights_file(values.get("replicate_weights")) as weights:
+    with _weights_file(values.get("replicate_weights"), staging) as weights:
         if weights is not None:
             values["replicate_weights"] = weights
         yield check_fields(values, COG, caps)
 
 
 @contextlib.contextmanager
-def _weights_file(value: object) -> Iterator[str | None]:
+def _weights_file(value: object, staging: pathlib.Path) -> Iterator[str | None]:
     """`replicate_weights` as text the rules read: a Cog Path as its path, a data URI as a
-    temporary file holding its bytes (removed at the end), else as given."""
+    temporary file in `staging` holding its bytes (removed at the end), else as given."""
     if isinstance(value, os.PathLike):
         yield os.fspath(value)
         return
     if not (isinstance(value, str) and value[:5].lower() == "data:"):
         yield None
         return
-    fd, name = tempfile.mkstemp(prefix="sdxl-replicate-weights-")
+    fd, name = tempfile.mkstemp(prefix="replicate-weights-", dir=staging)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(_data_uri_bytes(value))

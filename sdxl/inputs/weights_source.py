@@ -1,8 +1,8 @@
 """Where `replicate_weights` may come from, checked once at the boundary (`sdxl.inputs.rules`):
 an http(s) URL, fetched when the job is prepared (`sdxl.adapters.fetch`), or a file on this
-machine (a path or a file:// URL) where the surface allows it (`sdxl.settings.LocalFiles`):
-anywhere on the surfaces whose user owns the machine (the command line, the Cog predictor),
-only inside SDXL_LOCAL_WEIGHTS_DIRS over HTTP. A refusal names the input, the value and the fix.
+machine (a path or a file:// URL) inside the folders the surface allows (`sdxl.settings.
+LocalFiles`: SDXL_LOCAL_WEIGHTS_DIRS; the command line adds the folder of the file its user
+names). A refusal names the input, the value and the fix.
 """
 
 from __future__ import annotations
