@@ -34,6 +34,7 @@ INPUTS = {
     "lora_lr": 5e-3,
     "ti_lr": 5e-3,
     "lr_warmup_steps": 2,
+    "name": "resumed",  # the web UI files' name, the same in both tars
     "seed": 5,
 }
 ENDED = ("succeeded", "failed", "canceled")
