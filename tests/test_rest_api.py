@@ -78,6 +78,7 @@ def small(seed: int = 1, **extra) -> dict:
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
     env = {"SDXL_API_KEYS": ",".join(KEYS), "SDXL_MAX_BODY_BYTES": "65536"}
+    env["SDXL_QUEUE_SIZE_PER_KEY"] = "8"  # one key sends every concurrent request here
     with serving(tiny_weights, tmp_path_factory.mktemp("server"), env) as srv:
         yield srv
 

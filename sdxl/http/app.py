@@ -122,7 +122,7 @@ def create_app(
         text = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    sync = SyncJobs(service, settings.queue_size)
+    sync = SyncJobs(service, settings.queue_size, settings.queue_size_per_key)
     app.include_router(datacrunch.router(sync))
     app.include_router(openai.router(sync, settings, None if api is None else api.store))
     app.include_router(

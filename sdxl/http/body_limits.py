@@ -1,4 +1,7 @@
-"""The request body limit (413), enforced while the body is read, whatever Content-Length says."""
+"""The request body limit (413), enforced while the body is read, whatever Content-Length says.
+
+Uploads to Replicate's files API (POST /v1/files) are not held here: their route streams them
+under a cap of their own (SDXL_MAX_UPLOAD_BYTES, `sdxl.http.replicate.file_routes`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdxl.http.errors import BodyTooLarge
 from sdxl.http.shapes import DATACRUNCH_PREFIX, error_response
+
+UPLOADS = "/v1/files"  # POST: streamed by its route under SDXL_MAX_UPLOAD_BYTES
 
 
 def _too_large(limit: int, path: str) -> JSONResponse:
@@ -33,7 +38,8 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        upload = scope.get("path") == UPLOADS and scope.get("method") == "POST"
+        if scope["type"] != "http" or upload:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -29,7 +29,7 @@ from sdxl.http.app import create_app
 from sdxl.http.auth import ApiKeys, KeyEntry, load_api_keys, new_salt
 from sdxl.http.replicate.api import open_replicate_api, open_runtime, open_store
 from sdxl.http.replicate.render import Renderer
-from sdxl.http.server_settings import Settings
+from sdxl.http.server_settings import Settings, tenant_count
 from sdxl.http.service import ServerStatus, Service
 from sdxl.settings import Runtime, SettingsError
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     os.environ.setdefault("TQDM_DISABLE", "1")  # fewer diffusers progress bars in the log
     try:
-        settings = Settings.from_env(os.environ)
         keys = _keys(args.no_auth, args.host)
+        settings = Settings.from_env(os.environ, tenant_count(keys or ()))  # the keys' shares
         model_settings = Runtime.from_env()  # the weights, device and dtype
         engine_settings = EngineSettings.from_env()
     except SettingsError as err:

@@ -13,6 +13,7 @@ from sdxl.settings import SettingsError, env_number, parse_size
 from sdxl.store.limits import StoreLimits
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024  # 20 MiB: room for a large base64 seed_image
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # 256 MiB: Replicate's /v1/files (a photo zip)
 DEFAULT_QUEUE_SIZE = 8
 LOADING_RETRY_AFTER_S = 10
 DRAINING_RETRY_AFTER_S = 5
@@ -88,19 +89,45 @@ def default_state_dir() -> Path:
     return Path(base) / "sdxl-cog"
 
 
-def store_limits(env: Mapping[str, str]) -> StoreLimits:
-    """The store's limits from SDXL_PREDICTION_TTL, SDXL_MAX_STORED_* and SDXL_MAX_QUEUED_*."""
+def tenant_count(entries) -> int:
+    """How many tenants the API keys `entries` (sdxl.http.auth.KeyEntry; the admin key's
+    among them) name: one a name, one a key given without a name."""
+    return len({(entry.name is None, entry.name or entry.key) for entry in entries})
+
+
+def half(total: int) -> int:
+    """One key's default share of a queue of `total` with several keys: half, rounded up."""
+    return -(-total // 2)
+
+
+def store_limits(env: Mapping[str, str], tenants: int = 1) -> StoreLimits:
+    """The store's limits from SDXL_PREDICTION_TTL, SDXL_MAX_STORED_* and SDXL_MAX_QUEUED_*.
+    With several `tenants` (API keys' tenants), each gets by default half of the queue and an
+    equal part of the stored bytes: shares that add up to the whole, so a tenant within its own
+    never loses a prediction or file to another's use."""
     defaults = StoreLimits
+    max_bytes = env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, defaults.max_bytes)
+    max_queued = env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, defaults.max_queued)
+    several = tenants > 1
     return StoreLimits(
         ttl_s=env_number(env, "SDXL_PREDICTION_TTL", float, 1.0, defaults.ttl_s),
         max_predictions=env_number(
             env, "SDXL_MAX_STORED_PREDICTIONS", int, 1, defaults.max_predictions
         ),
-        max_bytes=env_number(env, "SDXL_MAX_STORED_BYTES", parse_size, 1, defaults.max_bytes),
-        max_queued=env_number(env, "SDXL_MAX_QUEUED_PREDICTIONS", int, 1, defaults.max_queued),
-        max_queued_per_tenant=env_number(env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, None),
+        max_bytes=max_bytes,
+        max_queued=max_queued,
+        max_queued_per_tenant=env_number(
+            env, "SDXL_MAX_QUEUED_PER_KEY", int, 1, half(max_queued) if several else None
+        ),
         max_trainings_per_tenant=env_number(
             env, "SDXL_MAX_TRAININGS_PER_KEY", int, 1, defaults.max_trainings_per_tenant
+        ),
+        max_bytes_per_tenant=env_number(
+            env,
+            "SDXL_MAX_STORED_BYTES_PER_KEY",
+            parse_size,
+            1,
+            max_bytes // tenants if several else None,
         ),
     )
 
@@ -108,7 +135,10 @@ def store_limits(env: Mapping[str, str]) -> StoreLimits:
 @dataclass(frozen=True)
 class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    queue_size: int = DEFAULT_QUEUE_SIZE  # DataCrunch requests that may wait for the GPU
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # SDXL_MAX_UPLOAD_BYTES: one /v1/files body
+    queue_size: int = DEFAULT_QUEUE_SIZE  # the synchronous APIs' jobs that may wait for the GPU
+    # SDXL_QUEUE_SIZE_PER_KEY: of one key's (None: any; several keys: half of queue_size)
+    queue_size_per_key: int | None = None
     public_url: str | None = None  # SDXL_PUBLIC_URL: the origin of every URL the API returns
     state_dir: Path = field(default_factory=default_state_dir)  # SDXL_STATE_DIR
     database_url: str | None = None  # SDXL_DATABASE_URL (default: SQLite in state_dir)
@@ -137,23 +167,36 @@ class Settings:
         return (self.model_name, *self.model_aliases)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+    def from_env(cls, environ: Mapping[str, str], tenants: int = 1) -> Settings:
+        """`tenants`: how many the API keys name (`tenant_count`); with several, one key's
+        default share of the queues and of the stored bytes is a part of the whole."""
         secret = environ.get("SDXL_WEBHOOK_SECRET", "").strip() or None
         if secret is not None and (not secret.startswith("whsec_") or secret.count("_") != 1):
             raise SettingsError(
                 "SDXL_WEBHOOK_SECRET must look like whsec_<base64> (one underscore), as "
                 "Replicate's secrets do"
             )
+        queue_size = env_number(environ, "SDXL_QUEUE_SIZE", int, 0, DEFAULT_QUEUE_SIZE)
         return cls(
             max_body_bytes=env_number(
                 environ, "SDXL_MAX_BODY_BYTES", int, 1024, DEFAULT_MAX_BODY_BYTES
             ),
-            queue_size=env_number(environ, "SDXL_QUEUE_SIZE", int, 0, DEFAULT_QUEUE_SIZE),
+            max_upload_bytes=env_number(
+                environ, "SDXL_MAX_UPLOAD_BYTES", parse_size, 1024, DEFAULT_MAX_UPLOAD_BYTES
+            ),
+            queue_size=queue_size,
+            queue_size_per_key=env_number(
+                environ,
+                "SDXL_QUEUE_SIZE_PER_KEY",
+                int,
+                0,
+                half(queue_size) if tenants > 1 else None,
+            ),
             public_url=_public_url(environ.get("SDXL_PUBLIC_URL", "")),
             state_dir=Path(environ.get("SDXL_STATE_DIR") or default_state_dir()),
             database_url=environ.get("SDXL_DATABASE_URL", "").strip() or None,
             files_dir=_files_dir(environ),
-            store=store_limits(environ),
+            store=store_limits(environ, tenants),
             served_names=_served_names(environ.get("SDXL_REPLICATE_MODELS", GUIDE_MODEL)),
             page_size=env_number(environ, "SDXL_PAGE_SIZE", int, 1, 100),
             webhook_secret=secret,

@@ -1,9 +1,10 @@
 """The synchronous APIs' jobs (DataCrunch, OpenAI's Images, AUTOMATIC1111's): each request waits
 in this replica's memory for its images, answered when they are ready.
 
-At most SDXL_QUEUE_SIZE of their jobs wait for the GPU (429 with Retry-After beyond), a client
-that hangs up cancels its jobs, queued or running, and each job belongs to its caller (the API
-key), whose progress and interrupt concern only its own jobs.
+At most SDXL_QUEUE_SIZE of their jobs wait for the GPU, and at most SDXL_QUEUE_SIZE_PER_KEY of
+one key's (by default half of them when the server has several keys; 429 with Retry-After
+beyond either), a client that hangs up cancels its jobs, queued or running, and each job
+belongs to its caller (the API key), whose progress and interrupt concern only its own jobs.
 """
 
 from __future__ import annotations
@@ -29,16 +30,27 @@ class SyncJobs(MemoryJobs):
     """The synchronous APIs' jobs on this replica (`sdxl.runtime.memory_jobs`), taken only
     while the server takes requests, and a 429 with Retry-After when they do not fit."""
 
-    def __init__(self, service: Service, capacity: int):
-        super().__init__(service.engine, capacity, lambda: check_accepting(service), queue_full)
+    def __init__(self, service: Service, capacity: int, per_key: int | None = None):
+        super().__init__(
+            service.engine, capacity, lambda: check_accepting(service), queue_full, per_key
+        )
         self.service = service
 
 
-def queue_full(waiting: int, capacity: int, retry_after_s: float) -> QueueFull:
+def queue_full(waiting: int, capacity: int, retry_after_s: float, of_key: bool) -> QueueFull:
+    if of_key:
+        most = (
+            f"{waiting} jobs of this API key are already waiting, the most one key may queue "
+            f"is {capacity} (SDXL_QUEUE_SIZE_PER_KEY; by default half of SDXL_QUEUE_SIZE when "
+            "the server has several keys)"
+        )
+    else:
+        most = (
+            f"{waiting} jobs are already waiting, the most this server queues is {capacity} "
+            "(SDXL_QUEUE_SIZE)"
+        )
     return QueueFull(
-        f"{waiting} jobs are already waiting, the most this server queues is {capacity} "
-        "(SDXL_QUEUE_SIZE); retry after the Retry-After seconds",
-        headers=retry_after(retry_after_s),
+        f"{most}; retry after the Retry-After seconds", headers=retry_after(retry_after_s)
     )
 
 

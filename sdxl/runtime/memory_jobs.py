@@ -1,6 +1,7 @@
 """The synchronous APIs' jobs (DataCrunch, OpenAI's Images, AUTOMATIC1111's): they wait in this
-replica's memory, at most `capacity` of them behind the running one, each its caller's (the
-API key's tenant: its progress and interrupt concern only its own jobs).
+replica's memory, at most `capacity` of them behind the running one and at most `per_caller` of
+one caller's, each its caller's (the API key's tenant: its progress and interrupt concern only
+its own jobs).
 
 An API awaits a job's own future (`asyncio.wrap_future`) and, when it shows progress, a
 `Watch`: the job's previews and end handed to the API's event loop, thread-safely, by the
@@ -21,12 +22,14 @@ FIRST_GUESS_S = 10.0  # the wait guessed before any job has been timed
 
 
 class NoRoom(Exception):
-    """The jobs do not fit: `waiting` wait already, the most is `capacity`; `retry_after_s` is
-    the guess of when room comes."""
+    """The jobs do not fit: `waiting` wait already, the most is `capacity` (`of_caller`: of
+    the caller's own); `retry_after_s` is the guess of when room comes."""
 
-    def __init__(self, waiting: int, capacity: int, retry_after_s: float):
-        super().__init__(f"{waiting} jobs wait already; the most is {capacity}")
+    def __init__(self, waiting: int, capacity: int, retry_after_s: float, of_caller=False):
+        whose = "of this caller's " if of_caller else ""
+        super().__init__(f"{waiting} jobs {whose}wait already; the most is {capacity}")
         self.waiting, self.capacity, self.retry_after_s = waiting, capacity, retry_after_s
+        self.of_caller = of_caller
 
 
 def _takes_all() -> None:
@@ -56,21 +59,25 @@ class Watch:
 
 class MemoryJobs:
     """`admit()` raises when no job may be submitted now (the server is loading or stopping);
-    `refuse(waiting, capacity, retry_after_s)` is the error raised when the jobs do not fit."""
+    `refuse(waiting, capacity, retry_after_s, of_caller)` is the error raised when the jobs do
+    not fit, in all or (`of_caller`) of the caller's own (`per_caller`; None: no such bound)."""
 
     def __init__(
         self,
         engine: Engine,
         capacity: int,
         admit: Callable[[], None] = _takes_all,
-        refuse: Callable[[int, int, float], Exception] = NoRoom,
+        refuse: Callable[[int, int, float, bool], Exception] = NoRoom,
+        per_caller: int | None = None,
     ):
         self.engine = engine
         self.capacity = capacity
+        self.per_caller = per_caller
         self.admit = admit
         self.refuse = refuse
         self._lock = threading.Lock()
         self._waiting = 0
+        self._waiting_of: dict[str, int] = {}  # of each caller's
         self._mean_s: float | None = None
         self._by_caller: dict[str, list[GenerationJob]] = {}
 
@@ -84,14 +91,22 @@ class MemoryJobs:
         """Queue one request's jobs (`admit`'s error when none is taken now, `refuse`'s when
         they do not fit); `watch` hands their previews and ends to the caller's event loop."""
         self.admit()
+        count = len(requests)
         with self._lock:
-            room = self.capacity + (0 if self.engine.counts()["running"] else 1)
-            if self._waiting + len(requests) > room:
-                mean = FIRST_GUESS_S if self._mean_s is None else self._mean_s
-                ahead = max(1, self._waiting - self.capacity + 1)
-                raise self.refuse(self._waiting, self.capacity, mean * ahead)
-            self._waiting += len(requests)
+            idle = 0 if self.engine.counts()["running"] else 1  # one may start at once
+            mine = self._waiting_of.get(caller, 0)
+            if self._waiting + count > self.capacity + idle:
+                raise self._no_room(self._waiting, self.capacity, False)
+            if self.per_caller is not None and mine + count > self.per_caller + idle:
+                raise self._no_room(mine, self.per_caller, True)
+            self._waiting += count
+            self._waiting_of[caller] = mine + count
         return [self._submit(request, caller, preview_every, watch) for request in requests]
+
+    def _no_room(self, waiting: int, capacity: int, of_caller: bool) -> Exception:
+        mean = FIRST_GUESS_S if self._mean_s is None else self._mean_s
+        ahead = max(1, waiting - capacity + 1)
+        return self.refuse(waiting, capacity, mean * ahead, of_caller)
 
     def _submit(self, request: Request, caller: str, every: int, watch: Watch | None):
         left = threading.Event()  # the job stopped waiting: it started, or it ended
@@ -101,6 +116,9 @@ class MemoryJobs:
                 if not left.is_set():
                     left.set()
                     self._waiting -= 1
+                    mine = self._waiting_of.pop(caller) - 1
+                    if mine:
+                        self._waiting_of[caller] = mine
 
         def finished(job: Job) -> None:
             stop_waiting(job)

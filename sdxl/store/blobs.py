@@ -75,6 +75,19 @@ class Blobs:
         self._write(path, copy)
         return path.stat().st_size
 
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Store the bytes `chunks` yield under `key`, one chunk in memory at a time (uploads);
+        its size. An exception from `chunks` leaves nothing under `key`."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(out) -> None:
+            for chunk in chunks:
+                out.write(chunk)
+
+        self._write(path, write)
+        return path.stat().st_size
+
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
@@ -116,3 +129,6 @@ class Blobs:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreDiskFull(f"{self.root}: {err.strerror}") from err
             raise StoreUnavailable(f"{self.root}: {err.strerror}") from err
+        except BaseException:  # `data` gave up (an upload over its share): no partial file
+            temp.unlink(missing_ok=True)
+            raise

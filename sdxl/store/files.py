@@ -1,44 +1,84 @@
 """Files the server keeps for a while: uploads (Replicate's /v1/files, read as inputs) and the
 images of OpenAI's url outputs. Rows in the database, bytes in the files backend, written
-before the row names them."""
+before the row names them. An upload is copied to the files backend in chunks (never whole in
+memory), its size and sha256 counted on the way, and refused (OverShare) as soon as it would put
+its tenant over its share of the stored bytes."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
+from sdxl.store.shares import OverShare, bytes_of, ensure_indexes
 from sdxl.store.tables import ANY, files, image_urls, new_id, new_token, owned
+
+CHUNK = 1 << 20  # bytes read and written at a time
 
 
 class Files:
     def __init__(self, db: Database, blobs: Blobs):
         self.db = db
         self.blobs = blobs
+        ensure_indexes(db)  # uploads by tenant: a share is summed per upload
 
     # ---- uploads ----------------------------------------------------------------------------
-    def add(self, name: str, content_type: str, data: bytes, metadata: dict, tenant: str | None):
+    def add(
+        self,
+        name: str,
+        content_type: str,
+        source: BinaryIO,
+        metadata: dict,
+        tenant: str | None,
+        share: int | None = None,
+    ) -> dict:
+        """Keep the upload read from `source`; OverShare when it would put `tenant` over
+        `share` bytes (None: no share), its partial copy removed."""
         row = {
             "id": new_id(),
             "tenant": tenant,
             "name": name,
             "content_type": content_type,
-            "sha256": hashlib.sha256(data).hexdigest(),
             "metadata": metadata,
             "created_at": time.time(),
         }
         row["key"] = f"files/{row['id']}"
-        row["size"] = self.blobs.put(row["key"], data)
+        held = None if share is None else self.held(tenant)
+        digest = hashlib.sha256()
+        row["size"] = self.blobs.put_chunks(row["key"], _counted(source, digest, held, share))
+        row["sha256"] = digest.hexdigest()
         try:
             with self.db.tx() as conn:
+                if share is not None:  # again: its other uploads or outputs may have come meanwhile
+                    held = bytes_of(conn, tenant)
+                    if held + row["size"] > share:
+                        raise OverShare(held, row["size"], share)
                 conn.execute(files.insert().values(**row))
         except BaseException:
             self.blobs.delete([row["key"]])
             raise
         return row
+
+    def held(self, tenant: str | None) -> int:
+        """What `tenant` holds of the stored bytes (`sdxl.store.shares.bytes_of`)."""
+        with self.db.read() as conn:
+            return bytes_of(conn, tenant)
+
+    def delete(self, file_id: str, tenant: str | None = ANY) -> bool:
+        """Remove the upload, if it is `tenant`'s; whether there was one."""
+        query = owned(sa.select(files.c.key).where(files.c.id == file_id), files, tenant)
+        with self.db.tx() as conn:
+            found = conn.execute(query).first()
+            if found is None:
+                return False
+            conn.execute(files.delete().where(files.c.id == file_id))
+        self.blobs.delete([found.key])  # after the row: no row names a file that is gone
+        return True
 
     def get(self, file_id: str, tenant: str | None = ANY) -> dict | None:
         """The upload, if it is `tenant`'s (ANY: whoever's)."""
@@ -73,3 +113,14 @@ class Files:
 
     def image_by_token(self, token: str) -> dict | None:
         return self.db.first(sa.select(image_urls).where(image_urls.c.token == token))
+
+
+def _counted(source: BinaryIO, digest, held: int | None, share: int | None) -> Iterator[bytes]:
+    """`source`'s chunks, hashed into `digest`; OverShare once they pass `share - held`."""
+    size = 0
+    while chunk := source.read(CHUNK):
+        size += len(chunk)
+        if share is not None and held + size > share:
+            raise OverShare(held, size, share)
+        digest.update(chunk)
+        yield chunk

@@ -39,6 +39,25 @@ from sdxl.store.tables import ENDED
 EARLY_S = 0.5  # answer a wait this much before it runs out (the Python client reads 60.5 s)
 
 
+def queue_full(err: StoreFull, settings: Settings) -> ReplicateError:
+    """The 429 of a full queue, naming the bound it hit and its setting."""
+    limits = settings.store
+    if err.per_tenant:
+        most = (
+            f"{err.waiting} predictions of this API key are already queued, the most one key may "
+            f"queue ({limits.max_queued_per_tenant}, SDXL_MAX_QUEUED_PER_KEY; by default half "
+            "of SDXL_MAX_QUEUED_PREDICTIONS when the server has several keys)"
+        )
+    else:
+        most = (
+            f"{err.waiting} predictions are already queued, the most this server keeps "
+            f"({limits.max_queued}, SDXL_MAX_QUEUED_PREDICTIONS)"
+        )
+    return ReplicateError(
+        429, "Too many predictions", f"{most}; retry later", headers=retry_after(30)
+    )
+
+
 def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -> APIRouter:
     routes = APIRouter(route_class=ReplicateRoute)
     rows, catalogue = api.store.predictions, api.catalogue
@@ -52,18 +71,7 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         except InvalidInputs as err:
             raise invalid(err) from None
         except StoreFull as err:
-            of_key, setting = (
-                ("of this API key ", "SDXL_MAX_QUEUED_PER_KEY")
-                if err.per_tenant
-                else ("", "SDXL_MAX_QUEUED_PREDICTIONS")
-            )
-            raise ReplicateError(
-                429,
-                "Too many predictions",
-                f"{err.waiting} predictions {of_key}are already queued, the most this server "
-                f"keeps ({setting}); retry later",
-                headers=retry_after(30),
-            ) from None
+            raise queue_full(err, settings) from None
         status = None
         wait = prefer_wait(http.headers.get("prefer"))
         if wait is not None:
