@@ -209,6 +209,78 @@ def test_private_addresses_can_be_refused(tmp_path, server):
     assert http_get.is_public("8.8.8.8") and not http_get.is_public("169.254.169.254")
 
 
+NOT_PUBLIC = [
+    "::127.0.0.1",  # IPv4-compatible (deprecated): loopback
+    "::a9fe:a9fe",  # IPv4-compatible: 169.254.169.254, cloud metadata
+    "::8.8.8.8",  # IPv4-compatible, whatever it embeds
+    "fec0::1",  # site-local (deprecated)
+    "64:ff9b:1::a00:1",  # local-use NAT64 (RFC 8215)
+    "::ffff:10.0.0.1",  # IPv4-mapped private
+    "::ffff:169.254.169.254",
+    "::ffff:0:8.8.8.8",  # IPv4-translated (SIIT), outside 2000::/3
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "2001::1",
+    "2001:db8::1",  # documentation
+    "3fff::1",  # documentation (RFC 9637)
+    "::1",
+    "::",
+    "fe80::1",
+    "fe80::1%eth0",
+    "fc00::1",  # unique local
+    "fd12:3456::1",
+    "ff02::1",  # multicast
+    "100::1",  # discard-only
+    "5f00::1",  # SRv6 SIDs, outside 2000::/3
+    "127.0.0.1",
+    "10.1.2.3",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",  # shared (carrier-grade NAT)
+    "0.0.0.0",
+    "0.1.2.3",
+    "192.0.0.8",
+    "198.18.0.1",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+]
+PUBLIC = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "2606:4700::1111",
+    "2001:4860:4860::8888",
+    "2a00:1450:4001:82b::200e",
+    "::ffff:8.8.8.8",  # mapped public IPv4
+    "64:ff9b::808:808",  # NAT64 of 8.8.8.8: how an IPv6-only host reaches IPv4
+    "2002:808:808::1",  # 6to4 of 8.8.8.8
+]
+
+
+@pytest.mark.parametrize("ip", NOT_PUBLIC)
+def test_private_local_and_embedded_private_addresses_are_not_public(ip):
+    assert not http_get.is_public(ip)
+
+
+@pytest.mark.parametrize("ip", PUBLIC)
+def test_public_addresses_stay_public(ip):
+    assert http_get.is_public(ip)
+
+
+def test_a_malformed_redirect_is_a_fetch_error(tmp_path, server):
+    server.redirects["/bracket"] = "http://[::1"  # urlsplit raises ValueError on it
+    server.redirects["/space"] = "/a b"
+    cache = make_cache(tmp_path)
+    with pytest.raises(FetchError, match="redirects to a malformed URL"):
+        cache.fetch(server.url("/bracket"), "x")
+    with pytest.raises(FetchError, match="the request failed"):
+        cache.fetch(server.url("/space"), "x")
+
+
 def test_local_paths_only_inside_allowed_folders(tmp_path):
     allowed = tmp_path / "allowed"
     allowed.mkdir()

@@ -57,10 +57,9 @@ def open_url(url: str, lim: Limits, fail: Fail):
 
     The caller closes the connection."""
     for _hop in range(lim.max_redirects + 1):
-        conn = _connect(url, lim, fail)
+        conn = _connect(url, lim, fail)  # the URL is well formed past this
+        target = _target(urlsplit(url))
         try:
-            parts = urlsplit(url)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             headers = {"User-Agent": lim.user_agent, "Accept-Encoding": "identity"}
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
@@ -78,11 +77,14 @@ def open_url(url: str, lim: Limits, fail: Fail):
             conn.close()
             if not location:
                 raise fail(f"HTTP {response.status} without a Location")
-            new = urljoin(url, location.strip())
-            new_scheme = urlsplit(new).scheme.lower()
+            try:
+                new = urljoin(url, location.strip())
+            except ValueError:
+                raise fail("it redirects to a malformed URL, refused") from None
+            new_scheme = _split(new, fail).scheme.lower()
             if new_scheme not in ("http", "https"):
                 raise fail(f"it redirects to a {new_scheme or 'schemeless'} URL, refused")
-            if urlsplit(url).scheme.lower() == "https" and new_scheme == "http":
+            if _split(url, fail).scheme.lower() == "https" and new_scheme == "http":
                 raise fail("it redirects from https to plain http, refused")
             url = new
             continue
@@ -131,8 +133,19 @@ def stream(response, out: BinaryIO, limit: int, lim: Limits, fail: Fail) -> tupl
         out.write(chunk)
 
 
+def _split(url: str, fail: Fail):
+    try:
+        return urlsplit(url)
+    except ValueError:  # an unclosed [IPv6 bracket, for one
+        raise fail("the URL is malformed") from None
+
+
+def _target(parts) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def _connect(url: str, lim: Limits, fail: Fail) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
+    parts = _split(url, fail)
     if parts.username is not None or parts.password is not None:
         raise fail("credentials in URLs are not supported")
     host = parts.hostname
@@ -197,17 +210,49 @@ def _resolve(host: str, port: int, public_only: bool, fail: Fail) -> list[tuple[
     return out
 
 
+# IPv6 beyond these is judged by ipaddress's flags; 2000::/3 is the only global unicast space,
+# so the IPv4-compatible ::/96, site-local fec0::/10, local-use NAT64 64:ff9b:1::/48 and
+# whatever else is unallocated are refused.
+_GLOBAL_V6 = ipaddress.ip_network("2000::/3")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are IPv4
+_TEREDO = ipaddress.ip_network("2001::/32")  # a tunnel to an obfuscated IPv4 address, refused
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network": 0.x.x.x reaches the host itself on Linux
+        "100.64.0.0/10",  # carrier-grade NAT (shared)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637, newer than ipaddress's tables)
+    )
+)
+
+
 def is_public(ip: str) -> bool:
     """A globally routable unicast address: not loopback, private, link-local (cloud metadata
-    at 169.254.169.254), shared, reserved or multicast; IPv6 forms that embed an IPv4
-    address (mapped, 6to4, Teredo) are judged by that address."""
+    at 169.254.169.254), shared, reserved, site-local, unspecified or multicast. IPv6 forms that
+    embed an IPv4 address (mapped ::ffff:0:0/96, NAT64 64:ff9b::/96, 6to4 2002::/16) are judged
+    by that address; Teredo and IPv6 outside 2000::/3 are never public."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address):
-        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo and addr.teredo[1])
-        if embedded is not None or addr in ipaddress.ip_network("64:ff9b::/96"):
-            inner = embedded or ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-            return is_public(str(inner))
-    return addr.is_global and not addr.is_multicast
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public(str(embedded))
+        if addr not in _GLOBAL_V6 or addr in _TEREDO or addr.is_site_local:
+            return False
+    flagged = (
+        addr.is_private
+        or addr.is_reserved
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_loopback
+        or addr.is_unspecified
+    )
+    listed = any(addr in net for net in _NOT_PUBLIC if net.version == addr.version)
+    return addr.is_global and not flagged and not listed
 
 
 def get_bytes(url: str, lim: Limits, limit: int, fail: Fail) -> tuple[bytes, str | None]:
@@ -228,13 +273,12 @@ def get_bytes(url: str, lim: Limits, limit: int, fail: Fail) -> tuple[bytes, str
 
 def post(url: str, body: bytes, headers: dict[str, str], lim: Limits, fail: Fail) -> int:
     """POST `body` to `url` (no redirects followed); the response status."""
-    parts = urlsplit(url)
+    parts = _split(url, fail)
     if parts.scheme.lower() not in ("http", "https"):
         raise fail(f"{parts.scheme or 'schemeless'} URLs are not supported; give an http(s) URL")
     conn = _connect(url, lim, fail)
     try:
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("POST", target, body, {"User-Agent": lim.user_agent, **headers})
+        conn.request("POST", _target(parts), body, {"User-Agent": lim.user_agent, **headers})
         response = conn.getresponse()
         response.read(64 << 10)
         return response.status
