@@ -80,7 +80,10 @@ def _reader(file_id: str, name: str, read_file) -> Callable[[], bytes]:
 
 def own_file_id(url: str, origins: tuple[str, ...]) -> str | None:
     """The file id when `url` is one of this server's /v1/files/<id> URLs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all (an unclosed [ bracket): the fetch names the input
+        return None
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     match = _FILE_PATH.fullmatch(parts.path)
     if match and origin in {o.lower().rstrip("/") for o in origins}:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sdxl.config import ANONYMOUS
 from sdxl.inputs.surface import Problem
@@ -34,21 +35,44 @@ EVENTS = ("start", "output", "logs", "completed")
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # then given up
 CLOSE_GRACE_S = 10.0  # at a stop, how long queued deliveries still get (one attempt each)
 TIMEOUT_S = 10.0
+# Stored with each prediction and sent at every event; 2048 is what browsers, proxies and
+# servers commonly accept, and far more than any receiver's URL needs.
+MAX_WEBHOOK_CHARS = 2048
 
 
 def check_webhook(webhook, wanted) -> list[Problem]:
     """What is wrong with a create's `webhook` and `webhook_events_filter` (predictions' and
     trainings' alike)."""
     problems = []
-    if webhook is not None and not (
-        isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
-    ):
-        problems.append(Problem("webhook", "must be an http(s) URL"))
+    if webhook is not None:
+        why = _bad_url(webhook)
+        if why:
+            problems.append(Problem("webhook", why))
     if wanted is not None and not (
         isinstance(wanted, list) and all(event in EVENTS for event in wanted)
     ):
         problems.append(Problem("webhook_events_filter", f"must list some of: {', '.join(EVENTS)}"))
     return problems
+
+
+def _bad_url(webhook) -> str | None:
+    """Why `webhook` cannot be delivered to, or None."""
+    if not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
+        return "must be an http(s) URL"
+    if len(webhook) > MAX_WEBHOOK_CHARS:
+        return f"is {len(webhook)} characters long; the limit is {MAX_WEBHOOK_CHARS}"
+    if any(ch.isspace() or not ch.isprintable() for ch in webhook):
+        return "must be an http(s) URL without spaces or control characters"
+    try:
+        parts = urlsplit(webhook)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError:
+        return "must be a well-formed http(s) URL (its host or port cannot be read)"
+    if not parts.hostname:
+        return "must be an http(s) URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (user:password@): they are never sent"
+    return None
 
 
 def new_secret() -> str:

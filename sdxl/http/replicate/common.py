@@ -4,12 +4,12 @@ origin of the URLs an answer holds, and whose rows the caller sees."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 
 from fastapi import Request as HttpRequest
 
 from sdxl.http.auth import caller
+from sdxl.http.bodies import BadJson, parse_json
 from sdxl.http.errors import ApiError, retry_after
 from sdxl.http.server_settings import DRAINING_RETRY_AFTER_S, Settings
 from sdxl.http.service import ServerStatus, Service
@@ -17,6 +17,7 @@ from sdxl.store.tables import ANY
 
 DEFAULT_WAIT_S = 60.0
 CANCEL_WAIT_S = 2.0  # a cancel answers once the job has stopped (its next step), or after this
+MAX_CURSOR = 1 << 63  # a row's number is a signed 64-bit integer in every store
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?:$|[,;\s])")
 
 
@@ -50,9 +51,9 @@ def prefer_wait(header: str | None) -> float | None:
 
 async def json_body(http: HttpRequest) -> dict:
     try:
-        body = json.loads(await http.body() or b"{}")
-    except ValueError as err:
-        raise ReplicateError(400, "Invalid JSON", f"the body is not valid JSON ({err})") from None
+        body = parse_json(await http.body() or b"{}")
+    except BadJson as err:
+        raise ReplicateError(400, "Invalid JSON", str(err)) from None
     if not isinstance(body, dict):
         raise ReplicateError(400, "Invalid JSON", "the body must be a JSON object")
     return body
@@ -82,10 +83,13 @@ def decode_cursor(cursor: str | None) -> int | None:
     if not cursor:
         return None
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        number = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except ValueError:
+        number = -1
+    if not 0 <= number < MAX_CURSOR:
         detail = "the cursor is not one this server gave"
-        raise ReplicateError(400, "Invalid cursor", detail) from None
+        raise ReplicateError(400, "Invalid cursor", detail)
+    return number
 
 
 def invalid(err) -> ReplicateError:
