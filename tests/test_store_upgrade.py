@@ -208,3 +208,24 @@ def test_a_version_2_store_gains_the_trainings_tables_with_its_predictions_kept(
         assert store.trainings.page(None, 10) == []
     finally:
         store.close()
+
+
+def test_a_version_3_store_gains_the_uploads_index_by_tenant(tmp_path):
+    """Version 3 (before the tenants' shares): no index of uploads by tenant, which each
+    upload's share check reads."""
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    Store(url, tmp_path / "files", LIMITS).close()
+    db = sa.create_engine(url)
+    with db.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_files_tenant"))
+        conn.execute(sa.text("UPDATE settings SET value = '3' WHERE name = 'schema_version'"))
+    db.dispose()
+    store = Store(url, tmp_path / "files", LIMITS)
+    try:
+        assert store.upgraded_from == 3
+        with db.connect() as conn:
+            indexes = {index["name"] for index in sa.inspect(conn).get_indexes("files")}
+        assert "ix_files_tenant" in indexes
+    finally:
+        store.close()
+        db.dispose()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
-from sdxl.store.shares import OverShare, bytes_of, ensure_indexes
+from sdxl.store.shares import OverShare, bytes_of
 from sdxl.store.tables import ANY, files, image_urls, new_id, new_token, owned
 
 CHUNK = 1 << 20  # bytes read and written at a time
@@ -25,7 +25,6 @@ class Files:
     def __init__(self, db: Database, blobs: Blobs):
         self.db = db
         self.blobs = blobs
-        ensure_indexes(db)  # uploads by tenant: a share is summed per upload
 
     # ---- uploads ----------------------------------------------------------------------------
     def add(

@@ -1,7 +1,7 @@
 """What each tenant holds of the stored bytes: its predictions' outputs and webhook URLs and its
 uploads (Replicate's /v1/files). One tenant's sum reads only its own rows (predictions and
-files are indexed by tenant), so an upload's check costs what that tenant holds, never a scan
-of everyone's; the sums of all tenants are for expiry's rounds.
+files are indexed by tenant: `tables.FILES_BY_TENANT`), so an upload's check costs what that
+tenant holds, never a scan of everyone's; the sums of all tenants are for expiry's rounds.
 
 OpenAI's url images (`image_urls`) have no tenant: they count in the store's total, and the
 TTL bounds them.
@@ -26,9 +26,6 @@ from sdxl.store.tables import (
 )
 
 P = predictions.c
-# Uploads by tenant: an upload's check sums its tenant's files. Made with the tables on a new
-# database; `ensure_indexes` adds it to one made before it.
-FILES_BY_TENANT = sa.Index("ix_files_tenant", files.c.tenant)
 _FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")  # as sdxl.runtime.stored_inputs reads
 
 
@@ -38,15 +35,6 @@ class OverShare(Exception):
     def __init__(self, held: int, size: int, share: int):
         super().__init__(f"{held} bytes held and {size} more would pass the share of {share}")
         self.held, self.size, self.share = held, size, share
-
-
-def ensure_indexes(db) -> None:
-    """FILES_BY_TENANT on a database made before it (one replica at a time creates it)."""
-    with db.read() as conn:
-        present = {index["name"] for index in sa.inspect(conn).get_indexes("files")}
-    if FILES_BY_TENANT.name not in present:
-        with db.migration_lock() as conn:
-            FILES_BY_TENANT.create(conn, checkfirst=True)
 
 
 def _hook_bytes():

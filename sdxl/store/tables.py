@@ -1,9 +1,10 @@
-"""The store's tables (SQLAlchemy Core), schema version 3: predictions with their outputs and
+"""The store's tables (SQLAlchemy Core), schema version 4: predictions with their outputs and
 latest preview, uploaded files, OpenAI's url outputs, trainings with the models and versions
 they make, the tenants' turns, the replicas' heartbeats and the server's settings. The bytes of
 outputs, files, url images, checkpoints and trained weights are in the files backend
 (`sdxl.store.blobs`); a row holds their key and size. Version 1 (before 2026-12) kept them in
-`data` columns, version 2 had no trainings: `sdxl.store.upgrade` brings both up."""
+`data` columns, version 2 had no trainings, version 3 no index of uploads by tenant:
+`sdxl.store.upgrade` brings each up."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoredStatus(StrEnum):
@@ -78,6 +79,8 @@ files = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("key", sa.String(300)),
 )
+# A tenant's uploads, summed at each of its uploads against its share (schema version 4).
+FILES_BY_TENANT = sa.Index("ix_files_tenant", files.c.tenant)
 previews = sa.Table(  # the latest preview of a running prediction: small, replaced every few
     "previews",  # steps and gone when it ends, so it stays in the database
     meta,

@@ -10,6 +10,7 @@ step that moves bytes into the files backend, which no migration tool does for u
   with tenants; every output's, upload's and url image's bytes written to the files backend
   and their `data` columns dropped; the tenants' turns read from the claims; then as version 2.
 - version 2 (before fine-tuning): the trainings', models' and versions' tables added.
+- version 3 (before the tenants' shares of the stored bytes): the uploads' index by tenant.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import sqlalchemy as sa
 
 from sdxl.store.blobs import Blobs
 from sdxl.store.db import Database
-from sdxl.store.tables import NO_TENANT, SCHEMA_VERSION, meta, predictions, settings, tenants
+from sdxl.store.tables import (
+    FILES_BY_TENANT,
+    NO_TENANT,
+    SCHEMA_VERSION,
+    meta,
+    predictions,
+    settings,
+    tenants,
+)
 
 log = logging.getLogger("sdxl.store")
 
@@ -81,6 +90,8 @@ def upgrade(db: Database, blobs: Blobs) -> int:
             _add_columns(conn)
         if found < SCHEMA_VERSION:
             meta.create_all(conn)  # the tables an older version lacks, or everything
+        if 0 < found < 4:  # create_all makes no index on a table that exists
+            FILES_BY_TENANT.create(conn, checkfirst=True)
         if found == 1:
             moved = _move_bytes(conn, blobs)
             _turns_from_claims(conn)
