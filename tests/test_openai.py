@@ -104,6 +104,28 @@ def test_url_outputs_are_absolute_and_served_without_the_key(client, server):
     assert same(decoded(fetched.content), b64_image(plain.data[0]))
 
 
+def test_librechats_dall_e_3_tool_gets_a_url_it_downloads_without_the_key(client, server):
+    """LibreChat's DALL-E 3 tool, replayed: no response_format, it reads data[0].url and
+    downloads it without the key, as OpenAI answers DALL-E models; other names keep b64_json."""
+    body = {"model": "dall-e-3", "quality": "standard", "style": "vivid", "size": "256x256",
+            "prompt": "a fox", "n": 1, **SMALL}  # fmt: skip
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    answer = requests.post(server.base + "/v1/images/generations", json=body, headers=auth,
+                           timeout=120)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["data"]
+    assert set(item) == {"url"} and item["url"].startswith(server.base + "/outputs/")
+    fetched = requests.get(item["url"], timeout=30)  # no Authorization header
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    plain = client.images.generate(prompt="a fox", size="256x256", quality="standard",
+                                   extra_body=SMALL)  # fmt: skip
+    assert plain.data[0].url is None and plain.data[0].b64_json  # not a DALL-E name
+    assert same(decoded(fetched.content), b64_image(plain.data[0]))
+    asked = client.images.generate(model="dall-e-3", prompt="a fox", size="256x256",
+                                   response_format="b64_json", extra_body=SMALL)  # fmt: skip
+    assert asked.data[0].url is None and same(b64_image(asked.data[0]), b64_image(plain.data[0]))
+
+
 def test_jpeg_and_webp_with_their_compression(client):
     for fmt, pil in (("jpeg", "JPEG"), ("webp", "WEBP")):
         answer = client.images.generate(

@@ -1,5 +1,6 @@
 """The images of OpenAI's answers: the jobs of `n` images, their encoding (flagged ones left
-out), and the answer's fields."""
+out), the answer's fields, and how they are sent (`response_format`: OpenAI's default is `url`
+for its DALL·E models, `b64_json` for the others)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from sdxl.inputs.request import in_batches
 from sdxl.inputs.surface import Checked
 
 REPORTED_QUALITY = {"auto": "medium", "standard": "medium", "hd": "high"}
+# Model names OpenAI answers with `url` when no response_format is sent (LibreChat's DALL·E 3
+# tool sends none and downloads data[0].url); every other name gets b64_json.
+URL_BY_DEFAULT = ("dall-e-2", "dall-e-3")
 
 
 class ModerationBlocked(ApiError):
@@ -27,6 +31,14 @@ def job_requests(found: Checked) -> list:
     n = found.given.get("n", 1)
     sizes = [min(JOB_IMAGES, n - start) for start in range(0, n, JOB_IMAGES)]
     return in_batches(found.request(), sizes)
+
+
+def response_format(found: Checked) -> str:
+    """`b64_json` or `url`: the one sent, else OpenAI's default for the model named."""
+    sent = found.given.get("response_format")
+    if sent is not None:
+        return sent
+    return "url" if found.given.get("model") in URL_BY_DEFAULT else "b64_json"
 
 
 def preview_every(found: Checked) -> int:

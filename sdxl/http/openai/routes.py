@@ -21,7 +21,13 @@ from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest, NotFound, Unavailable
 from sdxl.http.openai.fields import GENERATIONS, WIRES, surface
-from sdxl.http.openai.images import encoded, job_requests, preview_every, response_body
+from sdxl.http.openai.images import (
+    encoded,
+    job_requests,
+    preview_every,
+    response_body,
+    response_format,
+)
 from sdxl.http.openai.stream import image_events
 from sdxl.http.schemas import body_doc
 from sdxl.http.server_settings import Settings
@@ -92,11 +98,12 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
 
     async def answer(http: HttpRequest, found: Checked, shape: Surface, kind: str, tar=None):
         requests = [replace(request, trained_tar=tar) for request in job_requests(found)]
-        if found.given.get("response_format") == "url":  # before any GPU work, not after
+        streamed = found.given.get("stream")  # events carry b64_json, whatever the format
+        if response_format(found) == "url" and not streamed:  # before any GPU work, not after
             if store is None:
                 raise Unavailable("url outputs need the prediction store, which is not open")
             await asyncio.to_thread(store.ping)
-        if found.given.get("stream"):
+        if streamed:
             every = preview_every(found)
             return StreamingResponse(
                 image_events(sync, http, requests[0], found, shape, kind, every),
@@ -114,7 +121,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
         return JSONResponse(body)
 
     async def data_of(http: HttpRequest, outputs: list[OutputImage], found: Checked) -> list[dict]:
-        if found.given.get("response_format", "b64_json") == "b64_json":
+        if response_format(found) == "b64_json":
             return [{"b64_json": base64.b64encode(o.data).decode("ascii")} for o in outputs]
         if store is None:
             raise Unavailable("url outputs need the prediction store, which is not open")
