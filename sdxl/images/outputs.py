@@ -36,11 +36,14 @@ EXIF_IMAGE_DESCRIPTION = 0x010E
 PNG_COMPRESS_LEVEL = 1
 
 
-def encode_image(image: Image.Image, fmt: str, quality: int, metadata: dict | None = None) -> bytes:
+def encode_image(
+    image: Image.Image, fmt: str, quality: int, metadata: dict | str | None = None
+) -> bytes:
     """`image` as `fmt`; `quality` applies to lossy formats; `metadata` (the generation
-    parameters) goes into a PNG text chunk or the EXIF ImageDescription."""
+    parameters: a dict written as JSON, or a text written as it is, such as AUTOMATIC1111's
+    infotext) goes into the PNG `parameters` text chunk or the EXIF ImageDescription."""
     spec = FORMATS[fmt]
-    text = None if metadata is None else json.dumps(metadata, sort_keys=True, default=str)
+    text = metadata if metadata is None or isinstance(metadata, str) else _json(metadata)
     buffer = io.BytesIO()
     if not spec.lossy:
         info = PngImagePlugin.PngInfo()
@@ -57,8 +60,12 @@ def encode_image(image: Image.Image, fmt: str, quality: int, metadata: dict | No
     return buffer.getvalue()
 
 
+def _json(metadata: dict) -> str:
+    return json.dumps(metadata, sort_keys=True, default=str)
+
+
 def encode_images(
-    images: list[Image.Image], fmt: str, quality: int, metadata: list[dict | None]
+    images: list[Image.Image], fmt: str, quality: int, metadata: list[dict | str | None]
 ) -> list[bytes]:
     """Each image encoded as `fmt`, in parallel: zlib and libjpeg/libwebp release the GIL."""
     pairs = list(zip(images, metadata, strict=True))
@@ -91,10 +98,13 @@ class OutputImage:
     data: bytes
 
 
-def encode_outputs(result: Result, fmt: str, quality: int, flagged: str) -> list[OutputImage]:
+def encode_outputs(
+    result: Result, fmt: str, quality: int, flagged: str, texts: list[str] | None = None
+) -> list[OutputImage]:
     """The result's images as `fmt` files, each with its generation parameters, output format
-    and seed in its metadata. Flagged images are left out (`flagged="drop"`; AllFlagged when
-    none is left) or replaced by black images of their size (`"black"`)."""
+    and seed in its metadata (or, with `texts`, the text for each of the result's images
+    instead: AUTOMATIC1111's infotext). Flagged images are left out (`flagged="drop"`;
+    AllFlagged when none is left) or replaced by black images of their size (`"black"`)."""
     if flagged not in FLAGGED:
         raise ValueError(f"flagged={flagged!r}: use one of {FLAGGED}")
     if len(result.images) != len(result.nsfw):
@@ -107,7 +117,11 @@ def encode_outputs(result: Result, fmt: str, quality: int, flagged: str) -> list
     spec = FORMATS[fmt]
     images = [_black(result.images[i]) if result.nsfw[i] else result.images[i] for i in indices]
     written = {"output_format": fmt, **({"output_quality": quality} if spec.lossy else {})}
-    metadata = [{**result.metadata(i), **written} for i in indices]
+    if texts is not None and len(texts) != len(result.images):
+        raise ValueError(f"{len(result.images)} images but {len(texts)} texts")
+    metadata: list[dict | str | None] = [
+        texts[i] if texts is not None else {**result.metadata(i), **written} for i in indices
+    ]
     encoded = encode_images(images, fmt, quality, metadata)
     return [
         OutputImage(i, result.seeds[i], result.nsfw[i], f"out-{n}{spec.extension}", spec.mime, data)
