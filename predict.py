@@ -47,6 +47,7 @@ STYLES = [
     "pixel-art",
     "texture",
 ]
+PROMPT_SYNTAXES = ["plain", "a1111"]
 ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
@@ -181,6 +182,12 @@ class Predictor(BaseRunner):
             default=1,
             ge=1,
             le=10,
+        ),
+        prompt_syntax: str = Input(
+            description="How prompts are read: plain text, or AUTOMATIC1111's language "
+            "((word:1.3), (word), [word], BREAK)",
+            default="plain",
+            choices=PROMPT_SYNTAXES,
         ),
     ) -> List[Path]:
         inputs = dict(locals())

@@ -53,6 +53,9 @@ REFINE_MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 OUTPUT_FORMATS = ("png", "webp", "jpg")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# How prompts are read: as plain text, or in AUTOMATIC1111's language ((word:1.3), [word], BREAK,
+# <lora:name:weight>); sdxl.inputs.prompt_syntax.
+PROMPT_SYNTAXES = ("plain", "a1111")
 
 # Style presets live in one data file (prompt template + negative prompt), ours.
 ANONYMOUS = "anonymous"  # the tenant when the API server runs without keys (--no-auth)
@@ -122,6 +125,7 @@ COG_INPUTS: dict[str, InputSpec] = {
     # DeepCache: the UNet's deep features are computed every this many steps, reused between
     # (1: off). About 2.3-2.6x fewer UNet FLOPs at 3, with a small cost in quality.
     "cache_interval": InputSpec("integer", 1, 1, 10),
+    "prompt_syntax": InputSpec("string", "plain", choices=PROMPT_SYNTAXES),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {

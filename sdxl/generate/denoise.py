@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
-from sdxl.generate import prompts
+from sdxl.generate import prompts, weighted_prompts
 from sdxl.generate.deepcache import feature_cache
 from sdxl.generate.plan import Generation
 from sdxl.generate.schedulers import make_scheduler
@@ -89,7 +89,8 @@ def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarr
 def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     """Prompt arguments for one stage. An empty negative prompt means none, so SDXL's zeros
     apply; the refiner has only the second text encoder and reads `prompt_2` where given.
-    Prompts past 77 tokens are encoded in chunks (sdxl.generate.prompts) instead of being cut."""
+    Prompts past 77 tokens are encoded in chunks (sdxl.generate.prompts) instead of being cut.
+    With prompt_syntax "a1111" they are read in A1111's language (weighted_prompts)."""
     negative = None if req.negative_prompt == "" else req.negative_prompt
     if for_refiner:
         prompt = req.prompt if req.prompt_2 is None else req.prompt_2
@@ -106,7 +107,10 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     texts = prompts.stage_texts(
         pipe, args["prompt"], args.get("prompt_2"), negative, args.get("negative_prompt_2")
     )
-    embeds = prompts.encode(pipe, texts, zero_negative=pipe.config.force_zeros_for_empty_prompt)
+    zero_negative = pipe.config.force_zeros_for_empty_prompt
+    if req.prompt_syntax == "a1111":  # (word:1.3), [word], BREAK: A1111's encoding
+        return weighted_prompts.prompt_kwargs(pipe, texts, zero_negative)
+    embeds = prompts.encode(pipe, texts, zero_negative=zero_negative)
     return args if embeds is None else embeds
 
 

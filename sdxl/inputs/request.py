@@ -57,6 +57,7 @@ class Request:
     replicate_weights: str | None = _default("replicate_weights")
     disable_safety_checker: bool = _default("disable_safety_checker")
     cache_interval: int = _default("cache_interval")
+    prompt_syntax: str = _default("prompt_syntax")  # "plain", or "a1111": (word:1.3), BREAK
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
     # Trained weights in this server's files, set by the server (never from an input: see

@@ -205,7 +205,7 @@ def surface(img2img: bool) -> Surface:
         fields=_fields(img2img),
         null_is_unset=True,
         ignore_unknown=True,
-        fixed={"output_format": "png"},
+        fixed={"output_format": "png", "prompt_syntax": "a1111"},  # A1111's prompt language
         assemble=_assemble,
     )
 

@@ -190,6 +190,13 @@ FIELDS = (
         description="DeepCache: the UNet's deep features are computed every this many steps "
         "and reused between (1: off; 3 is about 2x faster). An extension of this API.",
     ),
+    Field(
+        "prompt_syntax",
+        "prompt_syntax",
+        default="plain",
+        description="How prompts are read: plain text, or AUTOMATIC1111's language ((word:1.3), "
+        "(word), [word], BREAK). An extension of this API.",
+    ),
 )
 
 

@@ -8,15 +8,20 @@ negative_prompt, seed, steps...). Validity is decided by `sdxl.inputs.rules`.
 - `output_compression`: 0-100, onto the encoder's quality 1-100 (100 is the least loss).
 - `background`: SDXL's images are opaque; "transparent" is refused.
 - `style`, `moderation`, `user`, `safety_identifier`, `input_fidelity`: accepted, not used.
+- Prompts are read in the language SDXL_OPENAI_PROMPT_SYNTAX names (`plain`, the default, or
+  `a1111`), a server setting: OpenAI's clients have no field for it.
 """
 
 from __future__ import annotations
 
-from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE
+import os
+
+from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE, PROMPT_SYNTAXES
 from sdxl.errors import InputError
 from sdxl.http.wire import Wire
 from sdxl.inputs.rules import check_range
 from sdxl.inputs.surface import Field, Surface
+from sdxl.settings import env_choice
 
 MAX_N = 10
 JOB_IMAGES = 4  # the predictor's num_outputs bound: larger n runs as several jobs
@@ -35,7 +40,10 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Predictor inputs that OpenAI's own fields stand for: not accepted as extras.
 OWN = ("prompt", "image", "mask", "num_outputs", "width", "height", "aspect_ratio")
 OWN += ("output_format", "output_quality")
-EXTRAS = tuple(Field(name, name) for name in COG_INPUTS if name not in OWN)
+SERVER_SET = ("prompt_syntax",)  # the server's setting, not the request's
+EXTRAS = tuple(Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET))
+# How this API reads prompts: read once, at start (tests set the attribute).
+PROMPT_SYNTAX = env_choice(os.environ, "SDXL_OPENAI_PROMPT_SYNTAX", PROMPT_SYNTAXES, "plain")
 
 
 def _fields(edit: bool) -> tuple[Field, ...]:
@@ -118,6 +126,7 @@ def _assemble(values: dict, given: set, auto: tuple[int, int]) -> dict:
     if "num_inference_steps" not in given:
         out["num_inference_steps"] = QUALITY_STEPS[values["quality"]]
     out["num_outputs"] = min(values["n"], JOB_IMAGES)
+    out["prompt_syntax"] = PROMPT_SYNTAX
     return out
 
 
