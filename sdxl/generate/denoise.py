@@ -60,7 +60,7 @@ def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarr
     generators = [torch.Generator("cpu").manual_seed(s) for s in gen.seeds]
     refine = req.refine != "no_refiner"
     base = models.pipeline(
-        req.mode, _scheduler(models, req, "base"), unet=unet, vae=compiled.get("vae")
+        req.mode, _scheduler(models, req, "base", gen.seeds), unet=unet, vae=compiled.get("vae")
     )
     kwargs: dict[str, Any] = {
         **_prompt_kwargs(base, req, for_refiner=False),
@@ -118,7 +118,7 @@ def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> 
     req = gen.request
     refiner = models.pipeline(
         "refiner",
-        _scheduler(models, req, "refiner"),
+        _scheduler(models, req, "refiner", gen.seeds),
         unet=compiled.get("refiner"),
         vae=compiled.get("vae"),
     )
@@ -144,8 +144,9 @@ def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> 
         return refiner(**kwargs).images
 
 
-def _scheduler(models, req: Request, stage: str):
-    return make_scheduler(req.scheduler, models.scheduler_config(stage), req.timestep_spacing)
+def _scheduler(models, req: Request, stage: str, seeds: list[int]):
+    config = models.scheduler_config(stage)  # seeds: DPM++ SDE's Brownian noise, per image
+    return make_scheduler(req.scheduler, config, req.timestep_spacing, seeds)
 
 
 def _progress(stage: str, total: int, on_step: StepCallback | None):

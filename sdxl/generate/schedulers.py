@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from sdxl.images.result import StepPlan
@@ -15,12 +17,18 @@ from sdxl.inputs.scheduler_table import (
 )
 
 
-def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | None = None) -> Any:
+def make_scheduler(
+    name: str,
+    pristine_config: dict,
+    timestep_spacing: str | None = None,
+    seeds: Sequence[int] | None = None,
+) -> Any:
     """A new scheduler of `name`, configured from `pristine_config` and nothing else.
 
     `timestep_spacing=None` keeps the config's own spacing (LCM and TCD have their own
     timesteps and ignore it). Options of the table win over the config (KarrasDPM always uses
-    Karras sigmas, whatever the config says).
+    Karras sigmas, whatever the config says). `seeds`, one per image, seed a Brownian scheduler's
+    noise (DPM++ SDE), so that image i depends on seeds[i] alone; the step plan passes none.
     """
     import diffusers
 
@@ -28,7 +36,12 @@ def make_scheduler(name: str, pristine_config: dict, timestep_spacing: str | Non
     overrides: dict[str, Any] = dict(spec.options)
     if timestep_spacing is not None and not spec.few_step:
         overrides["timestep_spacing"] = timestep_spacing
+    if spec.brownian and seeds is not None:
+        overrides["noise_sampler_seed"] = list(seeds)
     cls = getattr(diffusers, spec.class_name)
+    unknown = set(overrides) - set(inspect.signature(cls.__init__).parameters)
+    if unknown:  # from_config would drop them silently and run something else
+        raise ValueError(f"{spec.class_name} has no option {', '.join(sorted(unknown))}")
     return cls.from_config(pristine_config, **overrides)
 
 
@@ -86,7 +99,9 @@ def plan_steps(
         full, order = _timesteps(name, refiner_config, spacing, refiner_steps)
         start = max(refiner_steps - min(int(refiner_steps * refine_strength), refiner_steps), 0)
         refiner_calls = _calls(full, full[start * order :])
-        return StepPlan(len(timesteps), wanted, refiner_steps, base_calls, refiner_calls)
+        # refiner_steps counts UNet passes, as base_steps does: 2n-1 for n steps of order 2.
+        passes = len(refiner_calls)
+        return StepPlan(len(timesteps), passes, refiner_steps, base_calls, refiner_calls)
     return StepPlan(len(timesteps), base_calls=base_calls)
 
 
