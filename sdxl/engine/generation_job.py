@@ -46,6 +46,9 @@ class GenerationJob(Job):
         self.steps = {"base": 0, "refiner": 0}  # UNet steps run, per stage
         self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
         self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
+        # Why it stops after the step under way with the images of the latents it has
+        # (`stop_early`); None: it runs all its steps.
+        self.stop_reason: str | None = None
 
     def want_previews(self, every: int) -> None:
         """Someone reads the previews (`every` > 0: one every that many steps, from the next
@@ -53,6 +56,16 @@ class GenerationJob(Job):
         only while someone reads them."""
         if not self.done():
             self.preview_every = every
+
+    def stop_early(self, reason: str) -> None:
+        """AUTOMATIC1111's interrupt: a running job stops after the step under way and ends
+        with the images decoded from the latents it has (it succeeds: its log says why it
+        stopped); a job not running yet has no latents and is cancelled."""
+        if self.done():
+            return
+        self.stop_reason = reason
+        if self.status is not JobStatus.RUNNING:
+            self.cancel(reason)
 
     @property
     def may_be_overtaken(self) -> bool:
