@@ -189,6 +189,12 @@ class Predictor(BaseRunner):
             default="plain",
             choices=PROMPT_SYNTAXES,
         ),
+        loras: Optional[str] = Input(
+            description="LoRAs applied together, each at its weight: comma-separated "
+            "name[:weight] (the server's LoRAs, offset) or https URL of a .safetensors[:weight]; "
+            "weights -2..2, 1 when left out",
+            default=None,
+        ),
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]

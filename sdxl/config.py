@@ -34,6 +34,7 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGES = 10  # images one request may ask for (a job makes at most num_outputs' 4)
 MAX_URL_CHARS = 4096  # replicate_weights and image URLs
 MAX_NAME_CHARS = 128  # lora_id, lora_name
+MAX_LORAS_CHARS = 16_384  # the `loras` input: a few names and URLs
 
 # base_image_refiner: the refiner re-noises the base's result to this strength.
 BASE_IMAGE_REFINER_STRENGTH = 0.3
@@ -126,6 +127,8 @@ COG_INPUTS: dict[str, InputSpec] = {
     # (1: off). About 2.3-2.6x fewer UNet FLOPs at 3, with a small cost in quality.
     "cache_interval": InputSpec("integer", 1, 1, 10),
     "prompt_syntax": InputSpec("string", "plain", choices=PROMPT_SYNTAXES),
+    # A LoRA stack: "name[:weight], https://host/x.safetensors[:weight]" (sdxl.inputs.lora_refs)
+    "loras": InputSpec("string", None, max_length=MAX_LORAS_CHARS),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {

@@ -105,18 +105,19 @@ class ResidentWeights:
                 if staged.loras:
                     raise LoraError("a fine-tuned UNet and a LoRA cannot be combined in one job")
                 active.unet = self._finetune(staged.finetune, active.session)
+            self._check_count(staged)
             active.adapters = [self._lora(source) for source in staged.loras]
             if active.adapters:
                 base = self.models.base
                 fast.use_fused(base.unet, self.models.fused.get("base"), False)  # LoRA sees q/k/v
                 base.enable_lora()
-                base.set_adapters(active.adapters, [staged.scale] * len(active.adapters))
+                base.set_adapters(active.adapters, staged.weights())  # in order, each its own
             log.info(
-                "trained weights active: LoRA %s (scale %g), fine-tuned UNet: %s, new tokens "
+                "trained weights active: LoRA %s (weights %s), fine-tuned UNet: %s, new tokens "
                 "%s; LoRA and fine-tune apply to the base UNet only, new tokens reach the "
                 "refiner through the shared text_encoder_2",
                 [s.label for s in staged.loras] or "none",
-                staged.scale,
+                staged.weights(),
                 "resident module" if active.unet is not None else staged.finetune is not None,
                 staged.tokens or "none",
             )
@@ -138,6 +139,20 @@ class ResidentWeights:
             raise RestoreError(f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]
 
     # ---- LoRAs --------------------------------------------------------------------------
+    @property
+    def most_per_job(self) -> int:
+        """LoRAs one job may apply: as many as stay resident, at least one."""
+        return max(1, self.limits.max_loras)
+
+    def _check_count(self, staged: StagedWeights) -> None:
+        if len(staged.loras) > self.most_per_job:
+            raise LoraError(
+                f"this request applies {len(staged.loras)} LoRAs "
+                f"({', '.join(s.label for s in staged.loras)[:300]}); this server applies at "
+                f"most {self.most_per_job} per request (SDXL_MAX_RESIDENT_LORAS); remove some",
+                "loras",
+            )
+
     def _lora(self, source: LoraSource) -> str:
         entry = self.loras.get(source.key)
         if entry is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sdxl.adapters.fetch import DownloadCache
+from sdxl.adapters.library import LoraLibrary
 from sdxl.adapters.lora import LoraError, LoraState, read_lora, rewrite_prompt
 from sdxl.adapters.tar import (
     TrainedWeightsError,
@@ -43,6 +44,7 @@ class LoraSource:
     label: str  # the input it came from, for messages: "replicate_weights", "lora_name='offset'"
     path: Path  # a .safetensors file the job keeps until it ends, to read again if needed
     state: LoraState | None = None
+    weight: float | None = None  # its own weight in a stack (None: the job's lora_scale)
 
 
 @dataclass
@@ -71,10 +73,15 @@ class StagedWeights:
     def describe(self) -> dict:
         return {
             "adapters": [source.label for source in self.loras],
+            "weights": self.weights(),
             "lora_scale": self.scale,
             "tokens": list(self.tokens),
             "finetuned_unet": self.finetune is not None,
         }
+
+    def weights(self) -> list[float]:
+        """Each LoRA's weight, in order: its own in a stack, else lora_scale."""
+        return [self.scale if s.weight is None else s.weight for s in self.loras]
 
     def close(self) -> None:
         """Drop the host tensors and the job's files (the caller releases `host_bytes`)."""
@@ -122,11 +129,19 @@ class Resolver:
     cache: DownloadCache
     budget: HostBudget
     is_resident: Callable[[str], bool] = lambda key: False
+    library: LoraLibrary | None = None  # the names a stack may use (default: lora_dir, offset)
+
+    def __post_init__(self) -> None:
+        if self.library is None:
+            self.library = LoraLibrary(self.lora_dir, self.weights_dir / NAMED_LORAS["offset"])
 
 
-def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
+def stage_weights(
+    spec: AdapterSpec, r: Resolver, check: Check | None = None, tenant: str | None = None
+):
     """The job's trained weights as StagedWeights, or None without any; raises InputError.
-    (Their names were checked with the request's other rules, `sdxl.inputs.rules`.)"""
+    (Their names were checked with the request's other rules, `sdxl.inputs.rules`; a stack's
+    names are looked up here, among `tenant`'s.)"""
     if spec.empty:
         return None
     root = r.cache.settings.cache_dir / "work"
@@ -164,6 +179,8 @@ def stage_weights(spec: AdapterSpec, r: Resolver, check: Check | None = None):
                     spec.lora_id,
                 )
             _add_lora(prepared, path, f"lora_id={spec.lora_id!r}", file_sha256(path), r, check)
+        for i, ref in enumerate(spec.loras):
+            _add_ref(prepared, i, ref, r, check, tenant)
     except BaseException:
         r.budget.release(prepared.host_bytes)
         prepared.close()
@@ -199,6 +216,32 @@ def _from_file(prepared, path: Path, digest: str, r: Resolver, check, shown: str
         raise LoraError(f"{label}: the file is neither a tar nor a .safetensors LoRA", label, shown)
 
 
+def _add_ref(prepared, i: int, ref, r: Resolver, check, tenant: str | None) -> None:
+    """One LoRA of a stack: a name among `tenant`'s, or a .safetensors URL."""
+    label = f"{ref.field}: {ref.written[:80]!r}"
+    if ref.is_url:
+        path = r.cache.fetch(ref.ref, ref.field, check)
+        digest = r.cache.digest(path) or file_sha256(path)
+        if sniff(path) != "safetensors":
+            raise LoraError(
+                f"{label} is not a .safetensors LoRA; a trainer's tar goes in "
+                "replicate_weights (one trained version per request: the tokens <s0><s1> of "
+                "two would collide)",
+                ref.field,
+            )
+        path = _staged(path, prepared.folder, f"loras_{i}")
+    else:
+        path = r.library.path_of(ref.ref, tenant, ref.written, ref.field)
+        digest = file_sha256(path)
+    for other in prepared.loras:
+        if other.key == digest:
+            raise LoraError(
+                f"{label} is the same file as {other.label}; give each LoRA once", ref.field
+            )
+    _add_lora(prepared, path, label, digest, r, check)
+    prepared.loras[-1].weight = ref.weight
+
+
 def _add_lora(prepared, path: Path, label: str, key: str, r: Resolver, check) -> None:
     source = LoraSource(key=key, label=label, path=path)
     if not r.is_resident(key):
@@ -231,9 +274,9 @@ def _add_finetune(prepared, path: Path, key: str, r: Resolver, check) -> None:
     prepared.finetune = source
 
 
-def _staged(path: Path, folder: Path) -> Path:
+def _staged(path: Path, folder: Path, stem: str = "replicate_weights") -> Path:
     """The fetched file under a .safetensors name (diffusers reads LoRA metadata from it)."""
-    staged = folder / "replicate_weights.safetensors"
+    staged = folder / f"{stem}.safetensors"
     try:
         os.link(path, staged)
     except OSError:

@@ -22,7 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sdxl.config import LORAS_DIR
+from sdxl.adapters.library import LoraLibrary
+from sdxl.config import LORAS_DIR, NAMED_LORAS
 from sdxl.engine.device_tasks import DeviceTasks
 from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.generation_job import GenerationJob
@@ -68,6 +69,7 @@ class Engine:
         self.lock = threading.RLock()  # held while the shared models are in use or changed
         self.device_tasks = DeviceTasks(self.lock)  # other threads' short device work
         self.runner: Any = None  # sdxl.engine.runner.Runner, once loaded
+        self._loras: LoraLibrary | None = None
         # Called with each job once it has ended (the runtime's metrics); on the engine's
         # threads, so short.
         self.observers: list[Callable[[Job], Any]] = []
@@ -199,6 +201,16 @@ class Engine:
 
     def _lora_dir(self) -> Path:
         return self.settings.lora_dir or self.models.weights_dir / LORAS_DIR
+
+    @property
+    def loras(self) -> LoraLibrary:
+        """The LoRAs a request's stack may name, per tenant (SDXL_LORA_DIR, its tenant
+        folders, offset), readable before the model is loaded."""
+        if self._loras is None:
+            weights = self.runtime.weights_dir
+            folder = self.settings.lora_dir or weights / LORAS_DIR
+            self._loras = LoraLibrary(folder, weights / NAMED_LORAS["offset"])
+        return self._loras
 
     # ---- jobs ---------------------------------------------------------------------------
     def submit(

@@ -97,7 +97,9 @@ class Runner:
         check_request(job.request)
         request = with_images(job.request, self.settings.fetch, job.check)
         generation = plan_generation(self.models, request, self.settings.caps)
-        job.weights = stage_weights(generation.request.adapters, self.resolver, job.check)
+        job.weights = stage_weights(
+            generation.request.adapters, self.resolver, job.check, job.tenant
+        )
         if job.weights is not None:
             generation = with_prompts(generation, job.weights.rewrite)
         job.generation = generation
@@ -227,8 +229,8 @@ def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
 def _trained_line(described: dict, resident_unet: bool) -> str:
     unet = "resident module" if resident_unet else ("yes" if described["finetuned_unet"] else "no")
     return (
-        f"trained weights: LoRA {described['adapters'] or 'none'} (scale "
-        f"{described['lora_scale']:g}), fine-tuned UNet: {unet}, new tokens "
+        f"trained weights: LoRA {described['adapters'] or 'none'} (weights "
+        f"{described['weights']}), fine-tuned UNet: {unet}, new tokens "
         f"{described['tokens'] or 'none'}; LoRA and fine-tune apply to the base UNet only, "
         "new tokens reach the refiner through the shared text_encoder_2"
     )

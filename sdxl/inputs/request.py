@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sdxl.config import COG_INPUTS, MAX_SEED
+from sdxl.inputs.lora_refs import LoraRef
 
 if TYPE_CHECKING:
     from sdxl.images.inputs import ImageSource
@@ -58,6 +59,8 @@ class Request:
     disable_safety_checker: bool = _default("disable_safety_checker")
     cache_interval: int = _default("cache_interval")
     prompt_syntax: str = _default("prompt_syntax")  # "plain", or "a1111": (word:1.3), BREAK
+    # LoRAs applied at their own weights, in order: the `loras` input and <lora:..> tags
+    loras: tuple[LoraRef, ...] = ()
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
     # Trained weights in this server's files, set by the server (never from an input: see
@@ -79,13 +82,14 @@ class Request:
             lora_name=self.lora_name,
             lora_id=self.lora_id,
             lora_scale=float(self.lora_scale),
+            loras=tuple(self.loras),
         )
 
     @property
     def fetches(self) -> bool:
         """Whether preparing it fetches something (trained weights, an image URL)."""
         urls = [getattr(img, "url", None) for img in (self.image, self.mask)]
-        return bool(self.replicate_weights) or any(urls)
+        return bool(self.replicate_weights) or any(urls) or any(r.is_url for r in self.loras)
 
     def with_seed(self) -> Request:
         """This request with a concrete seed: the given one, or a random 32-bit one."""
@@ -102,9 +106,11 @@ class Request:
     def describe(self) -> dict[str, Any]:
         """The request's values for logs and metadata: no image data, no weights URL."""
         hidden = ("image", "mask", "replicate_weights", "trained_tar")
-        return {
+        described = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
         }
+        described["loras"] = [ref.shown() for ref in self.loras]  # no URL
+        return described
 
 
 SERVER_FIELDS = frozenset({"trained_tar"})  # set by the server, never read from a request
@@ -136,8 +142,10 @@ class AdapterSpec:
     trained_tar: str | None = None  # a tar or LoRA in this server's files (a trusted path)
     lora_name: str | None = None  # a LoRA we ship: "offset"
     lora_id: str | None = None  # <SDXL_LORA_DIR>/<id>.safetensors
-    lora_scale: float = 0.6
+    lora_scale: float = 0.6  # the trained version's and lora_name's / lora_id's weight
+    loras: tuple[LoraRef, ...] = ()  # a stack, each at its own weight
 
     @property
     def empty(self) -> bool:
-        return not (self.replicate_weights or self.trained_tar or self.lora_name or self.lora_id)
+        named = self.lora_name or self.lora_id or self.loras
+        return not (self.replicate_weights or self.trained_tar or named)

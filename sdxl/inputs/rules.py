@@ -32,6 +32,7 @@ from sdxl.config import (
 )
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import bytes_source, source_from_text
+from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.scheduler_table import check_few_step, refiner_schedule_for
 from sdxl.inputs.surface import (
     UNSET,
@@ -222,7 +223,7 @@ def _engine_values(parsed: dict[str, Any], surface: Surface) -> dict[str, Any]:
         values[spec.input] = value
     if surface.assemble is not None:
         values.update(surface.assemble(complete, set(parsed)))
-    return values
+    return with_loras(values)  # the `loras` string and a1111's <lora:..> tags, as a stack
 
 
 def _value(values: Mapping[str, Any], name: str) -> Any:

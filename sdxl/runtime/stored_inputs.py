@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from sdxl.errors import InputError
 from sdxl.images.inputs import ImageSource, data_uri_bytes
+from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import REQUEST_FIELDS
 
@@ -35,6 +36,7 @@ def stored_request(
     for name in IMAGE_INPUTS:
         if name in values:
             values[name] = _source(values[name], name, origins, read_file)
+    values = with_loras(values)  # the `loras` string, a1111's tags: as the boundary read them
     return Request(**values, trained_tar=trained_tar)
 
 

@@ -1,7 +1,7 @@
 """What AUTOMATIC1111's clients read at start and in their settings pages: the options (with the
 checkpoint: the served model, or one of the caller's trained models), the model list, and the
 lists this server has nothing in (scripts, VAEs, upscalers, ...), each answered with honest,
-empty content.
+empty content; the LoRAs the caller may name (`sdxl.adapters.library`: never a server path).
 
 A1111's options are the whole server's; here each caller (API key's tenant) has its own
 checkpoint, kept in this replica's memory: `POST /options` with `sd_model_checkpoint` chooses
@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
+from sdxl.adapters.library import LoraLibrary
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
@@ -26,7 +27,6 @@ from sdxl.inputs.surface import Problem
 
 EMPTY_LISTS = (
     "sd-vae",
-    "loras",
     "upscalers",
     "latent-upscale-modes",
     "hypernetworks",
@@ -35,13 +35,16 @@ EMPTY_LISTS = (
     "extensions",
     "script-info",
 )
-REFRESH = ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings")
+REFRESH = ("refresh-checkpoints", "refresh-vae", "refresh-embeddings")
 
 
 class OptionsApi:
-    def __init__(self, settings: Settings, trained: TrainedModels):
+    def __init__(
+        self, settings: Settings, trained: TrainedModels, loras: LoraLibrary | None = None
+    ):
         self.settings = settings
         self.trained = trained
+        self.loras = loras  # the LoRAs <lora:name:w> may name, per caller
         self._chosen: dict[str, str] = {}  # caller -> its trained model (else the served one)
 
     def checkpoint(self, http: HttpRequest, body: dict | None = None) -> tuple[str, str | None]:
@@ -125,6 +128,18 @@ class OptionsApi:
         @routes.get("/memory")
         def memory() -> dict:
             return {"ram": {"error": "not reported"}, "cuda": {"error": "not reported"}}
+
+        @routes.get("/loras", summary="The LoRAs the caller's <lora:name:weight> tags may name")
+        async def loras(http: HttpRequest) -> list[dict]:
+            if self.loras is None:
+                return []
+            return await asyncio.to_thread(self.loras.listing, caller_of(http))
+
+        @routes.post("/refresh-loras", summary="Reads SDXL_LORA_DIR again")
+        def refresh_loras() -> JSONResponse:
+            if self.loras is not None:
+                self.loras.refresh()
+            return JSONResponse(None)
 
         for name in EMPTY_LISTS:
             routes.add_api_route(f"/{name}", _empty, methods=["GET"], name=name)

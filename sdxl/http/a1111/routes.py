@@ -52,7 +52,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     routes = APIRouter(prefix="/sdapi/v1", route_class=A1111Route)
     caps = sync.service.engine.settings.caps
     runs = Runs()
-    options = OptionsApi(settings, trained)
+    options = OptionsApi(settings, trained, getattr(sync.service.engine, "loras", None))
 
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
         body = await json_object(http, EXAMPLE, empty="{}")

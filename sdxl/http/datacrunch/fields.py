@@ -197,6 +197,13 @@ FIELDS = (
         description="How prompts are read: plain text, or AUTOMATIC1111's language ((word:1.3), "
         "(word), [word], BREAK). An extension of this API.",
     ),
+    Field(
+        "loras",
+        "loras",
+        nullable=True,
+        description="LoRAs applied together, each at its weight: comma-separated name[:weight] "
+        "or https URL of a .safetensors[:weight]. An extension of this API.",
+    ),
 )
 
 
