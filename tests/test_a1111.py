@@ -60,24 +60,64 @@ def reference_inputs(scheduler: str, **extra) -> dict:
             **extra}  # fmt: skip
 
 
+LINSPACE = {"timestep_spacing": "linspace"}
+
+
 @pytest.mark.parametrize(
     ("sampler", "scheduler", "engine"),
     [
-        ("Euler a", "automatic", "K_EULER_ANCESTRAL"),
-        ("Euler", "automatic", "K_EULER"),
-        ("DPM++ 2M", "automatic", "DPMSolverMultistep"),
-        ("DPM++ 2M", "karras", "KarrasDPM"),
-        ("DPM++ 2M Karras", "automatic", "KarrasDPM"),  # a legacy name carries its schedule
-        ("DDIM", "automatic", "DDIM"),
-        ("Heun", "automatic", "HeunDiscrete"),
-        ("PLMS", "automatic", "PNDM"),
-        ("UniPC", "automatic", "DPMSolverMultistep"),  # not here: A1111's fallback, DPM++ 2M
+        # A1111 1.10's automatic: uniform sigmas (diffusers' "linspace") for Euler and Euler a
+        ("Euler a", "automatic", {"scheduler": "K_EULER_ANCESTRAL", **LINSPACE}),
+        ("Euler", "automatic", {"scheduler": "K_EULER", **LINSPACE}),
+        ("Euler", "simple", {"scheduler": "K_EULER", "timestep_spacing": "trailing"}),
+        ("DPM++ 2M", "automatic", {"scheduler": "KarrasDPM"}),  # its options' karras
+        ("DPM++ 2M", "karras", {"scheduler": "KarrasDPM"}),
+        ("DPM++ 2M Karras", "automatic", {"scheduler": "KarrasDPM"}),  # a legacy name
+        ("DPM++ 2M", "sgm_uniform", {"scheduler": "DPMSolverMultistep", **LINSPACE}),
+        ("DDIM", "automatic", {"scheduler": "DDIM"}),
+        ("DDIM", "karras", {"scheduler": "DDIM"}),  # timestep samplers ignore the schedule
+        ("Heun", "automatic", {"scheduler": "HeunDiscrete", **LINSPACE}),
+        ("PLMS", "automatic", {"scheduler": "PNDM"}),
     ],
-)
+)  # fmt: skip
 def test_txt2img_equals_the_replicate_apis_pixels(api, server, sampler, scheduler, engine):
     result = api.txt2img(prompt="a cat", sampler_name=sampler, scheduler=scheduler, **SMALL)
-    assert same(result.image, replicate_image(server, reference_inputs(engine)))
+    assert same(result.image, replicate_image(server, reference_inputs(**engine)))
     assert result.info["all_seeds"] == [7] and result.info["seed"] == 7
+
+
+def test_every_listed_sampler_runs_under_its_name(api):
+    """Each name GET /sdapi/v1/samplers lists makes an image; its infotext names it."""
+    listed = requests.get(api.baseurl + "/samplers", auth=api.session.auth, timeout=10).json()
+    names = [entry["name"] for entry in listed]
+    assert "DPM++ SDE" in names and "DPM++ 2M SDE" in names and "LMS" in names
+    assert "DPM adaptive" not in names and "DPM++ 3M SDE" not in names  # cannot run here
+    options = {entry["name"]: entry["options"] for entry in listed}
+    assert options["DPM++ SDE"] == {
+        "scheduler": "karras",
+        "second_order": True,
+        "brownian_noise": True,
+    }
+    small = {**SMALL, "steps": 2}
+    for name in names:
+        result = api.txt2img(prompt="a cat", sampler_name=name, **small)
+        assert len(result.images) == 1 and result.info["sampler_name"] == name, name
+
+
+def test_a_sampler_it_cannot_run_is_a_422_listing_those_it_can(api):
+    for body, field in (
+        ({"sampler_name": "DPM adaptive"}, "sampler_name"),
+        ({"sampler_name": "Euler a", "scheduler": "karras"}, "scheduler"),
+        ({"sampler_name": "Euler", "scheduler": "kl_optimal"}, "scheduler"),
+    ):
+        response = requests.post(
+            api.baseurl + "/txt2img",
+            json={"prompt": "a cat", **SMALL, **body},
+            auth=api.session.auth,
+            timeout=60,
+        )
+        assert response.status_code == 422, body
+        assert field in response.text and "choose one of" in response.text, response.text
 
 
 def test_info_is_a1111s_with_an_infotext_per_image(api):
@@ -104,7 +144,8 @@ def test_img2img_equals_the_replicate_apis_pixels(api, server):
     source.save(buffer, "PNG")
     uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     expected = replicate_image(
-        server, reference_inputs("K_EULER_ANCESTRAL", image=uri, prompt_strength=0.6)
+        server,
+        reference_inputs("K_EULER_ANCESTRAL", image=uri, prompt_strength=0.6, **LINSPACE),
     )
     assert same(result.image, expected)  # the init image's size: width and height unused
 
@@ -172,7 +213,10 @@ def test_the_lists_and_options_clients_read(api, server):
     assert api.util_get_model_names() == ["sdxl"]
     assert api.util_get_current_model() == "sdxl"
     assert "Euler a" in api.util_get_sampler_names()
-    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    assert api.util_get_scheduler_names() == sorted(  # webuiapi sorts them
+        ["automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform",
+         "simple", "normal", "ddim", "beta"]
+    )  # fmt: skip
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
     options = api.get_options()
     api.set_options(options)  # what Open WebUI posts back: accepted

@@ -276,8 +276,21 @@ def a1111_cases(schema: dict, title: str) -> list[Case]:
     img2img = title == "Img2ImgRequest"  # its size is the init image's: width is not read
     cases += [
         Case("width not a multiple of 8", {"width": 260}, "width", "image" if img2img else "error"),
-        Case("a sampler it does not have", {"sampler_name": "UniPC"}, "sampler_name", "image"),
-        Case("an unknown schedule", {"scheduler": "exponential"}, "scheduler", "error"),
+        Case("a sampler it cannot run", {"sampler_name": "DPM adaptive"}, "sampler_name", "error"),
+        Case("an unknown sampler", {"sampler_name": "nope"}, "sampler_name", "error"),
+        Case("a schedule it does not have", {"scheduler": "kl_optimal"}, "scheduler", "error"),
+        Case(
+            "a schedule its sampler cannot run",
+            {"sampler_name": "Euler a", "scheduler": "beta"},
+            "scheduler",
+            "error",
+        ),
+        Case(
+            "a legacy name with its schedule",
+            {"sampler_name": "DPM++ 2M SDE Karras"},
+            "sampler_name",
+            "image",
+        ),
         Case("two styles", {"styles": ["a", "b"]}, "styles", "error"),
         Case("a style it does not have", {"styles": ["nope"]}, "styles", "error"),
         Case("hires fix", {"enable_hr": True}, "enable_hr", "error"),

@@ -15,33 +15,11 @@ from sdxl.config import MAX_SEED, STYLES
 from sdxl.errors import InputError
 from sdxl.http.wire import Wire
 from sdxl.images.inputs import source_from_text
+from sdxl.inputs.a1111_samplers import resolve
 from sdxl.inputs.rules import check_choice
 from sdxl.inputs.surface import Field, Surface
 
-# A1111 sampler name -> (the engine's scheduler with A1111's "automatic" schedule, with "karras")
-SAMPLERS = {
-    "Euler a": ("K_EULER_ANCESTRAL", None),
-    "Euler": ("K_EULER", None),
-    "DPM++ 2M": ("DPMSolverMultistep", "KarrasDPM"),
-    "DDIM": ("DDIM", None),
-    "Heun": ("HeunDiscrete", None),
-    "PLMS": ("PNDM", None),
-    "LCM": ("LCM", None),
-    "TCD": ("TCD", None),
-}
-SAMPLER_ALIASES = {
-    "Euler a": ["k_euler_a", "k_euler_ancestral"],
-    "Euler": ["k_euler"],
-    "DPM++ 2M": ["k_dpmpp_2m"],
-    "DDIM": ["ddim"],
-    "Heun": ["k_heun"],
-    "PLMS": ["plms"],
-    "LCM": ["k_lcm"],
-    "TCD": ["tcd"],
-}
 MAX_N_ITER = 100  # batches of one request (SDXL_MAX_OUTPUTS bounds batch_size x n_iter)
-FALLBACK_SAMPLER = "DPM++ 2M"  # A1111 runs its first sampler for a name it does not have
-SCHEDULES = {"automatic": "Automatic", "karras": "Karras"}  # name -> label (both accepted)
 
 # Fields read and not used: what they change, SDXL through this engine does not have, or does
 # the same way whatever they say (each is in the README's table with its reason).
@@ -145,22 +123,11 @@ def _fields(img2img: bool) -> tuple[Field, ...]:
 
 
 def sampler_of(name: str, schedule: str) -> tuple[str, str, str]:
-    """(the engine's scheduler, A1111's sampler name, its schedule label) for A1111's names.
-    A legacy name may carry its schedule ("DPM++ 2M Karras"); a sampler this server does not
-    have runs as FALLBACK_SAMPLER, as A1111 runs its first sampler for a name it does not know."""
-    for label in (*SCHEDULES.values(), *SCHEDULES):
-        if name.endswith(" " + label):
-            name, schedule = name[: -len(label) - 1], label
-            break
-    if name not in SAMPLERS:
-        name = FALLBACK_SAMPLER
-    by_label = {label: key for key, label in SCHEDULES.items()}
-    key = by_label.get(schedule, schedule)
-    check_choice("scheduler", schedule, [*SCHEDULES, *SCHEDULES.values()])
-    plain, karras = SAMPLERS[name]
-    if key == "karras" and karras is None:
-        raise _refused("scheduler", schedule, f"{name} runs with the automatic schedule only")
-    return (karras if key == "karras" else plain), name, SCHEDULES[key]
+    """(the engine's scheduler, A1111's sampler name, its schedule label) for A1111's names. A
+    legacy name may carry its schedule ("DPM++ 2M Karras"). A sampler or schedule this server
+    cannot run is a 422 listing what it can (`sdxl.inputs.a1111_samplers`)."""
+    found = resolve(name, schedule)
+    return found.scheduler, found.sampler, found.schedule
 
 
 def _assemble(values: dict, given: set) -> dict:
@@ -185,8 +152,10 @@ def _assemble(values: dict, given: set) -> dict:
     if styles:
         check_choice("styles", styles[0], STYLES)
         out["style_selected"] = styles[0]
-    sampler = values.get("sampler_name") or values["sampler_index"]
-    out["scheduler"], _, _ = sampler_of(sampler, values["scheduler"])
+    found = resolve(values.get("sampler_name") or values["sampler_index"], values["scheduler"])
+    out["scheduler"] = found.scheduler
+    if found.timestep_spacing is not None:  # where A1111's sigmas need another than the model's
+        out["timestep_spacing"] = found.timestep_spacing
     if values.get("refiner_checkpoint"):
         out["refine"] = "expert_ensemble_refiner"
         out["high_noise_frac"] = values["refiner_switch_at"]

@@ -17,15 +17,7 @@ from fastapi.responses import JSONResponse
 from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
-from sdxl.http.a1111.fields import (
-    IMG2IMG,
-    SAMPLER_ALIASES,
-    SAMPLERS,
-    SCHEDULES,
-    TXT2IMG,
-    WIRE,
-    sampler_of,
-)
+from sdxl.http.a1111.fields import IMG2IMG, TXT2IMG, WIRE, sampler_of
 from sdxl.http.a1111.info import Made, info_json
 from sdxl.http.a1111.options import OptionsApi
 from sdxl.http.a1111.progress import Run, Runs, progress_of
@@ -39,6 +31,7 @@ from sdxl.http.sync import SyncJobs, outcome, until_done
 from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
 from sdxl.images.outputs import encode_outputs
+from sdxl.inputs.a1111_samplers import offered_schedules, runnable_samplers
 from sdxl.inputs.request import in_batches
 from sdxl.inputs.rules import check_cap
 from sdxl.inputs.surface import UNSET, Checked, InvalidInputs, Surface
@@ -144,22 +137,23 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
 
     @routes.get("/samplers")
     def samplers() -> list[dict]:
+        """The samplers this server runs (those whose modules import), with A1111's options."""
         return [
-            {"name": name, "aliases": SAMPLER_ALIASES[name], "options": {}} for name in SAMPLERS
+            {"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)}
+            for s in runnable_samplers()
         ]
 
     @routes.get("/schedulers")
     def schedulers() -> list[dict]:
-        rho = {"automatic": -1.0, "karras": 7.0}
         return [
             {
-                "name": n,
-                "label": label,
-                "aliases": None,
-                "default_rho": rho[n],
-                "need_inner_model": False,
+                "name": s.name,
+                "label": s.label,
+                "aliases": list(s.aliases) or None,
+                "default_rho": s.default_rho,
+                "need_inner_model": s.need_inner_model,
             }
-            for n, label in SCHEDULES.items()
+            for s in offered_schedules()
         ]
 
     @routes.get("/prompt-styles")
