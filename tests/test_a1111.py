@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 from urllib.parse import urlsplit
 
@@ -181,7 +182,7 @@ def test_progress_shows_a_preview_and_interrupt_answers_with_what_there_is(api, 
     api.interrupt()
     thread.join(120)
     (answer,) = answers
-    assert answer.images == [] and answer.info["all_seeds"] == []  # 200, with nothing made
+    assert len(answer.images) == 1 and answer.info["all_seeds"] == [7]  # the partial image
     idle = api.get_progress()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
 
@@ -261,3 +262,87 @@ def test_errors_in_a1111s_shape(server):
         assert denied.status_code == 401 and denied.json()["error"] == "HTTPException"
     missing = requests.get(server.base + "/sdapi/v1/nothing", headers=auth, timeout=10)
     assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
+
+
+# ---- the PNGs' infotext, interrupt's partial image ------------------------------------------
+
+
+def read_infotext(text: str) -> dict:
+    """A tool's reading of A1111's infotext: the prompt's lines, then the negative prompt's
+    (from a line that starts with "Negative prompt: "), then a last line of `key: value` pairs
+    joined by ", ", each value as it is or a JSON string where it holds ',', ':' or a newline."""
+    *lines, last = text.split("\n")
+    assert PAIR.fullmatch(last), last
+    params = {}
+    for key, value in PAIR_ITEM.findall(last):
+        params[key] = json.loads(value) if value.startswith('"') else value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt: "):
+            in_negative, line = True, line.removeprefix("Negative prompt: ")
+        (negative if in_negative else prompt).append(line)
+    return {"prompt": "\n".join(prompt), "negative": "\n".join(negative), **params}
+
+
+PAIR_ITEM = re.compile(r'\s*([\w ()-]+): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+PAIR = re.compile(r'(?:\s*[\w ()-]+: (?:"(?:\\.|[^\\"])*"|[^,]*)(?:,|$))+')
+
+
+def png_parameters(encoded: str) -> str:
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as img:
+        assert img.format == "PNG"
+        return img.text["parameters"]
+
+
+def test_pngs_carry_a1111s_infotext_in_parameters(server):
+    body = {**SMALL, "prompt": "a cat, sitting: calmly", "negative_prompt": "dog",
+            "sampler_name": "DPM++ 2M", "scheduler": "karras", "batch_size": 2}  # fmt: skip
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    answer = requests.post(server.base + "/sdapi/v1/txt2img", json=body, headers=auth, timeout=120)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    info = json.loads(found["info"])  # the JSON string the API answers: as it was
+    assert info["all_seeds"] == [7, 8] and info["sampler_name"] == "DPM++ 2M"
+    for index, encoded in enumerate(found["images"]):
+        text = png_parameters(encoded)
+        assert text == info["infotexts"][index]
+        assert text.split("\n") == [
+            "a cat, sitting: calmly",
+            "Negative prompt: dog",
+            "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, "
+            f"Seed: {7 + index}, Size: 256x256, Model: sdxl, Version: sdxl-cog",
+        ]
+        read = read_infotext(text)
+        assert (read["prompt"], read["negative"]) == (body["prompt"], "dog")
+        assert int(read["Steps"]) == 3 and float(read["CFG scale"]) == 7.0
+        assert int(read["Seed"]) == 7 + index and read["Size"] == "256x256"
+        assert (read["Sampler"], read["Schedule type"]) == ("DPM++ 2M", "Karras")
+    plain = requests.post(
+        server.base + "/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat"}, headers=auth,
+        timeout=120,
+    )  # fmt: skip
+    text = png_parameters(plain.json()["images"][0])
+    assert not any(line.startswith("Negative prompt:") for line in text.split("\n"))
+    assert read_infotext(text)["prompt"] == "a cat" and read_infotext(text)["Seed"] == "7"
+
+
+def test_interrupt_answers_the_image_of_the_latents_it_had(api, server):
+    """Interrupt after a counted step of the only batch: 200 with one image, decoded by the VAE
+    from the latents it had (not blank, not the preview's projection); the next request is as
+    an idle server's."""
+    before = api.txt2img(prompt="a cat", **SMALL).image
+    answers = []
+    long = {**SMALL, "steps": 400}
+    thread = threading.Thread(target=lambda: answers.append(api.txt2img(prompt="a cat", **long)))
+    thread.start()
+    wait_until(lambda: api.get_progress()["state"]["sampling_step"] >= 2, "two steps run")
+    api.interrupt()
+    thread.join(120)
+    (answer,) = answers
+    assert len(answer.images) == 1 and answer.info["all_seeds"] == [7]
+    image = answer.image
+    assert image.size == (256, 256) and pixels(image).std() > 1  # not blank
+    line = r"stopped early: interrupted \(POST /sdapi/v1/interrupt\) after base step (\d+)/400"
+    step = int(re.findall(line, server.log())[-1])  # this request's: the last one
+    assert 2 <= step < 400
+    assert same(api.txt2img(prompt="a cat", **SMALL).image, before)

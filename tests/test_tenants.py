@@ -137,7 +137,8 @@ def test_progress_and_interrupt_concern_only_the_callers_jobs(server):
     assert call(server, "GET", "/sdapi/v1/progress", ALICE).json()["state"]["job_count"] == 1
     call(server, "POST", "/sdapi/v1/interrupt", ALICE)
     thread.join(120)
-    assert answers[0].status_code == 200 and answers[0].json()["images"] == []
+    # 200: nothing made if it had not begun, else the image of the latents it had
+    assert answers[0].status_code == 200 and len(answers[0].json()["images"]) <= 1
     assert "interrupted (POST /sdapi/v1/interrupt)" in server.log()
 
 

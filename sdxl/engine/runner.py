@@ -30,6 +30,7 @@ from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notif
 from sdxl.engine.prepare import with_images
 from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
+from sdxl.generate.partial import decode_latents
 from sdxl.generate.plan import plan_generation, with_prompts
 from sdxl.generate.preview import host_latents, make_preview
 from sdxl.images.result import Result
@@ -50,6 +51,15 @@ class Denoised:
 
     pixels: np.ndarray  # [batch, height, width, 3] in 0..1 (diffusers' output_type="np")
     extra: dict = field(default_factory=dict)
+
+
+class StoppedEarly(Exception):
+    """Raised out of the pipeline after a step of a job asked to stop early (`stop_early`),
+    with the latents it had: the job ends with them decoded."""
+
+    def __init__(self, stage: str, done: int, total: int, latents):
+        super().__init__(f"stopped after {stage} step {done}/{total}")
+        self.stage, self.done, self.total, self.latents = stage, done, total, latents
 
 
 class Runner:
@@ -156,13 +166,16 @@ class Runner:
                 if job.weights is not None:
                     extra["trained_weights"] = job.weights.describe()
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
-                pixels = denoise(
-                    self.models,
-                    generation,
-                    unet=active.unet,
-                    compiled=self._compiled(job),
-                    on_step=self._stepper(job, deadline, pending),
-                )
+                try:
+                    pixels = denoise(
+                        self.models,
+                        generation,
+                        unet=active.unet,
+                        compiled=self._compiled(job),
+                        on_step=self._stepper(job, deadline, pending),
+                    )
+                except StoppedEarly as stop:
+                    pixels = self._stopped(job, stop)
                 job.check(deadline, self.clock)
             finally:
                 self.resident.undo(active)
@@ -204,8 +217,17 @@ class Runner:
                 with contextlib.suppress(RuntimeError):  # the engine is closing: no preview
                     pending.append(self._previews.submit(_preview, job, stage, done, total, copied))
             job.check(deadline, self.clock)  # raises out of the pipeline: no further step
+            if getattr(job, "stop_reason", None) is not None:  # stop_early: decoded as it is
+                raise StoppedEarly(stage, done, total, latents)
 
         return on_step
+
+    def _stopped(self, job: Job, stop: StoppedEarly) -> np.ndarray:
+        """The pixels of a job stopped early: its latents after its last step, decoded."""
+        line = f"{job.stop_reason} after {stop.stage} step {stop.done}/{stop.total}"
+        job.log(f"{line}: the images are decoded from the latents it had")
+        log.info("job %s stopped early: %s", job.id, line)
+        return decode_latents(self.models, job.generation, stop.latents)
 
     # ---- the finishing thread -----------------------------------------------------------
     def finish(self, job: Job, denoised: Denoised) -> Result:

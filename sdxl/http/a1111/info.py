@@ -1,6 +1,10 @@
 """AUTOMATIC1111's answer to txt2img and img2img: raw base64 PNGs, the request's effective
-`parameters`, and `info`, a JSON string with the seeds and each image's infotext line as A1111
-writes them ("prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ...")."""
+`parameters`, and `info`, a JSON string with the seeds and each image's infotext as A1111
+writes them ("prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ..."). Each PNG
+carries its infotext in its `parameters` text chunk, as A1111's PNGs do, for the tools that
+read it back (PNG Info, image browsers).
+
+Not written yet: `Lora hashes` (the request carries no LoRA stack yet) and `Model hash`."""
 
 from __future__ import annotations
 

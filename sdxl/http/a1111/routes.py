@@ -18,7 +18,7 @@ from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
 from sdxl.http.a1111.fields import IMG2IMG, TXT2IMG, WIRE, sampler_of
-from sdxl.http.a1111.info import Made, info_json
+from sdxl.http.a1111.info import Made, info_json, infotext
 from sdxl.http.a1111.options import OptionsApi
 from sdxl.http.a1111.progress import Run, Runs, progress_of
 from sdxl.http.auth import caller_of
@@ -64,37 +64,22 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         return await asyncio.to_thread(answer, found, shape, img2img, jobs, run, model)
 
     def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model) -> dict:
+        made = made_by(found, img2img, jobs, run.timestamp, model)
         images, seeds, nsfw = [], [], []
         for job in jobs:
             if isinstance(job.error, JobCanceled):  # interrupted or skipped: A1111 answers
                 continue  # with the images it has
             result = outcome(job, shape)
-            for output in encode_outputs(result, "png", 100, flagged="black"):
+            texts = [infotext(made, seed) for seed in result.seeds]  # each PNG's `parameters`
+            for output in encode_outputs(result, "png", 100, flagged="black", texts=texts):
                 images.append(base64.b64encode(output.data).decode("ascii"))
             seeds += result.seeds
             nsfw += result.nsfw
-        request = jobs[0].request
-        name = found.given.get("sampler_name") or found.given.get("sampler_index", "Euler")
-        _, sampler, schedule = sampler_of(name, found.given.get("scheduler", "automatic"))
-        width, height = (request.width, request.height)
-        if jobs[0].generation is not None:
-            width, height = jobs[0].generation.width, jobs[0].generation.height
-        made = Made(
-            request=jobs[0].generation.request if jobs[0].generation else request,
-            seeds=seeds,
-            sampler=sampler,
-            schedule=schedule,
-            width=width,
-            height=height,
-            denoising_strength=request.prompt_strength if img2img else None,
-            model=model,
-            timestamp=run.timestamp,
-        )
         send = found.given.get("send_images", True)
         return {
             "images": images if send else [],
             "parameters": parameters(found, shape),
-            "info": info_json(made, nsfw),
+            "info": info_json(replace(made, seeds=seeds), nsfw),
         }
 
     @routes.post(
@@ -122,8 +107,8 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         caller = caller_of(http)
         for run in runs.of(caller):
             run.interrupted = True
-        for job in sync.of_caller(caller):
-            job.cancel(INTERRUPTED)
+        for job in sync.of_caller(caller):  # the running batch ends with its partial images
+            job.stop_early(INTERRUPTED)
         return {}
 
     @routes.post("/skip", summary="Skip the caller's running batch; the next one runs")
@@ -174,6 +159,25 @@ def checked(body: dict, shape: Surface, caps) -> Checked:
     except InputError as err:
         raise InvalidRequest([shape.problem(err)]) from None
     return found
+
+
+def made_by(found: Checked, img2img: bool, jobs: list[Job], timestamp: str, model: str) -> Made:
+    """How the request's images were made, as its infotexts say (no seeds yet)."""
+    request = jobs[0].request
+    generation = jobs[0].generation
+    name = found.given.get("sampler_name") or found.given.get("sampler_index", "Euler")
+    _, sampler, schedule = sampler_of(name, found.given.get("scheduler", "automatic"))
+    return Made(
+        request=generation.request if generation is not None else request,
+        seeds=[],
+        sampler=sampler,
+        schedule=schedule,
+        width=generation.width if generation is not None else request.width,
+        height=generation.height if generation is not None else request.height,
+        denoising_strength=request.prompt_strength if img2img else None,
+        model=model,
+        timestamp=timestamp,
+    )
 
 
 def parameters(found: Checked, shape: Surface) -> dict:
