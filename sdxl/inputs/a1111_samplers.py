@@ -20,6 +20,7 @@ A name this server cannot run is refused with the names it can (A1111 would run 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 
@@ -155,7 +156,9 @@ class Resolved:
     schedule: str
 
 
-def _importable(modules) -> bool:
+@functools.cache
+def _importable(modules: tuple[str, ...]) -> bool:
+    """Whether these modules are installed (looked up once per process)."""
     return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
