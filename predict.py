@@ -198,7 +198,8 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         inputs = dict(locals())
         del inputs["self"]
-        with checked_inputs(inputs, self.engine.settings.caps, self.staging) as checked:
+        loras = self.engine.lora_check(None)  # Cog has no tenant: the shared LoRAs, offset
+        with checked_inputs(inputs, self.engine.settings.caps, self.staging, loras) as checked:
             # The engine's log lines are printed here, in the prediction's thread, so that they
             # land in its logs; Cog's cancel, raised in this thread, cancels the job.
             result = self.engine.run(checked.request(), on_log=print)

@@ -2,8 +2,9 @@
 `load_lora_weights` twice and `set_adapters` with those weights, on a fresh diffusers pipeline
 (tolerance 0 on CPU); the next plain request equals an idle engine's; names are looked up per
 tenant among SDXL_LORA_DIR's files and offset; unknown names, duplicates and a stack over the
-bound are refused naming what was written. The `loras` input and A1111's tags read as one
-stack."""
+bound are refused naming what was written, and the Cog predictor refuses them when it checks its
+inputs (InvalidInputs), before the job. The `loras` input and A1111's tags (prompt_2's too) read
+as one stack; A1111's LoRA short hash is computed once per file."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from support.loras import save_safetensors, text_encoder_kohya
 
 from sdxl.adapters.library import LoraLibrary
 from sdxl.builders.random_lora import random_kohya_lora
+from sdxl.cog.inputs import checked_inputs
 from sdxl.errors import InputError
 from sdxl.http.a1111.fields import TXT2IMG
 from sdxl.http.replicate.inputs import REPLICATE
@@ -110,6 +112,21 @@ def test_refused_stacks_name_what_was_written(stack_engine):
     assert_same_image(idle_again, run(stack_engine), tolerance=0)
 
 
+def test_the_cog_predictor_refuses_them_when_it_checks_its_inputs(stack_engine, tmp_path):
+    check = stack_engine.lora_check(None)  # predict.py's: the shared LoRAs and offset
+    for loras, words in [
+        ("a:0.5, nope:0.5", "'nope:0.5' names no LoRA here"),
+        ("a, b, c", "at most 2 per request (SDXL_MAX_RESIDENT_LORAS)"),
+        ("https://h/trained_model.tar", "goes in replicate_weights"),
+    ]:
+        inputs = {"prompt": "x", "loras": loras}
+        with pytest.raises(InvalidInputs) as err, checked_inputs(inputs, Caps(), tmp_path, check):
+            pass
+        assert words in str(err.value) and err.value.problems[0].field == "loras"
+    with checked_inputs({"prompt": "x", "loras": "a, offset:0.3"}, Caps(), tmp_path, check) as ok:
+        assert [r.ref for r in ok.request().loras] == ["a", "offset"]
+
+
 # ---- reading the stack --------------------------------------------------------------------
 def test_the_loras_input_is_parsed():
     refs = parse_lora_list("a:0.7, https://h:8443/x.safetensors, b, https://h/y.safetensors:-1")
@@ -148,6 +165,30 @@ def test_tags_and_the_input_are_one_stack():
     assert [r.shown() for r in stored.loras] == ["a:0.7", "<url>:1"]
 
 
+def test_prompt_2_tags_join_the_stack():
+    body = {
+        "prompt": "<lora:a:0.7> cat",
+        "prompt_2": "<lora:a:0.7> cat <lora:b:0.3>",  # a copy of the prompt's tag: once
+        "negative_prompt_2": "blur<lora:c>",
+        "prompt_syntax": "a1111",
+    }
+    request = check_fields(body, REPLICATE, Caps()).request()
+    texts = (request.prompt, request.prompt_2, request.negative_prompt_2)
+    assert texts == (" cat", " cat ", "blur")
+    assert [(r.ref, r.weight, r.field) for r in request.loras] == [
+        ("a", 0.7, "prompt"),
+        ("b", 0.3, "prompt_2"),
+        ("c", 1.0, "negative_prompt_2"),
+    ]
+    with pytest.raises(InvalidInputs) as err:
+        check_fields({**body, "prompt_2": "<lora:a:0.2> cat"}, REPLICATE, Caps())
+    assert "'<lora:a:0.2>' (prompt_2) names the LoRA of '<lora:a:0.7>' (prompt) again" in str(
+        err.value
+    )
+    plain = check_fields({**body, "prompt_syntax": "plain"}, REPLICATE, Caps()).request()
+    assert plain.prompt_2 == body["prompt_2"] and plain.loras == ()
+
+
 # ---- names, per tenant ----------------------------------------------------------------------
 def _lora_file(path, metadata=None):
     header = json.dumps({"__metadata__": metadata or {}}).encode()
@@ -180,3 +221,29 @@ def test_names_per_tenant(tmp_path):
     _lora_file(folder / "new.safetensors")
     library.refresh()
     assert library.find("new", None) == folder / "new.safetensors"
+
+
+def test_the_short_hash_is_a1111s_and_computed_once_per_file(tmp_path, monkeypatch):
+    import hashlib
+
+    from sdxl.adapters import library as library_module
+
+    path = tmp_path / "x.safetensors"
+    save_safetensors(path, {"w": torch.ones(3)})
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    library = LoraLibrary(tmp_path)
+    assert library.short_hash(path) == hashlib.sha256(data[8 + size :]).hexdigest()[:12]
+    computed = []
+    real = library_module._tensor_sha256
+    monkeypatch.setattr(library_module, "_tensor_sha256", lambda p: computed.append(p) or real(p))
+    library.short_hash(path)
+    assert computed == []  # remembered
+    save_safetensors(path, {"w": torch.zeros(4)})  # another file at that path: hashed again
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    assert library.short_hash(path) == hashlib.sha256(data[8 + size :]).hexdigest()[:12]
+    assert computed == [path]
+    given = "ab" * 32  # kohya's sshs_model_hash, which A1111 prefers
+    _lora_file(tmp_path / "k.safetensors", {"sshs_model_hash": given})
+    assert library.short_hash(tmp_path / "k.safetensors") == given[:12]

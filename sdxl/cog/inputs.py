@@ -55,9 +55,12 @@ def reading_from(settings: EngineSettings, staging: pathlib.Path) -> EngineSetti
 
 
 @contextlib.contextmanager
-def checked_inputs(inputs: dict, caps: Caps, staging: pathlib.Path) -> Iterator[Checked]:
+def checked_inputs(
+    inputs: dict, caps: Caps, staging: pathlib.Path, loras=None
+) -> Iterator[Checked]:
     """`run()`'s arguments checked, for the time of the prediction (a data URI given as
-    `replicate_weights` is a temporary file in `staging` until then); InputError
+    `replicate_weights` is a temporary file in `staging` until then), the LoRAs by `loras`
+    (the engine's `lora_check(None)`: the shared names and offset); InputError
     (InvalidInputs) names every input at fault."""
     values = dict(inputs)
     for name in FILE_INPUTS:
@@ -66,7 +69,7 @@ def checked_inputs(inputs: dict, caps: Caps, staging: pathlib.Path) -> Iterator[
     with _weights_file(values.get("replicate_weights"), staging) as weights:
         if weights is not None:
             values["replicate_weights"] = weights
-        yield check_fields(values, COG, caps)
+        yield check_fields(values, COG, caps, loras)
 
 
 @contextlib.contextmanager

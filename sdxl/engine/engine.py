@@ -212,6 +212,19 @@ class Engine:
             self._loras = LoraLibrary(folder, weights / NAMED_LORAS["offset"])
         return self._loras
 
+    @property
+    def loras_per_request(self) -> int:
+        """LoRAs one request may apply: as many as stay resident, at least one."""
+        if self.runner is not None:
+            return self.runner.resident.most_per_job
+        return max(1, self.settings.resident_loras(self.runtime.compile))
+
+    def lora_check(self, tenant: str | None) -> Callable[[Request], None]:
+        """The boundary's check of a request's LoRAs for `tenant` (`check_fields`' `loras`):
+        InputError naming an unknown name, a trainer's tar among URLs, or a stack over the
+        bound, before the job is stored or queued. Preparation checks again."""
+        return lambda request: self.loras.check(request.adapters, tenant, self.loras_per_request)
+
     # ---- jobs ---------------------------------------------------------------------------
     def submit(
         self,

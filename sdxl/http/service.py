@@ -31,6 +31,12 @@ class Service:
         self.engine = engine
         self._draining = False
 
+    def lora_check(self, tenant: str | None):
+        """The check every API's boundary runs on a request's LoRAs for `tenant` (pass it to
+        `check_fields`): an unknown name, a trainer's tar in `loras` or a stack over the
+        per-request bound is a 422 at once, not a prediction that fails later."""
+        return self.engine.lora_check(tenant)
+
     def start_loading(self) -> None:
         self.engine.start_loading()
 

@@ -43,6 +43,9 @@ class Wire:
 JSON = Wire()  # values as JSON types them
 
 
-def checked(body: Mapping[str, Any], surface: Surface, wire: Wire, caps: Caps) -> Checked:
-    """The boundary's check (`check_fields`) of a body as `wire` sends it."""
-    return check_fields(wire.typed(body, surface), surface, caps)
+def checked(
+    body: Mapping[str, Any], surface: Surface, wire: Wire, caps: Caps, loras=None
+) -> Checked:
+    """The boundary's check (`check_fields`, with the caller's LoRA check `loras`:
+    `Service.lora_check`) of a body as `wire` sends it."""
+    return check_fields(wire.typed(body, surface), surface, caps, loras)

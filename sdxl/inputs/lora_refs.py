@@ -6,8 +6,11 @@ prepared, `sdxl.adapters.library`):
 - the `loras` input: comma-separated items `ref[:weight]`, `ref` a LoRA's name or an http(s)
   URL of a .safetensors file; the weight is what follows the last colon when it reads as a
   number (so `https://host:8443/x.safetensors` is a URL at weight 1.0);
-- `<lora:name:weight>` tags in the prompt and the negative prompt, where the prompt syntax is
-  `a1111` (`sdxl.inputs.prompt_syntax.lora_tags`): the tags are taken out of the text.
+- `<lora:name:weight>` tags in the prompt and the negative prompt, and in prompt_2 and
+  negative_prompt_2 (read in the same language), where the prompt syntax is `a1111`
+  (`sdxl.inputs.prompt_syntax.lora_tags`): the tags are taken out of the text. A tag of
+  prompt_2 or negative_prompt_2 that repeats one already taken (same name, same weight, as when
+  a prompt is copied into prompt_2) is that LoRA once; another weight for it is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from sdxl.errors import InputError
 from sdxl.inputs.prompt_syntax import LORA_WEIGHT_RANGE, lora_tags
 
 MOST_ITEMS = 16  # items one `loras` input may list (the engine's own bound is lower)
-TAGGED_FIELDS = ("prompt", "negative_prompt")
+TAGGED_FIELDS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+SECOND_FIELDS = ("prompt_2", "negative_prompt_2")  # often a copy of the first ones
 _BAD_NAME_CHARS = set("/\\\0<>:,")
 
 
@@ -130,7 +134,13 @@ def with_loras(values: dict) -> dict:
         for field in TAGGED_FIELDS:
             if out.get(field):
                 out[field], tagged = from_tags(out[field], field)
+                if field in SECOND_FIELDS:
+                    tagged = [t for t in tagged if not _repeats(t, refs)]
                 refs = (*refs, *tagged)
     check_unique(refs)
     out["loras"] = tuple(refs)
     return out
+
+
+def _repeats(tag: LoraRef, refs) -> bool:
+    return any(ref.ref == tag.ref and ref.weight == tag.weight for ref in refs)

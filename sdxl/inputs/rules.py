@@ -4,7 +4,8 @@ message, and every API reports it in its own field names and error shape.
 Two tiers, each run once per request and only for the inputs that apply to it:
 
 1. `check_fields`, at an API's boundary (its 422): the schema (unknown fields, types, bounds,
-   choices, lengths, image sources checked cheaply) and the operator's caps (SDXL_MAX_*).
+   choices, lengths, image sources checked cheaply), the operator's caps (SDXL_MAX_*), and the
+   LoRAs the request names, by a check the API is handed for its caller (the engine's).
 2. `check_request` (`sdxl.inputs.model_rules`), when the engine prepares the job (the job
    fails): the model's rules that need no model loaded. What needs the model or the decoded
    image follows in the same preparation: the step plan (`sdxl.generate.schedulers`) and the
@@ -22,7 +23,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sdxl.config import (
@@ -33,6 +34,7 @@ from sdxl.config import (
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import bytes_source, source_from_text
 from sdxl.inputs.lora_refs import with_loras
+from sdxl.inputs.request import Request
 from sdxl.inputs.scheduler_table import check_few_step, refiner_schedule_for
 from sdxl.inputs.surface import (
     UNSET,
@@ -59,10 +61,16 @@ LORA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 # ---- tier 1: the boundary -----------------------------------------------------------------
-def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Checked:
+def check_fields(
+    body: Mapping[str, Any],
+    surface: Surface,
+    caps: Caps,
+    loras: Callable[[Request], None] | None = None,
+) -> Checked:
     """`body` (an API's request in its names) checked against the API's schema and the caps
-    (with the files on this machine that `replicate_weights` may name, `caps.local_files`);
-    InvalidInputs lists every problem."""
+    (with the files on this machine that `replicate_weights` may name, `caps.local_files`),
+    then its LoRAs by `loras` (the engine's `lora_check` for the caller: the names the
+    caller may use, the per-request bound); InvalidInputs lists every problem."""
     given: dict[str, Any] = {}
     parsed: dict[str, Any] = {}
     problems: list[Problem] = []
@@ -92,7 +100,13 @@ def check_fields(body: Mapping[str, Any], surface: Surface, caps: Caps) -> Check
     problems = [surface.problem(err) for err in (*_over_caps(values, caps), *_few_step(values))]
     if problems:
         raise InvalidInputs(problems)
-    return Checked(values, given)
+    found = Checked(values, given)
+    if loras is not None:
+        try:
+            loras(found.request())
+        except InputError as err:
+            raise InvalidInputs([surface.problem(err)]) from None
+    return found
 
 
 def _few_step(values: Mapping[str, Any]) -> list[InputError]:

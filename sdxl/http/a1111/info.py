@@ -2,17 +2,25 @@
 `parameters`, and `info`, a JSON string with the seeds and each image's infotext as A1111
 writes them ("prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ..."). Each PNG
 carries its infotext in its `parameters` text chunk, as A1111's PNGs do, for the tools that
-read it back (PNG Info, image browsers).
+read it back (PNG Info, image browsers). The prompt keeps its `<lora:name:w>` tags as written
+(A1111's does); `Lora hashes: "name: hash, ..."` gives each tagged LoRA's short hash as A1111
+writes it (`LoraLibrary.short_hash`, computed once per file).
 
-Not written yet: `Lora hashes` (the request carries no LoRA stack yet) and `Model hash`."""
+Not written: `Model hash` (A1111 hashes one checkpoint file; the served model is a diffusers
+folder of several files, whose hash would be neither A1111's nor cheap)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import struct
 import time
 from dataclasses import dataclass
 
+from sdxl.adapters.library import LoraLibrary
 from sdxl.inputs.request import Request
+
+log = logging.getLogger(__name__)
 
 VERSION = "sdxl-cog"  # what `info.version` and the infotext's Version name
 
@@ -30,6 +38,7 @@ class Made:
     denoising_strength: float | None
     model: str
     timestamp: str  # when the request started, as A1111 writes it
+    lora_hashes: str | None = None  # "name: hash, name2: hash2", A1111's `Lora hashes`
 
 
 def quote(value) -> str:
@@ -49,11 +58,32 @@ def infotext(made: Made, seed: int) -> str:
         "Size": f"{made.width}x{made.height}",
         "Model": made.model,
         "Denoising strength": made.denoising_strength,
+        "Lora hashes": made.lora_hashes,
         "Version": VERSION,
     }
     line = ", ".join(f"{key}: {quote(value)}" for key, value in params.items() if value is not None)
     negative = f"\nNegative prompt: {req.negative_prompt}" if req.negative_prompt else ""
     return f"{req.prompt}{negative}\n{line}".strip()
+
+
+def lora_hashes(request: Request, library: LoraLibrary | None, tenant: str) -> str | None:
+    """A1111's `Lora hashes` value: each named LoRA of the stack (its name as written, without
+    ':' and ',') with its short hash; None without any."""
+    if library is None:
+        return None
+    found = {}
+    for ref in request.loras:
+        path = None if ref.is_url else library.find(ref.ref, tenant)
+        if path is None:
+            continue
+        try:
+            found[ref.ref.translate(_NOT_IN_NAMES)] = library.short_hash(path)
+        except (OSError, ValueError, struct.error) as err:  # gone or changed since the job
+            log.warning("no Lora hash for %r: %s", ref.ref, err)
+    return ", ".join(f"{name}: {short}" for name, short in found.items()) or None
+
+
+_NOT_IN_NAMES = str.maketrans("", "", ":,")
 
 
 def info_json(made: Made, nsfw: list[bool]) -> str:
@@ -85,7 +115,7 @@ def info_json(made: Made, nsfw: list[bool]) -> str:
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
             "denoising_strength": made.denoising_strength,
-            "extra_generation_params": {"Schedule type": made.schedule},
+            "extra_generation_params": _extra_params(made),
             "index_of_first_image": 0,
             "infotexts": [infotext(made, seed) for seed in made.seeds],
             "styles": [req.style_selected] if req.style_selected else [],
@@ -96,6 +126,13 @@ def info_json(made: Made, nsfw: list[bool]) -> str:
             "nsfw_content_detected": nsfw,  # this server's: flagged images come back black
         }
     )
+
+
+def _extra_params(made: Made) -> dict:
+    extra = {"Schedule type": made.schedule}
+    if made.lora_hashes:
+        extra["Lora hashes"] = made.lora_hashes
+    return extra
 
 
 def job_timestamp() -> str:

@@ -18,7 +18,7 @@ from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
 from sdxl.http.a1111.fields import IMG2IMG, TXT2IMG, WIRE, sampler_of
-from sdxl.http.a1111.info import Made, info_json, infotext
+from sdxl.http.a1111.info import Made, info_json, infotext, lora_hashes
 from sdxl.http.a1111.options import OptionsApi
 from sdxl.http.a1111.progress import Run, Runs, progress_of
 from sdxl.http.auth import caller_of
@@ -32,6 +32,7 @@ from sdxl.http.trained import TrainedModels
 from sdxl.http.wire import checked as wire_checked
 from sdxl.images.outputs import encode_outputs
 from sdxl.inputs.a1111_samplers import offered_schedules, runnable_samplers
+from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import in_batches
 from sdxl.inputs.rules import check_cap
 from sdxl.inputs.surface import UNSET, Checked, InvalidInputs, Surface
@@ -50,10 +51,11 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
         body = await json_object(http, EXAMPLE, empty="{}")
         model, tar = await asyncio.to_thread(options.checkpoint, http, body)
-        found = checked(body, shape, caps)
+        caller = caller_of(http)
+        loras = sync.service.lora_check(caller)
+        found = await asyncio.to_thread(checked, body, shape, caps, loras)
         first = replace(found.request(), trained_tar=tar)
         requests = in_batches(first, [first.num_outputs] * found.given.get("n_iter", 1))
-        caller = caller_of(http)
         jobs = sync.submit(requests, caller)  # previews once /progress asks (progress.py)
         run = Run(jobs)
         runs.add(caller, run)
@@ -61,10 +63,11 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
             await until_done(http, jobs)
         finally:
             runs.remove(caller, run)
-        return await asyncio.to_thread(answer, found, shape, img2img, jobs, run, model)
+        return await asyncio.to_thread(answer, found, shape, img2img, jobs, run, model, caller)
 
-    def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model) -> dict:
+    def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model, caller):
         made = made_by(found, img2img, jobs, run.timestamp, model)
+        made = replace(made, lora_hashes=lora_hashes(made.request, options.loras, caller))
         images, seeds, nsfw = [], [], []
         for job in jobs:
             if isinstance(job.error, JobCanceled):  # interrupted or skipped: A1111 answers
@@ -149,9 +152,9 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     return routes
 
 
-def checked(body: dict, shape: Surface, caps) -> Checked:
+def checked(body: dict, shape: Surface, caps, loras=None) -> Checked:
     try:
-        found = wire_checked(body, shape, WIRE, caps)
+        found = wire_checked(body, shape, WIRE, caps, loras)
         total = found.request().num_outputs * found.given.get("n_iter", 1)
         check_cap("batch_size x n_iter", total, "max_outputs", caps)
     except InvalidInputs as err:
@@ -168,7 +171,7 @@ def made_by(found: Checked, img2img: bool, jobs: list[Job], timestamp: str, mode
     name = found.given.get("sampler_name") or found.given.get("sampler_index", "Euler")
     _, sampler, schedule = sampler_of(name, found.given.get("scheduler", "automatic"))
     return Made(
-        request=generation.request if generation is not None else request,
+        request=as_written(found, request, generation),
         seeds=[],
         sampler=sampler,
         schedule=schedule,
@@ -178,6 +181,19 @@ def made_by(found: Checked, img2img: bool, jobs: list[Job], timestamp: str, mode
         model=model,
         timestamp=timestamp,
     )
+
+
+def as_written(found: Checked, request, generation):
+    """The request as it ran, with its prompts as the user wrote them (`<lora:..>` tags kept,
+    as A1111's infotext keeps them), the style applied."""
+    ran = generation.request if generation is not None else request
+    written = replace(
+        request,
+        prompt=found.given.get("prompt", request.prompt),
+        negative_prompt=found.given.get("negative_prompt", request.negative_prompt),
+    )
+    styled = apply_presets(written)
+    return replace(ran, prompt=styled.prompt, negative_prompt=styled.negative_prompt)
 
 
 def parameters(found: Checked, shape: Surface) -> dict:

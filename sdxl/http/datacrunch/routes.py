@@ -43,10 +43,11 @@ def encoded(result: Result, checked: Checked) -> list[str]:
     return [base64.b64encode(o.data).decode("ascii") for o in outputs]
 
 
-async def checked_body(http: HttpRequest, caps: Caps) -> Checked:
+async def checked_body(http: HttpRequest, caps: Caps, loras=None) -> Checked:
+    """The body checked, its LoRAs by `loras` (the caller's); a 422 names every problem."""
     body = await json_object(http, EXAMPLE)
     try:
-        return check_fields(body, DATACRUNCH, caps)
+        return await asyncio.to_thread(check_fields, body, DATACRUNCH, caps, loras)
     except InvalidInputs as err:
         raise InvalidRequest(err.problems) from None
 
@@ -63,8 +64,9 @@ def router(sync: SyncJobs) -> APIRouter:
         openapi_extra=body_doc("GenerateRequest"),
     )
     async def generate(http: HttpRequest, response: Response) -> GenerateResponse:
-        checked = await checked_body(http, caps)
-        (job,) = sync.submit([checked.request()], caller_of(http))
+        caller = caller_of(http)
+        checked = await checked_body(http, caps, sync.service.lora_check(caller))
+        (job,) = sync.submit([checked.request()], caller)
         await until_done(http, [job])
         result = outcome(job, DATACRUNCH)
         images = await asyncio.to_thread(encoded, result, checked)

@@ -83,9 +83,11 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
             raise InvalidRequest([problem])
         return tar
 
-    def checked(body: dict, shape: Surface) -> Checked:
+    def checked(body: dict, shape: Surface, http: HttpRequest) -> Checked:
+        """The body checked (the LoRAs of `loras` and of a1111 tags, for the caller)."""
+        loras = sync.service.lora_check(caller_of(http))
         try:
-            found = wire_checked(body, shape, WIRES[shape is not GENERATIONS], caps)
+            found = wire_checked(body, shape, WIRES[shape is not GENERATIONS], caps, loras)
             check_cap("n", found.given.get("n", 1), "max_outputs", caps)
         except InvalidInputs as err:
             raise InvalidRequest(err.problems) from None
@@ -141,7 +143,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
     async def generations(http: HttpRequest):
         body = await json_object(http, '{"prompt": "a cat", "size": "1024x1024"}')
         tar = await asyncio.to_thread(weights_of, body, http)
-        found = checked(body, GENERATIONS)
+        found = await asyncio.to_thread(checked, body, GENERATIONS, http)
         return await answer(http, found, GENERATIONS, "image_generation", tar)
 
     @routes.post(
@@ -154,7 +156,7 @@ def router(sync: SyncJobs, settings: Settings, store: Store | None) -> APIRouter
         tar = await asyncio.to_thread(weights_of, body, http)
         width, height = check_image_size(body["image"])
         shape = surface(edit=True, auto=(width, height))
-        found = checked(body, shape)
+        found = await asyncio.to_thread(checked, body, shape, http)
         if found.given.get("size", "auto") not in ("auto", f"{width}x{height}"):
             size = found.given["size"]
             message = (

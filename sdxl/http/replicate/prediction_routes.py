@@ -67,7 +67,9 @@ def prediction_routes(api: ReplicateApi, service: Service, settings: Settings) -
         accepting(service, "predictions")
         base = origin(http, settings)
         try:
-            row = await asyncio.to_thread(predictions.create, version, body, base, caller_of(http))
+            tenant = caller_of(http)
+            loras = service.lora_check(tenant)
+            row = await asyncio.to_thread(predictions.create, version, body, base, tenant, loras)
         except InvalidInputs as err:
             raise invalid(err) from None
         except StoreFull as err:

@@ -19,8 +19,10 @@ class Predictions:
         self.runtime = runtime
         self.caps = caps
 
-    def create(self, version: Version, body: dict, origin: str, tenant: str) -> dict:
-        """Store and queue `tenant`'s prediction; InvalidInputs names every field at fault."""
+    def create(self, version: Version, body: dict, origin: str, tenant: str, loras=None) -> dict:
+        """Store and queue `tenant`'s prediction; InvalidInputs names every field at fault,
+        the LoRAs included (`loras`: `Service.lora_check` for `tenant`), and nothing is
+        stored then."""
         problems: list[Problem] = []
         raw = body.get("input")
         found = None
@@ -28,7 +30,7 @@ class Predictions:
             problems.append(Problem("input", "must be a JSON object of the model's inputs"))
         else:
             try:
-                found = checked(raw, REPLICATE, WIRE, self.caps)
+                found = checked(raw, REPLICATE, WIRE, self.caps, loras)
             except InvalidInputs as err:
                 problems += [Problem(f"input.{p.field}", p.message) for p in err.problems]
         webhook, wanted = body.get("webhook"), body.get("webhook_events_filter")
