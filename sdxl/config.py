@@ -134,6 +134,10 @@ COG_INPUTS: dict[str, InputSpec] = {
 EXTRA_INPUTS: dict[str, InputSpec] = {
     "lora_name": InputSpec("string", None, max_length=MAX_NAME_CHARS),  # a LoRA we ship
     "lora_id": InputSpec("string", None, max_length=MAX_NAME_CHARS),  # <SDXL_LORA_DIR>/<id>
+    # AUTOMATIC1111's API only (CLIP_stop_at_last_layers - 1): how many more of the text
+    # encoders' last layers to skip past SDXL's usual penultimate one (None: that one).
+    # diffusers' clip_skip; at most the text encoders' layers - 1 (11 in SDXL's CLIP-L).
+    "clip_skip": InputSpec("integer", None, 0, 11),
 }
 INPUTS = {**COG_INPUTS, **EXTRA_INPUTS}
 # Read by the step that encodes the images, not by the engine.

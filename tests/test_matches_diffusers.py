@@ -71,6 +71,31 @@ def test_prompt_2_and_negative_prompts(engine, reference):
     assert np.abs(pixels(without_2) - pixels(got)).max() > 0, "prompt_2 had no effect"
 
 
+def test_clip_skip_equals_diffusers_clip_skip(engine, reference):
+    """clip_skip=1 is diffusers' clip_skip=1; with a negative prompt, the negative is read at
+    the same layer (diffusers' own call reads the negative's penultimate layer whatever
+    clip_skip says, so its embeddings are given here, from its encode_prompt)."""
+    base, _ = reference
+    (got,) = run(engine, clip_skip=1)
+    assert_same_image(got, reference_txt2img(base, clip_skip=1))
+    (usual,) = run(engine)
+    assert np.abs(pixels(usual) - pixels(got)).max() > 0, "clip_skip had no effect"
+
+    def encoded(text):
+        embeds, _, pooled, _ = base.encode_prompt(
+            text, device=base.device, do_classifier_free_guidance=False, clip_skip=1
+        )
+        return embeds, pooled
+
+    (prompt, pooled), (negative, negative_pooled) = encoded("a photo of a cat"), encoded("blurry")
+    expected = reference_txt2img(
+        base, prompt=None, prompt_embeds=prompt, pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled,
+    )  # fmt: skip
+    (got,) = run(engine, clip_skip=1, negative_prompt="blurry")
+    assert_same_image(got, expected)
+
+
 def test_img2img(engine, reference):
     base, _ = reference
     source = smooth_image(320, 256)

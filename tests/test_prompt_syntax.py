@@ -112,13 +112,14 @@ def test_without_a_comma_chunks_are_75_tokens(base_pipe):
     assert [len(c.ids) for c in chunks] == [75, 75, 10]
 
 
-def _reference_chunk(tokenizer, encoder, ids, weights):
-    """One chunk as we read A1111's rules: framed, penultimate states, weighted, mean restored."""
+def _reference_chunk(tokenizer, encoder, ids, weights, layer=-2):
+    """One chunk as we read A1111's rules: framed, penultimate states (or `layer`'s), weighted,
+    mean restored."""
     framed = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
     framed += [tokenizer.pad_token_id] * (77 - len(framed))
     w = torch.tensor([1.0, *weights] + [1.0] * (76 - len(weights)))
     out = encoder(torch.tensor([framed]), output_hidden_states=True)
-    z = out.hidden_states[-2][0]
+    z = out.hidden_states[layer][0]
     scaled = z * w[:, None]
     return scaled * (z.mean() / scaled.mean()), out[0][0] if out[0].ndim == 2 else None
 
@@ -133,12 +134,14 @@ def weighted(*parts):
     return build
 
 
-def expected_embeds(pipe, chunks):
+def expected_embeds(pipe, chunks, layer=-2):
     """(hidden states, pooled) of chunks encoded one at a time by each encoder."""
     encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
     per_encoder, pooled = [], None
     for tokenizer, encoder in encoders:
-        encoded = [_reference_chunk(tokenizer, encoder, *chunk(tokenizer)) for chunk in chunks]
+        encoded = [
+            _reference_chunk(tokenizer, encoder, *chunk(tokenizer), layer) for chunk in chunks
+        ]
         per_encoder.append(torch.cat([hidden for hidden, _ in encoded]))
         pooled = encoded[0][1] if encoded[0][1] is not None else pooled
     return torch.cat(per_encoder, dim=-1)[None], pooled[None]
@@ -189,3 +192,20 @@ def test_too_many_chunks_is_an_error(base_pipe):
     texts = prompts.stage_texts(base_pipe, "a BREAK " * 6 + "b", None, None, None)
     with pytest.raises(InputError, match=r"7 chunks of 75 tokens.*the limit is 6"):
         weighted_prompts.encode(base_pipe, texts, zero_negative=True)
+
+
+@torch.no_grad()
+def test_clip_skip_reads_an_earlier_layer_before_the_weights(base_pipe):
+    """clip_skip 1: the weights apply to hidden_states[-3], of the prompt and the negative."""
+    texts = prompts.stage_texts(base_pipe, "a (cat:1.3)", None, "(blurry:1.4)", None)
+    ours = weighted_prompts.encode(base_pipe, texts, zero_negative=True, clip_skip=1)
+    embeds, pooled = expected_embeds(base_pipe, [weighted(("a ", 1.0), ("cat", 1.3))], layer=-3)
+    torch.testing.assert_close(ours["prompt_embeds"], embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled, rtol=0, atol=1e-5)
+    neg, _ = expected_embeds(base_pipe, [weighted(("blurry", 1.4))], layer=-3)
+    torch.testing.assert_close(ours["negative_prompt_embeds"], neg, rtol=0, atol=1e-5)
+    # plain text with clip_skip: diffusers encodes it only where there is no negative text
+    plain = prompts.stage_texts(base_pipe, "a (cat:1)", None, None, None)
+    assert weighted_prompts.prompt_kwargs(base_pipe, plain, True, clip_skip=1)["prompt"] == "a cat"
+    plain = prompts.stage_texts(base_pipe, "a (cat:1)", None, "blurry", None)
+    assert "prompt_embeds" in weighted_prompts.prompt_kwargs(base_pipe, plain, True, clip_skip=1)

@@ -68,3 +68,38 @@ def test_words_past_77_tokens_change_the_image(engine, refine):
 def test_prompt_too_long_is_an_error(engine):
     with pytest.raises(InputError, match=r"a prompt has \d+ tokens; the limit is 450"):
         engine.run(Request(prompt=LONG * 4, width=256, height=256, num_inference_steps=2))
+
+
+def _framed_states(tokenizer, encoder, text: str, layer: int) -> torch.Tensor:
+    """One encoder's hidden states at `layer` for the first 75 tokens of `text`, framed."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:75]
+    framed = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+    framed += [tokenizer.pad_token_id] * (77 - len(framed))
+    return encoder(torch.tensor([framed]), output_hidden_states=True).hidden_states[layer]
+
+
+@torch.no_grad()
+def test_clip_skip_reads_an_earlier_layer_of_prompt_and_negative(base_pipe):
+    """clip_skip 1: the layer before the penultimate (hidden_states[-3]) in both encoders, for
+    the long prompt and for the negative (which diffusers' own clip_skip leaves at -2)."""
+    texts = prompts.stage_texts(base_pipe, LONG, None, "blurry", None)
+    ours = prompts.encode(base_pipe, texts, zero_negative=True, clip_skip=1)
+    usual = prompts.encode(base_pipe, texts, zero_negative=True)
+    pairs = prompts.encoders(base_pipe)
+    for text, key in ((LONG, "prompt_embeds"), ("blurry", "negative_prompt_embeds")):
+        expected = torch.cat([_framed_states(t, e, text, -3) for t, e in pairs], dim=-1)
+        torch.testing.assert_close(ours[key][:, :77], expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(ours[key], usual[key])
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], usual["pooled_prompt_embeds"])
+    # short: left to diffusers (with clip_skip=) only where it has no negative text to encode
+    short = prompts.stage_texts(base_pipe, "a cat", None, None, None)
+    assert prompts.encode(base_pipe, short, zero_negative=True, clip_skip=1) is None
+    short = prompts.stage_texts(base_pipe, "a cat", None, "blurry", None)
+    assert "negative_prompt_embeds" in prompts.encode(base_pipe, short, True, clip_skip=1)
+
+
+def test_clip_skip_beyond_the_text_encoders_layers_is_an_error(base_pipe):
+    layers = base_pipe.text_encoder.config.num_hidden_layers  # 3 in the tiny model
+    prompts.check_clip_skip(base_pipe, layers - 1)  # down to the token embeddings
+    with pytest.raises(InputError, match=rf"clip_skip={layers}.*the most is {layers - 1}"):
+        prompts.check_clip_skip(base_pipe, layers)

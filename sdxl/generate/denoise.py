@@ -90,7 +90,8 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     """Prompt arguments for one stage. An empty negative prompt means none, so SDXL's zeros
     apply; the refiner has only the second text encoder and reads `prompt_2` where given.
     Prompts past 77 tokens are encoded in chunks (sdxl.generate.prompts) instead of being cut.
-    With prompt_syntax "a1111" they are read in A1111's language (weighted_prompts)."""
+    With prompt_syntax "a1111" they are read in A1111's language (weighted_prompts). clip_skip
+    reads earlier layers of the text encoders, in diffusers' encoding as in ours."""
     negative = None if req.negative_prompt == "" else req.negative_prompt
     if for_refiner:
         prompt = req.prompt if req.prompt_2 is None else req.prompt_2
@@ -108,10 +109,15 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
         pipe, args["prompt"], args.get("prompt_2"), negative, args.get("negative_prompt_2")
     )
     zero_negative = pipe.config.force_zeros_for_empty_prompt
+    clip_skip = req.clip_skip
+    prompts.check_clip_skip(pipe, clip_skip)
     if req.prompt_syntax == "a1111":  # (word:1.3), [word], BREAK: A1111's encoding
-        return weighted_prompts.prompt_kwargs(pipe, texts, zero_negative)
-    embeds = prompts.encode(pipe, texts, zero_negative=zero_negative)
-    return args if embeds is None else embeds
+        args = weighted_prompts.prompt_kwargs(pipe, texts, zero_negative, clip_skip)
+    else:
+        args = prompts.encode(pipe, texts, zero_negative, clip_skip) or args
+    if clip_skip is not None and "prompt" in args:  # diffusers encodes: the same layers
+        args["clip_skip"] = clip_skip
+    return args
 
 
 def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> np.ndarray:

@@ -5,6 +5,11 @@ diffusers' own. A long prompt is split into chunks of 75 tokens; each chunk is f
 BOS/EOS, padded to 77 and encoded as SDXL encodes a prompt (penultimate hidden states of each
 text encoder, concatenated); the chunks are joined along the sequence. The pooled embedding is
 the second encoder's for the first chunk. Positive and negative get the same number of chunks.
+
+`clip_skip` (diffusers' name; AUTOMATIC1111's CLIP_stop_at_last_layers - 1) takes the hidden
+states that many layers before the penultimate one, in every text encoder, for the prompt and
+the negative prompt alike. diffusers' own encoding applies it to the prompt only, so with
+clip_skip a negative prompt is encoded here, never by diffusers.
 """
 
 from __future__ import annotations
@@ -47,7 +52,28 @@ def encoders(pipe) -> list[tuple]:
     return [(tok, enc) for tok, enc in pairs if enc is not None]
 
 
-def _encode_chunks(pipe, texts: tuple[str, ...], n_chunks: int):
+def hidden_layer(clip_skip: int | None) -> int:
+    """The index in `hidden_states` SDXL reads: the penultimate layer, `clip_skip` before it."""
+    return -2 - (clip_skip or 0)
+
+
+def check_clip_skip(pipe, clip_skip: int | None) -> None:
+    """A clip_skip every text encoder of `pipe` has the layers for (hidden_states[0], the
+    token embeddings, is the deepest it may reach)."""
+    if clip_skip is None:
+        return
+    layers = [enc.config.num_hidden_layers for _, enc in encoders(pipe)]
+    if clip_skip > min(layers) - 1:
+        raise InputError(
+            f"clip_skip={clip_skip} skips more layers than this model's text encoders have "
+            f"({' and '.join(map(str, layers))} layers); the most is {min(layers) - 1} "
+            f"(AUTOMATIC1111's CLIP_stop_at_last_layers {min(layers)})",
+            "clip_skip",
+            clip_skip,
+        )
+
+
+def _encode_chunks(pipe, texts: tuple[str, ...], n_chunks: int, clip_skip: int | None = None):
     """(hidden states [1, 77*n, dim], pooled [1, dim]) for one prompt across the encoders."""
     per_encoder, pooled = [], None
     for (tokenizer, encoder), text in zip(encoders(pipe), texts, strict=True):
@@ -57,7 +83,8 @@ def _encode_chunks(pipe, texts: tuple[str, ...], n_chunks: int):
         out = encoder(ids, output_hidden_states=True)
         if out[0].ndim == 2:  # the projection model: pooled text embeds
             pooled = out[0][:1]
-        per_encoder.append(out.hidden_states[-2].reshape(1, -1, out.hidden_states[-2].shape[-1]))
+        hidden = out.hidden_states[hidden_layer(clip_skip)]
+        per_encoder.append(hidden.reshape(1, -1, hidden.shape[-1]))
     return torch.cat(per_encoder, dim=-1), pooled
 
 
@@ -90,22 +117,31 @@ def needs_chunking(pipe, texts: Texts) -> bool:
     return longest > limit
 
 
+def diffusers_encodes(pipe, texts: Texts, zero_negative: bool, clip_skip: int | None) -> bool:
+    """Whether diffusers' own encoding (with `clip_skip=` when set) is this server's: the
+    prompts fit one chunk and, with clip_skip, there is no negative text for diffusers to
+    encode (it would read the negative's penultimate layer whatever clip_skip says)."""
+    if needs_chunking(pipe, texts):
+        return False
+    return clip_skip is None or (texts.negatives is None and zero_negative)
+
+
 @torch.no_grad()
-def encode(pipe, texts: Texts, zero_negative: bool) -> dict | None:
+def encode(pipe, texts: Texts, zero_negative: bool, clip_skip: int | None = None) -> dict | None:
     """Embedding kwargs for `pipe(...)`, or None when diffusers' own encoding applies."""
-    if not needs_chunking(pipe, texts):
+    if diffusers_encodes(pipe, texts, zero_negative, clip_skip):
         return None
     tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
     groups = [texts.prompts] + ([texts.negatives] if texts.negatives else [])
     n_chunks = max(
         len(_chunks(tok, t)) for g in groups for tok, t in zip(tokenizers, g, strict=True)
     )
-    embeds, pooled = _encode_chunks(pipe, texts.prompts, n_chunks)
+    embeds, pooled = _encode_chunks(pipe, texts.prompts, n_chunks, clip_skip)
     if texts.negatives is None and zero_negative:
         negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     else:
         negatives = texts.negatives or ("",) * len(texts.prompts)
-        negative, negative_pooled = _encode_chunks(pipe, negatives, n_chunks)
+        negative, negative_pooled = _encode_chunks(pipe, negatives, n_chunks, clip_skip)
     dtype = pipe.unet.dtype
     return {
         "prompt_embeds": embeds.to(dtype),

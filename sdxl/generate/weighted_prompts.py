@@ -6,9 +6,9 @@ them for SDXL, in each text encoder:
    within 20 tokens of a comma ends after that comma instead, the tokens after it moving to
    the next chunk (A1111's `comma_padding_backtrack`, default 20).
 2. Each chunk is framed with BOS/EOS, padded to 77 and encoded as SDXL encodes a prompt (the
-   penultimate hidden states); each token's hidden state is multiplied by its weight and the
-   chunk is rescaled so that its mean equals the unweighted mean (A1111's default emphasis,
-   "Original").
+   penultimate hidden states, or those `clip_skip` layers before them); each token's hidden
+   state is multiplied by its weight and the chunk is rescaled so that its mean equals the
+   unweighted mean (A1111's default emphasis, "Original").
 3. The chunks are joined along the sequence; the pooled embedding is the second encoder's for
    the first chunk, unweighted. A negative prompt with fewer chunks is padded with empty ones,
    as A1111 does with "pad prompt/negative prompt to be same length".
@@ -79,23 +79,23 @@ def _framed_weights(chunk: Chunk, length: int) -> list[float]:
     return [1.0, *chunk.weights] + [1.0] * (length - 1 - len(chunk.weights))
 
 
-def _encode_one(tokenizer, encoder, chunks: list[Chunk], n_chunks: int):
+def _encode_one(tokenizer, encoder, chunks: list[Chunk], n_chunks: int, clip_skip: int | None):
     chunks = chunks + [Chunk() for _ in range(n_chunks - len(chunks))]
     length = tokenizer.model_max_length
     ids = torch.tensor([prompts.frame(tokenizer, c.ids) for c in chunks], device=encoder.device)
     weights = torch.tensor([_framed_weights(c, length) for c in chunks], device=encoder.device)
     out = encoder(ids, output_hidden_states=True)
     pooled = out[0][:1] if out[0].ndim == 2 else None  # the projection model's text embeds
-    hidden = emphasized(out.hidden_states[-2], weights)
+    hidden = emphasized(out.hidden_states[prompts.hidden_layer(clip_skip)], weights)
     return hidden.reshape(1, -1, hidden.shape[-1]), pooled
 
 
-def _encode(pipe, per_encoder_chunks: list[list[Chunk]], n_chunks: int):
+def _encode(pipe, per_encoder_chunks: list[list[Chunk]], n_chunks: int, clip_skip: int | None):
     hidden, pooled = [], None
     for (tokenizer, encoder), chunks in zip(
         prompts.encoders(pipe), per_encoder_chunks, strict=True
     ):
-        states, this_pooled = _encode_one(tokenizer, encoder, chunks, n_chunks)
+        states, this_pooled = _encode_one(tokenizer, encoder, chunks, n_chunks, clip_skip)
         hidden.append(states)
         pooled = this_pooled if this_pooled is not None else pooled
     return torch.cat(hidden, dim=-1), pooled
@@ -119,7 +119,7 @@ def plain_texts(texts: prompts.Texts) -> prompts.Texts | None:
 
 
 @torch.no_grad()
-def encode(pipe, texts: prompts.Texts, zero_negative: bool) -> dict:
+def encode(pipe, texts: prompts.Texts, zero_negative: bool, clip_skip: int | None = None) -> dict:
     """Embedding kwargs for `pipe(...)` (always: the caller checked the syntax is not plain)."""
     positive = _chunked(pipe, texts.prompts)
     negative = _chunked(pipe, texts.negatives) if texts.negatives else None
@@ -130,12 +130,12 @@ def encode(pipe, texts: prompts.Texts, zero_negative: bool) -> dict:
             f"the limit is {prompts.MAX_CHUNKS}; shorten the prompt or negative prompt",
             "prompt",
         )
-    embeds, pooled = _encode(pipe, positive, n_chunks)
+    embeds, pooled = _encode(pipe, positive, n_chunks, clip_skip)
     if negative is None and zero_negative:
         negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     else:
         empty = [[Chunk()] for _ in prompts.encoders(pipe)]
-        negative_embeds, negative_pooled = _encode(pipe, negative or empty, n_chunks)
+        negative_embeds, negative_pooled = _encode(pipe, negative or empty, n_chunks, clip_skip)
     dtype = pipe.unet.dtype
     return {
         "prompt_embeds": embeds.to(dtype),
@@ -145,14 +145,16 @@ def encode(pipe, texts: prompts.Texts, zero_negative: bool) -> dict:
     }
 
 
-def prompt_kwargs(pipe, texts: prompts.Texts, zero_negative: bool) -> dict:
+def prompt_kwargs(
+    pipe, texts: prompts.Texts, zero_negative: bool, clip_skip: int | None = None
+) -> dict:
     """The prompt arguments of `pipe(...)` for texts in A1111's syntax: the texts without the
-    syntax, left to diffusers, where that is all the syntax does and they fit one chunk;
-    else the embeddings."""
+    syntax, left to diffusers, where that is all the syntax does and diffusers encodes them
+    as this server does (`prompts.diffusers_encodes`); else the embeddings."""
     plain = plain_texts(texts)
-    if plain is not None and not prompts.needs_chunking(pipe, plain):
+    if plain is not None and prompts.diffusers_encodes(pipe, plain, zero_negative, clip_skip):
         return _as_arguments(plain)
-    return encode(pipe, texts, zero_negative)
+    return encode(pipe, texts, zero_negative, clip_skip)
 
 
 def _as_arguments(texts: prompts.Texts) -> dict:

@@ -63,6 +63,8 @@ class Request:
     loras: tuple[LoraRef, ...] = ()
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
+    # A1111's API only: layers skipped past the penultimate one (None: SDXL's usual encoding)
+    clip_skip: int | None = None
     # Trained weights in this server's files, set by the server (never from an input: see
     # SERVER_FIELDS): a trained version's trained_model.tar for the version's predictions, or
     # the caller's upload that replicate_weights named; replicate_weights wins.
