@@ -18,7 +18,17 @@ import requests
 import webuiapi
 from PIL import Image
 from support.api_server import KEYS, serving
-from support.helpers import half_mask, pixels, smooth_image, wait_until
+from support.helpers import (
+    PIXEL_TOLERANCE,
+    assert_same_image,
+    generator,
+    half_mask,
+    pixels,
+    reference_scheduler,
+    smooth_image,
+    wait_until,
+    with_scheduler,
+)
 
 pytestmark = pytest.mark.http
 
@@ -27,7 +37,8 @@ SMALL = {"width": 256, "height": 256, "steps": 3, "seed": 7, "cfg_scale": 7.0}
 
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
-    with serving(tiny_weights, tmp_path_factory.mktemp("a1111"), {"SDXL_API_KEYS": KEYS[0]}) as srv:
+    keys = {"SDXL_API_KEYS": ",".join(KEYS)}  # two callers, each with its own options
+    with serving(tiny_weights, tmp_path_factory.mktemp("a1111"), keys) as srv:
         yield srv
 
 
@@ -346,3 +357,120 @@ def test_interrupt_answers_the_image_of_the_latents_it_had(api, server):
     step = int(re.findall(line, server.log())[-1])  # this request's: the last one
     assert 2 <= step < 400
     assert same(api.txt2img(prompt="a cat", **SMALL).image, before)
+
+
+# ---- the settings callers send: override_settings, POST /options --------------------------
+
+
+def post(server, path: str, body: dict, key: str = KEYS[0]) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    return requests.post(server.base + path, json=body, headers=headers, timeout=120)
+
+
+def txt2img(server, key: str = KEYS[0], **extra) -> Image.Image:
+    """SMALL's image without the watermark (as diffusers makes it), `extra` sent with it."""
+    body = {**SMALL, "prompt": "a cat", "sampler_name": "Euler", "apply_watermark": False}
+    answer = post(server, "/sdapi/v1/txt2img", {**body, **extra}, key)
+    assert answer.status_code == 200, answer.text
+    (image,) = answer.json()["images"]
+    return Image.open(io.BytesIO(base64.b64decode(image)))
+
+
+def clip_layers(layers: int, **extra) -> dict:
+    return {"override_settings": {"CLIP_stop_at_last_layers": layers, **extra}}
+
+
+def test_clip_stop_at_last_layers_is_diffusers_clip_skip(server, reference):
+    """1 is SDXL's usual layer (today's pixels, exactly); 2 is diffusers' clip_skip=1. The
+    server is another process, whose pixels differ from this process's diffusers by up to
+    1/255 for the usual image too: 2 is held to that difference (the engine's equality at
+    tolerance 0 is test_matches_diffusers' test_clip_skip_equals_diffusers_clip_skip)."""
+    usual = txt2img(server)
+    assert same(txt2img(server, **clip_layers(1, sd_vae="Automatic")), usual)
+    skipped = txt2img(server, **clip_layers(2))
+    assert not same(skipped, usual)
+    base, _ = reference  # A1111's Euler, automatic: diffusers' Euler with uniform sigmas
+    pipe = with_scheduler(base, reference_scheduler(base, "K_EULER", timestep_spacing="linspace"))
+    args = {"prompt": "a cat", "width": 256, "height": 256, "num_inference_steps": 3,
+            "guidance_scale": 7.0}  # fmt: skip
+    plain = pipe(**args, generator=generator(7)).images[0]
+    expected = pipe(**args, generator=generator(7), clip_skip=1).images[0]
+    between_processes = np.abs(pixels(usual) - pixels(plain)).max()
+    assert between_processes <= 1
+    assert_same_image(skipped, expected, tolerance=max(between_processes, PIXEL_TOLERANCE))
+    assert np.abs(pixels(skipped) - pixels(plain)).max() > 10 * max(between_processes, 1)
+
+
+def test_settings_a_request_cannot_have_are_422s_naming_them(server):
+    vaes = requests.get(
+        server.base + "/sdapi/v1/sd-vae", headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10
+    ).json()
+    assert vaes == [
+        {"model_name": "sdxl.vae.safetensors", "filename": "models/VAE/sdxl.vae.safetensors"}
+    ]
+    for override, field, words in [
+        ({"sd_hypernetwork": "x"}, "sd_hypernetwork", ["CLIP_stop_at_last_layers", "sd_vae"]),
+        ({"sd_vae": "other.safetensors"}, "sd_vae", ["Automatic", "None", "sdxl.vae.safetensors"]),
+        ({"CLIP_stop_at_last_layers": 13}, "CLIP_stop_at_last_layers", ["from 1 to 12"]),
+        ({"samples_format": "jpg"}, "samples_format", ["cannot be changed"]),
+    ]:
+        answer = post(server, "/sdapi/v1/txt2img", {**SMALL, "override_settings": override})
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"][0]
+        assert detail["field"] == f"override_settings.{field}", detail
+        assert all(word in detail["msg"] for word in words), detail
+    for value in ("sdxl.vae.safetensors", "None"):
+        assert post(server, "/sdapi/v1/options", {"sd_vae": value}).status_code == 200
+    unknown = post(server, "/sdapi/v1/options", {"sd_hypernetwork": "x"})
+    assert unknown.status_code == 422 and "sd_hypernetwork" in unknown.text
+
+
+def test_options_set_the_clip_layers_of_that_callers_later_requests(server):
+    def options(key):
+        answer = requests.get(server.base + "/sdapi/v1/options",
+                              headers={"Authorization": f"Bearer {key}"}, timeout=10)  # fmt: skip
+        return answer.json()
+
+    usual, skipped = txt2img(server), txt2img(server, **clip_layers(2))
+    assert post(server, "/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2}, KEYS[1]).ok
+    try:
+        assert options(KEYS[1])["CLIP_stop_at_last_layers"] == 2
+        assert options(KEYS[0])["CLIP_stop_at_last_layers"] == 1
+        assert same(txt2img(server, KEYS[1]), skipped)
+        assert same(txt2img(server, KEYS[0]), usual)  # the other caller's are its own
+        assert same(txt2img(server, KEYS[1], **clip_layers(1)), usual)  # for that request
+        assert options(KEYS[1])["CLIP_stop_at_last_layers"] == 2
+        # A1111 keeps a request's settings when told not to restore them
+        kept = {**clip_layers(2), "override_settings_restore_afterwards": False}
+        assert same(txt2img(server, KEYS[0], **kept), skipped)
+        assert options(KEYS[0])["CLIP_stop_at_last_layers"] == 2
+    finally:
+        for key in KEYS:
+            post(server, "/sdapi/v1/options", {"CLIP_stop_at_last_layers": 1}, key)
+    assert same(txt2img(server, KEYS[1]), usual)
+
+
+def test_sillytaverns_request_is_answered(server):
+    """SillyTavern's txt2img body as its server sends it (its proxy forwards its own url and
+    auth keys too), with its defaults DDIM and `normal`; sd_vae only when a listed VAE is chosen."""
+    body = {
+        "url": "http://127.0.0.1:7860", "auth": f"anyone:{KEYS[0]}",
+        "prompt": "(masterpiece:1.2), a cat", "negative_prompt": "lowres, blurry",
+        "sampler_name": "DDIM", "scheduler": "normal", "steps": 3, "cfg_scale": 7,
+        "width": 256, "height": 256, "restore_faces": False, "enable_hr": False,
+        "hr_upscaler": "Latent", "hr_scale": 2, "hr_additional_modules": [],
+        "denoising_strength": 0.7, "hr_second_pass_steps": 0, "seed": 5,
+        "override_settings": {
+            "CLIP_stop_at_last_layers": 2, "sd_vae": "sdxl.vae.safetensors",
+            "forge_additional_modules": ["sdxl.vae.safetensors"],
+        },
+        "override_settings_restore_afterwards": True, "clip_skip": 2,
+        "save_images": True, "send_images": True, "do_not_save_grid": False,
+        "do_not_save_samples": False,
+    }  # fmt: skip
+    answer = post(server, "/sdapi/v1/txt2img", body)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert len(found["images"]) == 1
+    info = json.loads(found["info"])
+    assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]

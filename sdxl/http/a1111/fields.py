@@ -33,8 +33,6 @@ IGNORED = (
     "s_tmax",
     "s_tmin",
     "s_noise",
-    "override_settings",
-    "override_settings_restore_afterwards",
     "do_not_save_samples",
     "do_not_save_grid",
     "save_images",
@@ -103,6 +101,9 @@ def _fields(img2img: bool) -> tuple[Field, ...]:
         Field("script_name", None, kind="string"),
         Field("alwayson_scripts", None, kind="object", default={}),
         Field("send_images", None, kind="boolean", default=True),
+        # Read by options.py (sdxl.http.a1111.settings: each key honoured or refused)
+        Field("override_settings", None, kind="object", default={}),
+        Field("override_settings_restore_afterwards", None, kind="boolean", default=True),
         # Extensions of this server: the predictor's inputs that A1111 has no field for.
         Field("disable_safety_checker", "disable_safety_checker"),
         Field("apply_watermark", "apply_watermark"),

@@ -58,6 +58,7 @@ def infotext(made: Made, seed: int) -> str:
         "Size": f"{made.width}x{made.height}",
         "Model": made.model,
         "Denoising strength": made.denoising_strength,
+        "Clip skip": None if req.clip_skip is None else req.clip_skip + 1,  # A1111's setting
         "Lora hashes": made.lora_hashes,
         "Version": VERSION,
     }
@@ -120,7 +121,7 @@ def info_json(made: Made, nsfw: list[bool]) -> str:
             "infotexts": [infotext(made, seed) for seed in made.seeds],
             "styles": [req.style_selected] if req.style_selected else [],
             "job_timestamp": made.timestamp,
-            "clip_skip": 1,
+            "clip_skip": (req.clip_skip or 0) + 1,  # A1111's CLIP_stop_at_last_layers
             "is_using_inpainting_conditioning": False,
             "version": VERSION,
             "nsfw_content_detected": nsfw,  # this server's: flagged images come back black

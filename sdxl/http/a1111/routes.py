@@ -50,11 +50,13 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
 
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
         body = await json_object(http, EXAMPLE, empty="{}")
-        model, tar = await asyncio.to_thread(options.checkpoint, http, body)
+        applied = await asyncio.to_thread(options.for_request, http, body)
         caller = caller_of(http)
         loras = sync.service.lora_check(caller)
         found = await asyncio.to_thread(checked, body, shape, caps, loras)
-        first = replace(found.request(), trained_tar=tar)
+        first = replace(
+            found.request(), trained_tar=applied.trained_tar, clip_skip=applied.clip_skip
+        )
         requests = in_batches(first, [first.num_outputs] * found.given.get("n_iter", 1))
         jobs = sync.submit(requests, caller)  # previews once /progress asks (progress.py)
         run = Run(jobs)
@@ -63,7 +65,9 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
             await until_done(http, jobs)
         finally:
             runs.remove(caller, run)
-        return await asyncio.to_thread(answer, found, shape, img2img, jobs, run, model, caller)
+        return await asyncio.to_thread(
+            answer, found, shape, img2img, jobs, run, applied.model, caller
+        )
 
     def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model, caller):
         made = made_by(found, img2img, jobs, run.timestamp, model)
