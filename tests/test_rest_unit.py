@@ -77,7 +77,8 @@ def test_every_documented_field_is_in_the_schema():
         "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
-    extensions = {"output_format", "cache_interval"}  # ours: the format out, DeepCache
+    # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks
+    extensions = {"output_format", "cache_interval", "prompt_syntax", "loras"}
     assert set(DATACRUNCH.by_name) == {*documented, *extensions}
 
 
