@@ -254,6 +254,15 @@ def test_the_command_line_and_the_cog_predictor_use_a_local_tar(folders, cli_ima
     assert np.abs(cli_image - plain).max() > 10  # the tar changed the image
 
 
+def test_coglets_doubled_prefix_is_said_once():
+    from sdxl.cog.client import failure
+
+    doubled = "Prediction failed: Prediction failed: replicate_weights: not a tar"
+    assert failure(doubled) == "Prediction failed: replicate_weights: not a tar"
+    assert failure("LoraError: x") == "Prediction failed: LoraError: x"
+
+
+@pytest.mark.slow  # a whole CLI run (about 10 s); the default run checks `failure` alone
 def test_a_failed_prediction_says_prediction_failed_once(tiny_weights, folders, tmp_path):
     allowed, _ = folders
     done = _cli(

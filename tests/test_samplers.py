@@ -250,8 +250,9 @@ def run(engine, **kwargs):
     ("sampler", "refine"),
     [
         ("DPM++ SDE", "no_refiner"),
-        ("DPM++ SDE", "expert_ensemble_refiner"),  # the refiner continues the same trees
-        ("DPM++ SDE", "base_image_refiner"),
+        # the refiner continues the same trees (about 6 s each)
+        pytest.param("DPM++ SDE", "expert_ensemble_refiner", marks=pytest.mark.slow),
+        pytest.param("DPM++ SDE", "base_image_refiner", marks=pytest.mark.slow),
         ("DPM++ 2M SDE", "no_refiner"),
     ],
 )

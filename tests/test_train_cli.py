@@ -108,6 +108,7 @@ def test_token_string_alone_is_the_trained_word_and_the_names_default_to_the_wei
     }
 
 
+@pytest.mark.slow  # a second training (about 11 s): the drawn seed's reproducibility
 def test_the_drawn_seed_trains_the_same_weights_and_name_names_the_files(
     drawn, tiny_weights, uncaptioned, tmp_path
 ):
