@@ -136,7 +136,9 @@ def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        running = {**SMALL, "num_inference_steps": 40}  # holds the GPU while SIGTERM arrives
+        # Holds the GPU while the DataCrunch request queues and SIGTERM arrives: 40 steps (3 s)
+        # was too short a window on a loaded 2-core machine.
+        running = {**SMALL, "num_inference_steps": 120}
         ids = [
             requests.post(
                 server.base + "/v1/predictions",
