@@ -142,6 +142,11 @@ def encode(pipe, texts: Texts, zero_negative: bool, clip_skip: int | None = None
     else:
         negatives = texts.negatives or ("",) * len(texts.prompts)
         negative, negative_pooled = _encode_chunks(pipe, negatives, n_chunks, clip_skip)
+    return embedding_kwargs(pipe, embeds, pooled, negative, negative_pooled)
+
+
+def embedding_kwargs(pipe, embeds, pooled, negative, negative_pooled) -> dict:
+    """The four embedding arguments of `pipe(...)`, in its UNet's dtype."""
     dtype = pipe.unet.dtype
     return {
         "prompt_embeds": embeds.to(dtype),

@@ -136,13 +136,7 @@ def encode(pipe, texts: prompts.Texts, zero_negative: bool, clip_skip: int | Non
     else:
         empty = [[Chunk()] for _ in prompts.encoders(pipe)]
         negative_embeds, negative_pooled = _encode(pipe, negative or empty, n_chunks, clip_skip)
-    dtype = pipe.unet.dtype
-    return {
-        "prompt_embeds": embeds.to(dtype),
-        "pooled_prompt_embeds": pooled.to(dtype),
-        "negative_prompt_embeds": negative_embeds.to(dtype),
-        "negative_pooled_prompt_embeds": negative_pooled.to(dtype),
-    }
+    return prompts.embedding_kwargs(pipe, embeds, pooled, negative_embeds, negative_pooled)
 
 
 def prompt_kwargs(
