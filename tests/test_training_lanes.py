@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 from support.archives import photos, write_tar
+from support.stores import store_with_destination
 
 from sdxl.engine import EngineBroken, Job, JobStatus, MemoryQueue, TrainingJob
 from sdxl.engine.device_tasks import DeviceTasks
 from sdxl.engine.lanes import TRAININGS_PREPARED_AT_ONCE, Hooks, Lanes
 from sdxl.runtime.shared_queue import SharedQueue
-from sdxl.store.limits import StoreLimits
 from sdxl.store.store import Store
 from sdxl.store.tables import new_id
 from sdxl.train.archive import ArchiveLimits
@@ -93,10 +93,7 @@ def running_lanes(queue, prepare_workers: int = 1):
 
 @pytest.fixture
 def store(tmp_path):
-    opened = Store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "files", StoreLimits())
-    opened.destinations.create(
-        dict(owner="alice", name="m", tenant="alice", visibility="private", hardware="gpu")
-    )
+    opened = store_with_destination(tmp_path)
     yield opened
     opened.close()
 

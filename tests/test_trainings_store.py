@@ -6,6 +6,7 @@ training's version."""
 from __future__ import annotations
 
 import pytest
+from support.stores import store_with_destination
 
 from sdxl.engine import GenerationJob, Job, TrainingJob
 from sdxl.inputs.request import Request
@@ -17,10 +18,7 @@ from sdxl.store.tables import new_id
 
 @pytest.fixture
 def store(tmp_path):
-    opened = Store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "files", StoreLimits())
-    opened.destinations.create(
-        dict(owner="alice", name="m", tenant="alice", visibility="private", hardware="gpu")
-    )
+    opened = store_with_destination(tmp_path)
     yield opened
     opened.close()
 
