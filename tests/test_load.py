@@ -136,8 +136,8 @@ def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        # Holds the GPU while the DataCrunch request queues and SIGTERM arrives: 40 steps (3 s)
-        # was too short a window on a loaded 2-core machine.
+        # Holds the GPU (about 6 s on 2 cores) while the DataCrunch request queues and SIGTERM
+        # arrives.
         running = {**SMALL, "num_inference_steps": 120}
         ids = [
             requests.post(

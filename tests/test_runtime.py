@@ -5,6 +5,7 @@ and a caller waiting for a stored job is woken by its end, never by a timer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -181,3 +182,38 @@ def test_a_wait_that_runs_out_answers_the_row_as_it_is():
     row = asyncio.run(completions.until_ended("job-1", 0.05, rows.read))
     assert row == {"status": "processing"}
     assert rows.reads == 2  # at the start and when the time ran out
+
+
+@pytest.mark.parametrize("read_sees_it", [False, True], ids=["commit-unseen", "commit-seen"])
+def test_a_read_of_the_turns_that_races_a_create_leaves_the_waiting_count_right(
+    store, tmp_path, monkeypatch, read_sees_it
+):
+    """The health's count of stored jobs waiting is kept without a database call: a create
+    whose commit the claim thread's read of the turns missed, or saw before the create counted
+    itself, is counted once."""
+    runtime = runtime_on(store, tmp_path)
+    queue = runtime.queue
+    runtime.create_prediction(row_of({"prompt": "first"}), Request(prompt="first"))
+    read_turns = store.predictions.turns
+    racing = row_of({"prompt": "racing"})
+    write = contextlib.ExitStack()
+
+    def turns_raced_by_a_create():
+        if read_sees_it:  # committed before the read; counts itself after the claim
+            write.enter_context(queue.writing())
+            store.predictions.create(racing)
+            return read_turns()
+        turns = read_turns()
+        runtime.create_prediction(racing, Request(prompt="racing"))  # after the read
+        return turns
+
+    monkeypatch.setattr(store.predictions, "turns", turns_raced_by_a_create)
+    assert queue.claim(1.0) is not None
+    if read_sees_it:
+        queue.created()
+        write.close()
+    assert queue.waiting() == 1 == store.predictions.count_queued()
+    monkeypatch.setattr(store.predictions, "turns", read_turns)
+    assert queue.claim(1.0).id == racing["id"]
+    assert queue.waiting() == 0
+    runtime.close()

@@ -103,27 +103,32 @@ class JobRuntime:
         this replica claims it. StoreFull when too many wait."""
         self.predictions.adopt(row, request)  # before it can be claimed
         try:
-            created = self.store.predictions.create(row)
+            with self.queue.writing():
+                created = self.store.predictions.create(row)
+                self.queue.created()
         except BaseException:
             self.predictions.forget(row["id"])
             raise
-        self.queue.created()
         if self.store.predictions.count() > self.store.limits.max_predictions:
             self.store.expire()  # over the count bound: the oldest ended ones go now
         return created
 
     def create_training(self, row: dict) -> dict:
         """Store and queue a training (its files already kept); StoreFull as above."""
-        created = self.store.trainings.create(row)
-        self.queue.created()
+        with self.queue.writing():
+            created = self.store.trainings.create(row)
+            self.queue.created()
         return created
 
     def cancel(self, kind: str, job_id: str) -> None:
         """Cancel a stored job: withdrawn if it still waits, stopped at its next step if it
         runs here; one claimed by another replica hears it through the store (CANCELS)."""
         rows = self.events.rows(kind)
-        if rows.request_cancel(job_id):  # it was still queued
-            self.queue.withdrawn()
+        with self.queue.writing():
+            withdrawn = rows.request_cancel(job_id)  # it was still queued
+            if withdrawn:
+                self.queue.withdrawn()
+        if withdrawn:
             self.events.changed(kind, job_id, "completed")
             return
         job = self.queue.local(job_id)

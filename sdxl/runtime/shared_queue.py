@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from sdxl.engine import Job, JobStatus, MemoryQueue
@@ -81,6 +82,11 @@ class SharedQueue:
         # Stored jobs waiting, as this replica last saw them (its turns, creates and claims):
         # counted without a database call, so that the event loop may ask (`waiting`).
         self._stored_waiting = 0
+        # This process's writes that queue or withdraw a stored job (`writing`): those under way,
+        # and how many ended. A read of the turns that overlaps one may or may not have seen its
+        # commit, so it leaves the count as the writes moved it (and is read again next time).
+        self._writes_under_way = 0
+        self._writes_done = 0
         self._wake = threading.Event()  # a job was put in memory, or the store changed
         # The store's turns as last read: read again only when the store changed (NOTIFY on
         # PostgreSQL, this process's commits on SQLite), after this replica claimed from it,
@@ -119,6 +125,19 @@ class SharedQueue:
         """A stored job that waited was cancelled before anyone claimed it."""
         with self._lock:
             self._stored_waiting = max(0, self._stored_waiting - 1)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a store write that may queue or withdraw a job, and its `created` or
+        `withdrawn` call: a read of the turns meanwhile does not overwrite the count."""
+        with self._lock:
+            self._writes_under_way += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writes_under_way -= 1
+                self._writes_done += 1
 
     def claim(self, timeout: float, *, stored=True, ahead=False, stale=never) -> Job | None:
         """`ahead`: the engine runs a job already (stored jobs that just arrived are left a
@@ -215,6 +234,8 @@ class SharedQueue:
         if not self._stale and now - self._looked_at < self.poll_s:
             return self._claimable(self._turns)
         self._stale, self._looked_at = False, now
+        with self._lock:
+            writes_before = None if self._writes_under_way else self._writes_done
         try:
             if self._lost_claim_since is not None:
                 self._hand_back_lost_claims()
@@ -226,7 +247,10 @@ class SharedQueue:
             self._store_failed(err)
             return []
         with self._lock:
-            self._stored_waiting = sum(turn.waiting for turn in turns)
+            if writes_before == self._writes_done and not self._writes_under_way:
+                self._stored_waiting = sum(turn.waiting for turn in turns)
+            else:  # it raced a create or a cancel here: counted by those, read again next time
+                self._stale = True
         self._turns = turns
         return self._claimable(turns)
 
