@@ -48,6 +48,19 @@ STYLES = [
     "texture",
 ]
 PROMPT_SYNTAXES = ["plain", "a1111"]
+HIRES_UPSCALERS = [
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "None",
+    "Lanczos",
+    "Nearest",
+    "4x-UltraSharp",
+    "RealESRGAN_x4plus",
+]
 ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
@@ -194,6 +207,31 @@ class Predictor(BaseRunner):
             "name[:weight] (the server's LoRAs, offset) or https URL of a .safetensors[:weight]; "
             "weights -2..2, 1 when left out",
             default=None,
+        ),
+        hires_scale: Optional[float] = Input(
+            description="Hires fix: a second, img2img pass at this many times the size (both "
+            "sides), on the first image upscaled by hires_upscaler; leave blank for none",
+            default=None,
+            ge=1,
+            le=4,
+        ),
+        hires_upscaler: str = Input(
+            description="Hires fix: how the first image is upscaled: Latent* interpolate its "
+            "latents; None, Lanczos and Nearest resize its pixels; the others are ESRGAN models",
+            default="Latent",
+            choices=HIRES_UPSCALERS,
+        ),
+        hires_steps: int = Input(
+            description="Hires fix: steps of the second pass (0: num_inference_steps)",
+            default=0,
+            ge=0,
+            le=500,
+        ),
+        hires_strength: float = Input(
+            description="Hires fix: how much the second pass changes the upscaled image",
+            default=0.7,
+            ge=0,
+            le=1,
         ),
     ) -> List[Path]:
         inputs = dict(locals())

@@ -17,6 +17,7 @@ REFINER_DIR = "refiner"
 LORAS_DIR = "loras"
 SAFETY_DIR = "safety_checker"
 TRAIN_DIR = "train"  # the trainer's helper models: blip/, clipseg/, swin2sr/
+UPSCALERS_DIR = "upscalers"  # the hires fix's ESRGAN-family models: <name>.safetensors
 DEFAULT_WEIGHTS_DIR = "weights"
 # LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
 NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA
@@ -57,6 +58,22 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # How prompts are read: as plain text, or in AUTOMATIC1111's language ((word:1.3), [word], BREAK,
 # <lora:name:weight>); sdxl.inputs.prompt_syntax.
 PROMPT_SYNTAXES = ("plain", "a1111")
+# The hires fix's upscalers, by AUTOMATIC1111's names (sdxl.upscale): torch's interpolation of
+# the first pass's latents, Pillow's resampling of its pixels ("None": A1111's plain Lanczos
+# resize), and the ESRGAN-family models `weights download` fetches into upscalers/ (others
+# dropped there are offered by the A1111 API too).
+LATENT_UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
+MODEL_UPSCALERS = ("4x-UltraSharp", "RealESRGAN_x4plus")
+HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS + MODEL_UPSCALERS
+MAX_HIRES_SCALE = 4  # the second pass's size over the first's, per side
 
 # Style presets live in one data file (prompt template + negative prompt), ours.
 ANONYMOUS = "anonymous"  # the tenant when the API server runs without keys (--no-auth)
@@ -129,6 +146,13 @@ COG_INPUTS: dict[str, InputSpec] = {
     "prompt_syntax": InputSpec("string", "plain", choices=PROMPT_SYNTAXES),
     # A LoRA stack: "name[:weight], https://host/x.safetensors[:weight]" (sdxl.inputs.lora_refs)
     "loras": InputSpec("string", None, max_length=MAX_LORAS_CHARS),
+    # Hires fix: a second, img2img pass at hires_scale x the size (None: no second pass), on
+    # the first pass's result upscaled by hires_upscaler, with hires_steps (0: the first
+    # pass's num_inference_steps) at hires_strength.
+    "hires_scale": InputSpec("number", None, 1, MAX_HIRES_SCALE, cap="max_pixels"),
+    "hires_upscaler": InputSpec("string", "Latent", choices=HIRES_UPSCALERS),
+    "hires_steps": InputSpec("integer", 0, 0, 500, cap="max_steps"),
+    "hires_strength": InputSpec("number", 0.7, 0, 1),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {
@@ -138,6 +162,16 @@ EXTRA_INPUTS: dict[str, InputSpec] = {
     # encoders' last layers to skip past SDXL's usual penultimate one (None: that one).
     # diffusers' clip_skip; at most the text encoders' layers - 1 (11 in SDXL's CLIP-L).
     "clip_skip": InputSpec("integer", None, 0, 11),
+    # AUTOMATIC1111's API only: the hires fix's size as hr_resize_x / hr_resize_y (one given:
+    # the other keeps the aspect; both: pixel upscalers crop to it, latent ones stretch), its
+    # own sampler (the engine's scheduler name and spacing), prompt and negative prompt (None:
+    # the first pass's).
+    "hires_width": InputSpec("integer", None, MIN_SIDE, MAX_SIDE, cap="max_pixels"),
+    "hires_height": InputSpec("integer", None, MIN_SIDE, MAX_SIDE, cap="max_pixels"),
+    "hires_scheduler": InputSpec("string", None, choices=SCHEDULERS),
+    "hires_timestep_spacing": InputSpec("string", None, choices=TIMESTEP_SPACINGS),
+    "hires_prompt": InputSpec("string", None, cap="max_prompt_chars"),
+    "hires_negative_prompt": InputSpec("string", None, cap="max_prompt_chars"),
 }
 INPUTS = {**COG_INPUTS, **EXTRA_INPUTS}
 # Read by the step that encodes the images, not by the engine.

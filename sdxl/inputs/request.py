@@ -61,6 +61,17 @@ class Request:
     prompt_syntax: str = _default("prompt_syntax")  # "plain", or "a1111": (word:1.3), BREAK
     # LoRAs applied at their own weights, in order: the `loras` input and <lora:..> tags
     loras: tuple[LoraRef, ...] = ()
+    # Hires fix (sdxl.generate.hires): a second img2img pass at a larger size; None: none
+    hires_scale: float | None = _default("hires_scale")
+    hires_upscaler: str = _default("hires_upscaler")
+    hires_steps: int = _default("hires_steps")  # 0: num_inference_steps
+    hires_strength: float = _default("hires_strength")
+    hires_width: int | None = None  # A1111's hr_resize_x / hr_resize_y, over hires_scale
+    hires_height: int | None = None
+    hires_scheduler: str | None = None  # A1111's hr_sampler_name (None: the first pass's)
+    hires_timestep_spacing: str | None = None
+    hires_prompt: str | None = None  # A1111's hr_prompt (None: the first pass's prompt)
+    hires_negative_prompt: str | None = None
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
     # A1111's API only: layers skipped past the penultimate one (None: SDXL's usual encoding)
@@ -75,6 +86,12 @@ class Request:
         if self.image is None:
             return "txt2img"
         return "img2img" if self.mask is None else "inpaint"
+
+    @property
+    def hires(self) -> bool:
+        """Whether a second pass runs at a larger size (the hires fix)."""
+        sizes = (self.hires_scale, self.hires_width, self.hires_height)
+        return any(size is not None for size in sizes)
 
     @property
     def adapters(self) -> AdapterSpec:
