@@ -96,6 +96,7 @@ SMALL = {  # stand-ins with SDXL's structure and small dimensions
         "patch_size": 8,
     },
     "SAFETY_PROJECTION_DIM": 16,
+    "RRDBNET": dict(num_feat=8, num_block=1, num_grow_ch=4, num_up=2),
 }
 
 

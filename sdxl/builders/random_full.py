@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from sdxl.builders import sdxl_configs as configs
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, move_layout
 from sdxl.builders.tiny_train import build_tiny_helpers
+from sdxl.builders.tiny_upscalers import build_tiny_upscalers
 from sdxl.builders.tokenizer import write_tokenizer
 from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
 
@@ -140,6 +141,7 @@ def build_random_full(root: Path, log=print) -> Path:
     write_clip_tokenizer(base / "tokenizer", "<|endoftext|>", bpe)
     write_clip_tokenizer(base / "tokenizer_2", "!", bpe)
     build_tiny_helpers(staging)
+    build_tiny_upscalers(staging, configs.RRDBNET)
     return move_layout(staging, root)
 
 

@@ -107,6 +107,8 @@ SAFETY_VISION = {  # CLIP ViT-L/14's vision model, as the safety checker uses it
     "patch_size": 14,
 }
 SAFETY_PROJECTION_DIM = 768
+# The ESRGAN upscalers' RRDBNet (RealESRGAN_x4plus, 4x-UltraSharp): 16.7 M parameters, 4x.
+RRDBNET = dict(num_feat=64, num_block=23, num_grow_ch=32, num_up=2)
 
 BASE_INDEX = {
     "_class_name": "StableDiffusionXLPipeline",

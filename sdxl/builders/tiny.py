@@ -15,8 +15,9 @@ import torch
 from sdxl.builders.random_lora import random_kohya_lora
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.builders.tiny_train import build_tiny_helpers
+from sdxl.builders.tiny_upscalers import build_tiny_upscalers
 from sdxl.builders.tokenizer import tiny_merges, write_tokenizer
-from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, TRAIN_DIR
+from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, TRAIN_DIR, UPSCALERS_DIR
 
 # SDXL 1.0's scheduler_config.json, verbatim (base and refiner ship the same one).
 SDXL_SCHEDULER_CONFIG = {
@@ -104,8 +105,8 @@ def _vae():
 
 
 def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
-    """Write base/, refiner/, loras/, safety_checker/ and train/ (the trainer's helpers) under
-    `root`, replacing them.
+    """Write base/, refiner/, loras/, safety_checker/, train/ (the trainer's helpers) and
+    upscalers/ (tiny ESRGANs) under `root`, replacing them.
 
     `flag_everything` writes a safety checker that flags every image (through its
     thresholds), to test the flagged path end to end. Returns `root`.
@@ -165,13 +166,14 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     shutil.rmtree(staging / "tok")
     shutil.rmtree(staging / "tok2")
     build_tiny_helpers(staging)
+    build_tiny_upscalers(staging)
     return move_layout(staging, root)
 
 
 def move_layout(staging: Path, root: Path) -> Path:
     """Move the weights folders built in `staging` into `root`, replacing any there."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR):
+    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR, UPSCALERS_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
         (staging / name).rename(root / name)
     staging.rmdir()
