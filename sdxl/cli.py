@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights = commands.add_parser("weights", help="download or build model weights")
     what = weights.add_subparsers(dest="what", required=True)
     download = what.add_parser(
-        "download", help="fetch the real SDXL 1.0 weights and the trainer's helpers (about 14.8 GB)"
+        "download",
+        help="fetch the real SDXL 1.0 weights, the trainer's helpers, upscalers (about 14.9 GB)",
     )
     download.add_argument("dir", nargs="?", default=None, help="weights root (SDXL_WEIGHTS_DIR)")
     download.set_defaults(func=_weights_download)

