@@ -49,7 +49,8 @@ def plain(tiny_weights):
 def safetensors_bytes(folder) -> int:
     total = 0
     for path in folder.rglob("*.safetensors"):
-        if "loras" in path.parts or "train" in path.parts:  # LoRAs, and the trainer's helpers
+        # LoRAs, the trainer's helpers, and the upscalers (loaded when a request names one)
+        if {"loras", "train", "upscalers"} & set(path.parts):
             continue
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
