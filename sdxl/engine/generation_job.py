@@ -44,6 +44,8 @@ class GenerationJob(Job):
         # job can be overtaken by the ones behind it; the others are waited for, in order.
         self.downloads = request.fetches
         self.steps = {"base": 0, "refiner": 0}  # UNet steps run, per stage
+        if request.hires:
+            self.steps["hires"] = 0  # the hires fix's second pass
         self.generation: Any = None  # sdxl.generate.plan.Generation, once prepared
         self.weights: Any = None  # sdxl.adapters.staging.StagedWeights, once prepared
         # Why it stops after the step under way with the images of the latents it has
@@ -111,8 +113,10 @@ class GenerationJob(Job):
         plan = self.generation.plan
         peak = self.peak_device_bytes
         memory = "" if peak is None else f"; peak GPU memory {peak / 2**30:.2f} GiB"
+        hires = f", hires fix ran {self.steps['hires']} steps" if plan.hires_steps else ""
+        planned = f" + {plan.hires_steps}" if plan.hires_steps else ""
         return (
             f"done in {took:.2f} s: base ran {self.steps['base']} steps, refiner ran "
-            f"{self.steps['refiner']} steps (planned {plan.base_steps} + {plan.refiner_steps}); "
-            f"seeds {self.generation.seeds}{memory}"
+            f"{self.steps['refiner']} steps{hires} (planned {plan.base_steps} + "
+            f"{plan.refiner_steps}{planned}); seeds {self.generation.seeds}{memory}"
         )

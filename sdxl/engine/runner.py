@@ -260,10 +260,12 @@ def _trained_line(described: dict, resident_unet: bool) -> str:
 
 def _deadline_message(job: Job, max_seconds: float | None) -> str:
     steps = job.steps
+    hires = f", {steps['hires']} hires fix" if "hires" in steps else ""
     return (
         f"the job ran longer than SDXL_MAX_SECONDS={max_seconds:g} s and was stopped after "
-        f"{steps['base']} base and {steps['refiner']} refiner steps; lower num_inference_steps, "
-        "the image size or the number of images, or ask the operator to raise the limit"
+        f"{steps['base']} base{hires} and {steps['refiner']} refiner steps; lower "
+        "num_inference_steps, the image size or the number of images, or ask the operator to "
+        "raise the limit"
     )
 
 

@@ -35,9 +35,18 @@ def denoise(
     replaces the base UNet (a resident fine-tune); `compiled` holds compiled modules for this
     job (sdxl.model.compiled)."""
     compiled = compiled or {}
-    tiled = generation.width * generation.height > models.vae_tile_above
+    width, height = generation.hires_size or (generation.width, generation.height)
+    tiled = max(width * height, generation.width * generation.height) > models.vae_tile_above
     with vae_tiling(models.base.vae, tiled):
-        return _denoise(models, generation, unet or compiled.get("base"), compiled, on_step)
+        if generation.hires_size is None:
+            return _denoise(models, generation, unet or compiled.get("base"), compiled, on_step)
+        from sdxl.generate.hires import first_output, second_pass
+
+        output = first_output(generation.request)
+        first = _denoise(
+            models, generation, unet or compiled.get("base"), compiled, on_step, output
+        )
+        return second_pass(models, generation, first, unet, on_step)
 
 
 @contextmanager
@@ -53,7 +62,11 @@ def vae_tiling(vae, on: bool):
         vae.disable_tiling()
 
 
-def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarray:
+def _denoise(
+    models, gen: Generation, unet, compiled: dict, on_step, output: str = PIXELS
+) -> np.ndarray:
+    """The first pass: `output` is diffusers' output_type of its last stage (PIXELS, or
+    "latent" for the hires fix's latent upscalers)."""
     import torch
 
     req = gen.request
@@ -63,13 +76,13 @@ def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarr
         req.mode, _scheduler(models, req, "base", gen.seeds), unet=unet, vae=compiled.get("vae")
     )
     kwargs: dict[str, Any] = {
-        **_prompt_kwargs(base, req, for_refiner=False),
+        **prompt_kwargs(base, req, for_refiner=False),
         "num_inference_steps": req.num_inference_steps,
         "guidance_scale": req.guidance_scale,
         "num_images_per_prompt": req.num_outputs,
         "generator": generators,
-        "output_type": "latent" if refine else PIXELS,
-        "callback_on_step_end": _progress("base", gen.plan.base_steps, on_step),
+        "output_type": "latent" if refine else output,
+        "callback_on_step_end": step_callback("base", gen.plan.base_steps, on_step),
     }
     if req.mode == "txt2img":
         kwargs.update(width=gen.width, height=gen.height)
@@ -80,13 +93,13 @@ def _denoise(models, gen: Generation, unet, compiled: dict, on_step) -> np.ndarr
     if req.refine == "expert_ensemble_refiner":
         kwargs["denoising_end"] = req.high_noise_frac
     with feature_cache(base, req.cache_interval, gen.plan.base_calls):
-        output = base(**kwargs).images
+        latents = base(**kwargs).images
     if not refine:
-        return output
-    return _refine(models, gen, output, generators, on_step, compiled)
+        return latents
+    return _refine(models, gen, latents, generators, on_step, compiled, output)
 
 
-def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
+def prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     """Prompt arguments for one stage. An empty negative prompt means none, so SDXL's zeros
     apply; the refiner has only the second text encoder and reads `prompt_2` where given.
     Prompts past 77 tokens are encoded in chunks (sdxl.generate.prompts) instead of being cut.
@@ -120,7 +133,7 @@ def _prompt_kwargs(pipe, req: Request, for_refiner: bool) -> dict[str, Any]:
     return args
 
 
-def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> np.ndarray:
+def _refine(models, gen: Generation, latents, generators, on_step, compiled, output: str):
     req = gen.request
     refiner = models.pipeline(
         "refiner",
@@ -132,14 +145,14 @@ def _refine(models, gen: Generation, latents, generators, on_step, compiled) -> 
         req.guidance_scale if req.guidance_scale_refiner is None else req.guidance_scale_refiner
     )
     kwargs: dict[str, Any] = {
-        **_prompt_kwargs(refiner, req, for_refiner=True),
+        **prompt_kwargs(refiner, req, for_refiner=True),
         "image": latents,
         "num_images_per_prompt": req.num_outputs,
         "num_inference_steps": gen.plan.refiner_schedule,
         "guidance_scale": guidance,
         "generator": generators,
-        "output_type": PIXELS,
-        "callback_on_step_end": _progress("refiner", gen.plan.refiner_steps, on_step),
+        "output_type": output,
+        "callback_on_step_end": step_callback("refiner", gen.plan.refiner_steps, on_step),
     }
     if req.refine == "expert_ensemble_refiner":
         kwargs["denoising_start"] = req.high_noise_frac
@@ -155,7 +168,7 @@ def _scheduler(models, req: Request, stage: str, seeds: list[int]):
     return make_scheduler(req.scheduler, config, req.timestep_spacing, seeds)
 
 
-def _progress(stage: str, total: int, on_step: StepCallback | None):
+def step_callback(stage: str, total: int, on_step: StepCallback | None):
     """diffusers' step-end callback: reports the step; an exception from `on_step` propagates
     out of the pipeline, so a stopped job ends at once (no further step, no VAE decode)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sdxl.generate.plan import Generation
 from sdxl.generate.watermark import apply_watermark
@@ -25,7 +26,8 @@ def finish(models, gen: Generation, pixels: np.ndarray, on_device=None, **extra:
     if req.apply_watermark:
         images = apply_watermark(images)
     if gen.mask is not None:  # after the mark, so kept pixels stay exactly the input's
-        images = [keep_unmasked(img, gen.image, gen.mask) for img in images]
+        original, mask = _at_size(gen.image, gen.mask, images[0].size)
+        images = [keep_unmasked(img, original, mask) for img in images]
     nsfw = [False] * len(images)
     if not req.disable_safety_checker:
         nsfw = models.safety_checker.check(images, on_device)
@@ -43,4 +45,18 @@ def _parameters(gen: Generation) -> dict:
         refiner_steps=gen.plan.refiner_steps,
         model="stable-diffusion-xl-1.0",
     )
+    if gen.hires_size is not None:  # the hires fix's values as they ran
+        params.update(
+            hires_width=gen.hires_size[0],
+            hires_height=gen.hires_size[1],
+            hires_steps=gen.plan.hires_steps,
+            hires_scheduler=gen.request.hires_scheduler or gen.request.scheduler,
+        )
     return params
+
+
+def _at_size(image: Image.Image, mask: Image.Image, size: tuple[int, int]):
+    """The inpainting's input and mask at the output's size (the hires fix's is larger)."""
+    if image.size == size:
+        return image, mask
+    return image.resize(size, Image.Resampling.LANCZOS), mask.resize(size, Image.Resampling.LANCZOS)

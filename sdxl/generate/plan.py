@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
-from sdxl.generate.schedulers import plan_steps
+from sdxl.generate.schedulers import plan_hires, plan_steps
 from sdxl.images.fit import fit_image, fit_mask
 from sdxl.images.result import StepPlan
+from sdxl.inputs.hires_size import hires_size
 from sdxl.inputs.presets import apply_presets
 from sdxl.inputs.request import Request
 from sdxl.settings import Caps
@@ -29,6 +30,7 @@ class Generation:
     width: int
     height: int
     plan: StepPlan
+    hires_size: tuple[int, int] | None = None  # the hires fix's (width, height); None: no pass
 
     @property
     def seeds(self) -> list[int]:
@@ -39,7 +41,15 @@ class Generation:
         return (
             f"mode={req.mode} refine={req.refine} size={self.width}x{self.height} "
             f"seeds={self.seeds} base steps={plan.base_steps} refiner steps={plan.refiner_steps}"
+            + self._hires_summary()
         )
+
+    def _hires_summary(self) -> str:
+        if self.hires_size is None:
+            return ""
+        width, height = self.hires_size
+        upscaler = self.request.hires_upscaler
+        return f" hires={width}x{height} ({upscaler}) hires steps={self.plan.hires_steps}"
 
 
 def plan_generation(models, req: Request, caps: Caps = Caps()) -> Generation:  # noqa: B008
@@ -66,12 +76,32 @@ def plan_generation(models, req: Request, caps: Caps = Caps()) -> Generation:  #
         refine_steps=req.refine_steps,
         refine_strength=BASE_IMAGE_REFINER_STRENGTH,
     )
-    return Generation(req, image, mask, width, height, plan)
+    target = None
+    if req.hires:
+        sizes = (req.hires_scale, req.hires_width, req.hires_height)
+        target = hires_size(width, height, *sizes, caps.max_pixels)
+        plan = plan_hires(
+            plan,
+            req.hires_scheduler or req.scheduler,
+            models.scheduler_config("base"),
+            steps=req.hires_steps or req.num_inference_steps,
+            spacing=_hires_spacing(req),
+            strength=req.hires_strength,
+        )
+    return Generation(req, image, mask, width, height, plan, target)
+
+
+def _hires_spacing(req: Request) -> str | None:
+    """The second pass's timestep spacing: its own, else the first pass's."""
+    if req.hires_timestep_spacing is not None:
+        return req.hires_timestep_spacing
+    return req.timestep_spacing
 
 
 def with_prompts(gen: Generation, rewrite: Callable[[str | None], str | None]) -> Generation:
     """`gen` with every prompt field rewritten (trained weights' special tokens)."""
     req = gen.request
     fields = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+    fields += ("hires_prompt", "hires_negative_prompt")
     changes = {name: rewrite(getattr(req, name)) for name in fields}
     return dataclasses.replace(gen, request=dataclasses.replace(req, **changes))

@@ -77,8 +77,7 @@ def plan_steps(
     schedule, order = _timesteps(name, base_config, spacing, steps)
     timesteps = schedule
     if strength is not None:
-        kept = min(int(steps * strength), steps)
-        timesteps = timesteps[max(steps - kept, 0) * order :]
+        timesteps = _img2img(schedule, order, steps, strength)
         if len(timesteps) == 0:
             raise StepPlanError(
                 "{prompt_strength} x {num_inference_steps} is below one step; raise "
@@ -103,6 +102,40 @@ def plan_steps(
         passes = len(refiner_calls)
         return StepPlan(len(timesteps), passes, refiner_steps, base_calls, refiner_calls)
     return StepPlan(len(timesteps), base_calls=base_calls)
+
+
+def _img2img(schedule, order: int, steps: int, strength: float):
+    """The timesteps diffusers' img2img visits at `strength` (int(steps * strength) of them)."""
+    kept = min(int(steps * strength), steps)
+    return schedule[max(steps - kept, 0) * order :]
+
+
+def plan_hires(
+    plan: StepPlan,
+    name: str,
+    base_config: dict,
+    *,
+    steps: int,
+    spacing: str | None,
+    strength: float,
+) -> StepPlan:
+    """`plan` with the hires fix's second pass: base img2img of `steps` at `strength`, with
+    scheduler `name` (its own, or the first pass's). StepPlanError before a pass of no step."""
+    check_few_step(name, steps, "hires_steps")
+    schedule, order = _timesteps(name, base_config, spacing, steps)
+    timesteps = _img2img(schedule, order, steps, strength)
+    if len(timesteps) == 0:
+        raise StepPlanError(
+            "{hires_strength} x {hires_steps} is below one step of the hires fix's second "
+            "pass; raise {hires_strength:name} or {hires_steps:name}",
+            "hires_strength",
+            strength,
+            values={"hires_strength": strength, "hires_steps": steps},
+        )
+    calls = _calls(schedule, timesteps)
+    return dataclasses.replace(
+        plan, hires_steps=len(timesteps), hires_schedule=steps, hires_calls=calls
+    )
 
 
 def _calls(schedule, used) -> tuple[int, ...]:

@@ -20,6 +20,8 @@ class StepPlan:
     `refiner_schedule` is the num_inference_steps the refiner is called with. `base_calls` and
     `refiner_calls` give, for each UNet call of the stage, the position of its timestep in the
     stage scheduler's schedule (its first occurrence, as DeepCache counts steps).
+    `hires_steps` counts the hires fix's second pass (img2img at the larger size, after the
+    refiner), `hires_schedule` its num_inference_steps; `total_steps` counts every stage.
     """
 
     base_steps: int
@@ -27,6 +29,13 @@ class StepPlan:
     refiner_schedule: int = 0
     base_calls: tuple[int, ...] = ()
     refiner_calls: tuple[int, ...] = ()
+    hires_steps: int = 0
+    hires_schedule: int = 0
+    hires_calls: tuple[int, ...] = ()
+
+    @property
+    def total_steps(self) -> int:
+        return self.base_steps + self.refiner_steps + self.hires_steps
 
 
 @dataclass

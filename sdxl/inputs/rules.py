@@ -33,6 +33,7 @@ from sdxl.config import (
 )
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import bytes_source, source_from_text
+from sdxl.inputs.hires_size import hires_size
 from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
 from sdxl.inputs.scheduler_table import check_few_step, refiner_schedule_for
@@ -260,6 +261,7 @@ def _over_caps(values: Mapping[str, Any], caps: Caps) -> list[InputError]:
         "num_inference_steps": True,
         "refine_steps": _value(values, "refine") == "base_image_refiner",
         "num_outputs": True,
+        "hires_steps": _hires(values),
     }
     for name, applied in applies.items():
         value = _value(values, name)
@@ -295,7 +297,21 @@ def _over_caps(values: Mapping[str, Any], caps: Caps) -> list[InputError]:
                     },
                 )
             )
+        elif _hires(values):
+            try:
+                hires_size(width, height, *_hires_sizes(values), caps.max_pixels)
+            except InputError as err:
+                found.append(err)
     return found
+
+
+def _hires(values: Mapping[str, Any]) -> bool:
+    """Whether the hires fix's second pass runs (`Request.hires`)."""
+    return any(size is not None for size in _hires_sizes(values))
+
+
+def _hires_sizes(values: Mapping[str, Any]) -> tuple:
+    return tuple(_value(values, n) for n in ("hires_scale", "hires_width", "hires_height"))
 
 
 def output_size(aspect_ratio: str | None, width: int, height: int) -> tuple[int, int]:

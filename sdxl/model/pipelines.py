@@ -8,6 +8,7 @@ never change what the next one sees.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,13 @@ class Models:
                 for name, m in self.base.unet.named_modules()
                 if isinstance(m, torch.nn.Linear)
             }
+
+    @cached_property
+    def upscalers(self) -> Any:
+        """The hires fix's ESRGAN-family models in weights_dir/upscalers/ (loaded on first use)."""
+        from sdxl.upscale.models import Upscalers
+
+        return Upscalers(self.weights_dir, self.device, self.dtype)
 
     def pipeline(self, stage: str, scheduler: Any, unet: Any = None, vae: Any = None) -> Any:
         """A pipeline of `stage`'s class over the shared modules, with its own scheduler, and
