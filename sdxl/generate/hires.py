@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from sdxl.generate.deepcache import feature_cache
-from sdxl.generate.denoise import PIXELS, prompt_kwargs, step_callback
 from sdxl.generate.plan import Generation
 from sdxl.generate.schedulers import make_scheduler
+from sdxl.generate.stages import PIXELS, prompt_kwargs, step_callback
 from sdxl.inputs.request import Request
 from sdxl.upscale.latents import is_latent, upscale_latents
 from sdxl.upscale.pixels import PILLOW_FILTERS, resize_pixels
