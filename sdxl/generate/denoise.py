@@ -1,6 +1,7 @@
 """Phase 2 of a generation: the base (and refiner) pipelines over the shared modules, the GPU's
-work, ending with the VAE's decoded pixels. The engine runs it under its lock; the pixels
-become images after the lock is released (`sdxl.generate.finish`)."""
+work, ending with the VAE's decoded pixels (with the hires fix, the first pass ends in what its
+upscaler reads and `sdxl.generate.hires` runs the second). The engine runs it under its lock;
+the pixels become images after the lock is released (`sdxl.generate.finish`)."""
 
 from __future__ import annotations
 
