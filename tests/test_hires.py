@@ -167,6 +167,11 @@ def test_boundary_checks_the_target_of_text_to_image():
     check_fields({**body, "hires_scale": 1.5}, REPLICATE, Caps())
     with pytest.raises(InvalidInputs, match="hires_steps"):
         check_fields({**body, "hires_scale": 1.5, "hires_steps": 60}, REPLICATE, Caps(max_steps=50))
+    lcm = {**body, "hires_scale": 1.5, "scheduler": "LCM", "num_inference_steps": 4}
+    check_fields(lcm, REPLICATE, Caps())
+    with pytest.raises(InvalidInputs) as caught:
+        check_fields({**lcm, "hires_steps": 60}, REPLICATE, Caps())  # LCM's few-step limit
+    assert caught.value.problems[0].field == "hires_steps"
 
 
 def test_img2img_target_is_checked_when_planned(models):

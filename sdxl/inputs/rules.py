@@ -112,16 +112,19 @@ def check_fields(
 
 def _few_step(values: Mapping[str, Any]) -> list[InputError]:
     """LCM's and TCD's step limit, on the steps that apply to this request."""
-    name = _value(values, "scheduler")
-    checks = [("num_inference_steps", _value(values, "num_inference_steps"), None)]
+    name, steps = _value(values, "scheduler"), _value(values, "num_inference_steps")
+    checks = [(name, "num_inference_steps", steps, None)]
     if _value(values, "refine") == "base_image_refiner":
-        wanted = _value(values, "refine_steps") or _value(values, "num_inference_steps")
+        wanted = _value(values, "refine_steps") or steps
         schedule = refiner_schedule_for(wanted, BASE_IMAGE_REFINER_STRENGTH)
-        checks.append(("refine_steps", schedule, wanted))
+        checks.append((name, "refine_steps", schedule, wanted))
+    if _hires(values):  # the second pass's own scheduler and steps, where given
+        hires_name = _value(values, "hires_scheduler") or name
+        checks.append((hires_name, "hires_steps", _value(values, "hires_steps") or steps, None))
     found = []
-    for field, steps, wanted in checks:
+    for scheduler, field, count, wanted in checks:
         try:
-            check_few_step(name, steps, field, wanted, BASE_IMAGE_REFINER_STRENGTH)
+            check_few_step(scheduler, count, field, wanted, BASE_IMAGE_REFINER_STRENGTH)
         except InputError as err:
             found.append(err)
     return found
