@@ -59,7 +59,8 @@ def test_lanczos_second_pass_equals_diffusers_img2img(engine, reference):
     result = engine.run(request(hires_upscaler="Lanczos"))
     assert_same_image(result.images[0], expected)
     params = result.parameters
-    assert (params["hires_width"], params["hires_height"], params["hires_steps"]) == (384, 384, 2)
+    assert (params["hires_target_width"], params["hires_target_height"]) == (384, 384)
+    assert (params["hires_pass_steps"], params["hires_steps"], params["hires_scale"]) == (2, 0, 1.5)
 
 
 def test_latent_second_pass_equals_diffusers_img2img(engine, reference):

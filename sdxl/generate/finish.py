@@ -45,12 +45,11 @@ def _parameters(gen: Generation) -> dict:
         refiner_steps=gen.plan.refiner_steps,
         model="stable-diffusion-xl-1.0",
     )
-    if gen.hires_size is not None:  # the hires fix's values as they ran
+    if gen.hires_size is not None:  # the hires fix as it ran (the request's hires_* stay)
         params.update(
-            hires_width=gen.hires_size[0],
-            hires_height=gen.hires_size[1],
-            hires_steps=gen.plan.hires_steps,
-            hires_scheduler=gen.request.hires_scheduler or gen.request.scheduler,
+            hires_target_width=gen.hires_size[0],
+            hires_target_height=gen.hires_size[1],
+            hires_pass_steps=gen.plan.hires_steps,
         )
     return params
 
