@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sdxl.config import MAX_SEED, STYLES
-from sdxl.errors import InputError
+from sdxl.config import INPUTS, MAX_SEED, MAX_SIDE, STYLES
+from sdxl.errors import InputError, Naming
 from sdxl.http.wire import Wire
 from sdxl.images.inputs import source_from_text
 from sdxl.inputs.a1111_samplers import resolve
@@ -42,16 +42,6 @@ IGNORED = (
     "force_task_id",
     "infotext",
     "script_args",
-    "hr_scale",
-    "hr_upscaler",
-    "hr_second_pass_steps",
-    "hr_resize_x",
-    "hr_resize_y",
-    "hr_checkpoint_name",
-    "hr_sampler_name",
-    "hr_scheduler",
-    "hr_prompt",
-    "hr_negative_prompt",
     "firstphase_width",
     "firstphase_height",
     "resize_mode",
@@ -67,6 +57,30 @@ IGNORED = (
     "latent_mask",
     "include_init_images",
 )
+# img2img has no hires fix in A1111: its hires fields are read and not used there.
+HIRES_FIELDS = (
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_checkpoint_name",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
+)
+SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = (
+    "Use same checkpoint",
+    "Use same sampler",
+    "Use same scheduler",
+)
+# The engine's hires inputs and their values without a second pass (enable_hr false).
+HIRES_OFF = {
+    name: None if name in ("hires_scale", "hires_width", "hires_height") else INPUTS[name].default
+    for name in INPUTS
+    if name.startswith("hires_")
+}
 
 
 def _refused(field: str, value, why: str) -> InputError:
@@ -75,6 +89,32 @@ def _refused(field: str, value, why: str) -> InputError:
 
 def _seed(seed: int) -> int | None:
     return None if seed == -1 else seed
+
+
+def _size(side: int) -> int | None:
+    return side or None  # hr_resize_x / hr_resize_y 0: from hr_scale (or the other side)
+
+
+def _text(text: str) -> str | None:
+    return text or None  # hr_prompt "": the first pass's prompt
+
+
+def _hires_fields() -> list[Field]:
+    """txt2img's hires fix, A1111's fields and defaults; used only with enable_hr (`_hires`)."""
+    return [
+        Field("hr_scale", "hires_scale", default=2.0),
+        Field("hr_resize_x", "hires_width", default=0, ge=0, le=MAX_SIDE, to_input=_size),
+        Field("hr_resize_y", "hires_height", default=0, ge=0, le=MAX_SIDE, to_input=_size),
+        # Any name: the installed upscalers are the engine's (checked by the route)
+        Field("hr_upscaler", None, kind="string", default="Latent"),
+        Field("hr_second_pass_steps", "hires_steps", default=0),
+        Field("denoising_strength", "hires_strength", default=0.75),
+        Field("hr_sampler_name", None, kind="string"),
+        Field("hr_scheduler", None, kind="string"),
+        Field("hr_prompt", "hires_prompt", default="", to_input=_text),
+        Field("hr_negative_prompt", "hires_negative_prompt", default="", to_input=_text),
+        Field("hr_checkpoint_name", None, kind="string"),
+    ]
 
 
 def _fields(img2img: bool) -> tuple[Field, ...]:
@@ -117,8 +157,9 @@ def _fields(img2img: bool) -> tuple[Field, ...]:
             Field("mask", "mask", image_forms=("data", "base64"), mask="opaque"),
             Field("inpainting_mask_invert", None, kind="integer", default=0, ge=0, le=1),
         ]
+        ignored += HIRES_FIELDS
     else:
-        ignored += ("denoising_strength",)  # txt2img: the hires fix's strength
+        fields += _hires_fields()
     fields += [Field(name, None, kind="any") for name in ignored]  # read, not used
     return tuple(fields)
 
@@ -131,13 +172,45 @@ def sampler_of(name: str, schedule: str) -> tuple[str, str, str]:
     return found.scheduler, found.sampler, found.schedule
 
 
+HIRES_NAMES = Naming({"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"})
+
+
+def _chosen(name: str | None, same: str) -> str | None:
+    return None if not name or name == same else name
+
+
+def _hires(values: dict) -> dict:
+    """The second pass's engine inputs: A1111's hires fields with enable_hr (its sampler and
+    schedule resolved as the first pass's are); none without, as A1111 ignores them then."""
+    if not values["enable_hr"]:
+        return dict(HIRES_OFF)
+    checkpoint = values.get("hr_checkpoint_name")
+    if _chosen(checkpoint, SAME_CHECKPOINT):
+        why = f"the second pass runs the first pass's model; leave it empty or {SAME_CHECKPOINT!r}"
+        raise _refused("hr_checkpoint_name", checkpoint, why)
+    out = {"hires_upscaler": values["hr_upscaler"]}
+    sampler = _chosen(values.get("hr_sampler_name"), SAME_SAMPLER)
+    schedule = _chosen(values.get("hr_scheduler"), SAME_SCHEDULER)
+    if sampler or schedule:
+        first = values.get("sampler_name") or values["sampler_index"]
+        try:
+            found = resolve(sampler or first, schedule or values["scheduler"])
+        except InputError as err:  # in the hires fields' names
+            named = HIRES_NAMES.name(err.field)
+            raise InputError(err.render(HIRES_NAMES), named, err.value) from None
+        out["hires_scheduler"] = found.scheduler
+        out["hires_timestep_spacing"] = found.timestep_spacing
+    return out
+
+
 def _assemble(values: dict, given: set) -> dict:
+    img2img = "init_images" in values
     for field, why in (
         ("restore_faces", "there is no face restoration model"),
         ("tiling", "SDXL's UNet does not tile"),
-        ("enable_hr", "there is no hires fix; ask for the size you want"),
+        ("enable_hr", "img2img has no hires fix (txt2img has); ask for the size you want"),
     ):
-        if values.get(field):
+        if values.get(field) and (field != "enable_hr" or img2img):
             raise _refused(field, True, why)
     if values.get("script_name"):
         raise _refused("script_name", values["script_name"], "this server has no scripts")
@@ -146,7 +219,7 @@ def _assemble(values: dict, given: set) -> dict:
         raise _refused("alwayson_scripts", names, "this server has no scripts")
     if values["subseed_strength"]:
         raise _refused("subseed_strength", values["subseed_strength"], "no variation seeds")
-    out: dict = {}
+    out: dict = {} if img2img else _hires(values)
     styles = values["styles"]
     if len(styles) > 1:
         raise _refused("styles", styles, "one style at a time")
