@@ -300,6 +300,17 @@ class Engine:
             report["resident"] = self.runner.resident.stats()
         return report
 
+    def upscale_image(self, image: Any, width: int, height: int, name: str) -> Any:
+        """`image` (PIL) upscaled to width x height by the upscaler `name` (sdxl.upscale), on
+        the device under the lock, between two steps of the running job; InputError for an
+        upscaler this server does not have."""
+        from sdxl.upscale.pixels import resize_pixels
+
+        def upscale() -> Any:
+            return resize_pixels([image], width, height, name, self.models.upscalers)[0]
+
+        return self.device_tasks.call(upscale)
+
     def training(self) -> TrainingJob | None:
         """The training running on this engine, if one is."""
         return self._lanes.current_training()

@@ -28,7 +28,7 @@ def with_caps(properties: dict, caps: Caps, surface: Surface) -> dict:
             side = caps.max_pixels // MIN_SIDE // SIZE_MULTIPLE * SIZE_MULTIPLE
             note = f" Width x height at most {caps.max_pixels} pixels (SDXL_MAX_PIXELS)."
             out[field.name]["description"] = out[field.name].get("description", "") + note
-            if "maximum" in prop:
+            if "maximum" in prop and INPUTS[field.input].ge == MIN_SIDE:  # a side, not a scale
                 prop["maximum"] = max(MIN_SIDE, min(prop["maximum"], side))
         elif cap_name in ("max_steps", "max_outputs") and "maximum" in prop:
             prop["maximum"] = min(prop["maximum"], getattr(caps, cap_name))

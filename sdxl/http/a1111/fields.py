@@ -175,7 +175,7 @@ def sampler_of(name: str, schedule: str) -> tuple[str, str, str]:
 HIRES_NAMES = Naming({"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"})
 
 
-def _chosen(name: str | None, same: str) -> str | None:
+def chosen(name: str | None, same: str) -> str | None:
     return None if not name or name == same else name
 
 
@@ -185,12 +185,12 @@ def _hires(values: dict) -> dict:
     if not values["enable_hr"]:
         return dict(HIRES_OFF)
     checkpoint = values.get("hr_checkpoint_name")
-    if _chosen(checkpoint, SAME_CHECKPOINT):
+    if chosen(checkpoint, SAME_CHECKPOINT):
         why = f"the second pass runs the first pass's model; leave it empty or {SAME_CHECKPOINT!r}"
         raise _refused("hr_checkpoint_name", checkpoint, why)
     out = {"hires_upscaler": values["hr_upscaler"]}
-    sampler = _chosen(values.get("hr_sampler_name"), SAME_SAMPLER)
-    schedule = _chosen(values.get("hr_scheduler"), SAME_SCHEDULER)
+    sampler = chosen(values.get("hr_sampler_name"), SAME_SAMPLER)
+    schedule = chosen(values.get("hr_scheduler"), SAME_SCHEDULER)
     if sampler or schedule:
         first = values.get("sampler_name") or values["sampler_index"]
         try:

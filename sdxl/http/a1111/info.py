@@ -15,7 +15,7 @@ import json
 import logging
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sdxl.adapters.library import LoraLibrary
 from sdxl.inputs.request import Request
@@ -39,6 +39,9 @@ class Made:
     model: str
     timestamp: str  # when the request started, as A1111 writes it
     lora_hashes: str | None = None  # "name: hash, name2: hash2", A1111's `Lora hashes`
+    # The hires fix's keys as A1111 writes them ("Hires upscale": 2, ...), in its order; the
+    # Size is the first pass's (A1111's: its infotext makes the image again)
+    hires: dict = field(default_factory=dict)
 
 
 def quote(value) -> str:
@@ -59,6 +62,7 @@ def infotext(made: Made, seed: int) -> str:
         "Model": made.model,
         "Denoising strength": made.denoising_strength,
         "Clip skip": None if req.clip_skip is None else req.clip_skip + 1,  # A1111's setting
+        **made.hires,
         "Lora hashes": made.lora_hashes,
         "Version": VERSION,
     }
@@ -130,7 +134,7 @@ def info_json(made: Made, nsfw: list[bool]) -> str:
 
 
 def _extra_params(made: Made) -> dict:
-    extra = {"Schedule type": made.schedule}
+    extra = {"Schedule type": made.schedule, **made.hires}
     if made.lora_hashes:
         extra["Lora hashes"] = made.lora_hashes
     return extra

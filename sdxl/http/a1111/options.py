@@ -1,6 +1,6 @@
 """What AUTOMATIC1111's clients read at start and in their settings pages: the options (with the
 checkpoint: the served model, or one of the caller's trained models), the model list, the VAE
-list, and the lists this server has nothing in (scripts, upscalers, ...), each answered with
+list, and the lists this server has nothing in (scripts, hypernetworks, ...), each answered with
 honest, empty content; the LoRAs the caller may name (`sdxl.adapters.library`: never a server
 path).
 
@@ -32,8 +32,6 @@ from sdxl.http.trained import TrainedModels
 from sdxl.inputs.surface import Problem
 
 EMPTY_LISTS = (
-    "upscalers",
-    "latent-upscale-modes",
     "hypernetworks",
     "face-restorers",
     "realesrgan-models",

@@ -17,7 +17,16 @@ from fastapi.responses import JSONResponse
 from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
-from sdxl.http.a1111.fields import IMG2IMG, TXT2IMG, WIRE, sampler_of
+from sdxl.http.a1111 import upscalers
+from sdxl.http.a1111.fields import (
+    IMG2IMG,
+    SAME_SAMPLER,
+    SAME_SCHEDULER,
+    TXT2IMG,
+    WIRE,
+    chosen,
+    sampler_of,
+)
 from sdxl.http.a1111.info import Made, info_json, infotext, lora_hashes
 from sdxl.http.a1111.options import OptionsApi
 from sdxl.http.a1111.progress import Run, Runs, progress_of
@@ -54,6 +63,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         caller = caller_of(http)
         loras = sync.service.lora_check(caller)
         found = await asyncio.to_thread(checked, body, shape, caps, loras)
+        upscalers.check_hr_upscaler(found.request(), sync.service.engine)
         first = replace(
             found.request(), trained_tar=applied.trained_tar, clip_skip=applied.clip_skip
         )
@@ -153,6 +163,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         return [{"name": name, **style} for name, style in STYLES.items()]
 
     routes.include_router(options.router())
+    routes.include_router(upscalers.router(sync))
     return routes
 
 
@@ -174,17 +185,59 @@ def made_by(found: Checked, img2img: bool, jobs: list[Job], timestamp: str, mode
     generation = jobs[0].generation
     name = found.given.get("sampler_name") or found.given.get("sampler_index", "Euler")
     _, sampler, schedule = sampler_of(name, found.given.get("scheduler", "automatic"))
+    size = (request.width, request.height)  # the first pass's, with the hires fix (A1111's)
+    if generation is not None and not request.hires:
+        size = (generation.width, generation.height)
+    strength = request.prompt_strength if img2img else None
     return Made(
         request=as_written(found, request, generation),
         seeds=[],
         sampler=sampler,
         schedule=schedule,
-        width=generation.width if generation is not None else request.width,
-        height=generation.height if generation is not None else request.height,
-        denoising_strength=request.prompt_strength if img2img else None,
+        width=size[0],
+        height=size[1],
+        denoising_strength=request.hires_strength if request.hires else strength,
         model=model,
         timestamp=timestamp,
+        hires=hires_params(found, request, (sampler, schedule)),
     )
+
+
+def hires_params(found: Checked, request, first: tuple[str, str]) -> dict:
+    """The hires fix's infotext keys, as A1111 writes them and in its order (none without
+    enable_hr); its sampler and prompts only where they differ from the first pass's."""
+    if not request.hires:
+        return {}
+    given, out = found.given, {}
+    sampler, schedule = first
+    if request.hires_scheduler is not None:
+        hr_sampler = chosen(given.get("hr_sampler_name"), SAME_SAMPLER) or first[0]
+        hr_schedule = chosen(given.get("hr_scheduler"), SAME_SCHEDULER)
+        hr_schedule = hr_schedule or given.get("scheduler", "automatic")
+        _, sampler, schedule = sampler_of(hr_sampler, hr_schedule)
+    if sampler != first[0]:
+        out["Hires sampler"] = sampler
+    if request.hires_prompt is not None and request.hires_prompt != given.get("prompt", ""):
+        out["Hires prompt"] = request.hires_prompt
+    negative = request.hires_negative_prompt
+    if negative is not None and negative != given.get("negative_prompt", ""):
+        out["Hires negative prompt"] = negative
+    if schedule != first[1]:
+        out["Hires schedule type"] = schedule
+    resize = (given.get("hr_resize_x", 0), given.get("hr_resize_y", 0))
+    if any(resize):
+        out["Hires resize"] = f"{resize[0]}x{resize[1]}"
+    else:
+        out["Hires upscale"] = _plain(request.hires_scale)
+    if request.hires_steps:
+        out["Hires steps"] = request.hires_steps
+    out["Hires upscaler"] = request.hires_upscaler
+    return out
+
+
+def _plain(number: float) -> float | int:
+    """2.0 as A1111's form sends it (2); 1.5 as it is."""
+    return int(number) if float(number).is_integer() else number
 
 
 def as_written(found: Checked, request, generation):

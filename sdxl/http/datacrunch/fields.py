@@ -204,6 +204,29 @@ FIELDS = (
         description="LoRAs applied together, each at its weight: comma-separated name[:weight] "
         "or https URL of a .safetensors[:weight]. An extension of this API.",
     ),
+    Field(
+        "hires_scale",
+        "hires_scale",
+        nullable=True,
+        description="Hires fix: a second img2img pass at this many times the size (1-4; null: "
+        "none). An extension of this API.",
+    ),
+    Field(
+        "hires_upscaler",
+        "hires_upscaler",
+        description="The hires fix's upscaler: Latent* (in latent space), None, Lanczos, "
+        "Nearest or an ESRGAN model. An extension of this API.",
+    ),
+    Field(
+        "hires_steps",
+        "hires_steps",
+        description="The second pass's steps (0: num_inference_steps). An extension of this API.",
+    ),
+    Field(
+        "hires_strength",
+        "hires_strength",
+        description="The second pass's denoising strength. An extension of this API.",
+    ),
 )
 
 

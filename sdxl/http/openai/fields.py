@@ -41,7 +41,11 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 OWN = ("prompt", "image", "mask", "num_outputs", "width", "height", "aspect_ratio")
 OWN += ("output_format", "output_quality")
 SERVER_SET = ("prompt_syntax",)  # the server's setting, not the request's
-EXTRAS = tuple(Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET))
+# Not offered on this API (docs/apis.md): the hires fix's second pass.
+NOT_OFFERED = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+EXTRAS = tuple(
+    Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET, *NOT_OFFERED)
+)
 # How this API reads prompts: read once, at start (tests set the attribute).
 PROMPT_SYNTAX = env_choice(os.environ, "SDXL_OPENAI_PROMPT_SYNTAX", PROMPT_SYNTAXES, "plain")
 
