@@ -293,10 +293,31 @@ def a1111_cases(schema: dict, title: str) -> list[Case]:
         ),
         Case("two styles", {"styles": ["a", "b"]}, "styles", "error"),
         Case("a style it does not have", {"styles": ["nope"]}, "styles", "error"),
-        Case("hires fix", {"enable_hr": True}, "enable_hr", "error"),
+        Case(
+            "hires fix",  # img2img has none, as in A1111
+            {"enable_hr": True, "hr_scale": 1.25, "hr_second_pass_steps": 1},
+            "enable_hr",
+            "error" if img2img else "image",
+        ),
         Case("a script", {"script_name": "x/y/z plot"}, "script_name", "error"),
         Case("an extension's field", {"an_extensions_field": 1}, "an_extensions_field", "image"),
     ]
+    if not img2img:
+        hires = {"enable_hr": True, "hr_scale": 1.25}
+        cases += [
+            Case(
+                "an upscaler it does not have",
+                {**hires, "hr_upscaler": "x"},
+                "hr_upscaler",
+                "error",
+            ),
+            Case(
+                "another hires checkpoint",
+                {**hires, "hr_checkpoint_name": "x"},
+                "hr_checkpoint_name",
+                "error",
+            ),
+        ]
     if img2img:
         cases = [c for c in cases if c.field != "init_images"]
         b64 = base64.b64encode
