@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -197,3 +198,20 @@ def test_extras_size_is_held_to_the_operators_pixel_cap():
         extras(Caps(max_pixels=512 * 512), upscaler_1="Lanczos", upscaling_resize=2)
     problem = caught.value.problems[0]
     assert problem.field == "upscaling_resize" and "SDXL_MAX_PIXELS" in problem.message
+
+
+def test_the_replicate_schema_offers_the_hires_inputs_with_their_bounds_under_a_pixel_cap():
+    """The playground's form and the Replicate API's document come from this schema: a
+    SDXL_MAX_PIXELS cap limits the sides' maximum, not hires_scale's (a scale, not a side)."""
+    from sdxl.config import COG_SCHEMA_FILE
+    from sdxl.http.caps import cog_schema_with_caps, inline_input_schema
+    from sdxl.http.replicate.inputs import REPLICATE
+
+    schema = json.loads(COG_SCHEMA_FILE.read_text())
+    capped = inline_input_schema(cog_schema_with_caps(schema, Caps(max_pixels=300_000), REPLICATE))
+    properties = capped["properties"]
+    assert (properties["hires_scale"]["minimum"], properties["hires_scale"]["maximum"]) == (1, 4)
+    assert "SDXL_MAX_PIXELS" in properties["hires_scale"]["description"]
+    assert properties["width"]["maximum"] == 1168  # 300000 // 256, floored to 8
+    assert "Lanczos" in properties["hires_upscaler"]["enum"]
+    assert {"hires_steps", "hires_strength"} <= set(properties)
