@@ -77,8 +77,9 @@ def test_every_documented_field_is_in_the_schema():
         "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
-    # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks
+    # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks, the hires fix
     extensions = {"output_format", "cache_interval", "prompt_syntax", "loras"}
+    extensions |= {"hires_scale", "hires_upscaler", "hires_steps", "hires_strength"}
     assert set(DATACRUNCH.by_name) == {*documented, *extensions}
 
 
