@@ -58,8 +58,10 @@ EXTRAS = Surface(
 
 def installed(engine) -> list[str] | None:
     """The ESRGAN-family models the engine has (None: the model is not loaded yet)."""
-    upscalers = getattr(engine.models, "upscalers", None)
-    return None if upscalers is None else list(upscalers.names())
+    if engine.models is None:
+        return None
+    upscalers = getattr(engine.models, "upscalers", None)  # models made without a library
+    return [] if upscalers is None else list(upscalers.names())
 
 
 def upscaler_rows(engine) -> list[dict]:
