@@ -66,19 +66,16 @@ def installed(engine) -> list[str] | None:
 
 def upscaler_rows(engine) -> list[dict]:
     """A1111's /upscalers: the pixel upscalers, then the models (a virtual path, never the
-    server's)."""
-    rows = [_row(name, None, None, 4) for name in PIXEL_UPSCALERS]
-    names = installed(engine) or []
-    for name in names:
-        scale = engine.models.upscalers.scale(name)
-        rows.append(_row(name, "ESRGAN", f"models/ESRGAN/{name}.safetensors", scale))
+    server's). `scale` is 4 for each, as A1111 lists its ESRGAN files: knowing a model's own
+    would load it, which only the engine does, under its lock."""
+    rows = [_row(name, None, None) for name in PIXEL_UPSCALERS]
+    for name in installed(engine) or []:
+        rows.append(_row(name, "ESRGAN", f"models/ESRGAN/{name}.safetensors"))
     return rows
 
 
-def _row(name: str, model: str | None, path: str | None, scale: int) -> dict:
-    return {"name": name, "model_name": model, "model_path": path, "model_url": None} | {
-        "scale": scale
-    }
+def _row(name: str, model: str | None, path: str | None) -> dict:
+    return {"name": name, "model_name": model, "model_path": path, "model_url": None, "scale": 4}
 
 
 def check_hr_upscaler(request: Request, engine) -> None:
