@@ -575,7 +575,7 @@ def test_extra_single_image_refuses_what_it_does_not_have(server):
 
 
 # The lead removes this mark once parts A and B (sdxl.upscale, the engine's upscalers) are in.
-@pytest.mark.xfail(strict=False, reason="needs sdxl.upscale.pixels (part A) and models.upscalers")
+@pytest.mark.xfail(strict=False, reason="needs upscale.pixels and Models.upscalers")
 def test_extra_single_image_upscales_on_the_engine(server):
     source = smooth_image(128, 96)
     body = extras_body(source, upscaler_1="Lanczos", upscaling_resize=1.5)
