@@ -520,8 +520,6 @@ def sillytavern_hires_body() -> dict:
     }  # fmt: skip
 
 
-# The lead removes this mark once part B's second pass is merged (issue 33).
-@pytest.mark.xfail(strict=False, reason="needs the hires pass (part B)")
 def test_sillytaverns_hires_request_answers_the_upscaled_image(server):
     answer = post(server, "/sdapi/v1/txt2img", sillytavern_hires_body())
     assert answer.status_code == 200, answer.text
@@ -574,8 +572,6 @@ def test_extra_single_image_refuses_what_it_does_not_have(server):
         assert answer.json()["detail"][0]["field"] == field, answer.json()
 
 
-# The lead removes this mark once parts A and B (sdxl.upscale, the engine's upscalers) are in.
-@pytest.mark.xfail(strict=False, reason="needs upscale.pixels and Models.upscalers")
 def test_extra_single_image_upscales_on_the_engine(server):
     source = smooth_image(128, 96)
     body = extras_body(source, upscaler_1="Lanczos", upscaling_resize=1.5)

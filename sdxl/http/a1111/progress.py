@@ -94,9 +94,9 @@ def progress_of(run: Run | None, skip_current_image: bool, preview_every: int) -
     count = len(run.jobs)
     number = next(i for i, job in enumerate(run.jobs) if not job.done())
     job = run.jobs[number]
-    step = job.steps["base"] + job.steps["refiner"]
+    step = sum(job.steps.values())  # base, refiner and the hires fix's second pass
     plan = job.generation.plan if job.generation is not None else None
-    steps = plan.base_steps + plan.refiner_steps if plan else job.request.num_inference_steps
+    steps = plan.total_steps if plan else job.request.num_inference_steps
     progress = 0.01 + number / count + (step / max(steps, 1)) / count
     elapsed = time.monotonic() - run.started
     image = None
