@@ -56,11 +56,11 @@ def test_lanczos_second_pass_equals_diffusers_img2img(engine, reference):
     first = first_pass(base, "pil").images[0]
     upscaled = first.resize((384, 384), Image.Resampling.LANCZOS)
     expected = reference_img2img(base, upscaled, 384)
-    result = engine.run(request(hires_upscaler="Lanczos"))
+    result = engine.run(request(hires_upscaler="Lanczos", hires_steps=2))  # a schedule of 4
     assert_same_image(result.images[0], expected)
     params = result.parameters
     assert (params["hires_target_width"], params["hires_target_height"]) == (384, 384)
-    assert (params["hires_pass_steps"], params["hires_steps"], params["hires_scale"]) == (2, 0, 1.5)
+    assert (params["hires_pass_steps"], params["hires_steps"], params["hires_scale"]) == (2, 2, 1.5)
 
 
 def test_latent_second_pass_equals_diffusers_img2img(engine, reference):
@@ -73,7 +73,7 @@ def test_latent_second_pass_equals_diffusers_img2img(engine, reference):
             hires_upscaler="Latent (bicubic)",
             hires_scale=2,
             hires_prompt="a dog",
-            hires_steps=6,
+            hires_steps=3,  # run, as A1111 counts them: img2img's schedule of 6 at 0.5
         )
     )
     assert_same_image(got.images[0], expected)
@@ -92,14 +92,14 @@ def test_refiner_then_latent_upscale(engine, reference):
     ).images  # fmt: skip
     upscaled = torch.nn.functional.interpolate(refined, size=(48, 48), mode="bilinear")
     expected = reference_img2img(base, upscaled, 384)
-    got = engine.run(request(refine="expert_ensemble_refiner", high_noise_frac=0.7))
+    got = engine.run(request(refine="expert_ensemble_refiner", high_noise_frac=0.7, hires_steps=2))
     assert_same_image(got.images[0], expected)
 
 
 def test_steps_count_both_passes_in_order(engine):
     events: list[tuple] = []
     job = engine.submit(
-        request(hires_upscaler="Nearest", hires_steps=6),  # int(6 * 0.5): 3 steps
+        request(hires_upscaler="Nearest", hires_steps=3),  # 3 run: a schedule of 6 at 0.5
         preview_every=2,
         events=JobEvents(
             step=lambda job, stage, done, total: events.append(("step", stage, done, total)),
@@ -184,12 +184,24 @@ def test_img2img_target_is_checked_when_planned(models):
     assert gen.hires_size == (1536, 1152)
 
 
-@pytest.mark.parametrize(("strength", "steps"), [(0.0, 0), (0.1, 4)])
-def test_a_second_pass_of_no_step_is_refused(models, strength, steps):
+@pytest.mark.parametrize(
+    ("strength", "steps", "says"),
+    [(0.0, 0, "no step"), (0.001, 4, "a schedule of 4000 steps to run hires_steps=4 steps")],
+)
+def test_a_second_pass_the_model_cannot_schedule_is_refused(models, strength, steps, says):
     req = request(hires_strength=strength, hires_steps=steps)
     with pytest.raises(InputError) as caught:
         plan_generation(models, req)
-    assert caught.value.field == "hires_strength" and "hires_steps" in str(caught.value)
+    assert caught.value.field == "hires_strength" and says in str(caught.value)
+
+
+def test_hires_steps_are_the_steps_run_as_a1111_counts_them(models):
+    """A1111's hr_second_pass_steps is what the second pass runs: diffusers' img2img is
+    called with the fewest num_inference_steps that run that many at the strength."""
+    for steps, strength, schedule in ((20, 0.7, 29), (10, 0.5, 20), (4, 1.0, 4), (3, 0.3, 10)):
+        plan = plan_generation(models, request(hires_steps=steps, hires_strength=strength)).plan
+        assert (plan.hires_steps, plan.hires_schedule) == (steps, schedule)
+        assert min(int(schedule * strength), schedule) == steps
 
 
 # ---- the upscalers -------------------------------------------------------------------------

@@ -119,23 +119,44 @@ def plan_hires(
     spacing: str | None,
     strength: float,
 ) -> StepPlan:
-    """`plan` with the hires fix's second pass: base img2img of `steps` at `strength`, with
-    scheduler `name` (its own, or the first pass's). StepPlanError before a pass of no step."""
-    check_few_step(name, steps, "hires_steps")
-    schedule, order = _timesteps(name, base_config, spacing, steps)
-    timesteps = _img2img(schedule, order, steps, strength)
-    if len(timesteps) == 0:
-        raise StepPlanError(
-            "{hires_strength} x {hires_steps} is below one step of the hires fix's second "
-            "pass; raise {hires_strength:name} or {hires_steps:name}",
-            "hires_strength",
-            strength,
-            values={"hires_strength": strength, "hires_steps": steps},
-        )
+    """`plan` with the hires fix's second pass: base img2img at `strength` running `steps`
+    steps, as A1111's hires fix counts hr_second_pass_steps (the steps run, not the schedule's
+    length), with scheduler `name` (its own, or the first pass's). StepPlanError before a pass
+    of no step or a schedule longer than the model's."""
+    schedule_steps = hires_schedule(steps, strength, base_config["num_train_timesteps"])
+    check_few_step(name, schedule_steps, "hires_steps", steps, strength, "hires fix's")
+    schedule, order = _timesteps(name, base_config, spacing, schedule_steps)
+    timesteps = _img2img(schedule, order, schedule_steps, strength)
     calls = _calls(schedule, timesteps)
     return dataclasses.replace(
-        plan, hires_steps=len(timesteps), hires_schedule=steps, hires_calls=calls
+        plan, hires_steps=len(timesteps), hires_schedule=schedule_steps, hires_calls=calls
     )
+
+
+def hires_schedule(steps: int, strength: float, longest: int) -> int:
+    """The num_inference_steps with which diffusers' img2img at `strength` runs `steps` steps
+    (the fewest that do); at most `longest`, the model's training timesteps."""
+    words = {"hires_strength": strength, "hires_steps": steps}
+    if strength <= 0:
+        raise StepPlanError(
+            "{hires_strength} leaves the hires fix's second pass no "
+            "step; raise {hires_strength:name}",
+            "hires_strength",
+            strength,
+            values=words,
+        )
+    schedule = refiner_schedule_for(steps, strength)
+    if schedule > longest:
+        raise StepPlanError(
+            "{hires_strength} needs a schedule of {schedule} steps to run {hires_steps} "
+            "steps, over the model's {longest}; raise {hires_strength:name} "
+            "or lower {hires_steps:name}",
+            "hires_strength",
+            strength,
+            values=words,
+            words={"schedule": schedule, "longest": longest},
+        )
+    return schedule
 
 
 def _calls(schedule, used) -> tuple[int, ...]:

@@ -118,13 +118,19 @@ def _few_step(values: Mapping[str, Any]) -> list[InputError]:
         wanted = _value(values, "refine_steps") or steps
         schedule = refiner_schedule_for(wanted, BASE_IMAGE_REFINER_STRENGTH)
         checks.append((name, "refine_steps", schedule, wanted))
-    if _hires(values):  # the second pass's own scheduler and steps, where given
-        hires_name = _value(values, "hires_scheduler") or name
-        checks.append((hires_name, "hires_steps", _value(values, "hires_steps") or steps, None))
     found = []
     for scheduler, field, count, wanted in checks:
         try:
             check_few_step(scheduler, count, field, wanted, BASE_IMAGE_REFINER_STRENGTH)
+        except InputError as err:
+            found.append(err)
+    strength = _value(values, "hires_strength")
+    if _hires(values) and strength > 0:  # the second pass: its own scheduler, where given
+        hires_name = _value(values, "hires_scheduler") or name
+        wanted = _value(values, "hires_steps") or steps
+        schedule = refiner_schedule_for(wanted, strength)
+        try:
+            check_few_step(hires_name, schedule, "hires_steps", wanted, strength, "hires fix's")
         except InputError as err:
             found.append(err)
     return found

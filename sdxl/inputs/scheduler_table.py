@@ -84,10 +84,16 @@ class StepPlanError(InputError):
 
 
 def check_few_step(
-    name: str, steps: int, field: str, wanted: int | None = None, strength: float = 0.3
+    name: str,
+    steps: int,
+    field: str,
+    wanted: int | None = None,
+    strength: float = 0.3,
+    stage: str = "refiner",
 ) -> None:
     """LCM and TCD schedule at most FEW_STEP_MAX steps (diffusers raises a ValueError past
-    them). `wanted`: the refine_steps whose refiner schedule is `steps`."""
+    them). `wanted`: the steps run (refine_steps, hires_steps) whose img2img schedule at
+    `strength` is `steps`, in `stage`'s words."""
     if not SCHEDULER_TABLE[name].few_step or steps <= FEW_STEP_MAX:
         return
     if wanted is None:
@@ -97,17 +103,20 @@ def check_few_step(
         )
         words = {"scheduler": name, "limit": FEW_STEP_MAX}
         raise StepPlanError(template, field, steps, words=words)
-    fewer = max(w for w in range(1, wanted) if refiner_schedule_for(w, strength) <= FEW_STEP_MAX)
+    fits = [w for w in range(1, wanted) if refiner_schedule_for(w, strength) <= FEW_STEP_MAX]
     template = (
-        "{field} makes the refiner schedule {steps} steps with the {scheduler} scheduler, which "
-        "takes at most {limit} (its original_inference_steps); use {fewer} or fewer"
+        "{field} makes the {stage} schedule {steps} steps with the {scheduler} scheduler, which "
+        "takes at most {limit} (its original_inference_steps); {advice}"
     )
-    words = {"steps": steps, "scheduler": name, "limit": FEW_STEP_MAX, "fewer": fewer}
+    advice = f"use {max(fits)} or fewer" if fits else f"raise its strength ({strength})"
+    words = {"steps": steps, "scheduler": name, "limit": FEW_STEP_MAX, "advice": advice}
+    words["stage"] = stage
     raise StepPlanError(template, field, wanted, words=words)
 
 
 def refiner_schedule_for(wanted: int, strength: float) -> int:
-    """The smallest schedule length whose img2img run at `strength` runs `wanted` steps."""
+    """The smallest schedule length whose img2img run at `strength` (over 0) runs `wanted`
+    steps (the refiner's refine_steps, the hires fix's hires_steps)."""
     schedule = max(wanted, int(wanted / strength) - 1)
     while min(int(schedule * strength), schedule) < wanted:
         schedule += 1
