@@ -60,11 +60,13 @@ def commit() -> str:
     import subprocess
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent)
+        root = RESULTS.parent.parent  # the repository: the paths below are relative to it
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=root)
         return done.stdout.strip()
 
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--", "sdxl", "bench") else "")
+    changed = git("status", "--porcelain", "--", "sdxl", "bench", ":!bench/results")
+    return head + ("+changes" if changed else "")
 
 
 def write(name: str | Path, record: dict) -> Path:
