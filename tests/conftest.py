@@ -136,3 +136,28 @@ def postgres_url():
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cog_server(tiny_weights, tmp_path_factory):
+    """Cog's own server over the predictor, shared by the modules that only send it
+    predictions (each must answer as on a fresh server: no state leaks between them)."""
+    from support.cog_server import start_server
+
+    server = start_server(tiny_weights, tmp_path_factory.mktemp("cog-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_api(tiny_weights, tmp_path_factory):
+    """`python -m sdxl api` with one key and nothing else set, shared by the modules that only
+    send it requests (bad inputs, hostile bodies, malformed numbers); no request may leave a
+    traceback in its log."""
+    from support.api_server import KEYS, Server
+
+    server = Server(tiny_weights, tmp_path_factory.mktemp("plain-api"), {"SDXL_API_KEYS": KEYS[0]})
+    server.wait_ready()
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -17,7 +17,7 @@ import math
 import pytest
 import requests
 from PIL import Image
-from support.api_server import KEYS, Server
+from support.api_server import KEYS
 from support.bad_inputs import (
     SIZE,
     Case,
@@ -28,7 +28,6 @@ from support.bad_inputs import (
     photo,
     schema_cases,
 )
-from support.cog_server import start_server
 
 from sdxl.config import COG_SCHEMA_FILE
 
@@ -128,18 +127,13 @@ def outcome(case: Case, status: int, error: str | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def cog(tiny_weights, tmp_path_factory):
-    server = start_server(tiny_weights, tmp_path_factory.mktemp("bad-cog"))
-    yield server
-    server.stop()
+def cog(cog_server):
+    return cog_server
 
 
 @pytest.fixture(scope="module")
-def api(tiny_weights, tmp_path_factory):
-    server = Server(tiny_weights, tmp_path_factory.mktemp("bad-api"), {"SDXL_API_KEYS": KEYS[0]})
-    server.wait_ready()
-    yield server
-    server.stop()
+def api(plain_api):
+    return plain_api
 
 
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}

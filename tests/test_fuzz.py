@@ -25,7 +25,7 @@ SLOW_EXAMPLES = {"cog": "2500", "api": "400"}  # at least 10,000 cases each (che
 
 
 @pytest.mark.timeout(1300)  # the fuzzer's own bound is 1200 s
-@pytest.mark.parametrize("kind", ["cog", "api"])
+@pytest.mark.parametrize("kind", [pytest.param("cog", marks=pytest.mark.slow), "api"])
 def test_fuzz_in_a_network_namespace(tiny_weights, tmp_path, kind):
     summary = fuzz(tiny_weights, tmp_path, kind, EXAMPLES, phases=PHASES[kind])
     assert summary["generated"] > 100 and summary["operations"] >= 4

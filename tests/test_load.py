@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from support.api_server import GENERATE, KEYS, Server
-from support.cog_server import start_server
 from support.helpers import wait_until
 
 from sdxl.net.ports import free_port
@@ -44,18 +43,15 @@ def when(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def test_cog_server_burst_is_served_or_refused_with_409(tiny_weights, tmp_path):
-    server = start_server(tiny_weights, tmp_path)
-    try:
-        responses = burst(
-            8,
-            lambda i: requests.post(
-                server.base + "/predictions", json={"input": {**SMALL, "seed": i}}, timeout=120
-            ),
-        )
-        assert server.settles_ready()
-    finally:
-        server.stop()
+def test_cog_server_burst_is_served_or_refused_with_409(cog_server):
+    server = cog_server
+    responses = burst(
+        8,
+        lambda i: requests.post(
+            server.base + "/predictions", json={"input": {**SMALL, "seed": i}}, timeout=120
+        ),
+    )
+    assert server.settles_ready()
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 409} and 200 in codes, codes
     for i, response in enumerate(responses):
@@ -64,10 +60,10 @@ def test_cog_server_burst_is_served_or_refused_with_409(tiny_weights, tmp_path):
             assert body["status"] == "succeeded" and body["metrics"]["seeds"] == [i]
 
 
-@pytest.fixture
-def api(tiny_weights, tmp_path):
+@pytest.fixture(scope="module")
+def api(tiny_weights, tmp_path_factory):
     env = {"SDXL_API_KEYS": KEYS[0], "SDXL_QUEUE_SIZE": "3"}
-    server = Server(tiny_weights, tmp_path, env)
+    server = Server(tiny_weights, tmp_path_factory.mktemp("load-api"), env)
     server.wait_ready()
     yield server
     server.stop()
@@ -136,9 +132,9 @@ def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        # Holds the GPU (about 6 s on 2 cores) while the DataCrunch request queues and SIGTERM
+        # Holds the GPU (about 3 s on 2 cores) while the DataCrunch request queues and SIGTERM
         # arrives.
-        running = {**SMALL, "num_inference_steps": 120}
+        running = {**SMALL, "num_inference_steps": 60}
         ids = [
             requests.post(
                 server.base + "/v1/predictions",

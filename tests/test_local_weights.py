@@ -242,6 +242,7 @@ def _image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8))
 
 
+@pytest.mark.slow  # the same tar over HTTP runs by default; the CLI adds the tar's folder
 def test_the_command_line_and_the_cog_predictor_use_a_local_tar(folders, cli_image, predictor):
     allowed, _ = folders
     tar = allowed / "trained_model.tar"

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import requests
-from support.api_server import GUIDE_VERSION, KEYS, Server
+from support.api_server import GUIDE_VERSION, KEYS
 from support.bad_inputs import encoded, photo, resolve
 from support.cog_server import start_server
 
@@ -46,11 +46,8 @@ MALFORMED = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_weights, tmp_path_factory):
-    srv = Server(tiny_weights, tmp_path_factory.mktemp("numbers"), {"SDXL_API_KEYS": KEYS[0]})
-    srv.wait_ready()
-    yield srv
-    srv.stop()
+def server(plain_api):
+    return plain_api
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +193,7 @@ def test_automatic1111(server, schema, route, title):
     print(f"AUTOMATIC1111 {route}: {count} malformed numbers over {len(fields)} inputs")
 
 
+@pytest.mark.slow  # coglet's own parsing; test_bad_inputs sends the Cog server bad values
 def test_cog_server(tiny_weights, tmp_path):
     """Cog's own server (coglet) reads its inputs strictly: a string is never a number there."""
     cog = json.loads(COG_SCHEMA_FILE.read_text())

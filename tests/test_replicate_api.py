@@ -368,6 +368,7 @@ def test_a_client_that_stops_waiting_does_not_cancel(server, client):
 # ---- state across restarts, outputs as URLs ---------------------------------------------------
 
 
+@pytest.mark.slow  # test_scale_out kills a replica mid-job on the default run
 def test_a_killed_server_leaves_its_running_prediction_failed(tiny_weights, tmp_path):
     env = {"SDXL_API_KEYS": KEYS[0], "SDXL_STATE_DIR": str(tmp_path / "state")}
     first = Server(tiny_weights, tmp_path, env)

@@ -211,7 +211,9 @@ def test_the_gpu_takes_the_tenants_in_turn(tiny_weights, tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("bob_asks", ["datacrunch", "prediction"])
+@pytest.mark.parametrize(
+    "bob_asks", [pytest.param("datacrunch", marks=pytest.mark.slow), "prediction"]
+)
 def test_another_tenant_starts_after_at_most_two_of_a_backlog(tiny_weights, tmp_path, bob_asks):
     """Alice's backlog of six stored predictions is running; Bob's one (a DataCrunch request in
     memory, or a stored prediction) starts after the one running and the one claimed ahead of

@@ -158,6 +158,7 @@ def test_sigterm_hands_the_training_back_and_the_restart_goes_on(
         assert tar_members(second, training.id) == uninterrupted
 
 
+@pytest.mark.slow  # the SIGTERM test resumes from the checkpoint; test_replicas settles the dead
 def test_a_killed_replicas_training_is_resumed_by_another_from_its_checkpoint(
     tiny_weights, tmp_path, zipped, uninterrupted, postgres_url
 ):
