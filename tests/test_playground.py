@@ -176,6 +176,7 @@ def paint_right_part(driver) -> None:
         stroke.move_by_offset(width // 2 - 2 - start[0], 0).release().perform()
 
 
+@pytest.mark.slow  # the brush in a browser; inpainting's pixels are checked on every API
 def test_a_painted_mask_repaints_only_where_painted(page, server, tmp_path):
     source = smooth_image(256, 256, seed=4)
     path = tmp_path / "photo.png"

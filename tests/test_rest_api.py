@@ -508,6 +508,7 @@ def test_offset_lora_by_name_changes_the_image(server):
     assert np.array_equal(np.asarray(again), np.asarray(plain)), "the LoRA stayed loaded"
 
 
+@pytest.mark.slow  # a server of its own; test_safety and test_predictor blacken flagged images
 def test_safety_filter_blackens_flagged_images_end_to_end(tmp_path):
     from sdxl.builders.tiny import build_tiny_weights
 
