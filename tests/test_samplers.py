@@ -223,7 +223,7 @@ def _plan(name, spacing, **args):
 
 @pytest.mark.parametrize("sampler", [s.name for s in a1111.runnable_samplers()])
 def test_every_sampler_plans_every_mode(sampler):
-    for schedule in a1111.schedules_for(a1111.find_sampler(sampler))[:3]:
+    for schedule in a1111.schedules_for(a1111.find_sampler(sampler))[:2]:
         found = a1111.resolve(sampler, schedule)
         name, spacing = found.scheduler, found.timestep_spacing
         assert _plan(name, spacing).base_steps >= 20

@@ -223,8 +223,10 @@ def test_gradients_are_clipped_before_each_step(engine, zipped, folder, monkeypa
     ("is_lora", "steps", "every", "resume_at"),
     [
         (True, 8, 3, 6),  # after the pivot (step 4): the token rows frozen, embeddings cached
-        (True, 8, 3, 3),  # before it: the token rows still training
-        (False, 6, 2, 2),  # a full fine-tune: the UNet's parameters and their optimiser state
+        # before it: the token rows still training
+        pytest.param(True, 8, 3, 3, marks=pytest.mark.slow),
+        # a full fine-tune: the UNet's parameters and their optimiser state
+        pytest.param(False, 6, 2, 2, marks=pytest.mark.slow),
     ],
 )
 def test_a_resumed_training_ends_with_the_uninterrupted_ones_weights(
@@ -380,6 +382,7 @@ def test_a_seed_makes_a_training_reproducible_and_zero_is_a_seed(engine, folder,
     assert trained_with(0, "zero") == trained_with(0, "zero-again")
 
 
+@pytest.mark.slow  # test_train_cli runs the command by default: its tar, log and refusals
 def test_the_train_command_writes_the_tar_and_refuses_a_wrong_input(tiny_weights, tmp_path, zipped):
     """`python -m sdxl train`, as a user without Docker runs it."""
     import os

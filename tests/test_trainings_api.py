@@ -293,6 +293,7 @@ def test_wrong_inputs_are_422_naming_each_and_nothing_is_queued(server, alice, d
     assert len(alice.trainings.list().results) == before
 
 
+@pytest.mark.slow  # test_train checks the same interleaving and pixels on the engine
 def test_a_prediction_runs_between_training_steps_with_an_idle_servers_pixels(
     server, alice, zipped, destination
 ):
