@@ -454,9 +454,10 @@ def test_options_set_the_clip_layers_of_that_callers_later_requests(server):
     assert same(txt2img(server, KEYS[1]), usual)
 
 
-def test_sillytaverns_request_is_answered(server):
+def sillytavern_body(**changes) -> dict:
     """SillyTavern's txt2img body as its server sends it (its proxy forwards its own url and
-    auth keys too), with its defaults DDIM and `normal`; sd_vae only when a listed VAE is chosen."""
+    auth keys too), with its defaults DDIM and `normal`; sd_vae only when a listed VAE is
+    chosen."""
     body = {
         "url": "http://127.0.0.1:7860", "auth": f"anyone:{KEYS[0]}",
         "prompt": "(masterpiece:1.2), a cat", "negative_prompt": "lowres, blurry",
@@ -472,6 +473,11 @@ def test_sillytaverns_request_is_answered(server):
         "save_images": True, "send_images": True, "do_not_save_grid": False,
         "do_not_save_samples": False,
     }  # fmt: skip
+    return {**body, **changes}
+
+
+def test_sillytaverns_request_is_answered(server):
+    body = sillytavern_body()
     answer = post(server, "/sdapi/v1/txt2img", body)
     assert answer.status_code == 200, answer.text
     found = answer.json()
@@ -505,19 +511,11 @@ def test_the_upscaler_lists_clients_read(server, tiny_weights):
 
 
 def sillytavern_hires_body() -> dict:
-    """SillyTavern's txt2img body (its defaults DDIM and `normal`) with its hires fix on."""
-    return {
-        "url": "http://127.0.0.1:7860", "auth": f"anyone:{KEYS[0]}",
-        "prompt": "a cat", "negative_prompt": "lowres, blurry",
-        "sampler_name": "DDIM", "scheduler": "normal", "steps": 3, "cfg_scale": 7,
-        "width": 256, "height": 256, "restore_faces": False, "enable_hr": True,
-        "hr_upscaler": "Latent", "hr_scale": 1.5, "hr_additional_modules": [],
-        "denoising_strength": 0.7, "hr_second_pass_steps": 2, "seed": 5,
-        "override_settings": {"CLIP_stop_at_last_layers": 1},
-        "override_settings_restore_afterwards": True, "clip_skip": 1,
-        "save_images": True, "send_images": True, "do_not_save_grid": False,
-        "do_not_save_samples": False,
-    }  # fmt: skip
+    """SillyTavern's txt2img body with its hires fix on."""
+    return sillytavern_body(
+        prompt="a cat", enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, clip_skip=1,
+        override_settings={"CLIP_stop_at_last_layers": 1},
+    )  # fmt: skip
 
 
 def test_sillytaverns_hires_request_answers_the_upscaled_image(server):
