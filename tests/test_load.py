@@ -132,9 +132,9 @@ def test_sigterm_with_a_backlog_stops_after_the_running_job_and_loses_nothing(
     server = Server(tiny_weights, tmp_path, env)
     try:
         server.wait_ready()
-        # Holds the GPU (about 3 s on 2 cores) while the DataCrunch request queues and SIGTERM
+        # Holds the GPU (about 5 s on 2 cores) while the DataCrunch request queues and SIGTERM
         # arrives.
-        running = {**SMALL, "num_inference_steps": 60}
+        running = {**SMALL, "num_inference_steps": 100}
         ids = [
             requests.post(
                 server.base + "/v1/predictions",
