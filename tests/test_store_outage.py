@@ -47,6 +47,9 @@ def cluster():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# Slow: a PostgreSQL pair stopped and started (about 35 s); test_event_loop holds the database
+# of a real server and the full disk below fails the store under one, on the default run.
+@pytest.mark.slow
 def test_a_postgresql_outage_is_a_503_where_the_store_is_needed_and_loses_nothing(
     tiny_weights, cluster, tmp_path
 ):

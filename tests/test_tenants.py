@@ -54,8 +54,9 @@ def like_a_missing_id(response: requests.Response, server: Server, key: str, pat
     assert response.json()["title"] == missing.json()["title"]
 
 
-@pytest.fixture
-def server(tiny_weights, tmp_path):
+@pytest.fixture(scope="module")
+def server(tiny_weights, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tenants")
     env = {"SDXL_API_KEYS": KEYS, "SDXL_ADMIN_KEY": ROOT, "SDXL_STATE_DIR": str(tmp_path / "s")}
     srv = Server(tiny_weights, tmp_path, env)
     srv.wait_ready()

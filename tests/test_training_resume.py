@@ -127,6 +127,9 @@ def uninterrupted(tiny_weights, tmp_path_factory, zipped) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
 
 
+# Slow: two servers and a training (about 35 s); test_trainings_api resumes from a checkpoint,
+# test_train equals the uninterrupted weights, test_load's SIGTERM hands back what waits.
+@pytest.mark.slow
 def test_sigterm_hands_the_training_back_and_the_restart_goes_on(
     tiny_weights, tmp_path, zipped, uninterrupted
 ):
