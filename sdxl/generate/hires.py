@@ -40,9 +40,8 @@ def second_pass(models, gen: Generation, first: Any, unet: Any, on_step) -> np.n
     req = gen.request
     width, height = gen.hires_size
     image = upscale(models, req.hires_upscaler, first, width, height)
-    config = models.scheduler_config("base")
-    spacing = req.hires_timestep_spacing or req.timestep_spacing
-    scheduler = make_scheduler(req.hires_scheduler or req.scheduler, config, spacing, gen.seeds)
+    name, spacing = req.hires_sampler
+    scheduler = make_scheduler(name, models.scheduler_config("base"), spacing, gen.seeds)
     pipe = models.pipeline("img2img", scheduler, unet=unet)
     kwargs: dict[str, Any] = {
         **prompt_kwargs(pipe, _hires_prompts(req), for_refiner=False),

@@ -80,22 +80,16 @@ def plan_generation(models, req: Request, caps: Caps = Caps()) -> Generation:  #
     if req.hires:
         sizes = (req.hires_scale, req.hires_width, req.hires_height)
         target = hires_size(width, height, *sizes, caps.max_pixels)
+        scheduler, spacing = req.hires_sampler
         plan = plan_hires(
             plan,
-            req.hires_scheduler or req.scheduler,
+            scheduler,
             models.scheduler_config("base"),
             steps=req.hires_steps or req.num_inference_steps,
-            spacing=_hires_spacing(req),
+            spacing=spacing,
             strength=req.hires_strength,
         )
     return Generation(req, image, mask, width, height, plan, target)
-
-
-def _hires_spacing(req: Request) -> str | None:
-    """The second pass's timestep spacing: its own, else the first pass's."""
-    if req.hires_timestep_spacing is not None:
-        return req.hires_timestep_spacing
-    return req.timestep_spacing
 
 
 def with_prompts(gen: Generation, rewrite: Callable[[str | None], str | None]) -> Generation:

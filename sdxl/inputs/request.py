@@ -94,6 +94,15 @@ class Request:
         return any(size is not None for size in sizes)
 
     @property
+    def hires_sampler(self) -> tuple[str, str | None]:
+        """The second pass's scheduler and timestep spacing: its own, else the first pass's."""
+        spacing = self.hires_timestep_spacing
+        return (
+            self.hires_scheduler or self.scheduler,
+            self.timestep_spacing if spacing is None else spacing,
+        )
+
+    @property
     def adapters(self) -> AdapterSpec:
         return AdapterSpec(
             replicate_weights=self.replicate_weights or None,
