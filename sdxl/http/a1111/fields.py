@@ -208,10 +208,12 @@ def _assemble(values: dict, given: set) -> dict:
     for field, why in (
         ("restore_faces", "there is no face restoration model"),
         ("tiling", "SDXL's UNet does not tile"),
-        ("enable_hr", "img2img has no hires fix (txt2img has); ask for the size you want"),
     ):
-        if values.get(field) and (field != "enable_hr" or img2img):
+        if values.get(field):
             raise _refused(field, True, why)
+    if img2img and values.get("enable_hr"):
+        why = "img2img has no hires fix (txt2img has); ask for the size you want"
+        raise _refused("enable_hr", True, why)
     if values.get("script_name"):
         raise _refused("script_name", values["script_name"], "this server has no scripts")
     if values["alwayson_scripts"]:

@@ -63,7 +63,8 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         caller = caller_of(http)
         loras = sync.service.lora_check(caller)
         found = await asyncio.to_thread(checked, body, shape, caps, loras)
-        upscalers.check_hr_upscaler(found.request(), sync.service.engine)
+        # lists the upscalers/ folder: off the event loop
+        await asyncio.to_thread(upscalers.check_hr_upscaler, found.request(), sync.service.engine)
         first = replace(
             found.request(), trained_tar=applied.trained_tar, clip_skip=applied.clip_skip
         )
