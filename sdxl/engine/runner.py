@@ -260,10 +260,12 @@ def _trained_line(described: dict, resident_unet: bool) -> str:
 
 def _deadline_message(job: Job, max_seconds: float | None) -> str:
     steps = job.steps
-    hires = f", {steps['hires']} hires fix" if "hires" in steps else ""
+    ran = [f"{steps['base']} base", f"{steps['refiner']} refiner"]
+    if "hires" in steps:
+        ran.append(f"{steps['hires']} hires fix")
     return (
         f"the job ran longer than SDXL_MAX_SECONDS={max_seconds:g} s and was stopped after "
-        f"{steps['base']} base{hires} and {steps['refiner']} refiner steps; lower "
+        f"{', '.join(ran[:-1])} and {ran[-1]} steps; lower "
         "num_inference_steps, the image size or the number of images, or ask the operator to "
         "raise the limit"
     )
