@@ -113,10 +113,6 @@ class Upscalers:
             )
         return self.folder / f"{name}.safetensors"
 
-    def scale(self, name: str) -> int:
-        """How many times larger one pass of model `name` makes an image (1, 2, 4 or 8)."""
-        return self._model(name).scale
-
     def upscale(self, image: Image.Image, name: str, on_tile: OnTile | None = None) -> Image.Image:
         """One pass of model `name` over `image` (RGB out), scale times larger, in tiles;
         `on_tile(done, total)` is called after each tile and may raise to stop."""
