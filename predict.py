@@ -61,6 +61,21 @@ HIRES_UPSCALERS = [
     "4x-UltraSharp",
     "RealESRGAN_x4plus",
 ]
+CONTROL_TYPES = [
+    "none",
+    "canny",
+    "depth",
+    "union_openpose",
+    "union_depth",
+    "union_softedge",
+    "union_canny",
+    "union_normal",
+    "union_segment",
+    "union_tile",
+    "edge_canny",
+    "depth_midas",
+]
+CONTROL_PREPROCESSORS = ["canny", "depth", "none"]
 ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
@@ -232,6 +247,126 @@ class Predictor(BaseRunner):
             default=0.7,
             ge=0,
             le=1,
+        ),
+        controlnet_1: str = Input(
+            description="ControlNet 1: the control type (canny, depth: dedicated ControlNets; "
+            "union_*: the union model; edge_canny and depth_midas mean canny and depth)",
+            default="none",
+            choices=CONTROL_TYPES,
+        ),
+        controlnet_1_image: Optional[Path] = Input(
+            description="ControlNet 1: the control image (stretched to the output size)",
+            default=None,
+        ),
+        controlnet_1_preprocessor: Optional[str] = Input(
+            description="ControlNet 1: how the image becomes a control map (blank: the "
+            "type's own; none: the image is a map already, as union types other than canny "
+            "and depth need)",
+            default=None,
+            choices=CONTROL_PREPROCESSORS,
+        ),
+        controlnet_1_conditioning_scale: float = Input(
+            description="ControlNet 1: how strongly the control map steers the image",
+            default=0.75,
+            ge=0,
+            le=4,
+        ),
+        controlnet_1_start: float = Input(
+            description="ControlNet 1: the fraction of the steps where the control starts",
+            default=0.0,
+            ge=0,
+            le=1,
+        ),
+        controlnet_1_end: float = Input(
+            description="ControlNet 1: the fraction of the steps where the control ends",
+            default=1.0,
+            ge=0,
+            le=1,
+        ),
+        controlnet_2: str = Input(
+            description="ControlNet 2: the control type (canny, depth: dedicated ControlNets; "
+            "union_*: the union model; edge_canny and depth_midas mean canny and depth)",
+            default="none",
+            choices=CONTROL_TYPES,
+        ),
+        controlnet_2_image: Optional[Path] = Input(
+            description="ControlNet 2: the control image (stretched to the output size)",
+            default=None,
+        ),
+        controlnet_2_preprocessor: Optional[str] = Input(
+            description="ControlNet 2: how the image becomes a control map (blank: the "
+            "type's own; none: the image is a map already, as union types other than canny "
+            "and depth need)",
+            default=None,
+            choices=CONTROL_PREPROCESSORS,
+        ),
+        controlnet_2_conditioning_scale: float = Input(
+            description="ControlNet 2: how strongly the control map steers the image",
+            default=0.75,
+            ge=0,
+            le=4,
+        ),
+        controlnet_2_start: float = Input(
+            description="ControlNet 2: the fraction of the steps where the control starts",
+            default=0.0,
+            ge=0,
+            le=1,
+        ),
+        controlnet_2_end: float = Input(
+            description="ControlNet 2: the fraction of the steps where the control ends",
+            default=1.0,
+            ge=0,
+            le=1,
+        ),
+        controlnet_3: str = Input(
+            description="ControlNet 3: the control type (canny, depth: dedicated ControlNets; "
+            "union_*: the union model; edge_canny and depth_midas mean canny and depth)",
+            default="none",
+            choices=CONTROL_TYPES,
+        ),
+        controlnet_3_image: Optional[Path] = Input(
+            description="ControlNet 3: the control image (stretched to the output size)",
+            default=None,
+        ),
+        controlnet_3_preprocessor: Optional[str] = Input(
+            description="ControlNet 3: how the image becomes a control map (blank: the "
+            "type's own; none: the image is a map already, as union types other than canny "
+            "and depth need)",
+            default=None,
+            choices=CONTROL_PREPROCESSORS,
+        ),
+        controlnet_3_conditioning_scale: float = Input(
+            description="ControlNet 3: how strongly the control map steers the image",
+            default=0.75,
+            ge=0,
+            le=4,
+        ),
+        controlnet_3_start: float = Input(
+            description="ControlNet 3: the fraction of the steps where the control starts",
+            default=0.0,
+            ge=0,
+            le=1,
+        ),
+        controlnet_3_end: float = Input(
+            description="ControlNet 3: the fraction of the steps where the control ends",
+            default=1.0,
+            ge=0,
+            le=1,
+        ),
+        canny_low_threshold: int = Input(
+            description="Canny preprocessor: the low hysteresis threshold",
+            default=100,
+            ge=1,
+            le=255,
+        ),
+        canny_high_threshold: int = Input(
+            description="Canny preprocessor: the high hysteresis threshold",
+            default=200,
+            ge=1,
+            le=255,
+        ),
+        return_control_maps: bool = Input(
+            description="Also return the control maps, before the images", default=False
         ),
     ) -> List[Path]:
         inputs = dict(locals())

@@ -18,6 +18,8 @@ LORAS_DIR = "loras"
 SAFETY_DIR = "safety_checker"
 TRAIN_DIR = "train"  # the trainer's helper models: blip/, clipseg/, swin2sr/
 UPSCALERS_DIR = "upscalers"  # the hires fix's ESRGAN-family models: <name>.safetensors
+CONTROLNET_DIR = "controlnet"  # ControlNets in diffusers' layout: controlnet/<name>/config.json
+ANNOTATORS_DIR = "annotators"  # the control preprocessors' models: annotators/depth/
 DEFAULT_WEIGHTS_DIR = "weights"
 # LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
 NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA
@@ -74,6 +76,37 @@ PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
 MODEL_UPSCALERS = ("4x-UltraSharp", "RealESRGAN_x4plus")
 HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS + MODEL_UPSCALERS
 MAX_HIRES_SCALE = 4  # the second pass's size over the first's, per side
+
+# ControlNet (sdxl.control). A control type is a dedicated ControlNet's (canny, depth: the
+# folders controlnet/<type>/, else controlnet/<type>-small/) or one of the union model's
+# (controlnet/union/, xinsir's SDXL union "promax" as diffusers' ControlNetUnionModel), by its
+# control_mode index. "none": the unit is off.
+UNION_MODES = {
+    "openpose": 0,
+    "depth": 1,
+    "softedge": 2,  # hed, pidi, scribble
+    "canny": 3,  # canny, lineart, mlsd
+    "normal": 4,
+    "segment": 5,
+    "tile": 6,
+}
+DEDICATED_CONTROLS = ("canny", "depth")
+CONTROL_TYPES = ("none", *DEDICATED_CONTROLS, *(f"union_{name}" for name in UNION_MODES))
+CONTROL_ALIASES = {"edge_canny": "canny", "depth_midas": "depth"}  # fofr's predictor's names
+UNION_MODEL = "union"  # the union model's folder under controlnet/
+# What makes a control map of an image: OpenCV's Canny, the depth model in annotators/depth/,
+# or nothing (the image is a control map already). The types that have one use it by default.
+CONTROL_PREPROCESSORS = ("canny", "depth", "none")
+TYPE_PREPROCESSORS = {
+    "canny": "canny",
+    "depth": "depth",
+    "union_canny": "canny",
+    "union_depth": "depth",
+}
+# How a control image meets the output's size (AUTOMATIC1111's resize modes): stretched to it,
+# cropped to its aspect then resized (A1111's default), or resized to fit and padded.
+CONTROL_RESIZE_MODES = ("resize", "crop", "fill")
+MAX_CONTROL_UNITS = 3  # ControlNets one request may use at once
 
 # Style presets live in one data file (prompt template + negative prompt), ours.
 ANONYMOUS = "anonymous"  # the tenant when the API server runs without keys (--no-auth)
@@ -153,6 +186,33 @@ COG_INPUTS: dict[str, InputSpec] = {
     "hires_upscaler": InputSpec("string", "Latent", choices=HIRES_UPSCALERS),
     "hires_steps": InputSpec("integer", 0, 0, 500, cap="max_steps"),
     "hires_strength": InputSpec("number", 0.7, 0, 1),
+    # ControlNet: up to three units (sdxl.inputs.control_units). controlnet_N is the control
+    # type; its image is turned into a control map by the preprocessor (blank: the type's own;
+    # none: the image is a map already); the ControlNet's residuals are scaled by the
+    # conditioning scale and applied from start to end (fractions of the steps).
+    "controlnet_1": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
+    "controlnet_1_image": InputSpec("image", None),
+    "controlnet_1_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
+    "controlnet_1_conditioning_scale": InputSpec("number", 0.75, 0, 4),
+    "controlnet_1_start": InputSpec("number", 0.0, 0, 1),
+    "controlnet_1_end": InputSpec("number", 1.0, 0, 1),
+    "controlnet_2": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
+    "controlnet_2_image": InputSpec("image", None),
+    "controlnet_2_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
+    "controlnet_2_conditioning_scale": InputSpec("number", 0.75, 0, 4),
+    "controlnet_2_start": InputSpec("number", 0.0, 0, 1),
+    "controlnet_2_end": InputSpec("number", 1.0, 0, 1),
+    "controlnet_3": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
+    "controlnet_3_image": InputSpec("image", None),
+    "controlnet_3_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
+    "controlnet_3_conditioning_scale": InputSpec("number", 0.75, 0, 4),
+    "controlnet_3_start": InputSpec("number", 0.0, 0, 1),
+    "controlnet_3_end": InputSpec("number", 1.0, 0, 1),
+    # Canny's hysteresis thresholds (OpenCV's Canny), for every unit that detects edges.
+    "canny_low_threshold": InputSpec("integer", 100, 1, 255),
+    "canny_high_threshold": InputSpec("integer", 200, 1, 255),
+    # The control maps are returned too, before the images (as fofr's predictor returns them).
+    "return_control_maps": InputSpec("boolean", False),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {
