@@ -377,7 +377,7 @@ class Predictor(BaseRunner):
             # land in its logs; Cog's cancel, raised in this thread, cancels the job.
             result = self.engine.run(checked.request(), on_log=print)
         written = self.outputs.write(result, output_format, output_quality)  # flagged left out
-        self.record_metric("seeds", [output.seed for _, output in written])
+        self.record_metric("seeds", [out.seed for _, out in written if not out.control_map])
         self.record_metric("mode", result.mode)
         self.record_metric("refine", refine)
         return [Path(path) for path, _ in written]

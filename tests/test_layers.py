@@ -20,6 +20,7 @@ LAYERS = (
     ("train",),
     ("engine",),
     ("adapters",),
+    ("control",),
     ("model",),
     ("generate",),
     ("inputs", "net", "builders"),

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from sdxl.engine import EngineSettings
 
 COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))
-FILE_INPUTS = ("image", "mask")
+FILE_INPUTS = ("image", "mask", *(f"controlnet_{n}_image" for n in (1, 2, 3)))
 _DATA_URI = re.compile(r"data:[^,;]*((?:;[^,;]*)*),", re.IGNORECASE)
 
 

@@ -45,8 +45,9 @@ class OutputWriter:
         """The images not flagged (Replicate's behaviour; AllFlagged when none is left), each
         encoded to a file: (its path, what it holds)."""
         outputs = encode_outputs(result, fmt, quality, flagged="drop")
-        if len(outputs) < len(result.images):
-            print(f"left out {len(result.images) - len(outputs)} image(s) flagged as unsafe")
+        kept = sum(not output.control_map for output in outputs)
+        if kept < len(result.images):
+            print(f"left out {len(result.images) - kept} image(s) flagged as unsafe")
         self.clear()
         sweep_coglet_folders()
         folder = self.root / uuid.uuid4().hex

@@ -24,6 +24,7 @@ from typing import Any
 
 from sdxl.adapters.library import LoraLibrary
 from sdxl.config import LORAS_DIR, NAMED_LORAS
+from sdxl.control.library import ControlLibrary
 from sdxl.engine.device_tasks import DeviceTasks
 from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.generation_job import GenerationJob
@@ -213,6 +214,11 @@ class Engine:
         return self._loras
 
     @property
+    def control_library(self) -> ControlLibrary:
+        """The control models under the weights folder (readable before the model loads)."""
+        return ControlLibrary(self.runtime.weights_dir)
+
+    @property
     def loras_per_request(self) -> int:
         """LoRAs one request may apply: as many as stay resident, at least one."""
         if self.runner is not None:
@@ -222,8 +228,14 @@ class Engine:
     def lora_check(self, tenant: str | None) -> Callable[[Request], None]:
         """The boundary's check of a request's LoRAs for `tenant` (`check_fields`' `loras`):
         InputError naming an unknown name, a trainer's tar among URLs, or a stack over the
-        bound, before the job is stored or queued. Preparation checks again."""
-        return lambda request: self.loras.check(request.adapters, tenant, self.loras_per_request)
+        bound, before the job is stored or queued; and of the control models its ControlNet
+        units need. Preparation checks again."""
+
+        def check(request: Request) -> None:
+            self.loras.check(request.adapters, tenant, self.loras_per_request)
+            self.control_library.check(request.controls)  # its control models are here
+
+        return check
 
     # ---- jobs ---------------------------------------------------------------------------
     def submit(

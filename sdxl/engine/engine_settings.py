@@ -21,6 +21,9 @@ class EngineSettings:
     max_resident_unet_bytes: int = 12 << 30  # SDXL_MAX_RESIDENT_UNET_BYTES
     max_prepared_bytes: int = 12 << 30  # SDXL_MAX_PREPARED_BYTES: trained weights waiting in RAM
     prepare_workers: int = 2  # SDXL_PREPARE_WORKERS: jobs prepared (downloads) at once
+    # SDXL_MAX_RESIDENT_CONTROLNETS: control models kept on the device after their job (least
+    # recently used out); a job that uses more keeps them for its own time
+    max_resident_controlnets: int = 3
     lora_dir: Path | None = None  # SDXL_LORA_DIR: where lora_id names files (None: weights/loras)
     caps: Caps = field(default_factory=Caps)  # SDXL_MAX_STEPS, _PIXELS, _OUTPUTS, _PROMPT_CHARS
     fetch: FetchSettings = field(default_factory=FetchSettings)  # SDXL_FETCH_*, SDXL_CACHE_*
@@ -42,6 +45,9 @@ class EngineSettings:
                 env, "SDXL_MAX_PREPARED_BYTES", parse_size, 1, cls.max_prepared_bytes
             ),
             prepare_workers=env_number(env, "SDXL_PREPARE_WORKERS", int, 1, cls.prepare_workers),
+            max_resident_controlnets=env_number(
+                env, "SDXL_MAX_RESIDENT_CONTROLNETS", int, 0, cls.max_resident_controlnets
+            ),
             lora_dir=Path(env["SDXL_LORA_DIR"]) if env.get("SDXL_LORA_DIR") else None,
             caps=Caps.from_env(env),
             fetch=FetchSettings.from_env(env),

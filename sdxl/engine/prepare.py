@@ -26,9 +26,16 @@ def with_images(req: Request, fetch: FetchSettings, check=None) -> Request:
         data, _type = http_get.get_bytes(source.url, limits, MAX_IMAGE_BYTES, failed)
         return data
 
-    loaded = {
+    loaded: dict = {
         name: load(source, fetched)
         for name in ("image", "mask")
         if isinstance(source := getattr(req, name), ImageSource)
     }
+    if any(isinstance(unit.image, ImageSource) for unit in req.controls):
+        loaded["controls"] = tuple(
+            dataclasses.replace(unit, image=load(unit.image, fetched))
+            if isinstance(unit.image, ImageSource)
+            else unit
+            for unit in req.controls
+        )
     return dataclasses.replace(req, **loaded) if loaded else req

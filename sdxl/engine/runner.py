@@ -12,6 +12,7 @@ importing the engine does not import torch.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,9 @@ import torch
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.adapters.resident import ResidentLimits, ResidentWeights, RestoreError
 from sdxl.adapters.staging import HostBudget, Resolver, stage_weights
+from sdxl.control.library import ControlLibrary
+from sdxl.control.maps import control_map
+from sdxl.control.resident import ResidentControls
 from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
 from sdxl.engine.prepare import with_images
@@ -88,6 +92,16 @@ class Runner:
             max_unet_bytes=settings.max_resident_unet_bytes,
         )
         self.resident = ResidentWeights(models, limits)
+        self.control_library = ControlLibrary(models.weights_dir)
+        self.controls = ResidentControls(
+            self.control_library,
+            models.device,
+            models.dtype,
+            settings.max_resident_controlnets,
+            channels_last=models.channels_last,
+            fuse_qkv=bool(models.fused),
+        )
+        self._depth = None  # sdxl.control.depth.DepthEstimator, made on first use
         self.resolver = Resolver(
             linears=models.unet_linears,
             unet_shapes=models.unet_shapes,
@@ -107,12 +121,35 @@ class Runner:
         check_request(job.request)
         request = with_images(job.request, self.settings.fetch, job.check)
         generation = plan_generation(self.models, request, self.settings.caps)
+        if request.controls:
+            self.control_library.check(request.controls)  # the models are on this server
+            maps = tuple(
+                self.control_map(unit, generation.width, generation.height)
+                for unit in request.controls
+            )
+            generation = dataclasses.replace(generation, control_maps=maps)
         job.weights = stage_weights(
             generation.request.adapters, self.resolver, job.check, job.tenant
         )
         if job.weights is not None:
             generation = with_prompts(generation, job.weights.rewrite)
         job.generation = generation
+
+    def control_map(self, unit, width: int, height: int):
+        """`unit`'s control map at width x height (CPU work; a depth map runs the depth model
+        on the device between two steps of the job there, `device_tasks`)."""
+        return control_map(unit, unit.image, width, height, self._estimate_depth)
+
+    def _estimate_depth(self, image):
+        from sdxl.control.depth import DepthEstimator
+
+        def estimate():
+            if self._depth is None:
+                folder = self.control_library.depth_folder
+                self._depth = DepthEstimator(folder, self.models.device, self.models.dtype)
+            return self._depth.estimate(image)
+
+        return estimate() if self.device_tasks is None else self.device_tasks.call(estimate)
 
     def release(self, job: Job) -> None:
         """Give back what the job held in host memory (idempotent)."""
@@ -162,6 +199,7 @@ class Runner:
         start_peak(self.models.device)
         try:
             active = self.resident.apply(job.weights)
+            controlnets = self.controls.for_units(generation.request.controls) or None
             try:
                 if job.weights is not None:
                     extra["trained_weights"] = job.weights.describe()
@@ -173,12 +211,14 @@ class Runner:
                         unet=active.unet,
                         compiled=self._compiled(job),
                         on_step=self._stepper(job, deadline, pending),
+                        controlnets=controlnets,
                     )
                 except StoppedEarly as stop:
                     pixels = self._stopped(job, stop)
                 job.check(deadline, self.clock)
             finally:
                 self.resident.undo(active)
+                self.controls.trim()
                 wait_futures(pending)  # every preview is out before the job ends
             return Denoised(pixels, extra)
         except RestoreError as err:
@@ -199,8 +239,8 @@ class Runner:
         (DeepCache patches the eager modules' forward); the refiner's and the VAE's only when
         the base UNet carries trained weights (a LoRA's layers change its graph)."""
         compiled = self.models.compiled
-        if compiled is None or job.request.cache_interval > 1:
-            return None
+        if compiled is None or job.request.cache_interval > 1 or job.request.controls:
+            return None  # a ControlNet's residuals are inputs the compiled UNet was not made for
         finetune = job.weights is not None and job.weights.finetune is not None
         return compiled.modules_for(job.generation, bool(self.resident.loras) or finetune)
 

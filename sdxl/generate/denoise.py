@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sdxl.config import BASE_IMAGE_REFINER_STRENGTH
+from sdxl.generate.controlled import control_kwargs
 from sdxl.generate.deepcache import feature_cache
 from sdxl.generate.hires import first_output, second_pass
 from sdxl.generate.plan import Generation
@@ -26,19 +27,23 @@ def denoise(
     unet: Any = None,
     compiled: dict | None = None,
     on_step: StepCallback | None = None,
+    controlnets: list | None = None,
 ) -> np.ndarray:
     """The images' pixels before post-processing ([batch, height, width, 3] in 0..1). `unet`
     replaces the base UNet (a resident fine-tune); `compiled` holds compiled modules for this
-    job (sdxl.model.compiled)."""
+    job (sdxl.model.compiled); `controlnets` are the resident control models of the request's
+    units (`sdxl.control.resident`), which steer the base stage with `gen.control_maps`."""
     compiled = compiled or {}
     width, height = generation.hires_size or (generation.width, generation.height)
     tiled = max(width * height, generation.width * generation.height) > models.vae_tile_above
     with vae_tiling(models.base.vae, tiled):
         if generation.hires_size is None:
-            return _denoise(models, generation, unet or compiled.get("base"), compiled, on_step)
+            return _denoise(
+                models, generation, unet or compiled.get("base"), compiled, on_step, controlnets
+            )
         output = first_output(generation.request)
         first = _denoise(
-            models, generation, unet or compiled.get("base"), compiled, on_step, output
+            models, generation, unet or compiled.get("base"), compiled, on_step, None, output
         )
         return second_pass(models, generation, first, unet, on_step)
 
@@ -57,17 +62,21 @@ def vae_tiling(vae, on: bool):
 
 
 def _denoise(
-    models, gen: Generation, unet, compiled: dict, on_step, output: str = PIXELS
+    models, gen: Generation, unet, compiled: dict, on_step, controlnets, output: str = PIXELS
 ) -> np.ndarray:
     """The first pass: `output` is diffusers' output_type of its last stage (PIXELS, or
-    "latent" for the hires fix's latent upscalers)."""
+    "latent" for the hires fix's latent upscalers); `controlnets` steer the base stage."""
     import torch
 
     req = gen.request
     generators = [torch.Generator("cpu").manual_seed(s) for s in gen.seeds]
     refine = req.refine != "no_refiner"
     base = models.pipeline(
-        req.mode, _scheduler(models, req, "base", gen.seeds), unet=unet, vae=compiled.get("vae")
+        req.mode,
+        _scheduler(models, req, "base", gen.seeds),
+        unet=unet,
+        vae=compiled.get("vae"),
+        controlnets=controlnets,
     )
     kwargs: dict[str, Any] = {
         **prompt_kwargs(base, req, for_refiner=False),
@@ -77,11 +86,14 @@ def _denoise(
         "generator": generators,
         "output_type": "latent" if refine else output,
         "callback_on_step_end": step_callback("base", gen.plan.base_steps, on_step),
+        **control_kwargs(gen),
     }
     if req.mode == "txt2img":
         kwargs.update(width=gen.width, height=gen.height)
     else:
         kwargs.update(image=gen.image, strength=req.prompt_strength)
+        if req.controls and req.mode == "img2img":  # the map's size is the output's
+            kwargs.update(width=gen.width, height=gen.height)
     if req.mode == "inpaint":
         kwargs.update(mask_image=gen.mask, width=gen.width, height=gen.height)
     if req.refine == "expert_ensemble_refiner":

@@ -32,7 +32,10 @@ def finish(models, gen: Generation, pixels: np.ndarray, on_device=None, **extra:
     if not req.disable_safety_checker:
         nsfw = models.safety_checker.check(images, on_device)
     parameters = {**_parameters(gen), **extra}
-    return Result(images, gen.seeds, req.mode, gen.plan, parameters=parameters, nsfw=nsfw)
+    maps = list(gen.control_maps) if req.return_control_maps else []
+    return Result(
+        images, gen.seeds, req.mode, gen.plan, parameters=parameters, nsfw=nsfw, control_maps=maps
+    )
 
 
 def _parameters(gen: Generation) -> dict:

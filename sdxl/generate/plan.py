@@ -31,6 +31,8 @@ class Generation:
     height: int
     plan: StepPlan
     hires_size: tuple[int, int] | None = None  # the hires fix's (width, height); None: no pass
+    # One control map per ControlNet unit, at width x height (made by the engine, sdxl.control)
+    control_maps: tuple[Image.Image, ...] = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -42,7 +44,15 @@ class Generation:
             f"mode={req.mode} refine={req.refine} size={self.width}x{self.height} "
             f"seeds={self.seeds} base steps={plan.base_steps} refiner steps={plan.refiner_steps}"
             + self._hires_summary()
+            + self._control_summary()
         )
+
+    def _control_summary(self) -> str:
+        units = self.request.controls
+        if not units:
+            return ""
+        shown = ", ".join(f"{u.type} ({u.map_maker}) x{u.conditioning_scale:g}" for u in units)
+        return f" controlnet={shown}"
 
     def _hires_summary(self) -> str:
         if self.hires_size is None:

@@ -90,12 +90,13 @@ class AllFlagged(UserError):
 class OutputImage:
     """One encoded output."""
 
-    index: int  # its place in the job's batch (image i has seed + i)
-    seed: int
+    index: int  # its place in the job's batch (image i has seed + i), or among the maps
+    seed: int | None  # None for a control map
     flagged: bool  # by the safety checker (then black, with flagged="black")
-    name: str  # out-0.png, ...
+    name: str  # out-0.png, ...; control-0.png, ... for control maps
     mime: str
     data: bytes
+    control_map: bool = False  # a ControlNet unit's control map (return_control_maps)
 
 
 def encode_outputs(
@@ -104,7 +105,8 @@ def encode_outputs(
     """The result's images as `fmt` files, each with its generation parameters, output format
     and seed in its metadata (or, with `texts`, the text for each of the result's images
     instead: AUTOMATIC1111's infotext). Flagged images are left out (`flagged="drop"`;
-    AllFlagged when none is left) or replaced by black images of their size (`"black"`)."""
+    AllFlagged when none is left) or replaced by black images of their size (`"black"`).
+    The control maps the request asked for come first, as fofr's predictor returns them."""
     if flagged not in FLAGGED:
         raise ValueError(f"flagged={flagged!r}: use one of {FLAGGED}")
     if len(result.images) != len(result.nsfw):
@@ -123,7 +125,11 @@ def encode_outputs(
         texts[i] if texts is not None else {**result.metadata(i), **written} for i in indices
     ]
     encoded = encode_images(images, fmt, quality, metadata)
+    maps = encode_images(result.control_maps, fmt, quality, [None] * len(result.control_maps))
     return [
+        OutputImage(n, None, False, f"control-{n}{spec.extension}", spec.mime, data, True)
+        for n, data in enumerate(maps)
+    ] + [
         OutputImage(i, result.seeds[i], result.nsfw[i], f"out-{n}{spec.extension}", spec.mime, data)
         for n, (i, data) in enumerate(zip(indices, encoded, strict=True))
     ]

@@ -46,6 +46,8 @@ class Result:
     plan: StepPlan
     parameters: dict = field(default_factory=dict)  # what was used, for image metadata
     nsfw: list[bool] = field(default_factory=list)  # per image: flagged by the safety checker
+    # The ControlNet units' control maps, when the request asked for them (return_control_maps)
+    control_maps: list[Image.Image] = field(default_factory=list)
 
     def metadata(self, index: int) -> dict:
         """The parameters to embed in image `index`."""

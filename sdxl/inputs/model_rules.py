@@ -10,6 +10,7 @@ import re
 from sdxl.config import NAMED_LORAS, SIZE_MULTIPLE
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import ImageSource
+from sdxl.inputs.control_units import check_units
 from sdxl.inputs.request import Request
 from sdxl.inputs.rules import output_size
 
@@ -43,6 +44,13 @@ def check_request(req: Request) -> None:
             req.high_noise_frac,
         )
     check_adapter_names(req)
+    check_units(
+        req.controls,
+        mode=req.mode,
+        refine=req.refine,
+        cache_interval=req.cache_interval,
+        hires=req.hires,
+    )
 
 
 def check_adapter_names(req: Request) -> None:
@@ -65,4 +73,5 @@ def check_adapter_names(req: Request) -> None:
 
 
 def image_sources(req: Request) -> list[ImageSource]:
-    return [img for img in (req.image, req.mask) if isinstance(img, ImageSource)]
+    images = (req.image, req.mask, *(unit.image for unit in req.controls))
+    return [img for img in images if isinstance(img, ImageSource)]

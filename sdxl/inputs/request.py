@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sdxl.config import COG_INPUTS, MAX_SEED
+from sdxl.inputs.control_units import ControlUnit
 from sdxl.inputs.lora_refs import LoraRef
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class Request:
     hires_timestep_spacing: str | None = None
     hires_prompt: str | None = None  # A1111's hr_prompt (None: the first pass's prompt)
     hires_negative_prompt: str | None = None
+    # ControlNet units (sdxl.inputs.control_units): at most three, run together
+    controls: tuple[ControlUnit, ...] = ()
+    return_control_maps: bool = _default("return_control_maps")  # maps first, then images
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
     # A1111's API only: layers skipped past the penultimate one (None: SDXL's usual encoding)
@@ -116,7 +120,8 @@ class Request:
     @property
     def fetches(self) -> bool:
         """Whether preparing it fetches something (trained weights, an image URL)."""
-        urls = [getattr(img, "url", None) for img in (self.image, self.mask)]
+        images = (self.image, self.mask, *(unit.image for unit in self.controls))
+        urls = [getattr(img, "url", None) for img in images]
         return bool(self.replicate_weights) or any(urls) or any(r.is_url for r in self.loras)
 
     def with_seed(self) -> Request:
@@ -133,11 +138,12 @@ class Request:
 
     def describe(self) -> dict[str, Any]:
         """The request's values for logs and metadata: no image data, no weights URL."""
-        hidden = ("image", "mask", "replicate_weights", "trained_tar")
+        hidden = ("image", "mask", "replicate_weights", "trained_tar", "controls")
         described = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
         }
         described["loras"] = [ref.shown() for ref in self.loras]  # no URL
+        described["controls"] = [unit.shown() for unit in self.controls]  # no image
         return described
 
 

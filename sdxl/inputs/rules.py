@@ -33,6 +33,7 @@ from sdxl.config import (
 )
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import bytes_source, source_from_text
+from sdxl.inputs.control_units import check_units, with_controls
 from sdxl.inputs.hires_size import hires_size
 from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
@@ -98,7 +99,8 @@ def check_fields(
         values = _engine_values(parsed, surface)
     except InputError as err:
         raise InvalidInputs([surface.problem(err)]) from None
-    problems = [surface.problem(err) for err in (*_over_caps(values, caps), *_few_step(values))]
+    found_errors = (*_over_caps(values, caps), *_few_step(values), *_controls(values))
+    problems = [surface.problem(err) for err in found_errors]
     if problems:
         raise InvalidInputs(problems)
     found = Checked(values, given)
@@ -247,7 +249,26 @@ def _engine_values(parsed: dict[str, Any], surface: Surface) -> dict[str, Any]:
         values[spec.input] = value
     if surface.assemble is not None:
         values.update(surface.assemble(complete, set(parsed)))
-    return with_loras(values)  # the `loras` string and a1111's <lora:..> tags, as a stack
+    # the `loras` string and a1111's <lora:..> tags as a stack; controlnet_N as units
+    return with_controls(with_loras(values))
+
+
+def _controls(values: Mapping[str, Any]) -> list[InputError]:
+    """The ControlNet units' rules (sdxl.inputs.control_units), with the request's mode."""
+    mode = "txt2img"
+    if _value(values, "image") is not None:
+        mode = "img2img" if _value(values, "mask") is None else "inpaint"
+    try:
+        check_units(
+            values.get("controls", ()),
+            mode=mode,
+            refine=_value(values, "refine"),
+            cache_interval=_value(values, "cache_interval"),
+            hires=_hires(values),
+        )
+    except InputError as err:
+        return [err]
+    return []
 
 
 def _value(values: Mapping[str, Any], name: str) -> Any:

@@ -40,6 +40,7 @@ def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
         switches.append("TF32")
     if runtime.switch("channels_last", cuda):
         fast.to_channels_last(base.unet, refiner.unet, base.vae)
+        models.channels_last = True
         switches.append("channels-last")
     if runtime.switch("fuse_qkv", cuda):
         models.fused = {"base": fast.fuse_qkv(base.unet), "refiner": fast.fuse_qkv(refiner.unet)}

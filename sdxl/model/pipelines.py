@@ -26,6 +26,16 @@ PIPELINE_CLASSES = {
     "inpaint": "StableDiffusionXLInpaintPipeline",
     "refiner": "StableDiffusionXLImg2ImgPipeline",
 }
+# With ControlNets, by mode: dedicated ControlNets (one, or several as diffusers'
+# MultiControlNetModel) or the union model (ControlNetUnionModel, its types as control modes).
+CONTROL_PIPELINE_CLASSES = {
+    ("txt2img", False): "StableDiffusionXLControlNetPipeline",
+    ("img2img", False): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("inpaint", False): "StableDiffusionXLControlNetInpaintPipeline",
+    ("txt2img", True): "StableDiffusionXLControlNetUnionPipeline",
+    ("img2img", True): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+    ("inpaint", True): "StableDiffusionXLControlNetUnionInpaintPipeline",
+}
 
 
 class WeightsMissingError(RuntimeError):
@@ -78,6 +88,7 @@ class Models:
     unet_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = field(default_factory=dict)
     unet_linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # (in, out) features
     fused: dict[str, dict] = field(default_factory=dict)  # stage -> fused QKV processors
+    channels_last: bool = False  # the fast path's memory format (control models follow it)
     vae_tile_above: int = 2560 * 1024  # pixels beyond which the VAE decodes in tiles
     compiled: Any = None  # sdxl.model.compiled.Compiled, with SDXL_COMPILE=1
     warmup_shapes: tuple[tuple[int, int], ...] = ()  # sizes the engine warms up before serving
@@ -102,14 +113,28 @@ class Models:
 
         return Upscalers(self.weights_dir, self.device, self.dtype)
 
-    def pipeline(self, stage: str, scheduler: Any, unet: Any = None, vae: Any = None) -> Any:
+    def pipeline(
+        self,
+        stage: str,
+        scheduler: Any,
+        unet: Any = None,
+        vae: Any = None,
+        controlnets: list | None = None,
+    ) -> Any:
         """A pipeline of `stage`'s class over the shared modules, with its own scheduler, and
-        another UNet or VAE object when given (a resident fine-tune, compiled modules)."""
+        another UNet or VAE object when given (a resident fine-tune, compiled modules); with
+        `controlnets` (resident control models, `sdxl.control.resident`), the ControlNet
+        pipeline of the mode over the same modules."""
         import diffusers
 
         source = self.refiner if stage == "refiner" else self.base
-        cls = getattr(diffusers, PIPELINE_CLASSES[stage])
         components = {**source.components, "scheduler": scheduler}
+        name = PIPELINE_CLASSES[stage]
+        if controlnets:
+            union = type(controlnets[0]).__name__ == "ControlNetUnionModel"
+            name = CONTROL_PIPELINE_CLASSES[(stage, union)]
+            components["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
+        cls = getattr(diffusers, name)
         if unet is not None:
             components["unet"] = unet
         if vae is not None:

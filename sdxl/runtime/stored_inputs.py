@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 
 from sdxl.errors import InputError
 from sdxl.images.inputs import ImageSource, data_uri_bytes
+from sdxl.inputs.control_units import FLAT_INPUTS, with_controls
 from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import REQUEST_FIELDS
 
-IMAGE_INPUTS = ("image", "mask")
+IMAGE_INPUTS = ("image", "mask", *sorted(name for name in FLAT_INPUTS if name.endswith("_image")))
 
 _FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")
 
@@ -32,11 +33,12 @@ def stored_request(
     """The engine Request of a checked input. `origins` are this server's (its public URL, the
     creating request's); `read_file(id)` reads one of its uploads; `trained_tar` is a trained
     version's weights in this server's files."""
-    values = {k: v for k, v in given.items() if k in REQUEST_FIELDS}
+    values = {k: v for k, v in given.items() if k in REQUEST_FIELDS or k in FLAT_INPUTS}
     for name in IMAGE_INPUTS:
         if name in values:
             values[name] = _source(values[name], name, origins, read_file)
-    values = with_loras(values)  # the `loras` string, a1111's tags: as the boundary read them
+    # the `loras` string, a1111's tags, controlnet_N's units: as the boundary read them
+    values = with_controls(with_loras(values))
     return Request(**values, trained_tar=trained_tar)
 
 
@@ -45,14 +47,27 @@ def with_own_files(
 ) -> Request:
     """The Request the boundary checked, its images that are this server's uploads read from
     the store instead of fetched over HTTP."""
-    own = {}
-    for name in IMAGE_INPUTS:
-        source = getattr(request, name)
-        if isinstance(source, ImageSource) and source.url is not None:
-            file_id = own_file_id(source.url, origins)
-            if file_id is not None:
-                own[name] = replace(source, url=None, read=_reader(file_id, name, read_file))
+    own: dict = {}
+    for name in ("image", "mask"):
+        read = _own_source(getattr(request, name), origins, read_file)
+        if read is not None:
+            own[name] = read
+    units = [(unit, _own_source(unit.image, origins, read_file)) for unit in request.controls]
+    if any(read is not None for _, read in units):
+        own["controls"] = tuple(
+            unit if read is None else replace(unit, image=read) for unit, read in units
+        )
     return replace(request, **own) if own else request
+
+
+def _own_source(source, origins: tuple[str, ...], read_file) -> ImageSource | None:
+    """`source` read from the store when it is one of this server's uploads, else None."""
+    if not (isinstance(source, ImageSource) and source.url is not None):
+        return None
+    file_id = own_file_id(source.url, origins)
+    if file_id is None:
+        return None
+    return replace(source, url=None, read=_reader(file_id, source.name, read_file))
 
 
 def _source(text: str, name: str, origins, read_file) -> ImageSource:

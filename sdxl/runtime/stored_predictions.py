@@ -241,7 +241,7 @@ class StoredPredictions(StoredRuns):
         except UserError as err:  # every image flagged
             return StoredStatus.FAILED, str(err), [], metrics
         images = [(o.name, o.mime, o.data) for o in outputs]
-        metrics.update(seeds=[o.seed for o in outputs], mode=result.mode)
+        metrics.update(seeds=[o.seed for o in outputs if not o.control_map], mode=result.mode)
         metrics["refine"] = job.request.refine
         return StoredStatus.SUCCEEDED, None, images, metrics
 

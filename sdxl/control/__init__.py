@@ -1,0 +1,1 @@
+"""ControlNet: control models, their preprocessors and control maps."""
