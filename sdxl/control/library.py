@@ -89,13 +89,17 @@ class ControlLibrary:
         """Every unit's model and preprocessor is on this server (InputError otherwise)."""
         for unit in units:
             self.resolve(unit)
-            if unit.map_maker == "depth" and not self.has_depth():
-                raise InputError(
-                    f"{unit.field('preprocessor')}=depth: this server has no depth model "
-                    f"(SDXL_WEIGHTS_DIR/{DEPTH_DIR}); send a ready depth map with the "
-                    f"preprocessor none, or ask the operator to run {DOWNLOAD_HINT}",
-                    unit.field("preprocessor"),
-                )
+            self.check_preprocessor(unit)
+
+    def check_preprocessor(self, unit: ControlUnit) -> None:
+        """The unit's preprocessor can run here (the depth model is on this server)."""
+        if unit.map_maker == "depth" and not self.has_depth():
+            raise InputError(
+                f"{unit.field('preprocessor')}=depth: this server has no depth model "
+                f"(SDXL_WEIGHTS_DIR/{DEPTH_DIR}); send a ready depth map with the "
+                f"preprocessor none, or ask the operator to run {DOWNLOAD_HINT}",
+                unit.field("preprocessor"),
+            )
 
 
 def _read(folder: Path) -> ControlModel | None:

@@ -32,6 +32,7 @@ from sdxl.engine.jobs import EngineBroken, Job, JobEvents, notify
 from sdxl.engine.lanes import STOPPING, Hooks, Lanes
 from sdxl.engine.queue import JobQueue, MemoryQueue
 from sdxl.engine.training_job import TrainingJob
+from sdxl.inputs.control_units import ControlUnit
 from sdxl.inputs.request import Request
 from sdxl.logs import adopt_library_loggers, quiet_libraries
 from sdxl.settings import Runtime
@@ -322,6 +323,16 @@ class Engine:
             return resize_pixels([image], width, height, name, self.models.upscalers)[0]
 
         return self.device_tasks.call(upscale)
+
+    def detect_control(self, unit: ControlUnit, width: int, height: int) -> Any:
+        """`unit`'s control map (PIL, width x height) of its decoded image, as a job makes it
+        (the preprocessor alone: AUTOMATIC1111's /controlnet/detect). CPU work in the caller's
+        thread; a depth map runs the depth model on the device between two steps of the
+        running job. InputError when the preprocessor's model is not on this server."""
+        if self.runner is None:
+            raise RuntimeError("the model is not loaded yet")
+        self.control_library.check_preprocessor(unit)
+        return self.runner.control_map(unit, width, height)
 
     def training(self) -> TrainingJob | None:
         """The training running on this engine, if one is."""
