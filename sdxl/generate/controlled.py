@@ -9,8 +9,9 @@ from typing import Any
 from sdxl.generate.plan import Generation
 
 
-def control_kwargs(gen: Generation) -> dict[str, Any]:
-    """The base pipeline's ControlNet arguments for `gen`'s units (none: {})."""
+def control_kwargs(gen: Generation, mode: str | None = None) -> dict[str, Any]:
+    """The ControlNet arguments of a pipeline of `mode` (the request's own by default; the
+    hires fix's second pass is img2img) for `gen`'s units (none: {})."""
     units = gen.request.controls
     if not units:
         return {}
@@ -28,7 +29,7 @@ def control_kwargs(gen: Generation) -> dict[str, Any]:
         }
     # diffusers' txt2img ControlNet pipeline reads the map as `image`; the others as
     # `control_image` (their `image` is the picture being changed)
-    key = "image" if gen.request.mode == "txt2img" else "control_image"
+    key = "image" if (mode or gen.request.mode) == "txt2img" else "control_image"
     if len(units) == 1:
         return {
             key: maps[0],

@@ -43,9 +43,9 @@ def denoise(
             )
         output = first_output(generation.request)
         first = _denoise(
-            models, generation, unet or compiled.get("base"), compiled, on_step, None, output
+            models, generation, unet or compiled.get("base"), compiled, on_step, controlnets, output
         )
-        return second_pass(models, generation, first, unet, on_step)
+        return second_pass(models, generation, first, unet, on_step, controlnets)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sdxl.generate.controlled import control_kwargs
 from sdxl.generate.deepcache import feature_cache
 from sdxl.generate.plan import Generation
 from sdxl.generate.schedulers import make_scheduler
@@ -31,10 +32,14 @@ def first_output(req: Request) -> str:
     return LATENT if is_latent(req.hires_upscaler) else PIXELS
 
 
-def second_pass(models, gen: Generation, first: Any, unet: Any, on_step) -> np.ndarray:
+def second_pass(
+    models, gen: Generation, first: Any, unet: Any, on_step, controlnets: list | None = None
+) -> np.ndarray:
     """The images' pixels ([batch, height, width, 3] in 0..1) at `gen.hires_size`, from the
     first pass's `first` (latents or pixels, as `first_output` asked). `unet` replaces the base
-    UNet (a resident fine-tune); compiled modules are not used (they serve other sizes)."""
+    UNet (a resident fine-tune); compiled modules are not used (they serve other sizes). With
+    `controlnets` the units steer this pass too (diffusers' ControlNet img2img, its control
+    maps resized to the target size by the pipeline, as AUTOMATIC1111's hires fix keeps them)."""
     import torch
 
     req = gen.request
@@ -42,7 +47,7 @@ def second_pass(models, gen: Generation, first: Any, unet: Any, on_step) -> np.n
     image = upscale(models, req.hires_upscaler, first, width, height)
     name, spacing = req.hires_sampler
     scheduler = make_scheduler(name, models.scheduler_config("base"), spacing, gen.seeds)
-    pipe = models.pipeline("img2img", scheduler, unet=unet)
+    pipe = models.pipeline("img2img", scheduler, unet=unet, controlnets=controlnets)
     kwargs: dict[str, Any] = {
         **prompt_kwargs(pipe, _hires_prompts(req), for_refiner=False),
         "image": image,
@@ -54,6 +59,8 @@ def second_pass(models, gen: Generation, first: Any, unet: Any, on_step) -> np.n
         "output_type": PIXELS,
         "callback_on_step_end": step_callback("hires", gen.plan.hires_steps, on_step),
     }
+    if controlnets:
+        kwargs.update(control_kwargs(gen, "img2img"), width=width, height=height)
     with feature_cache(pipe, req.cache_interval, gen.plan.hires_calls):
         return pipe(**kwargs).images
 

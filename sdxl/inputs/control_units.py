@@ -162,7 +162,6 @@ def check_units(
     mode: str,
     refine: str,
     cache_interval: int,
-    hires: bool,
 ) -> None:
     """Raise InputError for the first rule `units` break: at most three, each with an image
     and a start before its end, the union model's types with no preprocessor here given a
@@ -179,7 +178,7 @@ def check_units(
     for unit in units:
         _check_unit(unit)
     _check_kinds(units)
-    _check_features(units[0], mode, refine, cache_interval, hires)
+    _check_features(units[0], mode, refine, cache_interval)
 
 
 def _check_unit(unit: ControlUnit) -> None:
@@ -230,9 +229,7 @@ def _check_kinds(units: tuple[ControlUnit, ...]) -> None:
         seen[unit.type] = unit
 
 
-def _check_features(
-    unit: ControlUnit, mode: str, refine: str, cache_interval: int, hires: bool
-) -> None:
+def _check_features(unit: ControlUnit, mode: str, refine: str, cache_interval: int) -> None:
     """What diffusers' ControlNet pipelines (and this server's helpers) cannot do."""
     control = unit.field("type")
     if refine == "expert_ensemble_refiner" and mode == "img2img":
@@ -251,11 +248,4 @@ def _check_features(
             "cache_interval",
             cache_interval,
             values={"cache_interval": cache_interval},
-        )
-    if hires:
-        raise InputError(
-            f"the hires fix with a ControlNet ({control}) is not supported yet: the second "
-            "pass would run without the control; drop the hires fix, or upscale the "
-            "controlled image in a second request",
-            "hires_scale",
         )

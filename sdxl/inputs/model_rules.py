@@ -49,7 +49,6 @@ def check_request(req: Request) -> None:
         mode=req.mode,
         refine=req.refine,
         cache_interval=req.cache_interval,
-        hires=req.hires,
     )
 
 

@@ -264,7 +264,6 @@ def _controls(values: Mapping[str, Any]) -> list[InputError]:
             mode=mode,
             refine=_value(values, "refine"),
             cache_interval=_value(values, "cache_interval"),
-            hires=_hires(values),
         )
     except InputError as err:
         return [err]
