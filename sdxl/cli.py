@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sdxl import logs
 from sdxl.config import DEFAULT_WEIGHTS_DIR
+from sdxl.weights.control_files import CONTROL_CHOICES, DEFAULT_CONTROL
 
 
 def _default_weights_dir() -> str:
@@ -33,7 +34,7 @@ def _weights_random_full(args: argparse.Namespace) -> int:
     logs.quiet_libraries()
     started = time.perf_counter()
     try:
-        root = build_random_full(Path(args.dir))
+        root = build_random_full(Path(args.dir), control=not args.no_control)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -45,7 +46,7 @@ def _weights_random_full(args: argparse.Namespace) -> int:
 def _weights_download(args: argparse.Namespace) -> int:
     from sdxl.weights.download import main as download_main
 
-    return download_main(args.dir)
+    return download_main(args.dir, control=args.control)
 
 
 def _warmup(args: argparse.Namespace) -> int:
@@ -104,9 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     what = weights.add_subparsers(dest="what", required=True)
     download = what.add_parser(
         "download",
-        help="fetch the real SDXL 1.0 weights, the trainer's helpers, upscalers (about 14.9 GB)",
+        help="fetch the real SDXL 1.0 weights, the trainer's helpers, upscalers (about 14.9 GB) "
+        "and the control models (--control)",
     )
     download.add_argument("dir", nargs="?", default=None, help="weights root (SDXL_WEIGHTS_DIR)")
+    download.add_argument(
+        "--control",
+        choices=tuple(CONTROL_CHOICES),
+        default=DEFAULT_CONTROL,
+        help="ControlNets to fetch: full (canny, depth, union and the depth annotator, about "
+        "7.6 GB), small (the small canny and depth and the annotator, about 0.74 GB) or none",
+    )
     download.set_defaults(func=_weights_download)
     tiny = what.add_parser("tiny", help="build a tiny random-weight SDXL for tests, offline")
     tiny.add_argument("dir", help="weights root to write base/ and refiner/ into")
@@ -118,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "random-full", help="build a full-size SDXL with random weights (benchmarks), offline"
     )
     full.add_argument("dir", help="weights root to write base/, refiner/ and the rest into")
+    full.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the full-size ControlNets (canny, depth, union: 7.5 GB) and the depth annotator",
+    )
     full.set_defaults(func=_weights_random_full)
 
     warmup = commands.add_parser(

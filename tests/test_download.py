@@ -22,6 +22,8 @@ from huggingface_hub.utils._http import default_client_factory, hf_request_event
 from sdxl.config import BASE_DIR, MODEL_UPSCALERS, REFINER_DIR, UPSCALERS_DIR
 from sdxl.weights import download
 from sdxl.weights.download import (
+    CONTROL_MANIFESTS,
+    CORE_MANIFEST,
     MANIFEST,
     RECORD_NAME,
     SDXL_BASE,
@@ -34,6 +36,7 @@ from sdxl.weights.download import (
     download_weights,
     file_digest,
     main,
+    manifest_for,
 )
 
 # The layout the loaders read and sdxl/builders/tiny.py writes (26 files; no fp16 suffixes).
@@ -73,6 +76,18 @@ _CLIPSEG += ("special_tokens_map.json", "tokenizer_config.json", "vocab.json", "
 EXPECTED_LAYOUT |= {f"train/blip/{n}" for n in _BLIP} | {f"train/clipseg/{n}" for n in _CLIPSEG}
 # The hires fix's ESRGAN upscalers, by the names the upscaler inputs offer.
 EXPECTED_LAYOUT |= {f"{UPSCALERS_DIR}/{name}.safetensors" for name in MODEL_UPSCALERS}
+# The control models of `--control full` (the default): ControlNets and the depth annotator.
+_CONTROLNET = ("config.json", "diffusion_pytorch_model.safetensors")
+_ANNOTATOR = ("config.json", "model.safetensors", "preprocessor_config.json")
+CONTROL_LAYOUT = {
+    "full": {f"controlnet/{m}/{n}" for m in ("canny", "depth", "union") for n in _CONTROLNET}
+    | {f"annotators/depth/{n}" for n in _ANNOTATOR},
+    "small": {f"controlnet/{m}/{n}" for m in ("canny-small", "depth-small") for n in _CONTROLNET}
+    | {f"annotators/depth/{n}" for n in _ANNOTATOR},
+    "none": set(),
+}
+CORE_LAYOUT = set(EXPECTED_LAYOUT)
+EXPECTED_LAYOUT |= CONTROL_LAYOUT["full"]
 
 
 class Interrupted(Exception):
@@ -124,7 +139,7 @@ def remote_bytes(entry: WeightFile) -> bytes:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> FakeHub:
-    for entry in MANIFEST:
+    for entry in {e for files in CONTROL_MANIFESTS.values() for e in files} | set(MANIFEST):
         file = tmp_path / "remote" / entry.repo_id / entry.remote
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(remote_bytes(entry))
@@ -145,6 +160,7 @@ def test_manifest_is_exactly_the_layout() -> None:
     assert len({e.local for e in MANIFEST}) == len(MANIFEST)
     fp16 = {e.remote for e in MANIFEST if ".fp16." in e.remote}
     assert fp16 == {
+        "diffusion_pytorch_model.fp16.safetensors",  # the canny and depth ControlNets
         "text_encoder/model.fp16.safetensors",
         "text_encoder_2/model.fp16.safetensors",
         "unet/diffusion_pytorch_model.fp16.safetensors",
@@ -483,10 +499,67 @@ def test_every_file_is_fetched_at_a_pinned_commit():
     from sdxl.weights.download import BRANCH_PINNED, PINNED
 
     assert {"Comfy-Org/Real-ESRGAN_repackaged"} == BRANCH_PINNED
-    for entry in MANIFEST:
+    every = {e for choice in CONTROL_MANIFESTS for e in manifest_for(choice)}
+    for entry in every:
         if entry.repo_id in BRANCH_PINNED:
             assert entry.revision == "main", entry.source
             continue
         assert re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry.source
         assert entry.revision == PINNED[entry.repo_id]
-    assert {entry.repo_id for entry in MANIFEST} == set(PINNED)
+    assert {entry.repo_id for entry in every} == set(PINNED)
+
+
+# --- the control models: `weights download --control full|small|none` ------------------------
+
+
+@pytest.mark.parametrize("choice", ["full", "small", "none"])
+def test_each_control_choice_fetches_its_models_and_the_rest(hub, root, choice) -> None:
+    manifest = manifest_for(choice)
+    assert manifest[: len(CORE_MANIFEST)] == CORE_MANIFEST
+    assert {e.local for e in manifest} == CORE_LAYOUT | CONTROL_LAYOUT[choice]
+    download_weights(root, hub, manifest=manifest, log=quiet)
+    landed = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} - {RECORD_NAME}
+    assert landed == CORE_LAYOUT | CONTROL_LAYOUT[choice]
+
+
+def test_the_default_is_full_and_the_union_model_is_xinsirs_promax() -> None:
+    assert manifest_for() == MANIFEST
+    union = {e.local: e for e in MANIFEST if e.local.startswith("controlnet/union/")}
+    assert {e.repo_id for e in union.values()} == {"xinsir/controlnet-union-sdxl-1.0"}
+    assert union["controlnet/union/config.json"].remote == "config_promax.json"
+    weights = union["controlnet/union/diffusion_pytorch_model.safetensors"]
+    assert weights.remote == "diffusion_pytorch_model_promax.safetensors"
+    annotator = {e.repo_id for e in MANIFEST if e.local.startswith("annotators/")}
+    assert annotator == {"depth-anything/Depth-Anything-V2-Small-hf"}  # Apache-2.0, not Base
+
+
+def test_every_control_file_is_safetensors_or_json() -> None:
+    for entry in {e for files in CONTROL_MANIFESTS.values() for e in files}:
+        assert entry.remote.endswith((".safetensors", ".json")), entry.source
+        assert entry.local.endswith((".safetensors", ".json")), entry.local
+    fp16 = {
+        e.remote for files in CONTROL_MANIFESTS.values() for e in files if "diffusers/" in e.repo_id
+    }
+    assert fp16 == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}
+
+
+def test_a_bad_control_choice_is_a_clear_error(root, capsys) -> None:
+    with pytest.raises(
+        DownloadError, match="'medium' is not a choice: use one of full, small, none"
+    ):
+        manifest_for("medium")
+    assert main(str(root), control="medium") == 1
+    assert "--control 'medium' is not a choice" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_the_command_line_offers_the_choices_and_refuses_others(capsys) -> None:
+    from sdxl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["weights", "download"]).control == "full"
+    assert parser.parse_args(["weights", "download", "d", "--control", "small"]).control == "small"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["weights", "download", "--control", "medium"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'medium'" in capsys.readouterr().err

@@ -23,10 +23,11 @@ from safetensors.torch import save_file
 
 from sdxl.builders import sdxl_configs as configs
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, move_layout
+from sdxl.builders.tiny_control import build_tiny_depth_annotator, controlnet_config
 from sdxl.builders.tiny_train import build_tiny_helpers
 from sdxl.builders.tiny_upscalers import build_tiny_upscalers
 from sdxl.builders.tokenizer import write_tokenizer
-from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR
+from sdxl.config import BASE_DIR, CONTROLNET_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, UNION_MODEL
 
 CLIP_MERGES = 49152 - 256 - 2  # the BPE merges CLIP uses
 DTYPE = torch.float16
@@ -95,10 +96,13 @@ def write_clip_tokenizer(folder: Path, pad_token: str, bpe: Path) -> None:
     write_tokenizer(folder, pad_token, [tuple(line.split()) for line in lines])
 
 
-def build_random_full(root: Path, log=print) -> Path:
+def build_random_full(root: Path, log=print, control: bool = True) -> Path:
     """Write base/, refiner/, safety_checker/ and loras/ under `root` (about 12 GB), and the
     trainer's helpers (train/) as the tiny builder makes them: their captions and masks are
-    noise at any size, so full-size copies would only cost 2.5 GB."""
+    noise at any size, so full-size copies would only cost 2.5 GB.
+
+    `control`: also controlnet/{canny,depth,union}/ at full size (2.5 GB each, fp16) and the
+    tiny depth annotator (annotators/depth/: its maps are noise at any size)."""
     bpe = clip_bpe_file()
     if bpe is None:
         raise RuntimeError(
@@ -122,6 +126,8 @@ def build_random_full(root: Path, log=print) -> Path:
         ),
         (base / "vae", "diffusers", "AutoencoderKL", configs.VAE, 5),
     ]
+    if control:
+        parts += _control_parts(staging / CONTROLNET_DIR)
     for folder, library, cls_name, config, seed in parts:
         if library == "diffusers":
             module_fn, config_fn = _diffusers(cls_name, config)
@@ -142,7 +148,19 @@ def build_random_full(root: Path, log=print) -> Path:
     write_clip_tokenizer(base / "tokenizer_2", "!", bpe)
     build_tiny_helpers(staging)
     build_tiny_upscalers(staging, configs.RRDBNET)
+    if control:
+        build_tiny_depth_annotator(staging)
     return move_layout(staging, root)
+
+
+def _control_parts(folder: Path) -> list[tuple]:
+    """ControlNets configured from the base UNet's config, as diffusers' SDXL ControlNets and
+    xinsir's union model are: (folder, library, class, config, seed) rows for `_write`."""
+    union = controlnet_config(configs.BASE_UNET, union=True)
+    return [
+        (folder / name, "diffusers", "ControlNetModel", controlnet_config(configs.BASE_UNET), seed)
+        for name, seed in (("canny", 7), ("depth", 8))
+    ] + [(folder / UNION_MODEL, "diffusers", "ControlNetUnionModel", union, 9)]
 
 
 def _safety_checker(folder: Path) -> None:

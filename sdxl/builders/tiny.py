@@ -13,11 +13,21 @@ from pathlib import Path
 import torch
 
 from sdxl.builders.random_lora import random_kohya_lora
+from sdxl.builders.tiny_control import build_tiny_control
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.builders.tiny_train import build_tiny_helpers
 from sdxl.builders.tiny_upscalers import build_tiny_upscalers
 from sdxl.builders.tokenizer import tiny_merges, write_tokenizer
-from sdxl.config import BASE_DIR, LORAS_DIR, REFINER_DIR, SAFETY_DIR, TRAIN_DIR, UPSCALERS_DIR
+from sdxl.config import (
+    ANNOTATORS_DIR,
+    BASE_DIR,
+    CONTROLNET_DIR,
+    LORAS_DIR,
+    REFINER_DIR,
+    SAFETY_DIR,
+    TRAIN_DIR,
+    UPSCALERS_DIR,
+)
 
 # SDXL 1.0's scheduler_config.json, verbatim (base and refiner ship the same one).
 SDXL_SCHEDULER_CONFIG = {
@@ -105,8 +115,9 @@ def _vae():
 
 
 def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
-    """Write base/, refiner/, loras/, safety_checker/, train/ (the trainer's helpers) and
-    upscalers/ (tiny ESRGANs) under `root`, replacing them.
+    """Write base/, refiner/, loras/, safety_checker/, train/ (the trainer's helpers),
+    upscalers/ (tiny ESRGANs), controlnet/ and annotators/ (sdxl.builders.tiny_control) under
+    `root`, replacing them.
 
     `flag_everything` writes a safety checker that flags every image (through its
     thresholds), to test the flagged path end to end. Returns `root`.
@@ -167,15 +178,21 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     shutil.rmtree(staging / "tok2")
     build_tiny_helpers(staging)
     build_tiny_upscalers(staging)
+    build_tiny_control(staging, base.unet.config)
     return move_layout(staging, root)
 
 
+_REQUIRED_FOLDERS = (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR, UPSCALERS_DIR)
+
+
 def move_layout(staging: Path, root: Path) -> Path:
-    """Move the weights folders built in `staging` into `root`, replacing any there."""
+    """Move the weights folders built in `staging` into `root`, replacing any there (a folder
+    not built, such as controlnet/ of a random-full build without control, is removed)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in (BASE_DIR, REFINER_DIR, LORAS_DIR, SAFETY_DIR, TRAIN_DIR, UPSCALERS_DIR):
+    for name in (*_REQUIRED_FOLDERS, CONTROLNET_DIR, ANNOTATORS_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
-        (staging / name).rename(root / name)
+        if name in _REQUIRED_FOLDERS or (staging / name).exists():
+            (staging / name).rename(root / name)
     staging.rmdir()
     return root
 

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdxl.config import BASE_DIR, DEFAULT_WEIGHTS_DIR, REFINER_DIR, UPSCALERS_DIR
+from sdxl.weights.control_files import (
+    CONTROL_BRANCH_PINNED,
+    CONTROL_CHOICES,
+    CONTROL_PINNED,
+    DEFAULT_CONTROL,
+)
 from sdxl.weights.hub import DownloadError, HfHub, Hub, HubUnreachable, RemoteFile
 
 __all__ = ["DownloadError", "HfHub", "Hub", "HubUnreachable", "RemoteFile"]
@@ -61,10 +67,11 @@ PINNED = {
     # f040aa6d50f711f2cb115f713c46df1d0d6469a8bd7bfe9a60bb, as several public manifests record).
     # Pin the commit once the Hub can be reached: `huggingface-cli download` prints it.
     REAL_ESRGAN: "main",
+    **CONTROL_PINNED,  # the ControlNets and the depth annotator: sdxl.weights.control_files
 }
 # Repositories pinned to a branch because no commit could be found (see the comments above);
 # every other entry is fetched at a commit.
-BRANCH_PINNED = frozenset({REAL_ESRGAN})
+BRANCH_PINNED = frozenset({REAL_ESRGAN, *CONTROL_BRANCH_PINNED})
 RECORD_NAME = ".download-record.json"
 STAGING_NAME = ".download"
 _CHUNK = 16 << 20
@@ -96,8 +103,8 @@ def _into(folder: str, repo_id: str, *remotes: str) -> tuple[WeightFile, ...]:
 
 _TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 
-# Everything the predictor loads, and nothing else. Later work appends entries here.
-MANIFEST: tuple[WeightFile, ...] = (
+# Everything the predictor loads but the control models, and nothing else.
+CORE_MANIFEST: tuple[WeightFile, ...] = (
     *_into(
         BASE_DIR,
         SDXL_BASE,
@@ -179,6 +186,25 @@ MANIFEST: tuple[WeightFile, ...] = (
         PINNED[REAL_ESRGAN],
     ),
 )
+# The control models of each `--control` choice (sdxl.weights.control_files), pinned.
+CONTROL_MANIFESTS: dict[str, tuple[WeightFile, ...]] = {
+    choice: tuple(WeightFile(repo, remote, local, PINNED[repo]) for repo, remote, local in rows)
+    for choice, rows in CONTROL_CHOICES.items()
+}
+# What `weights download` fetches by default: everything, with the full-size control models.
+MANIFEST = CORE_MANIFEST + CONTROL_MANIFESTS[DEFAULT_CONTROL]
+
+
+def manifest_for(control: str = DEFAULT_CONTROL) -> tuple[WeightFile, ...]:
+    """The files `weights download --control CONTROL` fetches; a clear error for a bad one."""
+    if control not in CONTROL_MANIFESTS:
+        raise DownloadError(
+            f"--control {control!r} is not a choice: use one of {', '.join(CONTROL_MANIFESTS)} "
+            "(full: canny, depth and the union model; small: the small canny and depth; none)"
+        )
+    return CORE_MANIFEST + CONTROL_MANIFESTS[control]
+
+
 # Files the product loads when they are there, which `weights download` does not fetch: the
 # trainer's upscaler (caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr ships pickles only, so no
 # snapshot can be pinned and verified as safetensors; convert it yourself to use it).
@@ -322,12 +348,13 @@ def download_weights(
     return [root / entry.local for entry in manifest]
 
 
-def main(argv_root: str | None = None) -> int:
-    """`python -m sdxl weights download [DIR]`: DIR defaults to $SDXL_WEIGHTS_DIR or 'weights'."""
+def main(argv_root: str | None = None, control: str = DEFAULT_CONTROL) -> int:
+    """`python -m sdxl weights download [DIR] [--control full|small|none]`: DIR defaults to
+    $SDXL_WEIGHTS_DIR or 'weights'."""
     default = os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)
     root = Path(default if argv_root is None else argv_root)
     try:
-        paths = download_weights(root)
+        paths = download_weights(root, manifest=manifest_for(control))
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
