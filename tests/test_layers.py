@@ -24,7 +24,7 @@ LAYERS = (
     ("model",),
     ("generate",),
     ("inputs", "net", "builders"),
-    ("images", "weights", "settings", "upscale"),
+    ("images", "weights", "settings", "upscale", "control"),
     ("store", "errors", "config", "numbers", "logs"),
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
