@@ -24,7 +24,7 @@ LAYERS = (
     ("model",),
     ("generate",),
     ("inputs", "net", "builders"),
-    ("images", "weights", "settings", "upscale", "control"),
+    ("images", "weights", "settings", "upscale"),
     ("store", "errors", "config", "numbers", "logs"),
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
