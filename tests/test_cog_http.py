@@ -152,6 +152,10 @@ INVALID = [
     ({"image": "SMALL_IMAGE"}, "image is 128x128"),
     ({"refine": "expert_ensemble_refiner", "high_noise_frac": 1}, "high_noise_frac=1"),
     ({"image": "IMAGE", "prompt_strength": 0.1}, "prompt_strength=0.1"),
+    ({"controlnet_1": "canny"}, "controlnet_1_image is missing"),
+    ({"controlnet_2": "scribble"}, "controlnet_2"),
+    ({"controlnet_1": "canny", "controlnet_1_image": "/etc/hostname"}, "controlnet_1_image"),
+    ({"controlnet_1": "canny", "controlnet_1_image": "IMAGE", "controlnet_1_end": 0}, "not before"),
 ]
 FILES = {
     "TRUNCATED": _truncated_png,
@@ -175,6 +179,23 @@ def test_invalid_inputs_are_named_and_leave_the_server_clean(server, fresh_bytes
             assert expected in body["error"], body["error"]
         assert server.settles_ready()
     assert output_bytes(server.predict(**VALID)) == fresh_bytes
+
+
+def test_a_controlnet_prediction_returns_its_map_first(server):
+    """A canny unit through Cog's own server: the map (OpenCV's Canny of the image at the
+    output size) comes first, then the image; the seeds metric counts only the images."""
+    import cv2
+    from PIL import ImageDraw
+
+    source = smooth_image(256, 256)
+    ImageDraw.Draw(source).rectangle((40, 60, 150, 200), fill=(250, 250, 250))  # edges
+    inputs = {**VALID, "controlnet_1": "canny", "controlnet_1_image": data_uri(source)}
+    body = server.predict(**inputs, canny_low_threshold=10, return_control_maps=True).json()
+    assert body["status"] == "succeeded", body.get("error")
+    control, image = (decode_output(uri) for uri in body["output"])
+    edges = cv2.Canny(np.asarray(source), 10, 200)
+    assert np.array_equal(pixels(control)[..., 0], edges) and edges.any()
+    assert image.size == (256, 256) and body["metrics"]["seeds"] == [21]
 
 
 def test_image_from_loopback_url(server, receiver):
