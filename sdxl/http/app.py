@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from sdxl.http import playground
+from sdxl.http.a1111 import controlnet_routes
 from sdxl.http.a1111 import fields as a1111_fields
 from sdxl.http.a1111 import routes as a1111
 from sdxl.http.auth import ApiKeys, AuthMiddleware
@@ -28,7 +29,7 @@ from sdxl.http.replicate.api import ReplicateApi
 from sdxl.http.schemas import body_schema
 from sdxl.http.server_settings import Settings
 from sdxl.http.service import ServerStatus, Service
-from sdxl.http.shapes import error_response, invalid_body, shape_of
+from sdxl.http.shapes import A1111_PREFIXES, error_response, invalid_body, shape_of
 from sdxl.http.sync import SyncJobs
 from sdxl.http.trained import TrainedModels
 from sdxl.store.errors import StoreUnavailable
@@ -128,6 +129,7 @@ def create_app(
     app.include_router(
         a1111.router(sync, settings, TrainedModels(None if api is None else api.store))
     )
+    app.include_router(controlnet_routes.router(sync))  # the ControlNet extension's routes
     if api is not None:
         app.include_router(replicate.router(api, service, settings))
         app.include_router(playground.router(api.catalogue, keys is not None))
@@ -149,7 +151,7 @@ def create_app(
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}
                 for path, operations in schema["paths"].items():
-                    if path.startswith(("/v1/", "/sdapi/")):
+                    if path.startswith(("/v1/", *A1111_PREFIXES)):
                         for operation in operations.values():
                             operation["security"] = [{"bearerAuth": []}]
             app.openapi_schema = schema

@@ -18,10 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdxl.config import ANONYMOUS
 from sdxl.http.errors import Unauthenticated
-from sdxl.http.shapes import error_response
+from sdxl.http.shapes import A1111_PREFIXES, error_response
 from sdxl.settings import SettingsError
 
-PROTECTED_PREFIXES = ("/v1/", "/sdapi/")
+PROTECTED_PREFIXES = ("/v1/", *A1111_PREFIXES)
 HOW_TO = "send the header 'Authorization: Bearer <your_api_key>'"
 
 
@@ -188,8 +188,9 @@ def caller_of(http) -> str:
 
 
 class AuthMiddleware:
-    """Answers 401 for requests under /v1/ and /sdapi/ without a valid key, before their body
-    is read, in the shape of the path's API; names the caller of the others."""
+    """Answers 401 for requests under /v1/, /sdapi/ and /controlnet/ without a valid key,
+    before their body is read, in the shape of the path's API; names the caller of the
+    others."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys):
         self.app = app
@@ -209,6 +210,6 @@ class AuthMiddleware:
             scope.setdefault("state", {})["caller"] = found
             await self.app(scope, receive, send)
             return
-        scheme = 'Basic realm="sdxl"' if path.startswith("/sdapi/") else "Bearer"
+        scheme = 'Basic realm="sdxl"' if path.startswith(A1111_PREFIXES) else "Bearer"
         error = Unauthenticated(problem, headers={"WWW-Authenticate": scheme})
         await error_response(path, error, scope.get("method", "GET"))(scope, receive, send)

@@ -24,6 +24,7 @@ from sdxl.inputs.surface import Problem
 from sdxl.store.errors import StoreUnavailable
 
 OPENAI, A1111, DEFAULT = "openai", "a1111", "default"
+A1111_PREFIXES = ("/sdapi/", "/controlnet/")  # A1111's API and its ControlNet extension's
 DATACRUNCH_PREFIX = "/v1/images/stable-diffusion-xl/"
 OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -38,7 +39,7 @@ OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_excee
 
 def shape_of(path: str, method: str = "GET") -> str:
     """The shape of an answer no API's route gave (the rule by path)."""
-    if path.startswith("/sdapi/"):
+    if path.startswith(A1111_PREFIXES):
         return A1111
     if path.startswith("/v1/images/") and not path.startswith(DATACRUNCH_PREFIX):
         return OPENAI

@@ -10,9 +10,11 @@ table). Fields A1111 does not know are ignored, as A1111 ignores them. Validity 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from sdxl.config import INPUTS, MAX_SEED, MAX_SIDE, STYLES
 from sdxl.errors import InputError, Naming
+from sdxl.http.a1111.controlnet import Models, read_units
 from sdxl.http.wire import Wire
 from sdxl.images.inputs import source_from_text
 from sdxl.inputs.a1111_samplers import resolve
@@ -203,7 +205,7 @@ def _hires(values: dict) -> dict:
     return out
 
 
-def _assemble(values: dict, given: set) -> dict:
+def _assemble(values: dict, given: set, models: Callable[[], Models]) -> dict:
     img2img = "init_images" in values
     for field, why in (
         ("restore_faces", "there is no face restoration model"),
@@ -216,9 +218,6 @@ def _assemble(values: dict, given: set) -> dict:
         raise _refused("enable_hr", True, why)
     if values.get("script_name"):
         raise _refused("script_name", values["script_name"], "this server has no scripts")
-    if values["alwayson_scripts"]:
-        names = ", ".join(map(str, values["alwayson_scripts"]))
-        raise _refused("alwayson_scripts", names, "this server has no scripts")
     if values["subseed_strength"]:
         raise _refused("subseed_strength", values["subseed_strength"], "no variation seeds")
     out: dict = {} if img2img else _hires(values)
@@ -242,16 +241,33 @@ def _assemble(values: dict, given: set) -> dict:
         out["image"] = source_from_text(images[0], "image", ("data", "base64"))
     if values.get("inpainting_mask_invert") and values.get("mask") is not None:
         out["mask"] = dataclasses.replace(values["mask"], invert=True)
-    return out
+    return {**out, **_controls(values, models)}
 
 
-def surface(img2img: bool) -> Surface:
+def _controls(values: dict, models: Callable[[], Models]) -> dict:
+    """The ControlNet extension's units (sdxl.http.a1111.controlnet), their maps returned
+    after the images as the extension appends them (unless no unit saves its map)."""
+    scripts = values["alwayson_scripts"]
+    if not scripts:
+        return {}
+    init = values["init_images"][0] if "init_images" in values else None
+    units, keep = read_units(scripts, models(), init)
+    return {"controls": tuple(units), "return_control_maps": any(keep)}
+
+
+def no_models() -> Models:
+    """A surface read without a server: no control models (every unit's model is a 422)."""
+    return Models({}, has_depth=False)
+
+
+def surface(img2img: bool, models: Callable[[], Models] = no_models) -> Surface:
+    """A1111's txt2img or img2img body; `models` says which control models the server has."""
     return Surface(
         fields=_fields(img2img),
         null_is_unset=True,
         ignore_unknown=True,
         fixed={"output_format": "png", "prompt_syntax": "a1111"},  # A1111's prompt language
-        assemble=_assemble,
+        assemble=lambda values, given: _assemble(values, given, models),
     )
 
 

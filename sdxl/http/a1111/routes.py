@@ -18,14 +18,15 @@ from sdxl.config import STYLES
 from sdxl.engine import Job, JobCanceled
 from sdxl.errors import InputError
 from sdxl.http.a1111 import upscalers
+from sdxl.http.a1111.controlnet import saved_maps
+from sdxl.http.a1111.controlnet_routes import models_of
 from sdxl.http.a1111.fields import (
-    IMG2IMG,
     SAME_SAMPLER,
     SAME_SCHEDULER,
-    TXT2IMG,
     WIRE,
     chosen,
     sampler_of,
+    surface,
 )
 from sdxl.http.a1111.info import Made, info_json, infotext, lora_hashes
 from sdxl.http.a1111.options import OptionsApi
@@ -56,6 +57,8 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     caps = sync.service.engine.settings.caps
     runs = Runs()
     options = OptionsApi(settings, trained, getattr(sync.service.engine, "loras", None))
+    models = models_of(sync.service.engine)  # the control models, read per call
+    txt2img_shape, img2img_shape = surface(False, models), surface(True, models)
 
     async def generate(http: HttpRequest, shape: Surface, img2img: bool) -> dict:
         body = await json_object(http, EXAMPLE, empty="{}")
@@ -83,16 +86,18 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     def answer(found: Checked, shape, img2img: bool, jobs: list[Job], run: Run, model, caller):
         made = made_by(found, img2img, jobs, run.timestamp, model)
         made = replace(made, lora_hashes=lora_hashes(made.request, options.loras, caller))
-        images, seeds, nsfw = [], [], []
+        images, seeds, nsfw, maps = [], [], [], []
         for job in jobs:
             if isinstance(job.error, JobCanceled):  # interrupted or skipped: A1111 answers
                 continue  # with the images it has
             result = outcome(job, shape)
             texts = [infotext(made, seed) for seed in result.seeds]  # each PNG's `parameters`
             for output in encode_outputs(result, "png", 100, flagged="black", texts=texts):
-                images.append(base64.b64encode(output.data).decode("ascii"))
+                encoded = base64.b64encode(output.data).decode("ascii")
+                (maps if output.control_map else images).append(encoded)
             seeds += result.seeds
             nsfw += result.nsfw
+        images += detected_maps(found, maps)
         send = found.given.get("send_images", True)
         return {
             "images": images if send else [],
@@ -106,7 +111,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         openapi_extra=body_doc("Txt2ImgRequest"),
     )
     async def txt2img(http: HttpRequest) -> dict:
-        return await generate(http, TXT2IMG, img2img=False)
+        return await generate(http, txt2img_shape, img2img=False)
 
     @routes.post(
         "/img2img",
@@ -114,7 +119,7 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
         openapi_extra=body_doc("Img2ImgRequest"),
     )
     async def img2img(http: HttpRequest) -> dict:
-        return await generate(http, IMG2IMG, img2img=True)
+        return await generate(http, img2img_shape, img2img=True)
 
     @routes.get("/progress", summary="The caller's running request, with a preview")
     def progress(http: HttpRequest, skip_current_image: bool = False) -> dict:
@@ -166,6 +171,14 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
     routes.include_router(options.router())
     routes.include_router(upscalers.router(sync))
     return routes
+
+
+def detected_maps(found: Checked, maps: list[str]) -> list[str]:
+    """The ControlNet units' maps as the extension appends them after the images: once per
+    request (the first batch's), each unit's unless its save_detected_map is false."""
+    keep = saved_maps(found.given.get("alwayson_scripts", {}))
+    first = maps[: len(keep)]
+    return [data for data, kept in zip(first, keep, strict=False) if kept]
 
 
 def checked(body: dict, shape: Surface, caps, loras=None) -> Checked:

@@ -1,0 +1,184 @@
+"""The ControlNet extension's API (Mikubill/sd-webui-controlnet) on `python -m sdxl api`: units
+in `alwayson_scripts.controlnet.args` over txt2img equal the Replicate API's controlnet_N units
+(decoded pixels), the detected map appended after the images, the extension's routes in its
+shapes, /controlnet/detect equal to OpenCV's Canny, and the units' errors naming their field.
+A real server on loopback over a copy of the tiny weights with tiny ControlNets."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from support.api_server import KEYS, serving
+from support.helpers import assert_same_image, pixels, smooth_image
+
+pytestmark = [pytest.mark.http, pytest.mark.timeout(240)]
+
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+SMALL = {"prompt": "a cat", "width": 256, "height": 256, "steps": 3, "seed": 7, "cfg_scale": 7.0}
+
+
+def tiny_controlnet(weights, name: str, seed: int) -> None:
+    """weights/controlnet/<name>: a ControlNet of the tiny UNet with seeded random weights
+    (non-zero, so that it changes the image), unless the tiny weights have it already."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    folder = weights / "controlnet" / name
+    if (folder / "config.json").is_file():
+        return
+    unet = UNet2DConditionModel.from_pretrained(weights / "base" / "unet")
+    net = ControlNetModel.from_unet(unet)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    net.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, tmp_path_factory):
+    weights = tmp_path_factory.mktemp("control-weights") / "weights"
+    shutil.copytree(tiny_weights, weights)
+    tiny_controlnet(weights, "canny", seed=1)
+    with serving(
+        weights, tmp_path_factory.mktemp("a1111-control"), {"SDXL_API_KEYS": KEYS[0]}
+    ) as srv:
+        yield srv
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decoded(text: str) -> Image.Image:
+    with Image.open(io.BytesIO(base64.b64decode(text.partition(",")[2] or text))) as img:
+        img.load()
+        return img
+
+
+def post(server, path: str, body: dict) -> requests.Response:
+    return requests.post(server.base + path, json=body, headers=AUTH, timeout=180)
+
+
+def canny_unit(image: Image.Image, **extra) -> dict:
+    return {"enabled": True, "module": "canny", "model": "canny", "weight": 0.8,
+            "image": b64(image), "resize_mode": "Just Resize", "pixel_perfect": True,
+            "threshold_a": 50, "threshold_b": 150, **extra}  # fmt: skip
+
+
+def controlnet(*units) -> dict:
+    return {"alwayson_scripts": {"controlnet": {"args": list(units)}}}
+
+
+def test_a_canny_unit_equals_the_replicate_apis_controlnet_and_appends_its_map(server):
+    source = smooth_image(256, 256, seed=3)
+    answer = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet(canny_unit(source))})
+    assert answer.status_code == 200, answer.text
+    images = answer.json()["images"]
+    assert len(images) == 2  # the image, then the detected map (the extension's default)
+    replicate = server.create_prediction({
+        "prompt": "a cat", "negative_prompt": "", "width": 256, "height": 256,
+        "num_inference_steps": 3, "seed": 7, "guidance_scale": 7.0,
+        "scheduler": "K_EULER", "timestep_spacing": "linspace",  # A1111: Euler
+        "controlnet_1": "canny", "controlnet_1_image": "data:image/png;base64," + b64(source),
+        "controlnet_1_conditioning_scale": 0.8, "canny_low_threshold": 50,
+        "canny_high_threshold": 150,
+    })  # fmt: skip
+    done = server.wait_prediction(replicate["id"])
+    assert done["status"] == "succeeded", done
+    assert_same_image(decoded(images[0]), decoded(done["output"][0]))
+    edges = cv2.Canny(np.asarray(source.convert("RGB")), 50, 150)
+    assert np.array_equal(pixels(decoded(images[1]))[..., 0], edges)
+    plain = post(server, "/sdapi/v1/txt2img", SMALL).json()["images"]
+    assert not np.array_equal(pixels(decoded(plain[0])), pixels(decoded(images[0])))
+    unsaved = canny_unit(source, save_detected_map=False)
+    kept = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet(unsaved)}).json()["images"]
+    assert len(kept) == 1 and kept[0] == images[0]
+
+
+def test_the_extensions_routes_answer_in_its_shapes(server):
+    def get(path):
+        answer = requests.get(server.base + path, headers=AUTH, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert get("/controlnet/version") == {"version": 3}
+    models = get("/controlnet/model_list")["model_list"]
+    assert any(name.startswith("canny [") and name.endswith("]") for name in models), models
+    modules = get("/controlnet/module_list")
+    assert modules["module_list"][0] == "none" and "canny" in modules["module_list"]
+    canny = modules["module_detail"]["canny"]
+    assert canny["model_free"] is False
+    assert [s["name"] for s in canny["sliders"]] == [
+        "Resolution",
+        "Low Threshold",
+        "High Threshold",
+    ]
+    assert canny["sliders"][1] == {"name": "Low Threshold", "value": 100, "min": 1, "max": 255,
+                                   "step": 1}  # fmt: skip
+    types = get("/controlnet/control_types")["control_types"]
+    assert types["All"]["default_option"] == "none" and types["All"]["model_list"][0] == "None"
+    assert types["Canny"]["module_list"] == ["none", "canny"]
+    assert types["Canny"]["default_option"] == "canny"
+    assert types["Canny"]["default_model"].startswith("canny [")
+    assert get("/controlnet/settings") == {"control_net_unit_count": 3}
+    denied = requests.get(server.base + "/controlnet/version", timeout=10)
+    assert denied.status_code == 401 and denied.json()["error"] == "HTTPException"
+
+
+def test_detect_equals_opencvs_canny(server):
+    source = smooth_image(512, 384, seed=5)
+    body = {"controlnet_module": "canny", "controlnet_input_images": [b64(source)],
+            "controlnet_processor_res": 384, "controlnet_threshold_a": 40,
+            "controlnet_threshold_b": 120}  # fmt: skip
+    answer = post(server, "/controlnet/detect", body)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["info"] == "Success" and len(found["images"]) == 1
+    edges = cv2.Canny(np.asarray(source.convert("RGB")), 40, 120)  # 384 is its short side
+    assert np.array_equal(pixels(decoded(found["images"][0]))[..., 0], edges)
+    unknown = post(server, "/controlnet/detect", {**body, "controlnet_module": "openpose"})
+    assert unknown.status_code == 422 and "canny" in unknown.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"control_mode": 1}, "control_mode", "not implemented"),
+        ({"control_mode": "My prompt is more important"}, "control_mode", "Balanced"),
+        ({"module": "openpose_full"}, "module", "canny"),
+        ({"model": "control_v11p_sd15_canny [d14c016b]"}, "model", "it has: canny"),
+        ({"a_field_of_my_own": 1}, "a_field_of_my_own", "not a field"),
+        ({"image": "not base64 at all"}, "image", "image"),
+        ({"image": {"image": "x", "mask": "y"}}, "image.mask", "mask"),
+        ({"resize_mode": "Stretch"}, "resize_mode", "Just Resize"),
+        ({"weight": 3}, "weight", "0..2"),
+        ({"threshold_a": 300}, "threshold_a", "1..255"),
+    ],
+)
+def test_a_unit_the_server_cannot_honour_is_a_422_naming_its_field(server, change, field, words):
+    unit = {**canny_unit(smooth_image(64, 64)), **change}
+    answer = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet(unit)})
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"][0]
+    assert detail["field"] == f"alwayson_scripts.controlnet.args[0].{field}", detail
+    assert words in answer.text, answer.text
+
+
+def test_other_scripts_four_units_and_the_next_request(server):
+    other = post(server, "/sdapi/v1/txt2img", {**SMALL, "alwayson_scripts": {"ADetailer": {}}})
+    assert other.status_code == 422 and "ADetailer" in other.text
+    unit = canny_unit(smooth_image(64, 64))
+    four = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet(*[unit] * 4)})
+    assert four.status_code == 422 and "at most 3" in four.text, four.text
+    off = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet({**unit, "enabled": False})})
+    assert off.status_code == 200 and len(off.json()["images"]) == 1  # disabled: skipped
