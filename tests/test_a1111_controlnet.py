@@ -182,3 +182,24 @@ def test_other_scripts_four_units_and_the_next_request(server):
     assert four.status_code == 422 and "at most 3" in four.text, four.text
     off = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet({**unit, "enabled": False})})
     assert off.status_code == 200 and len(off.json()["images"]) == 1  # disabled: skipped
+
+
+def test_img2img_and_inpainting_take_units_with_the_init_image_as_their_default(server):
+    source = smooth_image(256, 256, seed=9)
+    source.paste((255, 255, 255), (64, 64, 192, 192))  # edges for Canny
+    unit = {"enabled": True, "module": "canny", "model": "canny"}  # no image: the init image
+    body = {**SMALL, "init_images": [b64(source)], "denoising_strength": 0.6, **controlnet(unit)}
+    plain = post(server, "/sdapi/v1/img2img", {**body, "alwayson_scripts": {}})
+    controlled = post(server, "/sdapi/v1/img2img", body)
+    assert controlled.status_code == 200, controlled.text
+    images = controlled.json()["images"]
+    assert len(images) == 2 and images[0] != plain.json()["images"][0]
+    # processor_res -1: the extension's 512; Crop and Resize, its default; then the output size
+    lanczos = Image.Resampling.LANCZOS
+    edges = cv2.Canny(np.asarray(source.resize((512, 512), lanczos)), 100, 200)
+    expected = Image.fromarray(np.stack([edges] * 3, axis=-1)).resize((256, 256), lanczos)
+    assert edges.any() and np.array_equal(pixels(decoded(images[1])), pixels(expected))
+    mask = Image.new("L", (256, 256))
+    mask.paste(255, (0, 0, 128, 256))
+    inpainted = post(server, "/sdapi/v1/img2img", {**body, "mask": b64(mask)})
+    assert inpainted.status_code == 200 and len(inpainted.json()["images"]) == 2, inpainted.text
