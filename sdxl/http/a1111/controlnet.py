@@ -17,8 +17,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sdxl.config import DEDICATED_CONTROLS, UNION_MODEL
+from sdxl.config import DEDICATED_CONTROLS
 from sdxl.errors import InputError
+from sdxl.http.a1111.controlnet_tables import (
+    AT_DEFAULT,
+    BY_NAME,
+    CANNY_LOW,
+    CONTROL_MODES,
+    HONOURED,
+    KNOWN,
+    LEGACY,
+    RESIZE_MODES,
+    RESOLUTION,
+    UNION_TYPES,
+    Module,
+    offered_modules,
+)
 from sdxl.images.inputs import source_from_text
 from sdxl.inputs.control_units import ControlUnit
 
@@ -27,78 +41,6 @@ ARGS = f"alwayson_scripts.{SCRIPT}.args"
 FORMS = ("data", "base64")  # the extension decodes base64, with or without a data: prefix
 
 
-@dataclass(frozen=True)
-class Module:
-    """One of the extension's preprocessors this server runs (name, UI label, our maker)."""
-
-    name: str
-    label: str
-    maker: str  # sdxl.config.CONTROL_PREPROCESSORS
-    sliders: tuple[dict, ...]
-
-
-RESOLUTION = {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}
-CANNY_LOW = {"name": "Low Threshold", "value": 100, "min": 1, "max": 255, "step": 1}
-CANNY_HIGH = {"name": "High Threshold", "value": 200, "min": 1, "max": 255, "step": 1}
-# scripts/preprocessor/model_free_preprocessors.py (none, canny) and legacy/preprocessor_compiled
-# .py (depth: name "depth", label "depth_midas"; depth_anything, depth_anything_v2): the depth
-# modules all run this server's depth model (annotators/depth/).
-MODULES = (
-    Module("none", "none", "none", (RESOLUTION,)),
-    Module("canny", "canny", "canny", (RESOLUTION, CANNY_LOW, CANNY_HIGH)),
-    Module("depth", "depth_midas", "depth", (RESOLUTION,)),
-    Module("depth_anything", "depth_anything", "depth", (RESOLUTION,)),
-    Module("depth_anything_v2", "depth_anything_v2", "depth", (RESOLUTION,)),
-)
-BY_NAME = {key: m for m in MODULES for key in (m.name, m.label)}
-# scripts/enums.py ResizeMode (and resize_mode_aliases, resize_mode_from_value: 3 is resize)
-RESIZE_MODES = {
-    "Just Resize": "resize",
-    "Crop and Resize": "crop",
-    "Resize and Fill": "fill",
-    "Inner Fit (Scale to Fit)": "crop",
-    "Outer Fit (Shrink to Fit)": "fill",
-    "Scale to Fit (Inner Fit)": "crop",
-    "Envelope (Outer Fit)": "fill",
-    0: "resize",
-    1: "crop",
-    2: "fill",
-    3: "resize",
-}
-CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-# scripts/enums.py ControlNetUnionControlType values -> the union model's types here
-UNION_TYPES = {
-    "OpenPose": "union_openpose",
-    "Depth": "union_depth",
-    "Soft Edge": "union_softedge",
-    "Hard Edge": "union_canny",
-    "Normal Map": "union_normal",
-    "Segmentation": "union_segment",
-    "Tile": "union_tile",
-}
-HIRES_OPTIONS = ("Both", "Low res only", "High res only")
-# Fields that never change this server's image, at any value: UI state, batch folders, the
-# weights' placement (low_vram), a PuLID or hires-only choice (hires is refused with controls).
-HARMLESS = (
-    "is_ui", "input_mode", "output_dir", "loopback", "low_vram", "pulid_mode", "hr_option",
-    "inpaint_crop_input_image", "batch_mask_dir", "animatediff_batch", "batch_modifiers",
-    "batch_image_files", "batch_keyframe_idx", "batch_images",
-)  # fmt: skip
-# Fields honoured only at the extension's default (anything else is a 422).
-AT_DEFAULT = {
-    "advanced_weighting": None,
-    "effective_region_mask": None,
-    "ipadapter_input": None,
-    "mask": None,
-    "mask_image": None,
-}
-LEGACY = {"guidance": "guidance_end", "lowvram": "low_vram", "input_image": "image"}
-HONOURED = (
-    "enabled", "module", "model", "weight", "image", "resize_mode", "processor_res",
-    "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect",
-    "control_mode", "union_control_type", "save_detected_map",
-)  # fmt: skip
-KNOWN = frozenset((*HONOURED, *HARMLESS, *AT_DEFAULT))
 HASH_SUFFIX = re.compile(r" \[[0-9A-Fa-f]+\]$")
 # A unit's attributes -> its ControlNetUnit field, for the engine's messages.
 NAMES = {
@@ -228,10 +170,6 @@ def _module(value: Any, where: str, models: Models) -> Module:
     return found
 
 
-def offered_modules(has_depth: bool) -> list[Module]:
-    return [m for m in MODULES if has_depth or m.maker != "depth"]
-
-
 def _kind(values: dict, module: Module, where: str, models: Models) -> tuple[str, str]:
     """The unit's type and model folder: the model decides it (see the module docstring)."""
     field = f"{where}.model"
@@ -348,11 +286,6 @@ def _boolean(values: dict, name: str, default: bool, where: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{where}.{name}={value!r} must be true or false", f"{where}.{name}")
     return value
-
-
-def union_model_of(union: Mapping[str, bool]) -> str | None:
-    """The union model's folder (for /controlnet/control_types' defaults)."""
-    return UNION_MODEL if union.get(UNION_MODEL) else next((n for n, u in union.items() if u), None)
 
 
 def saved_maps(scripts: Any) -> list[bool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -16,12 +17,8 @@ from fastapi import Request as HttpRequest
 
 from sdxl.config import MAX_CONTROL_UNITS
 from sdxl.errors import InputError
-from sdxl.http.a1111.controlnet import (
-    RESOLUTION,
-    Models,
-    Module,
-    offered_modules,
-)
+from sdxl.http.a1111.controlnet import Models
+from sdxl.http.a1111.controlnet_tables import RESOLUTION, Module, offered_modules
 from sdxl.http.a1111.upscalers import png_base64
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
@@ -70,7 +67,7 @@ def sorted_modules(has_depth: bool) -> list[Module]:
     return [m for m in offered_modules(has_depth) if m.name == "none"] + rest
 
 
-def control_types(modules: list[Module], models: list[str], union: set[str]) -> dict:
+def control_types(modules: list[Module], models: list[str]) -> dict:
     """/controlnet/control_types (global_state.select_control_type) over what is here."""
     out = {
         "All": {
@@ -101,13 +98,12 @@ def router(sync: SyncJobs) -> APIRouter:
     engine = sync.service.engine
     library = getattr(engine, "control_library", None)
 
-    def listed() -> tuple[list[str], set[str], bool]:
+    def listed() -> tuple[list[str], bool]:
         if library is None:
-            return [], set(), False
+            return [], False
         found = library.models()
         names = [listed_name(name, model.folder) for name, model in found.items()]
-        union = {listed_name(n, m.folder) for n, m in found.items() if m.union}
-        return names, union, library.has_depth()
+        return names, library.has_depth()
 
     @routes.get("/version", summary="The ControlNet extension's API version")
     def version() -> dict:
@@ -115,12 +111,12 @@ def router(sync: SyncJobs) -> APIRouter:
 
     @routes.get("/model_list", summary="The ControlNet models this server has")
     async def model_list(update: bool = True) -> dict:
-        names, _, _ = await asyncio.to_thread(listed)
+        names, _ = await asyncio.to_thread(listed)
         return {"model_list": names}
 
     @routes.get("/module_list", summary="The preprocessors this server runs")
     async def module_list(alias_names: bool = False) -> dict:
-        _, _, depth = await asyncio.to_thread(listed)
+        _, depth = await asyncio.to_thread(listed)
         modules = sorted_modules(depth)
         names = [m.label if alias_names else m.name for m in modules]
         detail = {
@@ -131,8 +127,8 @@ def router(sync: SyncJobs) -> APIRouter:
 
     @routes.get("/control_types", summary="The control types, their modules and models")
     async def types() -> dict:
-        names, union, depth = await asyncio.to_thread(listed)
-        return control_types(sorted_modules(depth), names, union)
+        names, depth = await asyncio.to_thread(listed)
+        return control_types(sorted_modules(depth), names)
 
     @routes.get("/settings", summary="How many ControlNet units a request may enable")
     def settings() -> dict:
@@ -227,5 +223,5 @@ def _detect(engine, module: Module, image, unit: ControlUnit):
     resolution = unit.processor_res or RESOLUTION["value"]
     scale = resolution / min(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    sized = ControlUnit(**{**unit.__dict__, "image": image, "processor_res": None})
+    sized = replace(unit, image=image, processor_res=None)
     return engine.detect_control(sized, *size)

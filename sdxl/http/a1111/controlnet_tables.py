@@ -1,0 +1,86 @@
+"""The ControlNet extension's tables (Mikubill/sd-webui-controlnet): the preprocessors this
+server runs under the extension's names and sliders, its resize and control modes, the union
+model's control types, and which ControlNetUnit fields are honoured, harmless, or taken only
+at their default (`sdxl.http.a1111.controlnet` reads units by them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Module:
+    """One of the extension's preprocessors this server runs (name, UI label, our maker)."""
+
+    name: str
+    label: str
+    maker: str  # sdxl.config.CONTROL_PREPROCESSORS
+    sliders: tuple[dict, ...]
+
+
+RESOLUTION = {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}
+CANNY_LOW = {"name": "Low Threshold", "value": 100, "min": 1, "max": 255, "step": 1}
+CANNY_HIGH = {"name": "High Threshold", "value": 200, "min": 1, "max": 255, "step": 1}
+# scripts/preprocessor/model_free_preprocessors.py (none, canny) and legacy/preprocessor_compiled
+# .py (depth: name "depth", label "depth_midas"; depth_anything, depth_anything_v2): the depth
+# modules all run this server's depth model (annotators/depth/).
+MODULES = (
+    Module("none", "none", "none", (RESOLUTION,)),
+    Module("canny", "canny", "canny", (RESOLUTION, CANNY_LOW, CANNY_HIGH)),
+    Module("depth", "depth_midas", "depth", (RESOLUTION,)),
+    Module("depth_anything", "depth_anything", "depth", (RESOLUTION,)),
+    Module("depth_anything_v2", "depth_anything_v2", "depth", (RESOLUTION,)),
+)
+BY_NAME = {key: m for m in MODULES for key in (m.name, m.label)}
+# scripts/enums.py ResizeMode (and resize_mode_aliases, resize_mode_from_value: 3 is resize)
+RESIZE_MODES = {
+    "Just Resize": "resize",
+    "Crop and Resize": "crop",
+    "Resize and Fill": "fill",
+    "Inner Fit (Scale to Fit)": "crop",
+    "Outer Fit (Shrink to Fit)": "fill",
+    "Scale to Fit (Inner Fit)": "crop",
+    "Envelope (Outer Fit)": "fill",
+    0: "resize",
+    1: "crop",
+    2: "fill",
+    3: "resize",
+}
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+# scripts/enums.py ControlNetUnionControlType values -> the union model's types here
+UNION_TYPES = {
+    "OpenPose": "union_openpose",
+    "Depth": "union_depth",
+    "Soft Edge": "union_softedge",
+    "Hard Edge": "union_canny",
+    "Normal Map": "union_normal",
+    "Segmentation": "union_segment",
+    "Tile": "union_tile",
+}
+# Fields that never change this server's image, at any value: UI state, batch folders, the
+# weights' placement (low_vram), a PuLID or hires-only choice (hires is refused with controls).
+HARMLESS = (
+    "is_ui", "input_mode", "output_dir", "loopback", "low_vram", "pulid_mode", "hr_option",
+    "inpaint_crop_input_image", "batch_mask_dir", "animatediff_batch", "batch_modifiers",
+    "batch_image_files", "batch_keyframe_idx", "batch_images",
+)  # fmt: skip
+# Fields honoured only at the extension's default (anything else is a 422).
+AT_DEFAULT = {
+    "advanced_weighting": None,
+    "effective_region_mask": None,
+    "ipadapter_input": None,
+    "mask": None,
+    "mask_image": None,
+}
+LEGACY = {"guidance": "guidance_end", "lowvram": "low_vram", "input_image": "image"}
+HONOURED = (
+    "enabled", "module", "model", "weight", "image", "resize_mode", "processor_res",
+    "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect",
+    "control_mode", "union_control_type", "save_detected_map",
+)  # fmt: skip
+KNOWN = frozenset((*HONOURED, *HARMLESS, *AT_DEFAULT))
+
+
+def offered_modules(has_depth: bool) -> list[Module]:
+    return [m for m in MODULES if has_depth or m.maker != "depth"]
