@@ -203,3 +203,35 @@ def test_img2img_and_inpainting_take_units_with_the_init_image_as_their_default(
     mask.paste(255, (0, 0, 128, 256))
     inpainted = post(server, "/sdapi/v1/img2img", {**body, "mask": b64(mask)})
     assert inpainted.status_code == 200 and len(inpainted.json()["images"]) == 2, inpainted.text
+
+
+@pytest.mark.parametrize(
+    ("unit", "kind"),
+    [
+        ({"model": "union", "module": "canny"}, "union_canny"),
+        ({"model": "union [0123abcd]", "module": "depth_anything_v2"}, "union_depth"),
+        ({"model": "union", "module": "none", "union_control_type": "Hard Edge"}, "union_canny"),
+        ({"model": "union", "module": "none", "union_control_type": "OpenPose"}, "union_openpose"),
+        ({"model": "canny [0123abcd]", "module": "none"}, "canny"),
+        ({"model": "depth-small", "module": "depth"}, "depth"),
+    ],
+)
+def test_the_model_decides_the_units_type(unit, kind):
+    from sdxl.http.a1111.controlnet import Models, read_units
+
+    models = Models({"canny": False, "depth-small": False, "union": True})
+    body = {"controlnet": {"args": [{"enabled": True, "image": b64(smooth_image(8, 8)), **unit}]}}
+    (found,), keep = read_units(body, models, None)
+    assert found.type == kind and keep == [True]
+    assert found.field("conditioning_scale") == "alwayson_scripts.controlnet.args[0].weight"
+
+
+def test_the_union_model_without_a_type_is_a_422_saying_how_to_give_one():
+    from sdxl.errors import InputError
+    from sdxl.http.a1111.controlnet import Models, read_units
+
+    body = {"controlnet": {"args": [{"enabled": True, "model": "union", "module": "none"}]}}
+    with pytest.raises(InputError) as caught:
+        read_units(body, Models({"union": True}), None)
+    assert caught.value.field == "alwayson_scripts.controlnet.args[0].union_control_type"
+    assert "Hard Edge" in str(caught.value)
