@@ -77,9 +77,15 @@ def test_every_documented_field_is_in_the_schema():
         "refiner num_inference_steps_refiner style_selected is_ensemble refiner_ratio "
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
-    # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks, the hires fix
+    # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks, the hires fix,
+    # ControlNet (the Replicate inputs)
     extensions = {"output_format", "cache_interval", "prompt_syntax", "loras"}
     extensions |= {"hires_scale", "hires_upscaler", "hires_steps", "hires_strength"}
+    extensions |= {"canny_low_threshold", "canny_high_threshold", "return_control_maps"}
+    for n in (1, 2, 3):
+        unit = f"controlnet_{n}"
+        extensions |= {unit, *(f"{unit}_{s}" for s in ("image", "preprocessor", "start", "end"))}
+        extensions.add(f"{unit}_conditioning_scale")
     assert set(DATACRUNCH.by_name) == {*documented, *extensions}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sdxl.config import ASPECT_RATIOS
 from sdxl.errors import InputError
+from sdxl.http.datacrunch.control import CONTROL_FIELDS
 from sdxl.inputs.surface import Field, Surface
 
 OUTPUT_QUALITY = 90  # webp and jpeg outputs
@@ -227,6 +228,7 @@ FIELDS = (
         "hires_strength",
         description="The second pass's denoising strength. An extension of this API.",
     ),
+    *CONTROL_FIELDS,
 )
 
 

@@ -36,11 +36,14 @@ ERRORS = {
 }
 
 
-def encoded(result: Result, checked: Checked) -> list[str]:
-    """Each image encoded with its parameters (flagged ones black), base64."""
+def encoded(result: Result, checked: Checked) -> tuple[list[str], list[str]]:
+    """The control maps asked for (return_control_maps) and the images, each encoded (the
+    images with their parameters, flagged ones black), base64."""
     fmt, quality = checked.output("output_format"), checked.output("output_quality")
     outputs = encode_outputs(result, fmt, quality, flagged="black")
-    return [base64.b64encode(o.data).decode("ascii") for o in outputs]
+    maps = [base64.b64encode(o.data).decode("ascii") for o in outputs if o.control_map]
+    images = [base64.b64encode(o.data).decode("ascii") for o in outputs if not o.control_map]
+    return maps, images
 
 
 async def checked_body(http: HttpRequest, caps: Caps, loras=None) -> Checked:
@@ -69,13 +72,14 @@ def router(sync: SyncJobs) -> APIRouter:
         (job,) = sync.submit([checked.request()], caller)
         await until_done(http, [job])
         result = outcome(job, DATACRUNCH)
-        images = await asyncio.to_thread(encoded, result, checked)
+        maps, images = await asyncio.to_thread(encoded, result, checked)
         response.headers["X-Request-Id"] = job.id
         return GenerateResponse(
             images=images,
             seeds=result.seeds,
             nsfw_content_detected=list(result.nsfw),
             output_format=checked.given.get("output_format", "png"),
+            control_maps=maps,
         )
 
     return routes

@@ -11,6 +11,12 @@ class GenerateResponse(BaseModel):
     seeds: list[int] = Field(description="The seed of each image.")
     nsfw_content_detected: list[bool] = Field(description="Whether each image was flagged.")
     output_format: str = Field(description="The encoding of the images.")
+    control_maps: list[str] = Field(
+        default_factory=list,
+        description="The ControlNet units' control maps, base64-encoded in output_format, one "
+        "per unit in order, when return_control_maps is true (else empty). An extension of "
+        "this API.",
+    )
 
 
 class ErrorItem(BaseModel):

@@ -19,6 +19,7 @@ import os
 from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE, PROMPT_SYNTAXES
 from sdxl.errors import InputError
 from sdxl.http.wire import Wire
+from sdxl.inputs.control_units import FLAT_INPUTS
 from sdxl.inputs.rules import check_range
 from sdxl.inputs.surface import Field, Surface
 from sdxl.settings import env_choice
@@ -41,8 +42,11 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 OWN = ("prompt", "image", "mask", "num_outputs", "width", "height", "aspect_ratio")
 OWN += ("output_format", "output_quality")
 SERVER_SET = ("prompt_syntax",)  # the server's setting, not the request's
-# Not offered on this API (docs/apis.md): the hires fix's second pass.
-NOT_OFFERED = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+# Not offered on this API (docs/apis.md): the hires fix's second pass, and ControlNet (its
+# units, Canny's thresholds, the maps returned: OpenAI's answer has no place for maps).
+HIRES_INPUTS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+CONTROL_INPUTS = (*(name for name in COG_INPUTS if name in FLAT_INPUTS), "return_control_maps")
+NOT_OFFERED = HIRES_INPUTS + CONTROL_INPUTS
 EXTRAS = tuple(
     Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET, *NOT_OFFERED)
 )
