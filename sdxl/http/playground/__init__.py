@@ -12,11 +12,18 @@ from fastapi.staticfiles import StaticFiles
 
 from sdxl.http.caps import inline_input_schema
 from sdxl.http.replicate.catalogue import Catalogue
+from sdxl.inputs.control_units import flat_inputs
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The inputs shown unfolded; every other input of the schema is under "Advanced inputs", so
 # an input added to the predictor appears there without a change to the page.
 BASIC_INPUTS = ("prompt", "negative_prompt", "image", "mask", "width", "height", "num_outputs")
+# The ControlNet section's: the first unit (controlnet_2 and _3 stay under "Advanced inputs"),
+# Canny's thresholds and whether the maps come back (the page shows them apart from the images).
+CONTROL_INPUTS = (
+    *flat_inputs(1).values(),
+    "return_control_maps",
+)
 # The Train page's: the archive has its own drop zone (uploaded to /v1/files), and a checkpoint
 # to resume from is for scripts; every other trainer input is in the form, these unfolded.
 BASIC_TRAINING_INPUTS = ("max_train_steps",)
@@ -60,6 +67,7 @@ def playground_config(catalogue: Catalogue, auth_required: bool) -> dict:
         "version": versions[0],
         "auth": auth_required,
         "basic": list(BASIC_INPUTS),
+        "control": [name for name in CONTROL_INPUTS if name in properties],
         "inputs": [{"name": name, **properties[name]} for name in names],
         "training": training_config(schema),
     }

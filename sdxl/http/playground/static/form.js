@@ -99,14 +99,17 @@ function textControl(spec, help) {
 }
 
 export class InputForm {
-  constructor(config, basicHost, advancedHost, onChange, prefix = "") {
+  // `controlHost`: where the inputs of config.control go (the ControlNet section), if any.
+  constructor(config, basicHost, advancedHost, onChange, prefix = "", controlHost = null) {
     this.controls = new Map(); // name -> {spec, read, reset}
     this.files = new Map(); // name -> FileField
     this.onChange = onChange;
     const names = new Set(config.inputs.map((spec) => spec.name));
     this.painter = names.has("image") && names.has("mask") ? new Painter(onChange) : null;
+    const control = new Set(controlHost ? config.control || [] : []);
     for (const spec of config.inputs) {
-      const host = config.basic.includes(spec.name) ? basicHost : advancedHost;
+      let host = config.basic.includes(spec.name) ? basicHost : advancedHost;
+      if (control.has(spec.name)) host = controlHost;
       host.append(this.build({ ...spec, id: prefix + spec.name }));
     }
   }

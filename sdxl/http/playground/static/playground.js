@@ -141,28 +141,50 @@ function showRunning(prediction) {
   if (progress) $("progress").value = progress.done / progress.total;
 }
 
+function figureOf(url, alt, label, fileName) {
+  const figure = document.createElement("figure");
+  const image = document.createElement("img");
+  image.src = url;
+  image.alt = alt;
+  const caption = document.createElement("figcaption");
+  const text = document.createElement("span");
+  text.textContent = label;
+  const link = document.createElement("a");
+  link.href = url;
+  const type = url.startsWith("data:") ? url.slice(11, url.indexOf(";")) : "";
+  link.download = `${fileName}.${type || url.split(".").pop()}`;
+  link.textContent = "Download";
+  caption.append(text, link);
+  figure.append(image, caption);
+  return figure;
+}
+
+// The control types of the prediction's units, in order (one map each, when it returns them).
+function controlTypes(input = {}) {
+  return [1, 2, 3]
+    .map((n) => input[`controlnet_${n}`])
+    .filter((type) => type && type !== "none");
+}
+
 function showImages(prediction) {
-  const seeds = prediction.metrics?.seeds || [];
-  const gallery = $("gallery");
-  gallery.replaceChildren();
-  prediction.output.forEach((url, index) => {
-    const seed = seeds[index];
-    const figure = document.createElement("figure");
-    const image = document.createElement("img");
-    image.src = url;
-    image.alt = `Output ${index + 1}${seed === undefined ? "" : `, seed ${seed}`}`;
-    const caption = document.createElement("figcaption");
-    const label = document.createElement("span");
-    label.textContent = seed === undefined ? `Output ${index + 1}` : `seed ${seed}`;
-    const link = document.createElement("a");
-    link.href = url;
-    const type = url.startsWith("data:") ? url.slice(11, url.indexOf(";")) : "";
-    link.download = `sdxl-${seed ?? index}.${type || url.split(".").pop()}`;
-    link.textContent = "Download";
-    caption.append(label, link);
-    figure.append(image, caption);
-    gallery.append(figure);
+  // With return_control_maps the outputs are the control maps first, then the images (the
+  // seeds are the images' only): the maps are shown apart, above the images.
+  const seeds = prediction.metrics?.seeds;
+  const mapCount = seeds ? Math.max(0, prediction.output.length - seeds.length) : 0;
+  const types = controlTypes(prediction.input);
+  const maps = prediction.output.slice(0, mapCount).map((url, index) => {
+    const type = types[index] ?? `unit ${index + 1}`;
+    return figureOf(url, `Control map ${index + 1}, ${type}`, `${type} map`, `control-${index}`);
   });
+  $("control-maps").replaceChildren(...maps);
+  $("maps").hidden = !maps.length;
+  const images = prediction.output.slice(mapCount).map((url, index) => {
+    const seed = seeds?.[index];
+    const alt = `Output ${index + 1}${seed === undefined ? "" : `, seed ${seed}`}`;
+    const label = seed === undefined ? `Output ${index + 1}` : `seed ${seed}`;
+    return figureOf(url, alt, label, `sdxl-${seed ?? index}`);
+  });
+  $("gallery").replaceChildren(...images);
 }
 
 function finish(prediction) {
@@ -233,6 +255,8 @@ async function run(event) {
   state.prediction = prediction.id;
   document.body.dataset.predictionId = prediction.id;
   $("gallery").replaceChildren();
+  $("control-maps").replaceChildren();
+  $("maps").hidden = true;
   $("progress").value = 0;
   $("progress").hidden = false;
   $("cancel").hidden = false;
@@ -251,6 +275,22 @@ async function cancel() {
     showError(error.message);
     $("cancel").disabled = false;
   }
+}
+
+// ---- the ControlNet section ----------------------------------------------------------------
+// Picking a control type asks for its detected map too (return_control_maps, which the visitor
+// may untick); "none" stops asking. The maps come back with the images (showImages).
+function setUpControl() {
+  const type = $("in-controlnet_1");
+  const maps = $("in-return_control_maps");
+  if (!type || !maps) {
+    $("control").hidden = true; // a model without ControlNet inputs
+    return;
+  }
+  type.addEventListener("change", () => {
+    maps.checked = type.value !== "none";
+    showCode();
+  });
 }
 
 // ---- the version that runs ------------------------------------------------------------------
@@ -308,7 +348,9 @@ async function start() {
     return;
   }
   requireKey(state.config.auth);
-  state.form = new InputForm(state.config, $("basic-fields"), $("advanced-fields"), showCode);
+  const hosts = [$("basic-fields"), $("advanced-fields")];
+  state.form = new InputForm(state.config, ...hosts, showCode, "", $("control-fields"));
+  setUpControl();
   useBase();
   $("use-base").addEventListener("click", useBase);
   if (state.config.training) {
