@@ -155,9 +155,7 @@ def plain_api(tiny_weights, tmp_path_factory):
     send it requests (bad inputs, hostile bodies, malformed numbers); no request may leave a
     traceback in its log."""
     from support.api_server import KEYS, Server
-    from support.controls import ensure_tiny_controlnet
 
-    ensure_tiny_controlnet(tiny_weights)  # until `weights tiny` builds the ControlNets
     server = Server(tiny_weights, tmp_path_factory.mktemp("plain-api"), {"SDXL_API_KEYS": KEYS[0]})
     server.wait_ready()
     yield server

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 
 import cv2
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-from support.api_server import KEYS, serving
+from support.api_server import KEYS
 from support.helpers import assert_same_image, pixels, smooth_image
 
 pytestmark = [pytest.mark.http, pytest.mark.timeout(240)]
@@ -24,33 +23,9 @@ AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 SMALL = {"prompt": "a cat", "width": 256, "height": 256, "steps": 3, "seed": 7, "cfg_scale": 7.0}
 
 
-def tiny_controlnet(weights, name: str, seed: int) -> None:
-    """weights/controlnet/<name>: a ControlNet of the tiny UNet with seeded random weights
-    (non-zero, so that it changes the image), unless the tiny weights have it already."""
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    folder = weights / "controlnet" / name
-    if (folder / "config.json").is_file():
-        return
-    unet = UNet2DConditionModel.from_pretrained(weights / "base" / "unet")
-    net = ControlNetModel.from_unet(unet)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in net.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    net.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
-def server(tiny_weights, tmp_path_factory):
-    weights = tmp_path_factory.mktemp("control-weights") / "weights"
-    shutil.copytree(tiny_weights, weights)
-    tiny_controlnet(weights, "canny", seed=1)
-    with serving(
-        weights, tmp_path_factory.mktemp("a1111-control"), {"SDXL_API_KEYS": KEYS[0]}
-    ) as srv:
-        yield srv
+def server(plain_api):
+    return plain_api
 
 
 def b64(image: Image.Image) -> str:

@@ -12,7 +12,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 
 from support.api_server import KEYS, serving
-from support.controls import ensure_tiny_controlnet
 
 MISSING = (
     "the playground's tests need Debian's chromium and chromium-driver "
@@ -22,7 +21,6 @@ MISSING = (
 
 @pytest.fixture(scope="session")
 def playground_server(tiny_weights, tmp_path_factory):
-    ensure_tiny_controlnet(tiny_weights)  # until `weights tiny` builds the ControlNets
     with serving(
         tiny_weights, tmp_path_factory.mktemp("playground"), {"SDXL_API_KEYS": KEYS[0]}
     ) as srv:
