@@ -184,3 +184,27 @@ def test_a_small_variant_serves_its_type(tmp_path):
     (tmp_path / "controlnet" / "canny-small").mkdir(parents=True)
     (tmp_path / "controlnet" / "canny-small" / "config.json").write_text("{}")
     assert ControlLibrary(tmp_path).resolve(ControlUnit("canny", None)).name == "canny-small"
+
+
+def test_a_stored_input_is_read_into_the_same_units():
+    """A prediction claimed from the store (another replica, a restart) runs the units its API
+    checked; a unit's image that is this server's upload is read from the store."""
+    from sdxl.runtime.stored_inputs import stored_request, with_own_files
+
+    origins = ("https://sdxl.example",)
+    files = {"abc123": b"stored bytes"}
+    given = {
+        "prompt": "x",
+        "controlnet_1": "canny",
+        "controlnet_1_image": IMAGE,
+        "controlnet_1_start": 0.1,
+        "controlnet_2": "depth",
+        "controlnet_2_image": "https://sdxl.example/v1/files/abc123",
+    }
+    first, second = stored_request(given, origins, files.get).controls
+    assert (first.type, first.start, first.image.data[:4]) == ("canny", 0.1, b"\x89PNG")
+    assert second.image.read() == b"stored bytes" and second.image.url is None
+    checked = check_fields(given, REPLICATE, Caps()).request()
+    assert checked.controls[1].image.url is not None  # as the API checked it
+    (_, own) = with_own_files(checked, origins, files.get).controls
+    assert own.image.read() == b"stored bytes" and own.image.url is None

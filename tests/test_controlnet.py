@@ -233,3 +233,32 @@ def test_hires_fix_keeps_the_control_in_its_second_pass(engine, reference, nets)
     hires = dict(hires_scale=1.5, hires_upscaler="Lanczos", hires_strength=0.5, hires_steps=2)
     got = engine.run(request(unit, **hires))
     assert_same_image(got.images[0], expected)
+
+
+def test_a_lora_with_a_controlnet_equals_diffusers(engine, tiny_weights, nets):
+    """The LoRA on the base UNet, the ControlNet beside it: diffusers' ControlNet pipeline,
+    fresh, with the LoRA loaded by diffusers at the same weight."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdxl.inputs.lora_refs import LoraRef
+
+    base = StableDiffusionXLPipeline.from_pretrained(
+        tiny_weights / "base", torch_dtype=torch.float32, add_watermarker=False
+    )
+    pipe = StableDiffusionXLControlNetPipeline(
+        **base.components, controlnet=nets["canny"], add_watermarker=False
+    )
+    pipe.load_lora_weights(
+        str(tiny_weights / "loras"), weight_name="offset.safetensors", adapter_name="offset"
+    )
+    pipe.set_adapters(["offset"], [1.5])
+    control = canny_map(shapes_image())
+    expected = pipe(
+        **reference_args(image=control, width=SIZE, height=SIZE),
+        controlnet_conditioning_scale=0.75,
+    ).images[0]
+    lora = (LoraRef("offset", 1.5, "offset:1.5"),)
+    got = engine.run(request(ControlUnit("canny", shapes_image()), loras=lora))
+    assert_same_image(got.images[0], expected)
+    plain_control = engine.run(request(ControlUnit("canny", shapes_image())))
+    assert np.abs(pixels(plain_control.images[0]) - pixels(got.images[0])).max() > 0
