@@ -138,6 +138,7 @@ def test_detect_equals_opencvs_canny(server):
         ({"resize_mode": "Stretch"}, "resize_mode", "Just Resize"),
         ({"weight": 3}, "weight", "0..2"),
         ({"threshold_a": 300}, "threshold_a", "1..255"),
+        ({"hr_option": "Low res only"}, "hr_option", "'Both'"),
     ],
 )
 def test_a_unit_the_server_cannot_honour_is_a_422_naming_its_field(server, change, field, words):
@@ -157,6 +158,16 @@ def test_other_scripts_four_units_and_the_next_request(server):
     assert four.status_code == 422 and "at most 3" in four.text, four.text
     off = post(server, "/sdapi/v1/txt2img", {**SMALL, **controlnet({**unit, "enabled": False})})
     assert off.status_code == 200 and len(off.json()["images"]) == 1  # disabled: skipped
+
+
+def test_the_hires_fix_runs_with_a_unit_and_returns_its_map(server):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
+             "hr_second_pass_steps": 2, "denoising_strength": 0.5}  # fmt: skip
+    unit = canny_unit(smooth_image(256, 256), hr_option="Both")
+    answer = post(server, "/sdapi/v1/txt2img", {**SMALL, **hires, **controlnet(unit)})
+    assert answer.status_code == 200, answer.text
+    image, control = (decoded(text) for text in answer.json()["images"])
+    assert image.size == (384, 384) and control.size == (256, 256)
 
 
 def test_img2img_and_inpainting_take_units_with_the_init_image_as_their_default(server):

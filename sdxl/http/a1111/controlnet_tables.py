@@ -59,9 +59,9 @@ UNION_TYPES = {
     "Tile": "union_tile",
 }
 # Fields that never change this server's image, at any value: UI state, batch folders, the
-# weights' placement (low_vram), a PuLID or hires-only choice (hires is refused with controls).
+# weights' placement (low_vram), a PuLID mode (no PuLID model here).
 HARMLESS = (
-    "is_ui", "input_mode", "output_dir", "loopback", "low_vram", "pulid_mode", "hr_option",
+    "is_ui", "input_mode", "output_dir", "loopback", "low_vram", "pulid_mode",
     "inpaint_crop_input_image", "batch_mask_dir", "animatediff_batch", "batch_modifiers",
     "batch_image_files", "batch_keyframe_idx", "batch_images",
 )  # fmt: skip
@@ -72,6 +72,8 @@ AT_DEFAULT = {
     "ipadapter_input": None,
     "mask": None,
     "mask_image": None,
+    # the units steer both passes of the hires fix (scripts/enums.py HiResFixOption.BOTH)
+    "hr_option": "Both",
 }
 LEGACY = {"guidance": "guidance_end", "lowvram": "low_vram", "input_image": "image"}
 HONOURED = (
