@@ -49,8 +49,9 @@ def plain(tiny_weights):
 def safetensors_bytes(folder) -> int:
     total = 0
     for path in folder.rglob("*.safetensors"):
-        # LoRAs, the trainer's helpers, and the upscalers (loaded when a request names one)
-        if {"loras", "train", "upscalers"} & set(path.parts):
+        # LoRAs, the trainer's helpers, the upscalers and the control models (loaded when a
+        # request names one)
+        if {"loras", "train", "upscalers", "controlnet", "annotators"} & set(path.parts):
             continue
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
@@ -98,6 +99,43 @@ def test_fused_qkv_holds_each_weight_once_and_gives_the_same_images(tiny_weights
         assert (run(engine) == before).all()
     finally:
         engine.close()
+
+
+def test_control_models_take_the_fast_path_hold_their_bytes_once_and_leave_no_trace(
+    tiny_weights, plain
+):
+    """A ControlNet loaded on the fast path: fused QKV, channels-last, the same images as the
+    plain engine's; its resident bytes are its safetensors'; the plain request after it is as
+    before it."""
+    from PIL import Image, ImageDraw
+
+    from sdxl.inputs.control_units import ControlUnit
+
+    engine = start(tiny_weights, fuse_qkv="1", channels_last="1")
+    try:
+        image = Image.new("RGB", (SIZE, SIZE))
+        ImageDraw.Draw(image).rectangle((40, 60, 200, 180), fill=(255, 255, 255))  # edges
+        before = run(engine)
+        units = (ControlUnit("canny", image), ControlUnit("depth", image))
+        assert np.abs(run(engine, controls=units) - run(plain, controls=units)).max() <= TOLERANCE
+        canny = engine.runner.controls.for_units(units[:1])[0]
+        attn = canny.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+        assert type(attn.processor).__name__ == "FusedAttnProcessor2_0"
+        assert canny.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        folder = tiny_weights / "controlnet" / "canny"
+        assert fast.parameter_bytes(canny) == safetensors_bytes_of(folder)
+        assert (run(engine) == before).all()
+    finally:
+        engine.close()
+
+
+def safetensors_bytes_of(folder) -> int:
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                total += int(np.prod(f.get_slice(key).get_shape())) * 4  # float32, as loaded
+    return total
 
 
 def test_resident_bytes_equal_the_safetensors_bytes(tiny_weights):

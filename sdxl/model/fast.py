@@ -63,13 +63,16 @@ def to_channels_last(*modules) -> None:
 
 
 def fuse_qkv(unet) -> dict:
-    """Fuse every attention's projections (one matmul), keeping one copy of each weight.
+    """Fuse every attention's projections (one matmul), keeping one copy of each weight, in a
+    UNet or a ControlNet.
     Returns the fused processors (`use_fused` switches between them and the plain ones)."""
     from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 
     unet.fuse_qkv_projections()
     for module in unet.modules():
         if isinstance(module, Attention):
+            if not module.fused_projections:  # a ControlNet's own method skips these (0.42)
+                module.fuse_projections()
             _share(module)
     unet.set_attn_processor(FusedAttnProcessor2_0())
     return dict(unet.attn_processors)
