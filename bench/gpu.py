@@ -12,7 +12,10 @@ files onto the GPU, for the cold start ratio. The fast configuration also runs t
 rows at 1024x1024 (bench/fast_modes.py: 30 steps plain, cache_interval 3, 4 Lightning steps;
 goal on an H100-class GPU: under 1.2 s plain, under 0.5 s with cache_interval 3) and the hires
 fix's (bench/hires.py: 1024 -> 1536, the second pass's seconds per step at most 1.02x a plain
-1536x1536 request's).
+1536x1536 request's) and ControlNet's (bench/controlnet.py at 1024x1024, 20 steps: seconds per
+step with one and two ControlNets at most 1.02x diffusers' own ControlNet pipelines over the
+same modules; resident bytes per control model, device memory included, 1.00x its file's; the
+random ControlNets are written into the weights folder first where it has none).
 
     python bench/gpu.py --weights DIR [--repeats 3] [--configs plain,fast,compiled]
 
@@ -34,6 +37,9 @@ from pathlib import Path
 
 import torch
 from common import median, sync, write
+from controlnet import ensure_controlnets
+from controlnet import measure as measure_controlnet
+from controlnet import report as report_controlnet
 from fast_modes import measure, random_lora
 from hires import measure as measure_hires
 
@@ -88,6 +94,9 @@ def child(weights: Path, repeats: int, steps_list: list[int], fast_modes: bool) 
         # bench/hires.py's rows: 1024 -> 1536, 20 steps; the second pass's seconds per step
         # over a plain 1536x1536 request's (goal: at most 1.02x)
         out["hires"] = measure_hires(engine, 1024, 1.5, 20, repeats)["rows"]
+        # bench/controlnet.py's rows: 1024x1024, 20 steps, canny and canny + depth, ours over
+        # diffusers' ControlNet pipelines (goal: at most 1.02x); resident bytes per model
+        out["controlnet"] = measure_controlnet(engine, 1024, 20, repeats)
     engine.close()
     return out
 
@@ -96,7 +105,9 @@ def floor_s(weights: Path) -> float:
     """Reading every weights file onto the GPU in float16 (no cast: the files are fp16)."""
     from safetensors.torch import load_file
 
-    files = [p for p in weights.rglob("*.safetensors") if "loras" not in p.parts]
+    # what setup loads: not the LoRAs, control models or annotators (loaded on first use)
+    skipped = {"loras", "controlnet", "annotators"}
+    files = [p for p in weights.rglob("*.safetensors") if not skipped & set(p.parts)]
     for path in files:  # warm the page cache
         load_file(str(path), device="cpu")
     sync()
@@ -126,6 +137,7 @@ def main() -> int:
         print("bench/gpu.py needs a CUDA GPU", file=sys.stderr)
         return 2
     record: dict = {"weights": str(args.weights), "floor_s": floor_s(args.weights)}
+    record["controlnets"] = ensure_controlnets(args.weights)  # before the children read them
     cache = Path(tempfile.mkdtemp(prefix="inductor-"))
     runs = []
     for name in args.configs.split(","):
@@ -156,6 +168,8 @@ def main() -> int:
             print(f"    {key:34} {row['seconds']:6.3f} s  {row['speedup']:.2f}x plain")
         for key, row in result.get("hires", {}).items():
             print(f"    {key:34} {row['seconds_per_step']:6.3f} s/step  {row['ratio']:.3f}x plain")
+        if "controlnet" in result:
+            report_controlnet(result["controlnet"])
     fast = record.get("fast", {})
     if "setup_s" in fast:
         record["cold_start_ratio"] = fast["setup_s"] / record["floor_s"]
