@@ -20,6 +20,17 @@ TRAIN_DIR = "train"  # the trainer's helper models: blip/, clipseg/, swin2sr/
 UPSCALERS_DIR = "upscalers"  # the hires fix's ESRGAN-family models: <name>.safetensors
 CONTROLNET_DIR = "controlnet"  # ControlNets in diffusers' layout: controlnet/<name>/config.json
 ANNOTATORS_DIR = "annotators"  # the control preprocessors' models: annotators/depth/
+# IP-Adapters in h94/IP-Adapter's hub layout: ip_adapter/sdxl_models/<file>.safetensors and the
+# ViT-H image encoder in ip_adapter/models/image_encoder/ (config.json, model.safetensors)
+IP_ADAPTER_DIR = "ip_adapter"
+IP_ADAPTER_SUBFOLDER = "sdxl_models"
+IP_ADAPTER_ENCODER = "models/image_encoder"
+# The IP-Adapters by the short name the `ip_adapter_model` input takes -> their file.
+IP_ADAPTER_MODELS = {
+    "vit-h": "ip-adapter_sdxl_vit-h.safetensors",
+    "plus": "ip-adapter-plus_sdxl_vit-h.safetensors",
+    "plus-face": "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+}
 DEFAULT_WEIGHTS_DIR = "weights"
 # LoRAs shipped with the weights, by the name the REST API's `lora_name` uses.
 NAMED_LORAS = {"offset": f"{LORAS_DIR}/offset.safetensors"}  # SDXL's offset-noise LoRA
