@@ -76,6 +76,7 @@ CONTROL_TYPES = [
     "depth_midas",
 ]
 CONTROL_PREPROCESSORS = ["canny", "depth", "none"]
+IP_ADAPTER_MODELS = ["vit-h", "plus", "plus-face"]
 ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
@@ -367,6 +368,29 @@ class Predictor(BaseRunner):
         ),
         return_control_maps: bool = Input(
             description="Also return the control maps, before the images", default=False
+        ),
+        ip_adapter_image: Optional[Path] = Input(
+            description="IP-Adapter: a reference image whose style, subject or face the "
+            "output follows (blank: none)",
+            default=None,
+        ),
+        ip_adapter_model: str = Input(
+            description="IP-Adapter: which of h94's SDXL ViT-H adapters (plus: stronger, "
+            "plus-face: faces)",
+            default="plus",
+            choices=IP_ADAPTER_MODELS,
+        ),
+        ip_adapter_scale: float = Input(
+            description="IP-Adapter: how strongly the reference image steers the output",
+            default=0.6,
+            ge=0,
+            le=1,
+        ),
+        ip_adapter_block_scales: Optional[str] = Input(
+            description="IP-Adapter: per-block scales as diffusers' set_ip_adapter_scale takes "
+            'them, as JSON (e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}} for style only); blocks '
+            "left out get 0; over ip_adapter_scale",
+            default=None,
         ),
     ) -> List[Path]:
         inputs = dict(locals())

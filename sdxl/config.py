@@ -49,6 +49,7 @@ MAX_IMAGES = 10  # images one request may ask for (a job makes at most num_outpu
 MAX_URL_CHARS = 4096  # replicate_weights and image URLs
 MAX_NAME_CHARS = 128  # lora_id, lora_name
 MAX_LORAS_CHARS = 16_384  # the `loras` input: a few names and URLs
+MAX_BLOCK_SCALES_CHARS = 4096  # ip_adapter_block_scales: a small JSON object
 
 # base_image_refiner: the refiner re-noises the base's result to this strength.
 BASE_IMAGE_REFINER_STRENGTH = 0.3
@@ -224,6 +225,13 @@ COG_INPUTS: dict[str, InputSpec] = {
     "canny_high_threshold": InputSpec("integer", 200, 1, 255),
     # The control maps are returned too, before the images (as fofr's predictor returns them).
     "return_control_maps": InputSpec("boolean", False),
+    # IP-Adapter (sdxl.control.ip_adapter): the output follows this reference image's style,
+    # subject or face, by the adapter named (IP_ADAPTER_MODELS) at this scale; the block
+    # scales, when given, set each block's own (diffusers' set_ip_adapter_scale, as JSON).
+    "ip_adapter_image": InputSpec("image", None),
+    "ip_adapter_model": InputSpec("string", "plus", choices=tuple(IP_ADAPTER_MODELS)),
+    "ip_adapter_scale": InputSpec("number", 0.6, 0, 1),
+    "ip_adapter_block_scales": InputSpec("string", None, max_length=MAX_BLOCK_SCALES_CHARS),
 }
 # Inputs of the other APIs that the predictor does not have.
 EXTRA_INPUTS: dict[str, InputSpec] = {

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from sdxl.engine import EngineSettings
 
 COG = Surface(fields=tuple(Field(name, name) for name in COG_INPUTS))
-FILE_INPUTS = ("image", "mask", *(f"controlnet_{n}_image" for n in (1, 2, 3)))
+FILE_INPUTS = ("image", "mask", "ip_adapter_image")
+FILE_INPUTS += tuple(f"controlnet_{n}_image" for n in (1, 2, 3))
 _DATA_URI = re.compile(r"data:[^,;]*((?:;[^,;]*)*),", re.IGNORECASE)
 
 

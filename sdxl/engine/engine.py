@@ -24,6 +24,7 @@ from typing import Any
 
 from sdxl.adapters.library import LoraLibrary
 from sdxl.config import LORAS_DIR, NAMED_LORAS
+from sdxl.control.ip_library import IpAdapterLibrary
 from sdxl.control.library import ControlLibrary
 from sdxl.engine.device_tasks import DeviceTasks
 from sdxl.engine.engine_settings import EngineSettings
@@ -235,6 +236,8 @@ class Engine:
         def check(request: Request) -> None:
             self.loras.check(request.adapters, tenant, self.loras_per_request)
             self.control_library.check(request.controls)  # its control models are here
+            if request.ip_adapter_images:  # its IP-Adapter is here
+                IpAdapterLibrary(self.runtime.weights_dir).check(request.ip_adapter_model)
 
         return check
 

@@ -24,6 +24,8 @@ class EngineSettings:
     # SDXL_MAX_RESIDENT_CONTROLNETS: control models kept on the device after their job (least
     # recently used out); a job that uses more keeps them for its own time
     max_resident_controlnets: int = 3
+    # SDXL_MAX_RESIDENT_IP_ADAPTERS: IP-Adapters kept on the device, off the UNet (at least 1)
+    max_resident_ip_adapters: int = 2
     lora_dir: Path | None = None  # SDXL_LORA_DIR: where lora_id names files (None: weights/loras)
     caps: Caps = field(default_factory=Caps)  # SDXL_MAX_STEPS, _PIXELS, _OUTPUTS, _PROMPT_CHARS
     fetch: FetchSettings = field(default_factory=FetchSettings)  # SDXL_FETCH_*, SDXL_CACHE_*
@@ -47,6 +49,9 @@ class EngineSettings:
             prepare_workers=env_number(env, "SDXL_PREPARE_WORKERS", int, 1, cls.prepare_workers),
             max_resident_controlnets=env_number(
                 env, "SDXL_MAX_RESIDENT_CONTROLNETS", int, 0, cls.max_resident_controlnets
+            ),
+            max_resident_ip_adapters=env_number(
+                env, "SDXL_MAX_RESIDENT_IP_ADAPTERS", int, 1, cls.max_resident_ip_adapters
             ),
             lora_dir=Path(env["SDXL_LORA_DIR"]) if env.get("SDXL_LORA_DIR") else None,
             caps=Caps.from_env(env),

@@ -38,4 +38,9 @@ def with_images(req: Request, fetch: FetchSettings, check=None) -> Request:
             else unit
             for unit in req.controls
         )
+    if any(isinstance(image, ImageSource) for image in req.ip_adapter_images):
+        loaded["ip_adapter_images"] = tuple(
+            load(image, fetched) if isinstance(image, ImageSource) else image
+            for image in req.ip_adapter_images
+        )
     return dataclasses.replace(req, **loaded) if loaded else req

@@ -26,12 +26,15 @@ import torch
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.adapters.resident import ResidentLimits, ResidentWeights, RestoreError
 from sdxl.adapters.staging import HostBudget, Resolver, stage_weights
+from sdxl.control.ip_adapter import ResidentIpAdapters
+from sdxl.control.ip_library import IpAdapterLibrary
 from sdxl.control.library import ControlLibrary
 from sdxl.control.maps import control_map
 from sdxl.control.resident import ResidentControls
 from sdxl.engine.engine_settings import EngineSettings
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
 from sdxl.engine.prepare import with_images
+from sdxl.errors import InputError
 from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.partial import decode_latents
@@ -102,6 +105,10 @@ class Runner:
             fuse_qkv=bool(models.fused),
         )
         self._depth = None  # sdxl.control.depth.DepthEstimator, made on first use
+        self.ip_library = IpAdapterLibrary(models.weights_dir)
+        self.ip_adapters = ResidentIpAdapters(
+            self.ip_library, models.device, models.dtype, settings.max_resident_ip_adapters
+        )
         self.resolver = Resolver(
             linears=models.unet_linears,
             unet_shapes=models.unet_shapes,
@@ -121,6 +128,9 @@ class Runner:
         check_request(job.request)
         request = with_images(job.request, self.settings.fetch, job.check)
         generation = plan_generation(self.models, request, self.settings.caps)
+        if request.ip_adapter_images:
+            self.ip_library.check(request.ip_adapter_model)
+            check_block_scales(self.models.base.unet, request.ip_adapter_block_scales)
         if request.controls:
             self.control_library.check(request.controls)  # the models are on this server
             maps = tuple(
@@ -204,15 +214,18 @@ class Runner:
                 if job.weights is not None:
                     extra["trained_weights"] = job.weights.describe()
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
+                unet = active.unet or self.models.base.unet
                 try:
-                    pixels = denoise(
-                        self.models,
-                        generation,
-                        unet=active.unet,
-                        compiled=self._compiled(job),
-                        on_step=self._stepper(job, deadline, pending),
-                        controlnets=controlnets,
-                    )
+                    with self.ip_adapters.installed(unet, generation.request) as image_prompt:
+                        pixels = denoise(
+                            self.models,
+                            generation,
+                            unet=active.unet,
+                            compiled=self._compiled(job),
+                            on_step=self._stepper(job, deadline, pending),
+                            controlnets=controlnets,
+                            image_prompt=image_prompt,
+                        )
                 except StoppedEarly as stop:
                     pixels = self._stopped(job, stop)
                 job.check(deadline, self.clock)
@@ -239,8 +252,11 @@ class Runner:
         (DeepCache patches the eager modules' forward); the refiner's and the VAE's only when
         the base UNet carries trained weights (a LoRA's layers change its graph)."""
         compiled = self.models.compiled
-        if compiled is None or job.request.cache_interval > 1 or job.request.controls:
-            return None  # a ControlNet's residuals are inputs the compiled UNet was not made for
+        request = job.request
+        if compiled is None or request.cache_interval > 1:
+            return None
+        if request.controls or request.ip_adapter_images:  # inputs it was not compiled for
+            return None
         finetune = job.weights is not None and job.weights.finetune is not None
         return compiled.modules_for(job.generation, bool(self.resident.loras) or finetune)
 
@@ -286,6 +302,23 @@ def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
         log.exception("the preview of job %s failed", job.id)
         return
     job.deliver(job.events.preview, job, job.preview)
+
+
+def check_block_scales(unet, scales: dict | None) -> None:
+    """IP-Adapter's per-block scales name blocks the UNet has (diffusers' own expansion, which
+    reads only the UNet's layout)."""
+    if scales is None:
+        return
+    from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+
+    try:
+        _maybe_expand_lora_scales(unet, [scales], default_scale=0.0)
+    except ValueError as err:
+        raise InputError(
+            f"ip_adapter_block_scales does not fit this UNet ({err}); name its blocks as "
+            "diffusers does (down: block_1, block_2; up: block_0, block_1 in SDXL)",
+            "ip_adapter_block_scales",
+        ) from None
 
 
 def _trained_line(described: dict, resident_unet: bool) -> str:

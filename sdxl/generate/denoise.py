@@ -28,24 +28,32 @@ def denoise(
     compiled: dict | None = None,
     on_step: StepCallback | None = None,
     controlnets: list | None = None,
+    image_prompt: Any = None,
 ) -> np.ndarray:
     """The images' pixels before post-processing ([batch, height, width, 3] in 0..1). `unet`
     replaces the base UNet (a resident fine-tune); `compiled` holds compiled modules for this
     job (sdxl.model.compiled); `controlnets` are the resident control models of the request's
-    units (`sdxl.control.resident`), which steer the base stage with `gen.control_maps`."""
+    units (`sdxl.control.resident`), which steer the base stage with `gen.control_maps`;
+    `image_prompt` an IP-Adapter installed for the job (`sdxl.control.ip_adapter`), which steers
+    the base stage (and the hires fix's second pass) with its reference images."""
     compiled = compiled or {}
     width, height = generation.hires_size or (generation.width, generation.height)
     tiled = max(width * height, generation.width * generation.height) > models.vae_tile_above
     with vae_tiling(models.base.vae, tiled):
         if generation.hires_size is None:
             return _denoise(
-                models, generation, unet or compiled.get("base"), compiled, on_step, controlnets
+                models,
+                generation,
+                unet or compiled.get("base"),
+                compiled,
+                on_step,
+                (controlnets, image_prompt),
             )
         output = first_output(generation.request)
-        first = _denoise(
-            models, generation, unet or compiled.get("base"), compiled, on_step, controlnets, output
-        )
-        return second_pass(models, generation, first, unet, on_step, controlnets)
+        guides = (controlnets, image_prompt)
+        base_unet = unet or compiled.get("base")
+        first = _denoise(models, generation, base_unet, compiled, on_step, guides, output)
+        return second_pass(models, generation, first, unet, on_step, *guides)
 
 
 @contextmanager
@@ -62,10 +70,12 @@ def vae_tiling(vae, on: bool):
 
 
 def _denoise(
-    models, gen: Generation, unet, compiled: dict, on_step, controlnets, output: str = PIXELS
+    models, gen: Generation, unet, compiled: dict, on_step, guides, output: str = PIXELS
 ) -> np.ndarray:
     """The first pass: `output` is diffusers' output_type of its last stage (PIXELS, or
-    "latent" for the hires fix's latent upscalers); `controlnets` steer the base stage."""
+    "latent" for the hires fix's latent upscalers); `guides` (ControlNets, an IP-Adapter's
+    image prompt) steer the base stage."""
+    controlnets, image_prompt = guides
     import torch
 
     req = gen.request
@@ -77,6 +87,7 @@ def _denoise(
         unet=unet,
         vae=compiled.get("vae"),
         controlnets=controlnets,
+        image_prompt=image_prompt,
     )
     kwargs: dict[str, Any] = {
         **prompt_kwargs(base, req, for_refiner=False),
@@ -87,6 +98,7 @@ def _denoise(
         "output_type": "latent" if refine else output,
         "callback_on_step_end": step_callback("base", gen.plan.base_steps, on_step),
         **control_kwargs(gen),
+        **(image_prompt.kwargs() if image_prompt is not None else {}),
     }
     if req.mode == "txt2img":
         kwargs.update(width=gen.width, height=gen.height)

@@ -33,13 +33,20 @@ def first_output(req: Request) -> str:
 
 
 def second_pass(
-    models, gen: Generation, first: Any, unet: Any, on_step, controlnets: list | None = None
+    models,
+    gen: Generation,
+    first: Any,
+    unet: Any,
+    on_step,
+    controlnets: list | None = None,
+    image_prompt: Any = None,
 ) -> np.ndarray:
     """The images' pixels ([batch, height, width, 3] in 0..1) at `gen.hires_size`, from the
     first pass's `first` (latents or pixels, as `first_output` asked). `unet` replaces the base
     UNet (a resident fine-tune); compiled modules are not used (they serve other sizes). With
     `controlnets` the units steer this pass too (diffusers' ControlNet img2img, its control
-    maps resized to the target size by the pipeline, as AUTOMATIC1111's hires fix keeps them)."""
+    maps resized to the target size by the pipeline, as AUTOMATIC1111's hires fix keeps them);
+    with `image_prompt` the installed IP-Adapter steers it too."""
     import torch
 
     req = gen.request
@@ -47,7 +54,9 @@ def second_pass(
     image = upscale(models, req.hires_upscaler, first, width, height)
     name, spacing = req.hires_sampler
     scheduler = make_scheduler(name, models.scheduler_config("base"), spacing, gen.seeds)
-    pipe = models.pipeline("img2img", scheduler, unet=unet, controlnets=controlnets)
+    pipe = models.pipeline(
+        "img2img", scheduler, unet=unet, controlnets=controlnets, image_prompt=image_prompt
+    )
     kwargs: dict[str, Any] = {
         **prompt_kwargs(pipe, _hires_prompts(req), for_refiner=False),
         "image": image,
@@ -61,6 +70,8 @@ def second_pass(
     }
     if controlnets:
         kwargs.update(control_kwargs(gen, "img2img"), width=width, height=height)
+    if image_prompt is not None:
+        kwargs.update(image_prompt.kwargs())
     with feature_cache(pipe, req.cache_interval, gen.plan.hires_calls):
         return pipe(**kwargs).images
 

@@ -11,6 +11,7 @@ from sdxl.config import NAMED_LORAS, SIZE_MULTIPLE
 from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import ImageSource
 from sdxl.inputs.control_units import check_units
+from sdxl.inputs.image_prompt import check_image_prompt
 from sdxl.inputs.request import Request
 from sdxl.inputs.rules import output_size
 
@@ -50,6 +51,7 @@ def check_request(req: Request) -> None:
         refine=req.refine,
         cache_interval=req.cache_interval,
     )
+    check_image_prompt(req.ip_adapter_images, req.cache_interval)
 
 
 def check_adapter_names(req: Request) -> None:
@@ -73,4 +75,5 @@ def check_adapter_names(req: Request) -> None:
 
 def image_sources(req: Request) -> list[ImageSource]:
     images = (req.image, req.mask, *(unit.image for unit in req.controls))
+    images += req.ip_adapter_images
     return [img for img in images if isinstance(img, ImageSource)]

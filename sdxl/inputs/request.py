@@ -76,6 +76,11 @@ class Request:
     # ControlNet units (sdxl.inputs.control_units): at most three, run together
     controls: tuple[ControlUnit, ...] = ()
     return_control_maps: bool = _default("return_control_maps")  # maps first, then images
+    # IP-Adapter (sdxl.inputs.image_prompt): the reference images one adapter follows
+    ip_adapter_images: tuple[Image.Image | ImageSource, ...] = ()
+    ip_adapter_model: str = _default("ip_adapter_model")
+    ip_adapter_scale: float = _default("ip_adapter_scale")
+    ip_adapter_block_scales: dict | None = None  # diffusers' per-block scales, over the scale
     lora_name: str | None = None  # REST API only: a LoRA shipped with the weights ("offset")
     lora_id: str | None = None  # REST API only: <SDXL_LORA_DIR>/<id>.safetensors
     # A1111's API only: layers skipped past the penultimate one (None: SDXL's usual encoding)
@@ -107,6 +112,13 @@ class Request:
         )
 
     @property
+    def image_prompt_scale(self) -> float | dict:
+        """IP-Adapter's scale as diffusers' set_ip_adapter_scale takes it."""
+        if self.ip_adapter_block_scales is not None:
+            return self.ip_adapter_block_scales
+        return self.ip_adapter_scale
+
+    @property
     def adapters(self) -> AdapterSpec:
         return AdapterSpec(
             replicate_weights=self.replicate_weights or None,
@@ -121,6 +133,7 @@ class Request:
     def fetches(self) -> bool:
         """Whether preparing it fetches something (trained weights, an image URL)."""
         images = (self.image, self.mask, *(unit.image for unit in self.controls))
+        images += self.ip_adapter_images
         urls = [getattr(img, "url", None) for img in images]
         return bool(self.replicate_weights) or any(urls) or any(r.is_url for r in self.loras)
 
@@ -139,11 +152,13 @@ class Request:
     def describe(self) -> dict[str, Any]:
         """The request's values for logs and metadata: no image data, no weights URL."""
         hidden = ("image", "mask", "replicate_weights", "trained_tar", "controls")
+        hidden += ("ip_adapter_images",)
         described = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden
         }
         described["loras"] = [ref.shown() for ref in self.loras]  # no URL
         described["controls"] = [unit.shown() for unit in self.controls]  # no image
+        described["ip_adapter_images"] = len(self.ip_adapter_images)
         return described
 
 

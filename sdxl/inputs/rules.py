@@ -35,6 +35,7 @@ from sdxl.errors import InputError, field_error
 from sdxl.images.inputs import bytes_source, source_from_text
 from sdxl.inputs.control_units import check_units, with_controls
 from sdxl.inputs.hires_size import hires_size
+from sdxl.inputs.image_prompt import check_image_prompt, with_image_prompt
 from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
 from sdxl.inputs.scheduler_table import check_few_step, refiner_schedule_for
@@ -250,7 +251,8 @@ def _engine_values(parsed: dict[str, Any], surface: Surface) -> dict[str, Any]:
     if surface.assemble is not None:
         values.update(surface.assemble(complete, set(parsed)))
     # the `loras` string and a1111's <lora:..> tags as a stack; controlnet_N as units
-    return with_controls(with_loras(values))
+    # ip_adapter_image as the adapter's images, its block scales' JSON read
+    return with_image_prompt(with_controls(with_loras(values)))
 
 
 def _controls(values: Mapping[str, Any]) -> list[InputError]:
@@ -265,6 +267,7 @@ def _controls(values: Mapping[str, Any]) -> list[InputError]:
             refine=_value(values, "refine"),
             cache_interval=_value(values, "cache_interval"),
         )
+        check_image_prompt(values.get("ip_adapter_images", ()), _value(values, "cache_interval"))
     except InputError as err:
         return [err]
     return []

@@ -120,11 +120,13 @@ class Models:
         unet: Any = None,
         vae: Any = None,
         controlnets: list | None = None,
+        image_prompt: Any = None,
     ) -> Any:
         """A pipeline of `stage`'s class over the shared modules, with its own scheduler, and
         another UNet or VAE object when given (a resident fine-tune, compiled modules); with
         `controlnets` (resident control models, `sdxl.control.resident`), the ControlNet
-        pipeline of the mode over the same modules."""
+        pipeline of the mode over the same modules; with `image_prompt` (an installed
+        IP-Adapter, `sdxl.control.ip_adapter`), its image encoder, at its scale."""
         import diffusers
 
         source = self.refiner if stage == "refiner" else self.base
@@ -134,6 +136,8 @@ class Models:
             union = type(controlnets[0]).__name__ == "ControlNetUnionModel"
             name = CONTROL_PIPELINE_CLASSES[(stage, union)]
             components["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
+        if image_prompt is not None:
+            components.update(image_prompt.components)
         cls = getattr(diffusers, name)
         if unet is not None:
             components["unet"] = unet
@@ -144,6 +148,8 @@ class Models:
             options["requires_aesthetics_score"] = stage == "refiner"
         pipe = cls(**components, **options, add_watermarker=False)
         pipe.set_progress_bar_config(disable=not self.progress_bars)
+        if image_prompt is not None:
+            pipe.set_ip_adapter_scale(image_prompt.scale)  # diffusers' own, on the installed one
         return pipe
 
     def scheduler_config(self, stage: str) -> dict:

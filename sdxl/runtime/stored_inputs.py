@@ -15,11 +15,14 @@ from urllib.parse import urlsplit
 from sdxl.errors import InputError
 from sdxl.images.inputs import ImageSource, data_uri_bytes
 from sdxl.inputs.control_units import FLAT_INPUTS, with_controls
+from sdxl.inputs.image_prompt import with_image_prompt
 from sdxl.inputs.lora_refs import with_loras
 from sdxl.inputs.request import Request
 from sdxl.inputs.surface import REQUEST_FIELDS
 
-IMAGE_INPUTS = ("image", "mask", *sorted(name for name in FLAT_INPUTS if name.endswith("_image")))
+IMAGE_INPUTS = ("image", "mask", "ip_adapter_image")
+IMAGE_INPUTS += tuple(sorted(name for name in FLAT_INPUTS if name.endswith("_image")))
+READ_INTO_FIELDS = FLAT_INPUTS | {"ip_adapter_image"}  # inputs the boundary reads into others
 
 _FILE_PATH = re.compile(r"/v1/files/([a-z0-9]{1,40})")
 
@@ -33,12 +36,12 @@ def stored_request(
     """The engine Request of a checked input. `origins` are this server's (its public URL, the
     creating request's); `read_file(id)` reads one of its uploads; `trained_tar` is a trained
     version's weights in this server's files."""
-    values = {k: v for k, v in given.items() if k in REQUEST_FIELDS or k in FLAT_INPUTS}
+    values = {k: v for k, v in given.items() if k in REQUEST_FIELDS or k in READ_INTO_FIELDS}
     for name in IMAGE_INPUTS:
         if name in values:
             values[name] = _source(values[name], name, origins, read_file)
     # the `loras` string, a1111's tags, controlnet_N's units: as the boundary read them
-    values = with_controls(with_loras(values))
+    values = with_image_prompt(with_controls(with_loras(values)))
     return Request(**values, trained_tar=trained_tar)
 
 
@@ -53,6 +56,11 @@ def with_own_files(
         if read is not None:
             own[name] = read
     units = [(unit, _own_source(unit.image, origins, read_file)) for unit in request.controls]
+    prompts = [
+        (image, _own_source(image, origins, read_file)) for image in request.ip_adapter_images
+    ]
+    if any(read is not None for _, read in prompts):
+        own["ip_adapter_images"] = tuple(image if read is None else read for image, read in prompts)
     if any(read is not None for _, read in units):
         own["controls"] = tuple(
             unit if read is None else replace(unit, image=read) for unit, read in units
