@@ -110,9 +110,9 @@ def resident_bytes(engine, units) -> dict:
     parameter bytes (and the device memory it took on CUDA) against its file's tensor bytes."""
     from sdxl.model import fast
 
-    controls, out = engine.runner.controls, {}
+    controls, out = engine.runner.guides.controls, {}
     for unit in units:
-        model = engine.runner.control_library.resolve(unit)
+        model = engine.runner.guides.control_library.resolve(unit)
         cuda = engine.models.device.type == "cuda"
         before = torch.cuda.memory_allocated() if cuda else 0
         (module,) = controls.for_units((unit,))
@@ -203,7 +203,7 @@ def measure(engine, size: int, steps: int, rounds: int) -> dict:
         raise SystemExit("--steps must be at least 3 (the first interval is the warm-up)")
     units = control_units(size)
     resident = resident_bytes(engine, units)
-    controlnets = engine.runner.controls.for_units(units)  # the engine's own modules
+    controlnets = engine.runner.guides.controls.for_units(units)  # the engine's own modules
     maps = [engine.detect_control(unit, size, size) for unit in units]  # as a job makes them
 
     def runner(count: int, path: str):

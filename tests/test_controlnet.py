@@ -78,7 +78,7 @@ def reference_args(**kwargs) -> dict:
 
 def test_canny_map_is_opencvs_canny(engine):
     unit = ControlUnit("canny", shapes_image(), low_threshold=50, high_threshold=150)
-    made = engine.runner.control_map(unit, SIZE, SIZE)
+    made = engine.runner.guides.control_map(unit, SIZE, SIZE)
     expected = canny_map(shapes_image(), 50, 150)
     assert np.array_equal(pixels(made), pixels(expected))
     assert 0 < (pixels(made) > 0).mean() < 0.5  # edges, not a blank or a full map
@@ -201,13 +201,13 @@ def test_control_models_stay_resident_least_recently_used_out(tiny_weights):
     engine = start_engine(tiny_weights, max_resident_controlnets=1)
     try:
         engine.run(request(ControlUnit("canny", shapes_image())))
-        assert engine.runner.controls.names == ["canny"]
-        canny = engine.runner.controls.for_units((ControlUnit("canny", None),))[0]
+        assert engine.runner.guides.controls.names == ["canny"]
+        canny = engine.runner.guides.controls.for_units((ControlUnit("canny", None),))[0]
         engine.run(request(ControlUnit("depth", shapes_image(), preprocessor="none")))
-        assert engine.runner.controls.names == ["depth"]
+        assert engine.runner.guides.controls.names == ["depth"]
         both = (ControlUnit("canny", shapes_image()), ControlUnit("depth", shapes_image()))
         engine.run(request(*both))  # needs two: both resident for the job, one after it
-        assert engine.runner.controls.names == ["depth"]
+        assert engine.runner.guides.controls.names == ["depth"]
         assert canny.dtype == torch.float32 and canny.device.type == engine.models.device.type
     finally:
         engine.close()

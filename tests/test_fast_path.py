@@ -118,7 +118,7 @@ def test_control_models_take_the_fast_path_hold_their_bytes_once_and_leave_no_tr
         before = run(engine)
         units = (ControlUnit("canny", image), ControlUnit("depth", image))
         assert np.abs(run(engine, controls=units) - run(plain, controls=units)).max() <= TOLERANCE
-        canny = engine.runner.controls.for_units(units[:1])[0]
+        canny = engine.runner.guides.controls.for_units(units[:1])[0]
         attn = canny.down_blocks[1].attentions[0].transformer_blocks[0].attn1
         assert type(attn.processor).__name__ == "FusedAttnProcessor2_0"
         assert canny.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

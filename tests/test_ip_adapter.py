@@ -173,7 +173,7 @@ def test_the_unet_is_put_back_fused_and_the_adapters_stay_resident(tiny_weights)
         for name in ("vit-h", "plus"):
             got = engine.run(request(reference_image(), ip_adapter_model=name)).images[0]
             assert np.abs(pixels(got) - pixels(before)).max() > 10
-        assert engine.runner.ip_adapters.names == ["plus"]
+        assert engine.runner.guides.ip_adapters.names == ["plus"]
         after = engine.run(request()).images[0]
         assert np.array_equal(pixels(before), pixels(after))
         assert {name: type(proc) for name, proc in unet.attn_processors.items()} == processors

@@ -335,7 +335,7 @@ class Engine:
         if self.runner is None:
             raise RuntimeError("the model is not loaded yet")
         self.control_library.check_preprocessor(unit)
-        return self.runner.control_map(unit, width, height)
+        return self.runner.guides.control_map(unit, width, height)
 
     def training(self) -> TrainingJob | None:
         """The training running on this engine, if one is."""

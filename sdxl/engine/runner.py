@@ -12,7 +12,6 @@ importing the engine does not import torch.)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,15 +25,10 @@ import torch
 from sdxl.adapters.fetch import DownloadCache
 from sdxl.adapters.resident import ResidentLimits, ResidentWeights, RestoreError
 from sdxl.adapters.staging import HostBudget, Resolver, stage_weights
-from sdxl.control.ip_adapter import ResidentIpAdapters
-from sdxl.control.ip_library import IpAdapterLibrary
-from sdxl.control.library import ControlLibrary
-from sdxl.control.maps import control_map
-from sdxl.control.resident import ResidentControls
 from sdxl.engine.engine_settings import EngineSettings
+from sdxl.engine.guides import Guides
 from sdxl.engine.jobs import DeadlineExceeded, Job, OutOfMemory, Poisoned, notify
 from sdxl.engine.prepare import with_images
-from sdxl.errors import InputError
 from sdxl.generate.denoise import denoise
 from sdxl.generate.finish import finish
 from sdxl.generate.partial import decode_latents
@@ -95,20 +89,7 @@ class Runner:
             max_unet_bytes=settings.max_resident_unet_bytes,
         )
         self.resident = ResidentWeights(models, limits)
-        self.control_library = ControlLibrary(models.weights_dir)
-        self.controls = ResidentControls(
-            self.control_library,
-            models.device,
-            models.dtype,
-            settings.max_resident_controlnets,
-            channels_last=models.channels_last,
-            fuse_qkv=bool(models.fused),
-        )
-        self._depth = None  # sdxl.control.depth.DepthEstimator, made on first use
-        self.ip_library = IpAdapterLibrary(models.weights_dir)
-        self.ip_adapters = ResidentIpAdapters(
-            self.ip_library, models.device, models.dtype, settings.max_resident_ip_adapters
-        )
+        self.guides = Guides(models, settings, device_tasks)  # ControlNet, IP-Adapter
         self.resolver = Resolver(
             linears=models.unet_linears,
             unet_shapes=models.unet_shapes,
@@ -128,38 +109,13 @@ class Runner:
         check_request(job.request)
         request = with_images(job.request, self.settings.fetch, job.check)
         generation = plan_generation(self.models, request, self.settings.caps)
-        if request.ip_adapter_images:
-            self.ip_library.check(request.ip_adapter_model)
-            check_block_scales(self.models.base.unet, request.ip_adapter_block_scales)
-        if request.controls:
-            self.control_library.check(request.controls)  # the models are on this server
-            maps = tuple(
-                self.control_map(unit, generation.width, generation.height)
-                for unit in request.controls
-            )
-            generation = dataclasses.replace(generation, control_maps=maps)
+        generation = self.guides.prepare(generation)  # control maps, models here
         job.weights = stage_weights(
             generation.request.adapters, self.resolver, job.check, job.tenant
         )
         if job.weights is not None:
             generation = with_prompts(generation, job.weights.rewrite)
         job.generation = generation
-
-    def control_map(self, unit, width: int, height: int):
-        """`unit`'s control map at width x height (CPU work; a depth map runs the depth model
-        on the device between two steps of the job there, `device_tasks`)."""
-        return control_map(unit, unit.image, width, height, self._estimate_depth)
-
-    def _estimate_depth(self, image):
-        from sdxl.control.depth import DepthEstimator
-
-        def estimate():
-            if self._depth is None:
-                folder = self.control_library.depth_folder
-                self._depth = DepthEstimator(folder, self.models.device, self.models.dtype)
-            return self._depth.estimate(image)
-
-        return estimate() if self.device_tasks is None else self.device_tasks.call(estimate)
 
     def release(self, job: Job) -> None:
         """Give back what the job held in host memory (idempotent)."""
@@ -209,29 +165,27 @@ class Runner:
         start_peak(self.models.device)
         try:
             active = self.resident.apply(job.weights)
-            controlnets = self.controls.for_units(generation.request.controls) or None
             try:
                 if job.weights is not None:
                     extra["trained_weights"] = job.weights.describe()
                     job.log(_trained_line(job.weights.describe(), active.unet is not None))
                 unet = active.unet or self.models.base.unet
                 try:
-                    with self.ip_adapters.installed(unet, generation.request) as image_prompt:
+                    with self.guides.applied(generation.request, unet) as guides:
                         pixels = denoise(
                             self.models,
                             generation,
                             unet=active.unet,
                             compiled=self._compiled(job),
                             on_step=self._stepper(job, deadline, pending),
-                            controlnets=controlnets,
-                            image_prompt=image_prompt,
+                            controlnets=guides.controlnets,
+                            image_prompt=guides.image_prompt,
                         )
                 except StoppedEarly as stop:
                     pixels = self._stopped(job, stop)
                 job.check(deadline, self.clock)
             finally:
                 self.resident.undo(active)
-                self.controls.trim()
                 wait_futures(pending)  # every preview is out before the job ends
             return Denoised(pixels, extra)
         except RestoreError as err:
@@ -302,23 +256,6 @@ def _preview(job: Job, stage: str, done: int, total: int, latents) -> None:
         log.exception("the preview of job %s failed", job.id)
         return
     job.deliver(job.events.preview, job, job.preview)
-
-
-def check_block_scales(unet, scales: dict | None) -> None:
-    """IP-Adapter's per-block scales name blocks the UNet has (diffusers' own expansion, which
-    reads only the UNet's layout)."""
-    if scales is None:
-        return
-    from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
-
-    try:
-        _maybe_expand_lora_scales(unet, [scales], default_scale=0.0)
-    except ValueError as err:
-        raise InputError(
-            f"ip_adapter_block_scales does not fit this UNet ({err}); name its blocks as "
-            "diffusers does (down: block_1, block_2; up: block_0, block_1 in SDXL)",
-            "ip_adapter_block_scales",
-        ) from None
 
 
 def _trained_line(described: dict, resident_unet: bool) -> str:
