@@ -221,6 +221,11 @@ class Engine:
         return ControlLibrary(self.runtime.weights_dir)
 
     @property
+    def ip_library(self) -> IpAdapterLibrary:
+        """The IP-Adapters under the weights folder (readable before the model loads)."""
+        return IpAdapterLibrary(self.runtime.weights_dir)
+
+    @property
     def loras_per_request(self) -> int:
         """LoRAs one request may apply: as many as stay resident, at least one."""
         if self.runner is not None:
@@ -237,7 +242,7 @@ class Engine:
             self.loras.check(request.adapters, tenant, self.loras_per_request)
             self.control_library.check(request.controls)  # its control models are here
             if request.ip_adapter_images:  # its IP-Adapter is here
-                IpAdapterLibrary(self.runtime.weights_dir).check(request.ip_adapter_model)
+                self.ip_library.check(request.ip_adapter_model)
 
         return check
 

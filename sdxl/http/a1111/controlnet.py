@@ -31,6 +31,7 @@ from sdxl.http.a1111.controlnet_tables import (
     RESOLUTION,
     UNION_TYPES,
     Module,
+    is_ip_unit,
     offered_modules,
 )
 from sdxl.images.inputs import source_from_text
@@ -69,6 +70,7 @@ class Models:
 
     union: Mapping[str, bool]
     has_depth: bool = True
+    ip_adapters: tuple[str, ...] = ()  # the IP-Adapters here, by short name (IP_ADAPTER_MODELS)
 
 
 def read_units(scripts: Any, models: Models, init_image: str | None) -> tuple[list, list[bool]]:
@@ -99,14 +101,16 @@ def read_units(scripts: Any, models: Models, init_image: str | None) -> tuple[li
         where = f"{ARGS}[{index}]"
         if not isinstance(arg, Mapping):
             raise InputError(f"{where} is not a ControlNet unit object: send a dict", where)
-        unit = _unit(_aliased(arg, where), where, models, init_image)
+        if is_ip_unit(arg):
+            continue  # read by sdxl.http.a1111.ip_units
+        unit = _unit(aliased(arg, where), where, models, init_image)
         if unit is not None:
             units.append(unit)
             keep.append(bool(arg.get("save_detected_map", True)))
     return units, keep
 
 
-def _aliased(arg: Mapping, where: str) -> dict:
+def aliased(arg: Mapping, where: str) -> dict:
     values = dict(arg)
     for old, new in LEGACY.items():
         if old in values:
@@ -130,14 +134,14 @@ def _aliased(arg: Mapping, where: str) -> dict:
 
 
 def _unit(values: dict, where: str, models: Models, init_image: str | None):
-    if not _boolean(values, "enabled", False, where):
+    if not boolean(values, "enabled", False, where):
         return None
     module = _module(values.get("module", "none"), where, models)
     kind, model = _kind(values, module, where, models)
     res = _processor_res(values, module, where)
     low = _threshold(values, "threshold_a", 100, where) if module.maker == "canny" else 100
     high = _threshold(values, "threshold_b", 200, where) if module.maker == "canny" else 200
-    _control_mode(values.get("control_mode", "Balanced"), where)
+    check_control_mode(values.get("control_mode", "Balanced"), where)
     image = values.get("image")
     if image is None and init_image is not None:
         image = init_image  # the extension's img2img fallback (choose_input_image)
@@ -146,12 +150,12 @@ def _unit(values: dict, where: str, models: Models, init_image: str | None):
         type=kind,
         image=None if image is None else _image(image, f"{where}.image"),
         preprocessor=module.maker,
-        conditioning_scale=_number(values, "weight", 1.0, where, 0.0, 2.0),
-        start=_number(values, "guidance_start", 0.0, where, 0.0, 1.0),
-        end=_number(values, "guidance_end", 1.0, where, 0.0, 1.0),
+        conditioning_scale=number(values, "weight", 1.0, where, 0.0, 2.0),
+        start=number(values, "guidance_start", 0.0, where, 0.0, 1.0),
+        end=number(values, "guidance_end", 1.0, where, 0.0, 1.0),
         low_threshold=low,
         high_threshold=high,
-        resize_mode=_resize_mode(values.get("resize_mode", "Crop and Resize"), where),
+        resize_mode=resize_mode_of(values.get("resize_mode", "Crop and Resize"), where),
         processor_res=res,
         model=model,
         names=names,
@@ -217,23 +221,22 @@ def _union_kind(values: dict, module: Module, where: str, name: str) -> str:
 
 def _processor_res(values: dict, module: Module, where: str) -> int | None:
     """None: the output's size (pixel_perfect); else the extension's default 512 for -1."""
-    if _boolean(values, "pixel_perfect", False, where):
+    if boolean(values, "pixel_perfect", False, where):
         return None
     value = values.get("processor_res", -1)
     if value == -1 or module.maker == "none":
         return RESOLUTION["value"]
-    return int(_number(values, "processor_res", -1, where, RESOLUTION["min"], RESOLUTION["max"]))
+    return int(number(values, "processor_res", -1, where, RESOLUTION["min"], RESOLUTION["max"]))
 
 
 def _threshold(values: dict, name: str, default: int, where: str) -> int:
     value = values.get(name, -1)
     if value == -1:
         return default  # the extension's sentinel: the module's default
-    number = _number(values, name, -1, where, CANNY_LOW["min"], CANNY_LOW["max"])
-    return int(number)
+    return int(number(values, name, -1, where, CANNY_LOW["min"], CANNY_LOW["max"]))
 
 
-def _control_mode(value: Any, where: str) -> None:
+def check_control_mode(value: Any, where: str) -> None:
     if value in ("Balanced", 0):
         return
     known = value in CONTROL_MODES or value in (1, 2)
@@ -246,7 +249,7 @@ def _control_mode(value: Any, where: str) -> None:
     )
 
 
-def _resize_mode(value: Any, where: str) -> str:
+def resize_mode_of(value: Any, where: str) -> str:
     found = RESIZE_MODES.get(value) if isinstance(value, str | int) else None
     if found is None or isinstance(value, bool):
         raise InputError(
@@ -271,7 +274,7 @@ def _image(value: Any, field: str):
     return source_from_text(value, field, FORMS)
 
 
-def _number(values: dict, name: str, default: float, where: str, low: float, high: float):
+def number(values: dict, name: str, default: float, where: str, low: float, high: float):
     value = values.get(name, default)
     field = f"{where}.{name}"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -281,7 +284,7 @@ def _number(values: dict, name: str, default: float, where: str, low: float, hig
     return float(value)
 
 
-def _boolean(values: dict, name: str, default: bool, where: str) -> bool:
+def boolean(values: dict, name: str, default: bool, where: str) -> bool:
     value = values.get(name, default)
     if not isinstance(value, bool):
         raise InputError(f"{where}.{name}={value!r} must be true or false", f"{where}.{name}")
@@ -292,4 +295,5 @@ def saved_maps(scripts: Any) -> list[bool]:
     """For each enabled unit of a body `read_units` accepted: whether its map is returned."""
     script = next(iter(scripts.values()), None) if isinstance(scripts, Mapping) else None
     args = script.get("args", []) if isinstance(script, Mapping) else []
-    return [bool(a.get("save_detected_map", True)) for a in args if a.get("enabled") is True]
+    enabled = [a for a in args if a.get("enabled") is True and not is_ip_unit(a)]
+    return [bool(a.get("save_detected_map", True)) for a in enabled]

@@ -18,7 +18,15 @@ from fastapi import Request as HttpRequest
 from sdxl.config import MAX_CONTROL_UNITS
 from sdxl.errors import InputError
 from sdxl.http.a1111.controlnet import Models
-from sdxl.http.a1111.controlnet_tables import RESOLUTION, Module, offered_modules
+from sdxl.http.a1111.controlnet_tables import (
+    IP_BY_NAME,
+    IP_MODULES,
+    IP_REFUSED,
+    PRIORITY,
+    RESOLUTION,
+    Module,
+    offered_modules,
+)
 from sdxl.http.a1111.upscalers import png_base64
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
@@ -30,7 +38,14 @@ from sdxl.inputs.surface import Problem
 
 API_VERSION = 3  # internal_controlnet/external_code.py get_api_version()
 EXAMPLE = '{"controlnet_module": "canny", "controlnet_input_images": ["<base64 PNG>"]}'
-TAGS = {"canny": "Canny", "depth": "Depth"}  # each module's tag (its preprocessor's `tags`)
+TAGS = {"canny": "Canny", "depth": "Depth", "ip_adapter": "IP-Adapter"}  # the modules' tags
+# The models each tag lists (global_state.select_control_type: the tag, its aliases in
+# Preprocessor.tag_to_filters, "union" for the union model's types).
+FILTERS = {
+    "canny": ("canny", "union"),
+    "depth": ("depth", "union"),
+    "ip_adapter": ("ip-adapter", "ip_adapter", "ipadapter"),
+}
 NONE_MODEL = "None"
 
 
@@ -40,12 +55,39 @@ def models_of(engine):
     library = getattr(engine, "control_library", None)
 
     def read() -> Models:
+        ip = ip_adapters(engine)
         if library is None:
-            return Models({}, has_depth=False)
+            return Models({}, has_depth=False, ip_adapters=ip)
         found = library.models()
-        return Models({name: model.union for name, model in found.items()}, library.has_depth())
+        union = {name: model.union for name, model in found.items()}
+        return Models(union, library.has_depth(), ip)
 
     return read
+
+
+def ip_adapters(engine) -> tuple[str, ...]:
+    """The IP-Adapters the engine can run (short names): none without the image encoder."""
+    library = getattr(engine, "ip_library", None)
+    if library is None or not library.has_encoder():
+        return ()
+    return tuple(library.adapters())
+
+
+def ip_listed(engine) -> list[str]:
+    """The IP-Adapters as the extension lists model files: `<file stem> [hash]` (here the
+    first 8 hex digits of the SHA-256 of the safetensors header)."""
+    library = getattr(engine, "ip_library", None)
+    names = []
+    for short in ip_adapters(engine):
+        path = library.file(short)
+        names.append(f"{path.stem} [{_header_digest(path)}]")
+    return names
+
+
+def _header_digest(path: Path) -> str:
+    with path.open("rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        return hashlib.sha256(file.read(min(size, 100_000_000))).hexdigest()[:8]
 
 
 def listed_name(name: str, folder: Path) -> str:
@@ -58,13 +100,14 @@ def listed_name(name: str, folder: Path) -> str:
     return f"{name} [{digest}]"
 
 
-def sorted_modules(has_depth: bool) -> list[Module]:
+def sorted_modules(has_depth: bool, has_ip: bool = False) -> list[Module]:
     """The extension's order (Preprocessor.get_sorted_preprocessors): none first, then by
-    sorting priority and label, descending (canny and depth_midas 100, the others 0)."""
-    priority = {"canny": 100, "depth": 100}
-    rest = [m for m in offered_modules(has_depth) if m.name != "none"]
-    rest.sort(key=lambda m: str(priority.get(m.name, 0)).zfill(8) + m.label, reverse=True)
-    return [m for m in offered_modules(has_depth) if m.name == "none"] + rest
+    sorting priority and label, descending (ip-adapter-auto 1000; canny, depth_midas and
+    ip-adapter_clip_h 100; the others 0). IP-Adapter's modules where it has adapters."""
+    offered = offered_modules(has_depth) + (list(IP_MODULES) if has_ip else [])
+    rest = [m for m in offered if m.name != "none"]
+    rest.sort(key=lambda m: str(PRIORITY.get(m.name, 0)).zfill(8) + m.label, reverse=True)
+    return [m for m in offered if m.name == "none"] + rest
 
 
 def control_types(modules: list[Module], models: list[str]) -> dict:
@@ -81,8 +124,7 @@ def control_types(modules: list[Module], models: list[str]) -> dict:
         tagged = [m for m in modules if m.maker in (maker, "none")]
         if len(tagged) == 1:
             continue
-        pattern = (tag.lower(), "union")  # canny and depth are tags the union model handles
-        fitting = [m for m in models if any(p in m.lower() for p in pattern)]
+        fitting = [m for m in models if any(p in m.lower() for p in FILTERS[maker])]
         filtered = [NONE_MODEL, *fitting]
         out[tag] = {
             "module_list": [m.label for m in tagged],
@@ -98,12 +140,14 @@ def router(sync: SyncJobs) -> APIRouter:
     engine = sync.service.engine
     library = getattr(engine, "control_library", None)
 
-    def listed() -> tuple[list[str], bool]:
+    def listed() -> tuple[list[str], bool, bool]:
+        """The models listed (ControlNets, then IP-Adapters), whether depth and IP run."""
+        ip = ip_listed(engine)
         if library is None:
-            return [], False
+            return ip, False, bool(ip)
         found = library.models()
         names = [listed_name(name, model.folder) for name, model in found.items()]
-        return names, library.has_depth()
+        return names + ip, library.has_depth(), bool(ip)
 
     @routes.get("/version", summary="The ControlNet extension's API version")
     def version() -> dict:
@@ -111,13 +155,13 @@ def router(sync: SyncJobs) -> APIRouter:
 
     @routes.get("/model_list", summary="The ControlNet models this server has")
     async def model_list(update: bool = True) -> dict:
-        names, _ = await asyncio.to_thread(listed)
+        names, *_ = await asyncio.to_thread(listed)
         return {"model_list": names}
 
     @routes.get("/module_list", summary="The preprocessors this server runs")
     async def module_list(alias_names: bool = False) -> dict:
-        _, depth = await asyncio.to_thread(listed)
-        modules = sorted_modules(depth)
+        _, depth, ip = await asyncio.to_thread(listed)
+        modules = sorted_modules(depth, ip)
         names = [m.label if alias_names else m.name for m in modules]
         detail = {
             name: {"model_free": False, "sliders": [dict(s) for s in m.sliders]}
@@ -127,8 +171,8 @@ def router(sync: SyncJobs) -> APIRouter:
 
     @routes.get("/control_types", summary="The control types, their modules and models")
     async def types() -> dict:
-        names, depth = await asyncio.to_thread(listed)
-        return control_types(sorted_modules(depth), names)
+        names, depth, ip = await asyncio.to_thread(listed)
+        return control_types(sorted_modules(depth, ip), names)
 
     @routes.get("/settings", summary="How many ControlNet units a request may enable")
     def settings() -> dict:
@@ -161,6 +205,13 @@ def detect_request(body: dict, modules: list[Module]) -> tuple[Module, list, Con
     if unknown:
         raise InputError(f"{unknown[0]} is not a field of /controlnet/detect", unknown[0])
     name = body.get("controlnet_module", "none")
+    if name in IP_BY_NAME or name in IP_REFUSED:
+        raise InputError(
+            f"controlnet_module={name!r} is not available at /controlnet/detect: an IP-Adapter "
+            "module makes no image (the extension answers ip-adapter-auto with 'Module not "
+            "supported' and the others with a torch tensor, which this server does not send)",
+            "controlnet_module",
+        )
     module = next((m for m in modules if name in (m.name, m.label)), None)
     if module is None:
         offered = ", ".join(m.name for m in modules)

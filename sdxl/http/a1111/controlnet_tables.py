@@ -6,7 +6,10 @@ at their default (`sdxl.http.a1111.controlnet` reads units by them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from sdxl.config import IP_ADAPTER_MODELS
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,28 @@ MODULES = (
     Module("depth_anything_v2", "depth_anything_v2", "depth", (RESOLUTION,)),
 )
 BY_NAME = {key: m for m in MODULES for key in (m.name, m.label)}
+# The extension's IP-Adapter modules this server runs (its ViT-H encoder): the legacy
+# preprocessors ip-adapter_clip_sd15 (label ip-adapter_clip_h) and ip-adapter_clip_sdxl_plus_vith
+# (legacy/preprocessor_compiled.py; a Resolution slider, as the extension lists it), and
+# ip-adapter-auto (preprocessor/ip_adapter_auto.py: the module of the model's preset).
+IP_MODULES = (
+    Module("ip-adapter-auto", "ip-adapter-auto", "ip_adapter", (RESOLUTION,)),
+    Module("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip_adapter", (RESOLUTION,)),
+    Module("ip-adapter_clip_sdxl_plus_vith", "ip-adapter_clip_sdxl_plus_vith", "ip_adapter",
+           (RESOLUTION,)),
+)  # fmt: skip
+IP_BY_NAME = {key: m for m in IP_MODULES for key in (m.name, m.label)}
+# The extension's other IP-Adapter modules, refused by name: the ViT-bigG encoder (its
+# ip-adapter_clip_sdxl, label ip-adapter_clip_g) and the insightface / PuLID ones.
+IP_REFUSED = {
+    "ip-adapter_clip_sdxl": "the ViT-bigG image encoder is not on this server",
+    "ip-adapter_clip_g": "the ViT-bigG image encoder is not on this server",
+    "ip-adapter_face_id": "insightface is not on this server",
+    "ip-adapter_face_id_plus": "insightface is not on this server",
+    "ip-adapter_pulid": "PuLID is not on this server",
+}
+# Preprocessor.sorting_priority where it is not 0 (the module list's order).
+PRIORITY = {"canny": 100, "depth": 100, "ip-adapter-auto": 1000, "ip-adapter_clip_sd15": 100}
 # scripts/enums.py ResizeMode (and resize_mode_aliases, resize_mode_from_value: 3 is resize)
 RESIZE_MODES = {
     "Just Resize": "resize",
@@ -86,3 +111,18 @@ KNOWN = frozenset((*HONOURED, *HARMLESS, *AT_DEFAULT))
 
 def offered_modules(has_depth: bool) -> list[Module]:
     return [m for m in MODULES if has_depth or m.maker != "depth"]
+
+
+def ip_model_names() -> dict[str, str]:
+    """The IP-Adapters as the extension names them (their file's stem) -> our short name."""
+    return {file.removesuffix(".safetensors"): short for short, file in IP_ADAPTER_MODELS.items()}
+
+
+def is_ip_unit(arg: Mapping) -> bool:
+    """Whether a unit is an IP-Adapter unit: its module is one of the extension's IP-Adapter
+    modules, or its model names an IP-Adapter (ours, or another of h94's)."""
+    module, model = arg.get("module"), arg.get("model")
+    if isinstance(module, str) and (module in IP_BY_NAME or module in IP_REFUSED):
+        return True
+    name = model.split("[")[0].strip().lower() if isinstance(model, str) else ""
+    return name.startswith(("ip-adapter", "ip_adapter", "ipadapter"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sdxl.config import INPUTS, MAX_SEED, MAX_SIDE, STYLES
 from sdxl.errors import InputError, Naming
 from sdxl.http.a1111.controlnet import Models, read_units
+from sdxl.http.a1111.ip_units import read_ip_units
 from sdxl.http.wire import Wire
 from sdxl.images.inputs import source_from_text
 from sdxl.inputs.a1111_samplers import resolve
@@ -246,13 +247,16 @@ def _assemble(values: dict, given: set, models: Callable[[], Models]) -> dict:
 
 def _controls(values: dict, models: Callable[[], Models]) -> dict:
     """The ControlNet extension's units (sdxl.http.a1111.controlnet), their maps returned
-    after the images as the extension appends them (unless no unit saves its map)."""
+    after the images as the extension appends them (unless no unit saves its map), and its
+    IP-Adapter units (sdxl.http.a1111.ip_units)."""
     scripts = values["alwayson_scripts"]
     if not scripts:
         return {}
     init = values["init_images"][0] if "init_images" in values else None
-    units, keep = read_units(scripts, models(), init)
-    return {"controls": tuple(units), "return_control_maps": any(keep)}
+    found = models()
+    units, keep = read_units(scripts, found, init)
+    ip = read_ip_units(scripts, found, init)
+    return {"controls": tuple(units), "return_control_maps": any(keep), **ip}
 
 
 def no_models() -> Models:

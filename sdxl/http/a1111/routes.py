@@ -29,8 +29,10 @@ from sdxl.http.a1111.fields import (
     surface,
 )
 from sdxl.http.a1111.info import Made, info_json, infotext, lora_hashes
+from sdxl.http.a1111.ip_units import detected_maps as ip_maps
 from sdxl.http.a1111.options import OptionsApi
 from sdxl.http.a1111.progress import Run, Runs, progress_of
+from sdxl.http.a1111.upscalers import png_base64
 from sdxl.http.auth import caller_of
 from sdxl.http.bodies import json_object
 from sdxl.http.errors import InvalidRequest
@@ -176,9 +178,11 @@ def router(sync: SyncJobs, settings: Settings, trained: TrainedModels) -> APIRou
 def detected_maps(found: Checked, maps: list[str]) -> list[str]:
     """The ControlNet units' maps as the extension appends them after the images: once per
     request (the first batch's), each unit's unless its save_detected_map is false."""
-    keep = saved_maps(found.given.get("alwayson_scripts", {}))
-    first = maps[: len(keep)]
-    return [data for data, kept in zip(first, keep, strict=False) if kept]
+    scripts = found.given.get("alwayson_scripts", {})
+    keep = saved_maps(scripts)
+    first = [data for data, kept in zip(maps[: len(keep)], keep, strict=False) if kept]
+    init = (found.given.get("init_images") or [None])[0]
+    return [m if isinstance(m, str) else png_base64(m) for m in ip_maps(scripts, first, init)]
 
 
 def checked(body: dict, shape: Surface, caps, loras=None) -> Checked:

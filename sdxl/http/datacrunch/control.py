@@ -1,7 +1,9 @@
-"""The DataCrunch endpoint's ControlNet fields: the Replicate inputs under their own names
-(`controlnet_1`..`controlnet_3` and their image, preprocessor, scale, start and end; Canny's
-thresholds; `return_control_maps`), extensions of this API. Images as `seed_image` takes them:
-base64, raw or as a data URI. The units' rules are the engine's (`sdxl.inputs.control_units`)."""
+"""The DataCrunch endpoint's ControlNet and IP-Adapter fields: the Replicate inputs under their
+own names (`controlnet_1`..`controlnet_3` and their image, preprocessor, scale, start and end;
+Canny's thresholds; `return_control_maps`; `ip_adapter_image`, `ip_adapter_model`,
+`ip_adapter_scale`, `ip_adapter_block_scales`), extensions of this API. Images as `seed_image`
+takes them: base64, raw or as a data URI. The units' rules are the engine's
+(`sdxl.inputs.control_units`)."""
 
 from __future__ import annotations
 
@@ -72,5 +74,33 @@ CONTROL_FIELDS = (
         "return_control_maps",
         description="Return the control maps too, in `control_maps` (one per unit, in order). "
         + EXTENSION,
+    ),
+)
+IP_ADAPTER_FIELDS = (
+    Field(
+        "ip_adapter_image",
+        "ip_adapter_image",
+        nullable=True,
+        image_forms=IMAGE_FORMS,
+        description="IP-Adapter's reference image, base64-encoded PNG, JPEG or WebP, raw or as "
+        "a data URI: the output follows its style, subject or face. " + EXTENSION,
+    ),
+    Field(
+        "ip_adapter_model",
+        "ip_adapter_model",
+        description="The IP-Adapter (vit-h, plus, plus-face; h94's SDXL ViT-H adapters). "
+        + EXTENSION,
+    ),
+    Field(
+        "ip_adapter_scale",
+        "ip_adapter_scale",
+        description="How strongly the reference image steers (0-1). " + EXTENSION,
+    ),
+    Field(
+        "ip_adapter_block_scales",
+        "ip_adapter_block_scales",
+        nullable=True,
+        description="Per-block scales as JSON, as diffusers' set_ip_adapter_scale takes them "
+        '({"up": {"block_0": [0.0, 1.0, 0.0]}}); over ip_adapter_scale. ' + EXTENSION,
     ),
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sdxl.config import ASPECT_RATIOS
 from sdxl.errors import InputError
-from sdxl.http.datacrunch.control import CONTROL_FIELDS
+from sdxl.http.datacrunch.control import CONTROL_FIELDS, IP_ADAPTER_FIELDS
 from sdxl.inputs.surface import Field, Surface
 
 OUTPUT_QUALITY = 90  # webp and jpeg outputs
@@ -229,6 +229,7 @@ FIELDS = (
         description="The second pass's denoising strength. An extension of this API.",
     ),
     *CONTROL_FIELDS,
+    *IP_ADAPTER_FIELDS,
 )
 
 

@@ -42,11 +42,13 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 OWN = ("prompt", "image", "mask", "num_outputs", "width", "height", "aspect_ratio")
 OWN += ("output_format", "output_quality")
 SERVER_SET = ("prompt_syntax",)  # the server's setting, not the request's
-# Not offered on this API (docs/apis.md): the hires fix's second pass, and ControlNet (its
-# units, Canny's thresholds, the maps returned: OpenAI's answer has no place for maps).
+# Not offered on this API (docs/apis.md): the hires fix's second pass, ControlNet (its units,
+# Canny's thresholds, the maps returned: OpenAI's answer has no place for maps) and IP-Adapter.
 HIRES_INPUTS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
 CONTROL_INPUTS = (*(name for name in COG_INPUTS if name in FLAT_INPUTS), "return_control_maps")
-NOT_OFFERED = HIRES_INPUTS + CONTROL_INPUTS
+# IP-Adapter: its reference image has no field among OpenAI's (docs/apis.md)
+IP_ADAPTER_INPUTS = tuple(name for name in COG_INPUTS if name.startswith("ip_adapter_"))
+NOT_OFFERED = HIRES_INPUTS + CONTROL_INPUTS + IP_ADAPTER_INPUTS
 EXTRAS = tuple(
     Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET, *NOT_OFFERED)
 )
