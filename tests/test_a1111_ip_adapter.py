@@ -179,7 +179,7 @@ def test_two_units_of_one_adapter_are_its_two_reference_images(server):
     one = post(server, "/sdapi/v1/txt2img", {**SMALL, "alwayson_scripts": scripts(units[0])})
     assert not np.array_equal(pixels(decoded(one.json()["images"][0])), pixels(decoded(image)))
     # the engine with both images: the same two images as one unit's list
-    listed = ip_unit(save_detected_map=False, image=[{"image": b64(first)}, {"image": b64(second)}])
+    listed = {**units[0], "image": [{"image": b64(first)}, {"image": b64(second)}]}
     both = post(server, "/sdapi/v1/txt2img", {**SMALL, "alwayson_scripts": scripts(listed)})
     assert both.json()["images"][0] == image
 
