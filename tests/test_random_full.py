@@ -35,6 +35,32 @@ def test_the_configurations_have_sdxl_1_0s_parameter_counts():
         assert count(StableDiffusionSafetyChecker(checker)) == 303_981_588
 
 
+def test_the_ip_adapters_have_h94s_sizes():
+    """The ViT-H encoder's 632.08M parameters (h94's card; its float32 file is 2,528,373,448
+    bytes), the adapters' fp16 tensors a header short of h94's files as public download
+    manifests record them (ip-adapter_sdxl_vit-h 698,391,064 bytes, -plus 847,517,512), the
+    face adapter the plus one's shapes."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from sdxl.builders.tiny_ip_adapter import ip_adapter_state
+
+    with torch.device("meta"):
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.IMAGE_ENCODER))
+        unet = UNet2DConditionModel.from_config(configs.BASE_UNET)
+    assert count(encoder) == 632_076_800
+    assert 0 < 2_528_373_448 - 4 * count(encoder) < 160 * len(encoder.state_dict())
+    states = {
+        name: ip_adapter_state(name, unet, configs.IMAGE_ENCODER, 1, torch.float16, meta=True)
+        for name in ("vit-h", "plus", "plus-face")
+    }
+    for name, file_bytes in (("vit-h", 698_391_064), ("plus", 847_517_512)):
+        tensor_bytes = sum(t.nbytes for t in states[name].values())
+        assert 0 < file_bytes - tensor_bytes < 160 * len(states[name]), name  # the header
+    shapes = {name: {k: t.shape for k, t in state.items()} for name, state in states.items()}
+    assert shapes["plus-face"] == shapes["plus"]
+
+
 def test_random_state_is_float16_finite_and_never_a_float32_model():
     from diffusers import AutoencoderKL
 

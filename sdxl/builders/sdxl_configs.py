@@ -107,6 +107,18 @@ SAFETY_VISION = {  # CLIP ViT-L/14's vision model, as the safety checker uses it
     "patch_size": 14,
 }
 SAFETY_PROJECTION_DIM = 768
+
+IMAGE_ENCODER = {  # OpenCLIP ViT-H/14's vision model: h94/IP-Adapter's models/image_encoder
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+}
 # The ESRGAN upscalers' RRDBNet (RealESRGAN_x4plus, 4x-UltraSharp): 16.7 M parameters, 4x.
 RRDBNET = dict(num_feat=64, num_block=23, num_grow_ch=32, num_up=2)
 
