@@ -12,6 +12,7 @@ from pathlib import Path
 from sdxl import logs
 from sdxl.config import DEFAULT_WEIGHTS_DIR
 from sdxl.weights.control_files import CONTROL_CHOICES, DEFAULT_CONTROL
+from sdxl.weights.ip_adapter_files import DEFAULT_IP_ADAPTER, IP_ADAPTER_CHOICES
 
 
 def _default_weights_dir() -> str:
@@ -34,7 +35,9 @@ def _weights_random_full(args: argparse.Namespace) -> int:
     logs.quiet_libraries()
     started = time.perf_counter()
     try:
-        root = build_random_full(Path(args.dir), control=not args.no_control)
+        root = build_random_full(
+            Path(args.dir), control=not args.no_control, ip_adapter=not args.no_ip_adapter
+        )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -46,7 +49,7 @@ def _weights_random_full(args: argparse.Namespace) -> int:
 def _weights_download(args: argparse.Namespace) -> int:
     from sdxl.weights.download import main as download_main
 
-    return download_main(args.dir, control=args.control)
+    return download_main(args.dir, control=args.control, ip_adapter=args.ip_adapter)
 
 
 def _warmup(args: argparse.Namespace) -> int:
@@ -105,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = weights.add_subparsers(dest="what", required=True)
     download = what.add_parser(
         "download",
-        help="fetch the real SDXL 1.0 weights, the trainer's helpers, upscalers (about 14.9 GB) "
-        "and the control models (--control)",
+        help="fetch the real SDXL 1.0 weights, the trainer's helpers, upscalers (about 14.9 GB), "
+        "the control models (--control) and the IP-Adapters (--ip-adapter)",
     )
     download.add_argument("dir", nargs="?", default=None, help="weights root (SDXL_WEIGHTS_DIR)")
     download.add_argument(
@@ -115,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTROL,
         help="ControlNets to fetch: full (canny, depth, union and the depth annotator, about "
         "7.6 GB), small (the small canny and depth and the annotator, about 0.74 GB) or none",
+    )
+    download.add_argument(
+        "--ip-adapter",
+        choices=tuple(IP_ADAPTER_CHOICES),
+        default=DEFAULT_IP_ADAPTER,
+        help="IP-Adapters to fetch: all (h94's vit-h, plus and plus-face SDXL adapters and their "
+        "ViT-H image encoder, about 4.9 GB) or none",
     )
     download.set_defaults(func=_weights_download)
     tiny = what.add_parser("tiny", help="build a tiny random-weight SDXL for tests, offline")
@@ -131,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-control",
         action="store_true",
         help="skip the full-size ControlNets (canny, depth, union: 7.5 GB) and the depth annotator",
+    )
+    full.add_argument(
+        "--no-ip-adapter",
+        action="store_true",
+        help="skip the full-size IP-Adapters (vit-h, plus, plus-face) and their ViT-H image "
+        "encoder (3.7 GB in fp16)",
     )
     full.set_defaults(func=_weights_random_full)
 

@@ -24,6 +24,7 @@ from sdxl.weights import download
 from sdxl.weights.download import (
     CONTROL_MANIFESTS,
     CORE_MANIFEST,
+    IP_ADAPTER_MANIFESTS,
     MANIFEST,
     RECORD_NAME,
     SDXL_BASE,
@@ -86,8 +87,19 @@ CONTROL_LAYOUT = {
     | {f"annotators/depth/{n}" for n in _ANNOTATOR},
     "none": set(),
 }
+# h94's IP-Adapters of `--ip-adapter all` (the default), in the hub's layout under ip_adapter/.
+IP_ADAPTER_LAYOUT = {
+    "all": {
+        "ip_adapter/models/image_encoder/config.json",
+        "ip_adapter/models/image_encoder/model.safetensors",
+        "ip_adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+        "ip_adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        "ip_adapter/sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
+    },
+    "none": set(),
+}
 CORE_LAYOUT = set(EXPECTED_LAYOUT)
-EXPECTED_LAYOUT |= CONTROL_LAYOUT["full"]
+EXPECTED_LAYOUT |= CONTROL_LAYOUT["full"] | IP_ADAPTER_LAYOUT["all"]
 
 
 class Interrupted(Exception):
@@ -139,7 +151,8 @@ def remote_bytes(entry: WeightFile) -> bytes:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> FakeHub:
-    for entry in {e for files in CONTROL_MANIFESTS.values() for e in files} | set(MANIFEST):
+    optional = (*CONTROL_MANIFESTS.values(), *IP_ADAPTER_MANIFESTS.values())
+    for entry in {e for files in optional for e in files} | set(MANIFEST):
         file = tmp_path / "remote" / entry.repo_id / entry.remote
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(remote_bytes(entry))
@@ -514,7 +527,7 @@ def test_every_file_is_fetched_at_a_pinned_commit():
 
 @pytest.mark.parametrize("choice", ["full", "small", "none"])
 def test_each_control_choice_fetches_its_models_and_the_rest(hub, root, choice) -> None:
-    manifest = manifest_for(choice)
+    manifest = manifest_for(choice, ip_adapter="none")
     assert manifest[: len(CORE_MANIFEST)] == CORE_MANIFEST
     assert {e.local for e in manifest} == CORE_LAYOUT | CONTROL_LAYOUT[choice]
     download_weights(root, hub, manifest=manifest, log=quiet)
@@ -563,3 +576,50 @@ def test_the_command_line_offers_the_choices_and_refuses_others(capsys) -> None:
         parser.parse_args(["weights", "download", "--control", "medium"])
     assert exit_.value.code == 2
     assert "invalid choice: 'medium'" in capsys.readouterr().err
+
+
+# --- h94's IP-Adapters: `weights download --ip-adapter all|none` -----------------------------
+
+
+@pytest.mark.parametrize("choice", ["all", "none"])
+def test_each_ip_adapter_choice_fetches_its_files_and_the_rest(hub, root, choice) -> None:
+    manifest = manifest_for("none", ip_adapter=choice)
+    assert manifest[: len(CORE_MANIFEST)] == CORE_MANIFEST
+    assert {e.local for e in manifest} == CORE_LAYOUT | IP_ADAPTER_LAYOUT[choice]
+    download_weights(root, hub, manifest=manifest, log=quiet)
+    landed = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} - {RECORD_NAME}
+    assert landed == CORE_LAYOUT | IP_ADAPTER_LAYOUT[choice]
+
+
+def test_the_default_is_all_from_h94_at_one_commit_in_the_hubs_layout() -> None:
+    ip = [e for e in MANIFEST if e.local.startswith("ip_adapter/")]
+    assert {e.local for e in ip} == IP_ADAPTER_LAYOUT["all"]
+    assert {(e.repo_id, e.revision) for e in ip} == {
+        ("h94/IP-Adapter", "018e402774aeeddd60609b4ecdb7e298259dc729")
+    }
+    for entry in ip:  # the hub's own paths: diffusers' load_ip_adapter reads the folder as is
+        assert entry.local == f"ip_adapter/{entry.remote}"
+        assert entry.remote.endswith((".safetensors", ".json")), entry.source
+    # The ViT-H encoder the sdxl_models/*vit-h* adapters fit, never sdxl_models' ViT-bigG one.
+    assert not [e for e in ip if e.remote.startswith("sdxl_models/image_encoder")]
+
+
+def test_a_bad_ip_adapter_choice_is_a_clear_error(root, capsys) -> None:
+    with pytest.raises(DownloadError, match="'some' is not a choice: use one of all, none"):
+        manifest_for(ip_adapter="some")
+    assert main(str(root), ip_adapter="some") == 1
+    assert "--ip-adapter 'some' is not a choice" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_the_command_line_offers_the_ip_adapter_choices_and_refuses_others(capsys) -> None:
+    from sdxl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["weights", "download"]).ip_adapter == "all"
+    args = parser.parse_args(["weights", "download", "d", "--ip-adapter", "none"])
+    assert (args.ip_adapter, args.control) == ("none", "full")
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["weights", "download", "--ip-adapter", "some"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'some'" in capsys.readouterr().err

@@ -122,6 +122,15 @@ SMALL = {  # stand-ins with SDXL's structure and small dimensions
         "patch_size": 8,
     },
     "SAFETY_PROJECTION_DIM": 16,
+    "IMAGE_ENCODER": {
+        **configs.IMAGE_ENCODER,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": 32,
+        "projection_dim": 24,
+    },
     "RRDBNET": dict(num_feat=8, num_block=1, num_grow_ch=4, num_up=2),
 }
 
@@ -150,6 +159,37 @@ def test_the_builder_writes_the_download_layout_that_the_product_loads(tmp_path,
         models.base.tokenizer.convert_tokens_to_ids(t) for t in ("the</w>", "cat</w>")
     ]
     assert str(models.base.unet.dtype) == "torch.float32"
+    _each_ip_adapter_fits_the_encoder(root)
+
+
+def _each_ip_adapter_fits_the_encoder(root) -> None:
+    """diffusers loads the three adapters at once over the built encoder and UNet, and runs
+    them (each image projection takes the encoder's output, each to_k_ip the projection's)."""
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+
+    from sdxl.config import IP_ADAPTER_MODELS
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        root / "base", torch_dtype=torch.float32, add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(
+        str(root / "ip_adapter"),
+        subfolder="sdxl_models",
+        weight_name=list(IP_ADAPTER_MODELS.values()),
+        image_encoder_folder="models/image_encoder",
+    )
+    assert len(pipe.unet.encoder_hid_proj.image_projection_layers) == len(IP_ADAPTER_MODELS)
+    latents = pipe(
+        "a cat",
+        ip_adapter_image=[Image.new("RGB", (64, 64), "red")] * len(IP_ADAPTER_MODELS),
+        height=64,
+        width=64,
+        num_inference_steps=1,
+        output_type="latent",
+    ).images
+    assert torch.isfinite(latents).all()
 
 
 def _small_lora(folder) -> None:
@@ -170,3 +210,12 @@ def test_the_real_clip_vocabulary_tokenizes_as_sdxls_tokenizer(tmp_path):
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
     assert len(tokenizer) == 49408
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_the_command_line_can_leave_the_ip_adapters_out():
+    from sdxl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["weights", "random-full", "d"]).no_ip_adapter is False
+    args = parser.parse_args(["weights", "random-full", "d", "--no-ip-adapter"])
+    assert (args.no_ip_adapter, args.no_control) == (True, False)

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from sdxl.builders import sdxl_configs as configs
 from sdxl.builders.tiny import SDXL_SCHEDULER_CONFIG, move_layout
 from sdxl.builders.tiny_control import build_tiny_depth_annotator, controlnet_config
+from sdxl.builders.tiny_ip_adapter import encoder_folder, write_ip_adapters
 from sdxl.builders.tiny_train import build_tiny_helpers
 from sdxl.builders.tiny_upscalers import build_tiny_upscalers
 from sdxl.builders.tokenizer import write_tokenizer
@@ -80,6 +81,19 @@ def _clip_text(cls_name: str, values: dict):
     return (lambda: cls(config)), (lambda m, folder: config.save_pretrained(folder))
 
 
+_VISION = "CLIPVisionModelWithProjection"  # IP-Adapter's image encoder
+
+
+def _clip_vision(values: dict):
+    """CLIP's vision model with its projection, as h94's models/image_encoder is saved."""
+    import transformers
+
+    config = transformers.CLIPVisionConfig(**values)
+    config.architectures = [_VISION]
+    cls = transformers.CLIPVisionModelWithProjection
+    return (lambda: cls(config)), (lambda m, folder: config.save_pretrained(folder))
+
+
 def clip_bpe_file() -> Path | None:
     """open_clip's copy of CLIP's BPE merges, found without importing open_clip."""
     spec = importlib.util.find_spec("open_clip")
@@ -96,13 +110,16 @@ def write_clip_tokenizer(folder: Path, pad_token: str, bpe: Path) -> None:
     write_tokenizer(folder, pad_token, [tuple(line.split()) for line in lines])
 
 
-def build_random_full(root: Path, log=print, control: bool = True) -> Path:
+def build_random_full(root: Path, log=print, control: bool = True, ip_adapter: bool = True) -> Path:
     """Write base/, refiner/, safety_checker/ and loras/ under `root` (about 12 GB), and the
     trainer's helpers (train/) as the tiny builder makes them: their captions and masks are
     noise at any size, so full-size copies would only cost 2.5 GB.
 
     `control`: also controlnet/{canny,depth,union}/ at full size (2.5 GB each, fp16) and the
-    tiny depth annotator (annotators/depth/: its maps are noise at any size)."""
+    tiny depth annotator (annotators/depth/: its maps are noise at any size).
+    `ip_adapter`: also ip_adapter/ at full size (sdxl.builders.tiny_ip_adapter's layout): the
+    ViT-H image encoder (632M parameters, 1.3 GB in fp16) and the three adapters (0.70, 0.85
+    and 0.85 GB), whose image projections take that encoder's embeddings and hidden states."""
     bpe = clip_bpe_file()
     if bpe is None:
         raise RuntimeError(
@@ -128,10 +145,15 @@ def build_random_full(root: Path, log=print, control: bool = True) -> Path:
     ]
     if control:
         parts += _control_parts(staging / CONTROLNET_DIR)
+    if ip_adapter:
+        parts.append((encoder_folder(staging), "transformers", _VISION, configs.IMAGE_ENCODER, 10))
     for folder, library, cls_name, config, seed in parts:
         if library == "diffusers":
             module_fn, config_fn = _diffusers(cls_name, config)
             weights_name = "diffusion_pytorch_model.safetensors"
+        elif cls_name == _VISION:
+            module_fn, config_fn = _clip_vision(config)
+            weights_name = "model.safetensors"
         else:
             module_fn, config_fn = _clip_text(cls_name, config)
             weights_name = "model.safetensors"
@@ -150,7 +172,19 @@ def build_random_full(root: Path, log=print, control: bool = True) -> Path:
     build_tiny_upscalers(staging, configs.RRDBNET)
     if control:
         build_tiny_depth_annotator(staging)
+    if ip_adapter:
+        _ip_adapters(staging, log)
     return move_layout(staging, root)
+
+
+def _ip_adapters(staging: Path, log) -> None:
+    """h94's three SDXL adapters at their real shapes (the base UNet's cross-attention layers,
+    the ViT-H encoder's widths), seeded random fp16, in h94's original keys."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs.BASE_UNET)
+    write_ip_adapters(staging, unet, configs.IMAGE_ENCODER, dtype=DTYPE, log=log)
 
 
 def _control_parts(folder: Path) -> list[tuple]:

@@ -14,6 +14,7 @@ import torch
 
 from sdxl.builders.random_lora import random_kohya_lora
 from sdxl.builders.tiny_control import build_tiny_control
+from sdxl.builders.tiny_ip_adapter import build_tiny_ip_adapter
 from sdxl.builders.tiny_safety import build_tiny_safety_checker
 from sdxl.builders.tiny_train import build_tiny_helpers
 from sdxl.builders.tiny_upscalers import build_tiny_upscalers
@@ -22,6 +23,7 @@ from sdxl.config import (
     ANNOTATORS_DIR,
     BASE_DIR,
     CONTROLNET_DIR,
+    IP_ADAPTER_DIR,
     LORAS_DIR,
     REFINER_DIR,
     SAFETY_DIR,
@@ -116,8 +118,8 @@ def _vae():
 
 def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     """Write base/, refiner/, loras/, safety_checker/, train/ (the trainer's helpers),
-    upscalers/ (tiny ESRGANs), controlnet/ and annotators/ (sdxl.builders.tiny_control) under
-    `root`, replacing them.
+    upscalers/ (tiny ESRGANs), controlnet/ and annotators/ (sdxl.builders.tiny_control) and
+    ip_adapter/ (sdxl.builders.tiny_ip_adapter) under `root`, replacing them.
 
     `flag_everything` writes a safety checker that flags every image (through its
     thresholds), to test the flagged path end to end. Returns `root`.
@@ -179,6 +181,7 @@ def build_tiny_weights(root: Path, flag_everything: bool = False) -> Path:
     build_tiny_helpers(staging)
     build_tiny_upscalers(staging)
     build_tiny_control(staging, base.unet.config)
+    build_tiny_ip_adapter(staging, base.unet)
     return move_layout(staging, root)
 
 
@@ -189,7 +192,7 @@ def move_layout(staging: Path, root: Path) -> Path:
     """Move the weights folders built in `staging` into `root`, replacing any there (a folder
     not built, such as controlnet/ of a random-full build without control, is removed)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in (*_REQUIRED_FOLDERS, CONTROLNET_DIR, ANNOTATORS_DIR):
+    for name in (*_REQUIRED_FOLDERS, CONTROLNET_DIR, ANNOTATORS_DIR, IP_ADAPTER_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
         if name in _REQUIRED_FOLDERS or (staging / name).exists():
             (staging / name).rename(root / name)

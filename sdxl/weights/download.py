@@ -25,6 +25,12 @@ from sdxl.weights.control_files import (
     DEFAULT_CONTROL,
 )
 from sdxl.weights.hub import DownloadError, HfHub, Hub, HubUnreachable, RemoteFile
+from sdxl.weights.ip_adapter_files import (
+    DEFAULT_IP_ADAPTER,
+    IP_ADAPTER_BRANCH_PINNED,
+    IP_ADAPTER_CHOICES,
+    IP_ADAPTER_PINNED,
+)
 
 __all__ = ["DownloadError", "HfHub", "Hub", "HubUnreachable", "RemoteFile"]
 
@@ -68,10 +74,11 @@ PINNED = {
     # Pin the commit once the Hub can be reached: `huggingface-cli download` prints it.
     REAL_ESRGAN: "main",
     **CONTROL_PINNED,  # the ControlNets and the depth annotator: sdxl.weights.control_files
+    **IP_ADAPTER_PINNED,  # h94's IP-Adapters and their encoder: sdxl.weights.ip_adapter_files
 }
 # Repositories pinned to a branch because no commit could be found (see the comments above);
 # every other entry is fetched at a commit.
-BRANCH_PINNED = frozenset({REAL_ESRGAN, *CONTROL_BRANCH_PINNED})
+BRANCH_PINNED = frozenset({REAL_ESRGAN, *CONTROL_BRANCH_PINNED, *IP_ADAPTER_BRANCH_PINNED})
 RECORD_NAME = ".download-record.json"
 STAGING_NAME = ".download"
 _CHUNK = 16 << 20
@@ -103,7 +110,7 @@ def _into(folder: str, repo_id: str, *remotes: str) -> tuple[WeightFile, ...]:
 
 _TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 
-# Everything the predictor loads but the control models, and nothing else.
+# Everything the predictor loads but the control models and IP-Adapters, and nothing else.
 CORE_MANIFEST: tuple[WeightFile, ...] = (
     *_into(
         BASE_DIR,
@@ -186,23 +193,43 @@ CORE_MANIFEST: tuple[WeightFile, ...] = (
         PINNED[REAL_ESRGAN],
     ),
 )
+
+
+def _pinned(rows: tuple[tuple[str, str, str], ...]) -> tuple[WeightFile, ...]:
+    return tuple(WeightFile(repo, remote, local, PINNED[repo]) for repo, remote, local in rows)
+
+
 # The control models of each `--control` choice (sdxl.weights.control_files), pinned.
 CONTROL_MANIFESTS: dict[str, tuple[WeightFile, ...]] = {
-    choice: tuple(WeightFile(repo, remote, local, PINNED[repo]) for repo, remote, local in rows)
-    for choice, rows in CONTROL_CHOICES.items()
+    choice: _pinned(rows) for choice, rows in CONTROL_CHOICES.items()
+}
+# The IP-Adapters of each `--ip-adapter` choice (sdxl.weights.ip_adapter_files), pinned.
+IP_ADAPTER_MANIFESTS: dict[str, tuple[WeightFile, ...]] = {
+    choice: _pinned(rows) for choice, rows in IP_ADAPTER_CHOICES.items()
 }
 # What `weights download` fetches by default: everything, with the full-size control models.
-MANIFEST = CORE_MANIFEST + CONTROL_MANIFESTS[DEFAULT_CONTROL]
+MANIFEST = (
+    CORE_MANIFEST + CONTROL_MANIFESTS[DEFAULT_CONTROL] + IP_ADAPTER_MANIFESTS[DEFAULT_IP_ADAPTER]
+)
 
 
-def manifest_for(control: str = DEFAULT_CONTROL) -> tuple[WeightFile, ...]:
-    """The files `weights download --control CONTROL` fetches; a clear error for a bad one."""
+def manifest_for(
+    control: str = DEFAULT_CONTROL, ip_adapter: str = DEFAULT_IP_ADAPTER
+) -> tuple[WeightFile, ...]:
+    """The files `weights download --control CONTROL --ip-adapter IP_ADAPTER` fetches; a clear
+    error for a bad choice."""
     if control not in CONTROL_MANIFESTS:
         raise DownloadError(
             f"--control {control!r} is not a choice: use one of {', '.join(CONTROL_MANIFESTS)} "
             "(full: canny, depth and the union model; small: the small canny and depth; none)"
         )
-    return CORE_MANIFEST + CONTROL_MANIFESTS[control]
+    if ip_adapter not in IP_ADAPTER_MANIFESTS:
+        raise DownloadError(
+            f"--ip-adapter {ip_adapter!r} is not a choice: use one of "
+            f"{', '.join(IP_ADAPTER_MANIFESTS)} (all: h94's three SDXL ViT-H adapters and their "
+            "image encoder; none)"
+        )
+    return CORE_MANIFEST + CONTROL_MANIFESTS[control] + IP_ADAPTER_MANIFESTS[ip_adapter]
 
 
 # Files the product loads when they are there, which `weights download` does not fetch: the
@@ -348,13 +375,17 @@ def download_weights(
     return [root / entry.local for entry in manifest]
 
 
-def main(argv_root: str | None = None, control: str = DEFAULT_CONTROL) -> int:
-    """`python -m sdxl weights download [DIR] [--control full|small|none]`: DIR defaults to
-    $SDXL_WEIGHTS_DIR or 'weights'."""
+def main(
+    argv_root: str | None = None,
+    control: str = DEFAULT_CONTROL,
+    ip_adapter: str = DEFAULT_IP_ADAPTER,
+) -> int:
+    """`python -m sdxl weights download [DIR] [--control full|small|none] [--ip-adapter
+    all|none]`: DIR defaults to $SDXL_WEIGHTS_DIR or 'weights'."""
     default = os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)
     root = Path(default if argv_root is None else argv_root)
     try:
-        paths = download_weights(root, manifest=manifest_for(control))
+        paths = download_weights(root, manifest=manifest_for(control, ip_adapter))
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
