@@ -35,7 +35,9 @@ pytestmark = pytest.mark.timeout(180)
 SIZE = 256
 STEPS = 3
 PROMPT = "a photo of a cat"
-STYLE = {"up": {"block_0": [0.0, 1.0, 0.0]}}  # InstantStyle's style-only blocks, as diffusers
+# InstantStyle's style-only scales (SDXL's are [0.0, 1.0, 0.0]: its up block 0 has three
+# transformers; the tiny UNet's has two)
+STYLE = {"up": {"block_0": [0.0, 1.0]}}
 
 
 def reference_image(seed: int = 11) -> Image.Image:
@@ -193,3 +195,25 @@ def test_a_fresh_engine_after_an_adapter_request_is_an_idle_ones(tiny_weights, e
         idle.close()
     engine.run(request(reference_image()))
     assert np.array_equal(pixels(engine.run(request()).images[0]), pixels(expected))
+
+
+def test_block_scales_that_do_not_fit_the_unet_fail_the_job_naming_them(engine):
+    from sdxl.errors import InputError
+
+    sdxl_style = {"up": {"block_0": [0.0, 1.0, 0.0]}}  # SDXL's three; the tiny UNet has two
+    with pytest.raises(InputError) as caught:
+        engine.run(request(reference_image(), ip_adapter_block_scales=sdxl_style))
+    assert caught.value.field == "ip_adapter_block_scales"
+    assert "Expected 2 scales" in str(caught.value)
+
+
+def test_the_hires_fix_keeps_the_adapter_in_its_second_pass(engine, tiny_weights):
+    base = with_adapter(fresh_base(tiny_weights), tiny_weights, "plus")
+    low = base(**reference_args(ip_adapter_image=reference_image(), width=SIZE, height=SIZE))
+    second = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    upscaled = low.images[0].resize((384, 384), Image.Resampling.LANCZOS)
+    args = dict(image=upscaled, strength=0.5, num_inference_steps=4)
+    expected = second(**reference_args(**args, ip_adapter_image=reference_image())).images[0]
+    hires = dict(hires_scale=1.5, hires_upscaler="Lanczos", hires_strength=0.5, hires_steps=2)
+    got = engine.run(request(reference_image(), **hires)).images[0]
+    assert_same_image(got, expected)
