@@ -49,9 +49,10 @@ def plain(tiny_weights):
 def safetensors_bytes(folder) -> int:
     total = 0
     for path in folder.rglob("*.safetensors"):
-        # LoRAs, the trainer's helpers, the upscalers and the control models (loaded when a
-        # request names one)
-        if {"loras", "train", "upscalers", "controlnet", "annotators"} & set(path.parts):
+        # LoRAs, the trainer's helpers, the upscalers, the control models and IP-Adapters
+        # (loaded when a request names one)
+        skipped = {"loras", "train", "upscalers", "controlnet", "annotators", "ip_adapter"}
+        if skipped & set(path.parts):
             continue
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)

@@ -78,7 +78,7 @@ def test_every_documented_field_is_in_the_schema():
         "aspect_ratio lora_id lora_name safety_filter"
     ).split()
     # ours: the format out, DeepCache, A1111's prompt language, LoRA stacks, the hires fix,
-    # ControlNet (the Replicate inputs)
+    # ControlNet and IP-Adapter (the Replicate inputs)
     extensions = {"output_format", "cache_interval", "prompt_syntax", "loras"}
     extensions |= {"hires_scale", "hires_upscaler", "hires_steps", "hires_strength"}
     extensions |= {"canny_low_threshold", "canny_high_threshold", "return_control_maps"}
@@ -86,6 +86,7 @@ def test_every_documented_field_is_in_the_schema():
         unit = f"controlnet_{n}"
         extensions |= {unit, *(f"{unit}_{s}" for s in ("image", "preprocessor", "start", "end"))}
         extensions.add(f"{unit}_conditioning_scale")
+    extensions |= {f"ip_adapter_{s}" for s in ("image", "model", "scale", "block_scales")}
     assert set(DATACRUNCH.by_name) == {*documented, *extensions}
 
 
