@@ -155,6 +155,18 @@ class InputSpec:
     cap: str | None = None  # the field of sdxl.settings.Caps that bounds it below the schema
 
 
+def _control_unit(n: int) -> dict[str, InputSpec]:
+    """ControlNet unit n's inputs (controlnet_n...), in predict.py's order."""
+    return {
+        f"controlnet_{n}": InputSpec("string", "none", choices=(*CONTROL_TYPES, *CONTROL_ALIASES)),
+        f"controlnet_{n}_image": InputSpec("image", None),
+        f"controlnet_{n}_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
+        f"controlnet_{n}_conditioning_scale": InputSpec("number", 0.75, 0, 4),
+        f"controlnet_{n}_start": InputSpec("number", 0.0, 0, 1),
+        f"controlnet_{n}_end": InputSpec("number", 1.0, 0, 1),
+    }
+
+
 # The Cog predictor's inputs, in the order of predict.py. Names, defaults and choices follow
 # Replicate's stability-ai/sdxl; bounds are at least as wide as its bounds.
 COG_INPUTS: dict[str, InputSpec] = {
@@ -202,24 +214,7 @@ COG_INPUTS: dict[str, InputSpec] = {
     # type; its image is turned into a control map by the preprocessor (blank: the type's own;
     # none: the image is a map already); the ControlNet's residuals are scaled by the
     # conditioning scale and applied from start to end (fractions of the steps).
-    "controlnet_1": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
-    "controlnet_1_image": InputSpec("image", None),
-    "controlnet_1_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
-    "controlnet_1_conditioning_scale": InputSpec("number", 0.75, 0, 4),
-    "controlnet_1_start": InputSpec("number", 0.0, 0, 1),
-    "controlnet_1_end": InputSpec("number", 1.0, 0, 1),
-    "controlnet_2": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
-    "controlnet_2_image": InputSpec("image", None),
-    "controlnet_2_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
-    "controlnet_2_conditioning_scale": InputSpec("number", 0.75, 0, 4),
-    "controlnet_2_start": InputSpec("number", 0.0, 0, 1),
-    "controlnet_2_end": InputSpec("number", 1.0, 0, 1),
-    "controlnet_3": InputSpec("string", "none", choices=CONTROL_TYPES + tuple(CONTROL_ALIASES)),
-    "controlnet_3_image": InputSpec("image", None),
-    "controlnet_3_preprocessor": InputSpec("string", None, choices=CONTROL_PREPROCESSORS),
-    "controlnet_3_conditioning_scale": InputSpec("number", 0.75, 0, 4),
-    "controlnet_3_start": InputSpec("number", 0.0, 0, 1),
-    "controlnet_3_end": InputSpec("number", 1.0, 0, 1),
+    **{name: spec for n in (1, 2, 3) for name, spec in _control_unit(n).items()},
     # Canny's hysteresis thresholds (OpenCV's Canny), for every unit that detects edges.
     "canny_low_threshold": InputSpec("integer", 100, 1, 255),
     "canny_high_threshold": InputSpec("integer", 200, 1, 255),

@@ -6,9 +6,6 @@ A real server on loopback over a copy of the tiny weights with tiny ControlNets.
 
 from __future__ import annotations
 
-import base64
-import io
-
 import cv2
 import numpy as np
 import pytest
@@ -16,6 +13,8 @@ import requests
 from PIL import Image
 from support.api_server import KEYS
 from support.helpers import assert_same_image, pixels, smooth_image
+from support.helpers import from_base64 as decoded
+from support.helpers import png_base64 as b64
 
 pytestmark = [pytest.mark.http, pytest.mark.timeout(240)]
 
@@ -26,18 +25,6 @@ SMALL = {"prompt": "a cat", "width": 256, "height": 256, "steps": 3, "seed": 7, 
 @pytest.fixture(scope="module")
 def server(plain_api):
     return plain_api
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decoded(text: str) -> Image.Image:
-    with Image.open(io.BytesIO(base64.b64decode(text.partition(",")[2] or text))) as img:
-        img.load()
-        return img
 
 
 def post(server, path: str, body: dict) -> requests.Response:

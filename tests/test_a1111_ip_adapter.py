@@ -6,7 +6,6 @@ their tiny IP-Adapters) an A1111 unit equals the Replicate API's request, decode
 
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
@@ -15,6 +14,8 @@ import requests
 from PIL import Image
 from support.api_server import KEYS
 from support.helpers import assert_same_image, pixels, smooth_image
+from support.helpers import from_base64 as decoded
+from support.helpers import png_base64 as b64
 
 from sdxl.errors import InputError
 from sdxl.http.a1111.controlnet import Models, read_units
@@ -31,18 +32,6 @@ AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 SMALL = {"prompt": "a cat", "width": 256, "height": 256, "steps": 3, "seed": 7, "cfg_scale": 7.0}
 MODELS = Models({"canny": False}, ip_adapters=("vit-h", "plus", "plus-face"))
 ARGS = "alwayson_scripts.controlnet.args"
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decoded(text: str) -> Image.Image:
-    with Image.open(io.BytesIO(base64.b64decode(text.partition(",")[2] or text))) as img:
-        img.load()
-        return img
 
 
 def ip_unit(image: Image.Image | None = None, **extra) -> dict:

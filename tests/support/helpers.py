@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import time
 from pathlib import Path
@@ -141,3 +143,17 @@ def wait_until(condition, what: str, timeout: float = 60, every: float = 0.05):
             return found
         time.sleep(every)
     pytest.fail(f"never {what} within {timeout:g} s")
+
+
+def png_base64(image: Image.Image) -> str:
+    """`image` as a PNG in base64, as AUTOMATIC1111's API takes images."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def from_base64(text: str) -> Image.Image:
+    """An image AUTOMATIC1111's API answers: base64, with or without a data: prefix."""
+    with Image.open(io.BytesIO(base64.b64decode(text.partition(",")[2] or text))) as img:
+        img.load()
+        return img

@@ -148,7 +148,7 @@ def _unit(values: dict, where: str, models: Models, init_image: str | None):
     names = tuple((attr, f"{where}.{field}") for attr, field in NAMES.items())
     return ControlUnit(
         type=kind,
-        image=None if image is None else _image(image, f"{where}.image"),
+        image=None if image is None else unit_image(image, f"{where}.image"),
         preprocessor=module.maker,
         conditioning_scale=number(values, "weight", 1.0, where, 0.0, 2.0),
         start=number(values, "guidance_start", 0.0, where, 0.0, 1.0),
@@ -260,12 +260,14 @@ def resize_mode_of(value: Any, where: str) -> str:
     return found
 
 
-def _image(value: Any, field: str):
+def unit_image(value: Any, field: str, mask: str = "inpaint or effective region"):
+    """A unit's image: base64 or a data URI, or the extension's {"image", "mask"} form without
+    a mask (`mask` says what the extension would use it for)."""
     if isinstance(value, Mapping):
         if value.get("mask") is not None:
             raise InputError(
-                f"{field}.mask is not available here: a ControlNet unit's mask (inpaint or "
-                "effective region) is not run; send the image alone",
+                f"{field}.mask is not available here: a unit's mask ({mask}) is not run; send "
+                "the image alone",
                 f"{field}.mask",
             )
         value = value.get("image")

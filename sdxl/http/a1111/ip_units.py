@@ -26,13 +26,13 @@ from sdxl.config import MAX_CONTROL_UNITS
 from sdxl.errors import InputError
 from sdxl.http.a1111.controlnet import (
     ARGS,
-    FORMS,
     Models,
     aliased,
     boolean,
     check_control_mode,
     number,
     resize_mode_of,
+    unit_image,
 )
 from sdxl.http.a1111.controlnet_tables import (
     IP_BY_NAME,
@@ -41,7 +41,9 @@ from sdxl.http.a1111.controlnet_tables import (
     ip_model_names,
     is_ip_unit,
 )
-from sdxl.images.inputs import load, source_from_text
+from sdxl.images.inputs import load
+
+CLIP_MASK = "the extension's CLIP mask"  # what an IP unit's mask is for there (not run here)
 
 
 def read_ip_units(scripts: Any, models: Models, init_image: str | None) -> dict[str, Any]:
@@ -141,22 +143,8 @@ def _images(value: Any, field: str) -> list:
     items = value if isinstance(value, list | tuple) else [value]
     if not items:
         raise InputError(f"{field} is an empty list: send a reference image", field)
-    return [_image(item, f"{field}[{i}]" if len(items) > 1 else field) for i, item in
-            enumerate(items)]  # fmt: skip
-
-
-def _image(value: Any, field: str):
-    if isinstance(value, Mapping):
-        if value.get("mask") is not None:
-            raise InputError(
-                f"{field}.mask is not available here: an IP-Adapter unit's mask (the extension's "
-                "CLIP mask) is not run; send the image alone",
-                f"{field}.mask",
-            )
-        value = value.get("image")
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{field} must be a base64 image (PNG, JPEG or WebP)", field)
-    return source_from_text(value, field, FORMS)
+    names = [f"{field}[{i}]" if len(items) > 1 else field for i in range(len(items))]
+    return [unit_image(item, name, CLIP_MASK) for item, name in zip(items, names, strict=True)]
 
 
 def _one_adapter(found: list[tuple]) -> dict[str, Any]:
