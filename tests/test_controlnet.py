@@ -262,3 +262,21 @@ def test_a_lora_with_a_controlnet_equals_diffusers(engine, tiny_weights, nets):
     assert_same_image(got.images[0], expected)
     plain_control = engine.run(request(ControlUnit("canny", shapes_image())))
     assert np.abs(pixels(plain_control.images[0]) - pixels(got.images[0])).max() > 0
+
+
+def test_a_few_step_scheduler_with_a_controlnet_equals_diffusers(engine, reference, nets):
+    from support.helpers import reference_scheduler
+
+    base, _ = reference
+    pipe = StableDiffusionXLControlNetPipeline(
+        **base.components, controlnet=nets["canny"], add_watermarker=False
+    )
+    pipe.scheduler = reference_scheduler(pipe, "LCM")
+    few = dict(num_inference_steps=4, guidance_scale=1.0)
+    expected = pipe(
+        **reference_args(image=canny_map(shapes_image()), width=SIZE, height=SIZE, **few),
+        controlnet_conditioning_scale=0.75,
+    ).images[0]
+    unit = ControlUnit("canny", shapes_image())
+    few["scheduler"] = "LCM"
+    assert_same_image(engine.run(request(unit, **few)).images[0], expected)
