@@ -12,7 +12,7 @@ from sdxl import logs
 from sdxl.cog.inputs import checked_inputs, reading_from, staging_folder
 from sdxl.cog.outputs import OutputWriter
 from sdxl.engine import Engine, EngineSettings
-from sdxl.settings import Runtime
+from sdxl.settings.tree import load_settings
 
 SCHEDULERS = [
     "DDIM",
@@ -85,8 +85,9 @@ class Predictor(BaseRunner):
         """Load base and refiner once, into the engine every prediction goes through."""
         logs.configure(job_lines=False)  # run() prints each job's lines into its own logs
         self.staging = staging_folder()  # cog predict's replicate_weights=@file, as a file
-        settings = reading_from(EngineSettings.from_env(), self.staging)
-        self.engine = Engine(Runtime.from_env(), settings)
+        tree = load_settings()  # every SDXL_* variable, checked before anything loads
+        settings = reading_from(EngineSettings.from_tree(tree), self.staging)
+        self.engine = Engine(tree.runtime.build(), settings)
         self.engine.load()
         self.outputs = OutputWriter()
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 from sdxl import logs
-from sdxl.config import DEFAULT_WEIGHTS_DIR
 from sdxl.weights.control_files import CONTROL_CHOICES, DEFAULT_CONTROL
 from sdxl.weights.ip_adapter_files import DEFAULT_IP_ADAPTER, IP_ADAPTER_CHOICES
 
 
 def _default_weights_dir() -> str:
-    return os.environ.get("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)
+    from sdxl.settings.specs import read_one
+    from sdxl.settings.tree import RuntimeGroup
+
+    return str(read_one(RuntimeGroup, "weights_dir"))
 
 
 def _weights_tiny(args: argparse.Namespace) -> int:
@@ -49,7 +50,8 @@ def _weights_random_full(args: argparse.Namespace) -> int:
 def _weights_download(args: argparse.Namespace) -> int:
     from sdxl.weights.download import main as download_main
 
-    return download_main(args.dir, control=args.control, ip_adapter=args.ip_adapter)
+    root = args.dir if args.dir is not None else _default_weights_dir()
+    return download_main(root, control=args.control, ip_adapter=args.ip_adapter)
 
 
 def _warmup(args: argparse.Namespace) -> int:
@@ -57,13 +59,13 @@ def _warmup(args: argparse.Namespace) -> int:
 
     from sdxl.engine import Engine
     from sdxl.model.compiled import use_cache_dir
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import RuntimeGroup
 
-    runtime = dataclasses.replace(Runtime.from_env(), compile=True, warmup="1")
+    runtime = dataclasses.replace(RuntimeGroup.read().build(), compile=True, warmup="1")
     engine = Engine(runtime)  # compiled and warmed on its GPU thread, as a server does
     engine.load()
     engine.close()
-    cache = use_cache_dir(runtime.weights_dir)
+    cache = use_cache_dir(runtime.weights_dir, runtime.compile_cache)
     took = engine.load_seconds
     print(f"compiled and warmed up for {runtime.compile_shapes} in {took:.0f} s; cache in {cache}")
     return 0
@@ -99,6 +101,22 @@ def _schema(args: argparse.Namespace) -> int:
     from sdxl.cog.schema import main as schema_main
 
     return schema_main(["--check"] if args.check else [])
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from sdxl.settings import SettingsError
+    from sdxl.settings.show import effective, markdown
+    from sdxl.settings.tree import load_settings
+
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
+    try:
+        print(effective(load_settings()), end="")
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="write .cog/openapi_schema.json")
     schema.add_argument("--check", action="store_true", help="fail if the file is stale")
     schema.set_defaults(func=_schema)
+
+    settings = commands.add_parser(
+        "settings", help="print the settings this environment gives (secrets masked)"
+    )
+    settings.add_argument(
+        "--markdown", action="store_true", help="the docs' table of every variable instead"
+    )
+    settings.set_defaults(func=_settings)
 
     # `api` takes its own options (see sdxl.http.server); main() hands them over untouched.
     commands.add_parser("api", help="the REST API: POST /v1/images/stable-diffusion-xl/generate")

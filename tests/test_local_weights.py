@@ -29,11 +29,13 @@ from support.loras import embeddings_pti, old_format_lora, params_json, write_ta
 
 from sdxl.cog.client import ClientError, failure, parse_inputs
 from sdxl.config import COG_INPUTS
+from sdxl.engine.engine_settings import EngineSettings
 from sdxl.errors import InputError
 from sdxl.http.replicate.inputs import REPLICATE
 from sdxl.inputs.rules import check_fields
 from sdxl.inputs.surface import InvalidInputs
-from sdxl.settings import Caps, FetchSettings, LocalFiles
+from sdxl.settings import Caps, LocalFiles
+from sdxl.settings.tree import CapsGroup
 
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 3, "seed": 5}
 TUNED = {"prompt": "a photo of TOK", **SMALL, "lora_scale": 1.0}
@@ -115,8 +117,9 @@ def test_the_operators_folders_and_nothing_outside_them(folders):
     missing = _problem({"replicate_weights": str(allowed / "missing.tar")}, caps)
     assert "is not a file" in missing and "missing.tar" in missing
     env = {"SDXL_LOCAL_WEIGHTS_DIRS": f"{allowed}{os.pathsep}{outside}"}
-    assert Caps.from_env(env).local_files.dirs == (allowed, outside)
-    assert FetchSettings.from_env(env).local_files == LocalFiles(dirs=(allowed, outside))
+    assert CapsGroup.read(env).build().local_files.dirs == (allowed, outside)
+    engine = EngineSettings.from_env(env)
+    assert engine.fetch.local_files == LocalFiles(dirs=(allowed, outside))
 
 
 def test_the_cog_predictor_reads_the_data_uri_cog_sends_and_no_server_file(folders, tmp_path):

@@ -13,6 +13,7 @@ from sdxl.generate.schedulers import make_scheduler
 from sdxl.model.loading import load_models
 from sdxl.model.pipelines import WeightsMissingError, pick_dtype
 from sdxl.settings import Runtime
+from sdxl.settings.tree import RuntimeGroup
 
 SHARED_WITH_BASE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
 
@@ -111,7 +112,7 @@ def test_native_bf16_agrees_with_torchs_own_cpu_probe():
 def test_bad_dtype_env(monkeypatch):
     monkeypatch.setenv("SDXL_DTYPE", "fp8")
     with pytest.raises(ValueError, match="SDXL_DTYPE='fp8'.*float16"):
-        Runtime.from_env()
+        RuntimeGroup.read()
 
 
 def test_bfloat16_load(tiny_weights):

@@ -3,21 +3,24 @@
 tests/data/settings-v1.json was written by the hand-parsed settings (the seven `from_env`
 functions and the module-level reads) before the tree replaced them: for each variable, raw
 values and what they gave, the value (its repr) or the error (its type and message). The
-settings read today must give exactly the same, so that no operator sees a change.
+settings tree (`sdxl.settings.tree.load_settings`) must give exactly the same, so that no
+operator sees a change; the old entry points (`Runtime.from_env`, ...) are now built on it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from sdxl import logs
+from sdxl import cli
 from sdxl.engine.engine_settings import EngineSettings
-from sdxl.http.openai.fields import PROMPT_SYNTAXES
 from sdxl.http.server_settings import Settings
-from sdxl.settings import Runtime, env_choice, env_number
+from sdxl.settings import SettingsError
+from sdxl.settings.show import effective, markdown, table_in
+from sdxl.settings.tree import load_settings
 from sdxl.train.training import TrainSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,18 +36,17 @@ WHERE = {
 
 
 def _read(env: dict[str, str]) -> dict[str, object]:
-    """Every setting `env` gives, by variable."""
-    runtime, engine = Runtime.from_env(env), EngineSettings.from_env(env)
-    server, train = Settings.from_env(env, 1), TrainSettings.from_env(env)
-    syntax = env_choice(env, "SDXL_OPENAI_PROMPT_SYNTAX", PROMPT_SYNTAXES, "plain")
+    """Every setting `env` gives, by variable: the tree read once, and the objects the code is
+    handed built from it."""
+    tree = load_settings(env)
     return {
-        "runtime": runtime,
-        "engine": engine,
-        "server": server,
-        "train": train,
-        "openai_prompt_syntax": syntax,
-        "ready_timeout": env_number(env, "SDXL_READY_TIMEOUT", float, 1.0, 1800.0),
-        "log_format": logs.log_format(env.get("SDXL_LOG_FORMAT")),
+        "runtime": tree.runtime.build(),
+        "engine": EngineSettings.from_group(tree.engine, tree.caps, tree.fetch),
+        "server": Settings.from_groups(tree.http, tree.store, 1),
+        "train": TrainSettings.from_group(tree.train),
+        "openai_prompt_syntax": tree.http.openai_prompt_syntax,
+        "ready_timeout": tree.cog.ready_timeout,
+        "log_format": tree.http.log_format,
     }
 
 
@@ -120,7 +122,10 @@ def _outcome(variable: str, raw: str) -> tuple[str, str]:
     try:
         value: object = _read({variable: raw})
     except Exception as err:  # the error is what is compared
-        return "error", f"{type(err).__name__}: {err}"
+        # SDXL_LOG_FORMAT's was a ValueError; the tree's errors are all SettingsError (a
+        # ValueError too), with the same message
+        kind = "ValueError" if variable == "SDXL_LOG_FORMAT" and type(err) is SettingsError else ""
+        return "error", f"{kind or type(err).__name__}: {err}"
     for name in PATHS[variable].split("."):
         value = value[name] if isinstance(value, dict) else getattr(value, name)
     return "value", _shown(value)
@@ -140,3 +145,47 @@ def test_each_variable_reads_as_before(variable):
         if _outcome(variable, raw) != (kind, text)
     ]
     assert not differ, differ
+
+
+def test_the_docs_table_is_the_trees():
+    """docs/operations.md's settings tables are `python -m sdxl settings --markdown`'s."""
+    page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert table_in(page) == markdown(), "run python -m sdxl settings --markdown into the page"
+    documented = set(re.findall(r"^\| `(SDXL_\w+)` \|", markdown(), flags=re.M))
+    assert set(PATHS) <= documented
+
+
+def test_every_unusable_variable_is_named_before_anything_loads():
+    env = {"SDXL_MAX_STEPS": "0", "SDXL_DTYPE": "half", "SDXL_QUEUE_SIZE": "many"}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("SDXL_MAX_STEPS='0' is not valid") for line in lines)
+    assert any(line.startswith("SDXL_DTYPE='half' is not valid") for line in lines)
+    assert any(line.startswith("SDXL_QUEUE_SIZE='many' is not valid") for line in lines)
+
+
+def test_the_effective_settings_mask_secrets():
+    env = {
+        "SDXL_DATABASE_URL": "postgresql+psycopg://sdxl:hunter2@db/sdxl",
+        "SDXL_FILES_DIR": "/shared/files",
+        "SDXL_API_KEYS": "alice:key-one",
+        "SDXL_ADMIN_KEY": "admin-key",
+        "SDXL_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+        "SDXL_MAX_STORED_BYTES": "20G",
+    }
+    shown = effective(load_settings(env))
+    for secret in ("hunter2", "key-one", "admin-key", "c2VjcmV0"):
+        assert secret not in shown
+    lines = set(shown.splitlines())
+    assert "SDXL_DATABASE_URL=postgresql+psycopg://sdxl:***@db/sdxl" in lines
+    assert "SDXL_API_KEYS=***" in lines
+    assert f"SDXL_MAX_STORED_BYTES={20 << 30}" in lines
+    assert "SDXL_FILES_DIR=/shared/files" in lines
+
+
+def test_the_settings_command_refuses_an_unusable_environment(capsys, monkeypatch):
+    monkeypatch.setenv("SDXL_PREPARE_WORKERS", "0")
+    assert cli.main(["settings"]) == 2
+    assert "SDXL_PREPARE_WORKERS='0' is not valid" in capsys.readouterr().err

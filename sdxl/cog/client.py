@@ -26,10 +26,11 @@ from sdxl.config import COG_INPUTS
 from sdxl.inputs.command_line import typed_value
 from sdxl.inputs.weights_source import local_path
 from sdxl.net.ports import free_port
-from sdxl.settings import env_number
+from sdxl.settings.specs import read_one
+from sdxl.settings.tree import CogGroup
 
 # SDXL_READY_TIMEOUT: seconds to wait for the server (real weights load slowly)
-READY_TIMEOUT = env_number(os.environ, "SDXL_READY_TIMEOUT", float, 1.0, 1800.0)
+READY_TIMEOUT = read_one(CogGroup, "ready_timeout")
 # Inputs that name a file the predictor reads itself (never sent as data: a tar of gigabytes).
 LOCAL_FILE_INPUTS = ("replicate_weights",)
 FAILED_PREFIX = "Prediction failed: "

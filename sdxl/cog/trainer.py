@@ -24,10 +24,11 @@ def engine():
     global _engine
     if _engine is None:
         from sdxl.engine import Engine, EngineSettings
-        from sdxl.settings import Runtime
+        from sdxl.settings.tree import load_settings
 
         logs.configure(job_lines=False)  # train() prints each line into the training's logs
-        started = Engine(Runtime.from_env(), EngineSettings.from_env())
+        settings = load_settings()
+        started = Engine(settings.runtime.build(), EngineSettings.from_tree(settings))
         started.load()
         _engine = started
     return _engine

@@ -1,13 +1,13 @@
-"""The engine's limits, read from the environment once (each variable is in the README)."""
+"""The engine's limits, built from the settings tree (`sdxl.settings.tree.EngineGroup`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdxl.settings import Caps, FetchSettings, env_number, parse_size
+from sdxl.settings import Caps, FetchSettings
+from sdxl.settings.tree import CapsGroup, EngineGroup, FetchGroup, SettingsTree
 
 
 @dataclass(frozen=True)
@@ -31,32 +31,21 @@ class EngineSettings:
     fetch: FetchSettings = field(default_factory=FetchSettings)  # SDXL_FETCH_*, SDXL_CACHE_*
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
-        env = os.environ if env is None else env
+    def from_group(cls, engine: EngineGroup, caps: CapsGroup, fetch: FetchGroup) -> EngineSettings:
+        """The engine's settings from the tree's groups (`sdxl.settings.tree.load_settings`)."""
         return cls(
-            max_seconds=env_number(env, "SDXL_MAX_SECONDS", float, 0.001, None),
-            max_resident_loras=env_number(env, "SDXL_MAX_RESIDENT_LORAS", int, 0, None),
-            max_resident_lora_bytes=env_number(
-                env, "SDXL_MAX_RESIDENT_LORA_BYTES", parse_size, 1, cls.max_resident_lora_bytes
-            ),
-            max_resident_unets=env_number(env, "SDXL_MAX_RESIDENT_UNETS", int, 0, None),
-            max_resident_unet_bytes=env_number(
-                env, "SDXL_MAX_RESIDENT_UNET_BYTES", parse_size, 1, cls.max_resident_unet_bytes
-            ),
-            max_prepared_bytes=env_number(
-                env, "SDXL_MAX_PREPARED_BYTES", parse_size, 1, cls.max_prepared_bytes
-            ),
-            prepare_workers=env_number(env, "SDXL_PREPARE_WORKERS", int, 1, cls.prepare_workers),
-            max_resident_controlnets=env_number(
-                env, "SDXL_MAX_RESIDENT_CONTROLNETS", int, 0, cls.max_resident_controlnets
-            ),
-            max_resident_ip_adapters=env_number(
-                env, "SDXL_MAX_RESIDENT_IP_ADAPTERS", int, 1, cls.max_resident_ip_adapters
-            ),
-            lora_dir=Path(env["SDXL_LORA_DIR"]) if env.get("SDXL_LORA_DIR") else None,
-            caps=Caps.from_env(env),
-            fetch=FetchSettings.from_env(env),
+            **engine.model_dump(),
+            caps=caps.build(),
+            fetch=fetch.build(caps.local_dirs),
         )
+
+    @classmethod
+    def from_tree(cls, tree: SettingsTree) -> EngineSettings:
+        return cls.from_group(tree.engine, tree.caps, tree.fetch)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
+        return cls.from_group(EngineGroup.read(env), CapsGroup.read(env), FetchGroup.read(env))
 
     def resident_loras(self, compiled: bool) -> int:
         if self.max_resident_loras is not None:

@@ -31,7 +31,8 @@ from sdxl.http.replicate.api import open_replicate_api, open_runtime, open_store
 from sdxl.http.replicate.render import Renderer
 from sdxl.http.server_settings import Settings, tenant_count
 from sdxl.http.service import ServerStatus, Service
-from sdxl.settings import Runtime, SettingsError
+from sdxl.settings import SettingsError
+from sdxl.settings.tree import load_settings
 
 log = logging.getLogger("sdxl.http")
 
@@ -105,9 +106,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _keys(no_auth: bool, host: str) -> list[KeyEntry] | None:
+def _keys(no_auth: bool, host: str, sources: dict[str, str]) -> list[KeyEntry] | None:
     """The keys to require, or None for --no-auth. Raises SettingsError without any key."""
-    keys = load_api_keys(os.environ)
+    keys = load_api_keys(sources)
     if no_auth:
         if keys:
             log.warning("--no-auth given: ignoring the %d configured API keys", len(keys))
@@ -125,17 +126,19 @@ def _keys(no_auth: bool, host: str) -> list[KeyEntry] | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logs.configure_server(logs.log_format(os.environ.get("SDXL_LOG_FORMAT")))
-    except ValueError as err:
+        tree = load_settings()  # every SDXL_* variable, read once and checked
+    except SettingsError as err:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR
+    logs.configure_server(tree.http.log_format)
     logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     os.environ.setdefault("TQDM_DISABLE", "1")  # fewer diffusers progress bars in the log
     try:
-        keys = _keys(args.no_auth, args.host)
-        settings = Settings.from_env(os.environ, tenant_count(keys or ()))  # the keys' shares
-        model_settings = Runtime.from_env()  # the weights, device and dtype
-        engine_settings = EngineSettings.from_env()
+        keys = _keys(args.no_auth, args.host, tree.http.key_sources())
+        tenants = tenant_count(keys or ())  # the keys' shares
+        settings = Settings.from_groups(tree.http, tree.store, tenants)
+        model_settings = tree.runtime.build()  # the weights, device and dtype
+        engine_settings = EngineSettings.from_tree(tree)
     except SettingsError as err:
         print(f"sdxl api: refusing to start: {err}", file=sys.stderr)
         return USAGE_ERROR

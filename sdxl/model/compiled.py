@@ -40,8 +40,10 @@ INDUCTOR_FLAGS = {  # the PyTorch/diffusers fast-diffusion recipe
 }
 
 
-def use_cache_dir(weights_dir: Path) -> Path:
-    folder = Path(os.environ.get("SDXL_COMPILE_CACHE") or weights_dir / "inductor-cache")
+def use_cache_dir(weights_dir: Path, cache: Path | None = None) -> Path:
+    """Inductor's cache: `cache` (SDXL_COMPILE_CACHE), or weights_dir/inductor-cache (an
+    operator's own TORCHINDUCTOR_CACHE_DIR wins)."""
+    folder = cache or weights_dir / "inductor-cache"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
@@ -108,12 +110,13 @@ class Compiled:
         shapes: tuple[tuple[int, int], ...],
         mode: str | None = None,
         backend: str = "inductor",
+        cache: Path | None = None,
     ):
         """`backend` other than inductor ("eager", "aot_eager") traces the same graphs without
         Inductor's code generation: the tests count graphs that way in seconds."""
         import torch._inductor.config as inductor
 
-        use_cache_dir(models.weights_dir)
+        use_cache_dir(models.weights_dir, cache)
         for name, value in INDUCTOR_FLAGS.items():
             setattr(inductor, name, value)
         if backend == "inductor":

@@ -46,7 +46,12 @@ def _apply_fast_path(models: Models, runtime: Runtime, cuda: bool) -> list[str]:
         models.fused = {"base": fast.fuse_qkv(base.unet), "refiner": fast.fuse_qkv(refiner.unet)}
         switches.append("fused QKV")
     if runtime.compile:
-        models.compiled = Compiled(models, runtime.compile_shapes, backend=runtime.compile_backend)
+        models.compiled = Compiled(
+            models,
+            runtime.compile_shapes,
+            backend=runtime.compile_backend,
+            cache=runtime.compile_cache,
+        )
         switches.append(f"compiled for {runtime.compile_shapes}")
     if runtime.compile or runtime.switch("warmup", cuda):
         # Compiled modules serve only what the warm-up ran, so compiling implies warming up.

@@ -73,15 +73,16 @@ def run(pairs: list[str], out: Path) -> int:
     from tqdm import tqdm
 
     from sdxl.engine import Engine, EngineSettings, JobEvents
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import load_settings
     from sdxl.train.console import shown, webui_lines
     from sdxl.train.training import Training, TrainSettings
 
     logging.getLogger("sdxl.engine").setLevel(logging.WARNING)  # its job lines: printed below
     out.mkdir(parents=True, exist_ok=True)
-    engine = Engine(Runtime.from_env(), EngineSettings.from_env())
+    settings = load_settings()
+    engine = Engine(settings.runtime.build(), EngineSettings.from_tree(settings))
     engine.load()
-    work = Training(request, out, TrainSettings.from_env())
+    work = Training(request, out, TrainSettings.from_group(settings.train))
     bar = tqdm(total=request.max_train_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def stepped(job, stage, done, total):

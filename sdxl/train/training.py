@@ -54,21 +54,16 @@ class TrainSettings:
     gradient_checkpointing: str = "auto"  # SDXL_TRAIN_GRADIENT_CHECKPOINTING: auto (CUDA), 1, 0
 
     @classmethod
+    def from_group(cls, train) -> TrainSettings:
+        """From the settings tree's `TrainGroup` (`sdxl.settings.tree`)."""
+        archive = ArchiveLimits(max_images=train.max_images, max_bytes=train.max_bytes)
+        return cls(archive=archive, gradient_checkpointing=train.gradient_checkpointing)
+
+    @classmethod
     def from_env(cls, env=None) -> TrainSettings:
-        import os
+        from sdxl.settings.tree import TrainGroup
 
-        from sdxl.settings import SWITCHES, env_choice, env_number, parse_size
-
-        env = os.environ if env is None else env
-        default = ArchiveLimits()
-        archive = ArchiveLimits(
-            max_images=env_number(env, "SDXL_MAX_TRAIN_IMAGES", int, 1, default.max_images),
-            max_bytes=env_number(
-                env, "SDXL_MAX_TRAIN_ARCHIVE_BYTES", parse_size, 1, default.max_bytes
-            ),
-        )
-        switch = env_choice(env, "SDXL_TRAIN_GRADIENT_CHECKPOINTING", SWITCHES, "auto")
-        return cls(archive=archive, gradient_checkpointing=switch)
+        return cls.from_group(TrainGroup.read(env))
 
 
 class Training:

@@ -14,15 +14,14 @@ negative_prompt, seed, steps...). Validity is decided by `sdxl.inputs.rules`.
 
 from __future__ import annotations
 
-import os
-
-from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE, PROMPT_SYNTAXES
+from sdxl.config import COG_INPUTS, MAX_SIDE, MIN_SIDE
 from sdxl.errors import InputError
 from sdxl.http.wire import Wire
 from sdxl.inputs.control_units import FLAT_INPUTS
 from sdxl.inputs.rules import check_range
 from sdxl.inputs.surface import Field, Surface
-from sdxl.settings import env_choice
+from sdxl.settings.specs import read_one
+from sdxl.settings.tree import HttpGroup
 
 MAX_N = 10
 JOB_IMAGES = 4  # the predictor's num_outputs bound: larger n runs as several jobs
@@ -53,7 +52,7 @@ EXTRAS = tuple(
     Field(name, name) for name in COG_INPUTS if name not in (*OWN, *SERVER_SET, *NOT_OFFERED)
 )
 # How this API reads prompts: read once, at start (tests set the attribute).
-PROMPT_SYNTAX = env_choice(os.environ, "SDXL_OPENAI_PROMPT_SYNTAX", PROMPT_SYNTAXES, "plain")
+PROMPT_SYNTAX = read_one(HttpGroup, "openai_prompt_syntax")  # SDXL_OPENAI_PROMPT_SYNTAX
 
 
 def _fields(edit: bool) -> tuple[Field, ...]:

@@ -1,9 +1,10 @@
 """Settings read from the environment once, at start, with one parser for every kind of value.
 
-Every setting is parsed here (numbers, sizes, switches); a value that cannot be used is a
-`SettingsError` naming the variable and what to write instead, so that a server refuses to start
-rather than misbehave. The engine's and the API's own settings (`sdxl.engine.engine_settings`,
-`sdxl.http.server_settings`) use the same parsers.
+The parsers of each kind (numbers, sizes, choices, flags) and the settings objects the layers
+below the engine are handed (`Runtime`, `Caps`, `FetchSettings`). The variables themselves are
+declared once, in the settings tree (`sdxl.settings.tree`), which reads them with these parsers;
+a value that cannot be used is a `SettingsError` naming the variable and what to write instead,
+so that a server refuses to start rather than misbehave.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sdxl.config import (
-    DEFAULT_WEIGHTS_DIR,
-    DTYPES,
     MAX_IMAGES,
     MAX_PIXELS,
     MAX_PROMPT_CHARS,
@@ -116,12 +115,6 @@ class LocalFiles:
 
     dirs: tuple[Path, ...] = ()
 
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> LocalFiles:
-        env = os.environ if env is None else env
-        raw = env.get("SDXL_LOCAL_WEIGHTS_DIRS", "")
-        return cls(dirs=tuple(Path(p) for p in raw.split(os.pathsep) if p.strip()))
-
     def allows(self, path: str | Path) -> bool:
         """Whether `path` may be read: inside one of `dirs` once symbolic links and `..` are
         resolved."""
@@ -148,15 +141,6 @@ class Caps:
         "max_prompt_chars": "SDXL_MAX_PROMPT_CHARS",
     }
 
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> Caps:
-        env = os.environ if env is None else env
-        values = {}
-        for name, variable in cls.VARIABLES.items():
-            most = getattr(cls, name)
-            values[name] = env_number(env, variable, int, 1, most, maximum=most)
-        return cls(**values, local_files=LocalFiles.from_env(env))
-
 
 DEVICES = ("auto", "cuda", "cpu")
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
@@ -181,23 +165,7 @@ class Runtime:
     # generation (to check that nothing recompiles, in seconds)
     compile_backend: str = "inductor"
     vae_tile_above: int = 2560 * 1024  # SDXL_VAE_TILE_ABOVE: pixels beyond which decode tiles
-
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> Runtime:
-        env = os.environ if env is None else env
-        return cls(
-            weights_dir=Path(env.get("SDXL_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR),
-            dtype=env_choice(env, "SDXL_DTYPE", DTYPES, "auto"),
-            device=env_choice(env, "SDXL_DEVICE", DEVICES, "auto"),
-            channels_last=env_choice(env, "SDXL_CHANNELS_LAST", SWITCHES, "auto"),
-            fuse_qkv=env_choice(env, "SDXL_FUSE_QKV", SWITCHES, "auto"),
-            warmup=env_choice(env, "SDXL_WARMUP", SWITCHES, "auto"),
-            tf32=env_choice(env, "SDXL_TF32", SWITCHES, "auto"),
-            compile=env_choice(env, "SDXL_COMPILE", ("0", "1"), "0") == "1",
-            compile_shapes=parse_shapes(env.get("SDXL_COMPILE_SHAPES", "1024x1024")),
-            compile_backend=env_choice(env, "SDXL_COMPILE_BACKEND", COMPILE_BACKENDS, "inductor"),
-            vae_tile_above=env_number(env, "SDXL_VAE_TILE_ABOVE", int, 1, cls.vae_tile_above),
-        )
+    compile_cache: Path | None = None  # SDXL_COMPILE_CACHE (None: weights_dir/inductor-cache)
 
     def switch(self, name: str, cuda: bool) -> bool:
         value = getattr(self, name)
@@ -242,24 +210,6 @@ class FetchSettings:
     max_redirects: int = 5
     local_dirs: tuple[Path, ...] = ()  # SDXL_LOCAL_WEIGHTS_DIRS: folders local paths may name
     public_only: bool = True  # refuse private, loopback, link-local... (SDXL_ALLOW_PRIVATE_URLS)
-
-    @classmethod
-    def from_env(cls, env: Env | None = None) -> FetchSettings:
-        env = os.environ if env is None else env
-
-        def seconds(name: str, default: float) -> float:
-            return env_number(env, name, float, 0.001, default)
-
-        return cls(
-            cache_dir=Path(env.get("SDXL_CACHE_DIR") or cls().cache_dir),
-            max_total_bytes=env_number(env, "SDXL_CACHE_MAX_SIZE", parse_size, 1, 20 << 30),
-            max_file_bytes=env_number(env, "SDXL_FETCH_MAX_SIZE", parse_size, 1, 12 << 30),
-            connect_timeout=seconds("SDXL_FETCH_CONNECT_TIMEOUT", cls.connect_timeout),
-            read_timeout=seconds("SDXL_FETCH_READ_TIMEOUT", cls.read_timeout),
-            deadline=seconds("SDXL_FETCH_DEADLINE", cls.deadline),
-            local_dirs=LocalFiles.from_env(env).dirs,
-            public_only=not env_flag(env, "SDXL_ALLOW_PRIVATE_URLS"),
-        )
 
     @property
     def local_files(self) -> LocalFiles:
