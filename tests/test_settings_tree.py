@@ -18,7 +18,7 @@ import pytest
 from sdxl import cli
 from sdxl.engine.engine_settings import EngineSettings
 from sdxl.http.server_settings import Settings
-from sdxl.settings import SettingsError
+from sdxl.settings import Runtime, SettingsError
 from sdxl.settings.show import effective, markdown, table_in
 from sdxl.settings.tree import load_settings
 from sdxl.train.training import TrainSettings
@@ -189,3 +189,13 @@ def test_the_settings_command_refuses_an_unusable_environment(capsys, monkeypatc
     monkeypatch.setenv("SDXL_PREPARE_WORKERS", "0")
     assert cli.main(["settings"]) == 2
     assert "SDXL_PREPARE_WORKERS='0' is not valid" in capsys.readouterr().err
+
+
+def test_an_empty_environment_gives_the_objects_defaults():
+    """The tree's defaults and the settings objects' own (what tests and callers build
+    directly) are the same values."""
+    tree = load_settings({})
+    assert EngineSettings.from_tree(tree) == EngineSettings()
+    assert Settings.from_groups(tree.http, tree.store) == Settings()
+    assert TrainSettings.from_group(tree.train) == TrainSettings()
+    assert tree.runtime.build() == Runtime(weights_dir=Path("weights"), dtype="auto")

@@ -33,6 +33,7 @@ from sdxl.http.server_settings import Settings, tenant_count
 from sdxl.http.service import ServerStatus, Service
 from sdxl.settings import SettingsError
 from sdxl.settings.tree import load_settings
+from sdxl.train.training import TrainSettings
 
 log = logging.getLogger("sdxl.http")
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = open_store(settings)
         renderer = Renderer(store, settings.public_url, settings.store.ttl_s)
-        runtime = open_runtime(settings, store, engine_settings.fetch, renderer)
+        train = TrainSettings.from_group(tree.train)
+        runtime = open_runtime(settings, store, engine_settings.fetch, renderer, train)
         api = open_replicate_api(settings, runtime, renderer, engine_settings.caps)
     except Exception as err:  # a database that cannot be opened: say which and why
         print(f"sdxl api: refusing to start: the prediction store: {err}", file=sys.stderr)

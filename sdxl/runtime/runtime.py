@@ -17,6 +17,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdxl.inputs.request import Request
 from sdxl.runtime.completions import Completions
@@ -33,6 +34,9 @@ from sdxl.store.job_rows import ENDS, PREVIEWS
 from sdxl.store.store import Store
 from sdxl.store.tables import ANY
 
+if TYPE_CHECKING:
+    from sdxl.train.training import TrainSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 class RuntimeSettings:
     work_dir: Path  # a folder per training running here
     fetch: FetchSettings = field(default_factory=FetchSettings)  # URLs in jobs' inputs
+    train: TrainSettings | None = None  # SDXL_MAX_TRAIN_*, ... (None: the defaults)
     public_url: str | None = None  # SDXL_PUBLIC_URL: the base of webhooks' URLs
     webhook_secret: str | None = None  # SDXL_WEBHOOK_SECRET (None: one kept in the store)
     replica_timeout_s: float = 30.0  # SDXL_REPLICA_TIMEOUT: a silent replica is dead after it
@@ -77,7 +82,7 @@ class JobRuntime:
             settings.served,
         )
         self.trainings = StoredTrainings(
-            store, self.events, replica, settings.fetch, settings.work_dir
+            store, self.events, replica, settings.fetch, settings.work_dir, settings.train
         )
         self.completions.on_end(self.predictions.forget)
         store.wakeups.on(ENDS, self.completions.ended)

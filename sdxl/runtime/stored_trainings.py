@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sdxl.engine import Job, JobEvents, TrainingJob
@@ -29,6 +30,9 @@ from sdxl.store.errors import StoreUnavailable
 from sdxl.store.store import Store
 from sdxl.store.tables import StoredStatus
 from sdxl.train.options import FILE_INPUTS
+
+if TYPE_CHECKING:
+    from sdxl.train.training import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,20 @@ class StoredTrainings(StoredRuns):
 
     kind, lost_claim = TRAINING, LOST_CLAIM
 
-    def __init__(self, store: Store, events: Events, replica: str, fetch: FetchSettings, work_dir):
+    def __init__(
+        self,
+        store: Store,
+        events: Events,
+        replica: str,
+        fetch: FetchSettings,
+        work_dir,
+        settings: TrainSettings | None = None,
+    ):
         from sdxl.train.training import TrainSettings
 
         super().__init__(store, events, replica, writer="sdxl-training-store")
         self.fetch = fetch
-        self.settings = TrainSettings.from_env()
+        self.settings = settings or TrainSettings()  # the operator's, from the settings tree
         self.work_dir = Path(work_dir)  # one folder per training here, removed at its end
         # Checkpoints and ends go in order on the writer: a hand-back follows its checkpoint.
         self._earlier: dict[str, str] = {}  # a resumed training's logs from before

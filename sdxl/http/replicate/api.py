@@ -4,6 +4,7 @@ for the server (the engine takes its queue from the runtime, the API its calls).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sdxl.http.replicate.catalogue import Catalogue
 from sdxl.http.replicate.predictions import Predictions
@@ -14,6 +15,9 @@ from sdxl.runtime.kinds import PREDICTION, TRAINING
 from sdxl.runtime.runtime import JobRuntime, RuntimeSettings
 from sdxl.settings import Caps, FetchSettings
 from sdxl.store.store import Store
+
+if TYPE_CHECKING:
+    from sdxl.train.training import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,11 @@ def open_store(settings: Settings) -> Store:
 
 
 def open_runtime(
-    settings: Settings, store: Store, fetch: FetchSettings, renderer: Renderer
+    settings: Settings,
+    store: Store,
+    fetch: FetchSettings,
+    renderer: Renderer,
+    train: TrainSettings | None = None,
 ) -> JobRuntime:
     """The job runtime around `store`, with what a restart left behind settled; its webhooks
     carry Replicate's objects (`renderer`)."""
@@ -50,6 +58,7 @@ def open_runtime(
         job_kinds=settings.job_kinds,
         served=served,
         preview_every=PREVIEW_EVERY,
+        train=train,
     )
     renderers = {PREDICTION: renderer.prediction, TRAINING: renderer.training}
     return JobRuntime(store, runtime_settings, renderers)
