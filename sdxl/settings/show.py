@@ -65,6 +65,8 @@ def _shown(spec, value: Any) -> str:
         value = spec.mask(value)
     if value is None or value == "":
         return "unset"
+    if isinstance(value, bool):  # as the variable is written: 1 or 0 (some mean the opposite)
+        return "1" if value != getattr(spec, "invert", False) else "0"
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, tuple):
