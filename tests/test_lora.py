@@ -9,7 +9,6 @@ it was (the `before` fixture). Resident adapters are tested in test_engine.py.
 from __future__ import annotations
 
 import dataclasses
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,13 +75,13 @@ def base_image(models):
 
 
 @contextmanager
-def apply(engine, cache, tmp_path: Path, **spec):
+def apply(engine, cache, tmp_path: Path, lora_dir: Path | None = None, **spec):
     """What the engine does with a job's trained weights: their names checked with the rest of
     the request, staged off the lock, applied under it, undone after the body. Yields the
     staged weights."""
     check_adapter_names(Request(**spec))
     runner = engine.runner
-    lora_dir = Path(os.environ.get("SDXL_LORA_DIR") or tmp_path / "loras")
+    lora_dir = lora_dir or tmp_path / "loras"  # the engine's SDXL_LORA_DIR setting
     resolver = dataclasses.replace(
         runner.resolver, cache=cache, weights_dir=tmp_path, lora_dir=lora_dir
     )
@@ -159,17 +158,15 @@ def test_plain_lora_written_by_diffusers_loads_with_its_alpha_and_scale(
     assert abs(tuned - base_image).max() > 0.05
 
 
-def test_kohya_lora_by_id_and_by_name(
-    engine, models, cache, tmp_path, before, base_image, monkeypatch
-):
+def test_kohya_lora_by_id_and_by_name(engine, models, cache, tmp_path, before, base_image):
     state, updates = kohya_lora(models.base.unet, alpha=2.0)
     reference = run(models, unet=hand_applied(models.base.unet, updates, 0.8))
-    monkeypatch.setenv("SDXL_LORA_DIR", str(tmp_path / "ids"))
     (tmp_path / "ids").mkdir()
     save_safetensors(tmp_path / "ids" / "my-style_v1.safetensors", state)
     (tmp_path / "loras").mkdir()
     save_safetensors(tmp_path / "loras" / "offset.safetensors", state)
-    with apply(engine, cache, tmp_path, lora_id="my-style_v1", lora_scale=0.8):
+    ids = tmp_path / "ids"
+    with apply(engine, cache, tmp_path, ids, lora_id="my-style_v1", lora_scale=0.8):
         by_id = run(models)
     with apply(engine, cache, tmp_path, lora_name="offset", lora_scale=0.8) as applied:
         by_name = run(models)
@@ -209,12 +206,11 @@ def test_text_encoder_lora_loads_into_both_encoders(engine, models, cache, tmp_p
     ],
 )
 def test_bad_names_are_refused_before_anything_changes(
-    engine, models, cache, tmp_path, before, monkeypatch, spec, message
+    engine, models, cache, tmp_path, before, spec, message
 ):
-    monkeypatch.setenv("SDXL_LORA_DIR", str(tmp_path))
     with (
         pytest.raises(InputError, match=message),
-        apply(engine, cache, tmp_path, **spec),
+        apply(engine, cache, tmp_path, tmp_path, **spec),
     ):
         pytest.fail("the body must not run")
 

@@ -109,10 +109,9 @@ def test_native_bf16_agrees_with_torchs_own_cpu_probe():
     assert cpu_has_native_bf16() == native
 
 
-def test_bad_dtype_env(monkeypatch):
-    monkeypatch.setenv("SDXL_DTYPE", "fp8")
+def test_bad_dtype_env():
     with pytest.raises(ValueError, match="SDXL_DTYPE='fp8'.*float16"):
-        RuntimeGroup.read()
+        RuntimeGroup.read({"SDXL_DTYPE": "fp8"})
 
 
 def test_bfloat16_load(tiny_weights):
