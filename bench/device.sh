@@ -6,8 +6,9 @@
 #   3. runs the GPU test tier and the pixel tests on the GPU (SDXL_TEST_DEVICE=cuda: the
 #      product and diffusers' own pipelines, both in float32 on the GPU);
 #   4. runs bench/gpu.py's eager (plain float16) and fast-path rows at 30 steps (the fast
-#      path's with the fast modes', the hires fix's and ControlNet's rows; the random
-#      ControlNets are written into the weights folder first where it has none);
+#      path's with the fast modes', the hires fix's, ControlNet's and IP-Adapter's rows; the
+#      random ControlNets and IP-Adapters are written into the weights folder first where it
+#      has none);
 #   5. runs bench/engine_gpu.py at 1024x1024: graphs per scheduler after the compile's warm-up
 #      (mode reduce-overhead: CUDA graph trees, as max-autotune has, in less compile time),
 #      memory after an out-of-memory error, the lock's idle time per job;

@@ -15,7 +15,10 @@ fix's (bench/hires.py: 1024 -> 1536, the second pass's seconds per step at most 
 1536x1536 request's) and ControlNet's (bench/controlnet.py at 1024x1024, 20 steps: seconds per
 step with one and two ControlNets at most 1.02x diffusers' own ControlNet pipelines over the
 same modules; resident bytes per control model, device memory included, 1.00x its file's; the
-random ControlNets are written into the weights folder first where it has none).
+random ControlNets are written into the weights folder first where it has none) and
+IP-Adapter's (bench/ip_adapter.py at 1024x1024, 20 steps: seconds per step with the plus adapter
+and one reference image at most 1.02x diffusers' own pipeline with `load_ip_adapter` over the
+same modules, and its cost over plain; random ones are written first where the folder has none).
 
     python bench/gpu.py --weights DIR [--repeats 3] [--configs plain,fast,compiled]
 
@@ -42,6 +45,9 @@ from controlnet import measure as measure_controlnet
 from controlnet import report as report_controlnet
 from fast_modes import measure, random_lora
 from hires import measure as measure_hires
+from ip_adapter import ensure_ip_adapters
+from ip_adapter import measure as measure_ip_adapter
+from ip_adapter import report as report_ip_adapter
 
 MODES = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
 CONFIGS = {
@@ -97,6 +103,9 @@ def child(weights: Path, repeats: int, steps_list: list[int], fast_modes: bool) 
         # bench/controlnet.py's rows: 1024x1024, 20 steps, canny and canny + depth, ours over
         # diffusers' ControlNet pipelines (goal: at most 1.02x); resident bytes per model
         out["controlnet"] = measure_controlnet(engine, 1024, 20, repeats)
+        # bench/ip_adapter.py's rows: 1024x1024, 20 steps, plus with one reference image, ours
+        # over diffusers' load_ip_adapter pipeline (goal: at most 1.02x) and over plain
+        out["ip_adapter"] = measure_ip_adapter(engine, weights, 1024, 20, repeats)
     engine.close()
     return out
 
@@ -105,8 +114,8 @@ def floor_s(weights: Path) -> float:
     """Reading every weights file onto the GPU in float16 (no cast: the files are fp16)."""
     from safetensors.torch import load_file
 
-    # what setup loads: not the LoRAs, control models or annotators (loaded on first use)
-    skipped = {"loras", "controlnet", "annotators"}
+    # what setup loads: not the LoRAs, control models, annotators or IP-Adapters (first use)
+    skipped = {"loras", "controlnet", "annotators", "ip_adapter"}
     files = [p for p in weights.rglob("*.safetensors") if not skipped & set(p.parts)]
     for path in files:  # warm the page cache
         load_file(str(path), device="cpu")
@@ -138,6 +147,7 @@ def main() -> int:
         return 2
     record: dict = {"weights": str(args.weights), "floor_s": floor_s(args.weights)}
     record["controlnets"] = ensure_controlnets(args.weights)  # before the children read them
+    record["ip_adapter"] = ensure_ip_adapters(args.weights)
     cache = Path(tempfile.mkdtemp(prefix="inductor-"))
     runs = []
     for name in args.configs.split(","):
@@ -170,6 +180,8 @@ def main() -> int:
             print(f"    {key:34} {row['seconds_per_step']:6.3f} s/step  {row['ratio']:.3f}x plain")
         if "controlnet" in result:
             report_controlnet(result["controlnet"])
+        if "ip_adapter" in result:
+            report_ip_adapter(result["ip_adapter"])
     fast = record.get("fast", {})
     if "setup_s" in fast:
         record["cold_start_ratio"] = fast["setup_s"] / record["floor_s"]
