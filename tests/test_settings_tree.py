@@ -21,7 +21,7 @@ from sdxl.http.server_settings import Settings
 from sdxl.settings import Runtime, SettingsError
 from sdxl.settings.show import effective, markdown, table_in
 from sdxl.settings.tree import load_settings
-from sdxl.train.training import TrainSettings
+from sdxl.train.train_settings import TrainSettings
 
 pytestmark = pytest.mark.timeout(60)
 

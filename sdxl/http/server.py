@@ -33,7 +33,7 @@ from sdxl.http.server_settings import Settings, tenant_count
 from sdxl.http.service import ServerStatus, Service
 from sdxl.settings import SettingsError
 from sdxl.settings.tree import load_settings
-from sdxl.train.training import TrainSettings
+from sdxl.train.train_settings import TrainSettings
 
 log = logging.getLogger("sdxl.http")
 

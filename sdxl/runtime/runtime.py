@@ -35,7 +35,7 @@ from sdxl.store.store import Store
 from sdxl.store.tables import ANY
 
 if TYPE_CHECKING:
-    from sdxl.train.training import TrainSettings
+    from sdxl.train.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
 

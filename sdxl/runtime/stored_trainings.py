@@ -32,7 +32,7 @@ from sdxl.store.tables import StoredStatus
 from sdxl.train.options import FILE_INPUTS
 
 if TYPE_CHECKING:
-    from sdxl.train.training import TrainSettings
+    from sdxl.train.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
 

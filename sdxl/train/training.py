@@ -27,10 +27,11 @@ from pathlib import Path
 from sdxl.engine.jobs import OutOfMemory, notify
 from sdxl.inputs.request import draw_seed
 from sdxl.train import checkpoint, output, trainable
-from sdxl.train.archive import Archive, ArchiveLimits, read_archive
+from sdxl.train.archive import Archive, read_archive
 from sdxl.train.loop import Trainer, encode_examples
 from sdxl.train.options import TrainRequest, check_train_request
 from sdxl.train.preprocess import HelperModels, preprocess
+from sdxl.train.train_settings import TrainSettings
 
 log = logging.getLogger("sdxl.train")
 
@@ -46,26 +47,6 @@ class TrainingResult:
     checkpoint: Path | None = None  # the last one written
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """What the operator sets for every training, read from the environment once."""
-
-    archive: ArchiveLimits = field(default_factory=ArchiveLimits)  # SDXL_MAX_TRAIN_IMAGES, ...
-    gradient_checkpointing: str = "auto"  # SDXL_TRAIN_GRADIENT_CHECKPOINTING: auto (CUDA), 1, 0
-
-    @classmethod
-    def from_group(cls, train) -> TrainSettings:
-        """From the settings tree's `TrainGroup` (`sdxl.settings.tree`)."""
-        archive = ArchiveLimits(max_images=train.max_images, max_bytes=train.max_bytes)
-        return cls(archive=archive, gradient_checkpointing=train.gradient_checkpointing)
-
-    @classmethod
-    def from_env(cls, env=None) -> TrainSettings:
-        from sdxl.settings.tree import TrainGroup
-
-        return cls.from_group(TrainGroup.read(env))
-
-
 class Training:
     """One training's work; `job` reports its logs and steps (sdxl.engine.jobs.Job)."""
 
@@ -73,7 +54,7 @@ class Training:
         self,
         req: TrainRequest,
         workdir: Path,
-        settings: TrainSettings = TrainSettings(),
+        settings: TrainSettings = TrainSettings(),  # noqa: B008 (frozen)
         on_checkpoint: Callable[[Path, int], None] | None = None,
     ):
         self.req = req

@@ -17,7 +17,7 @@ from sdxl.settings import Caps, FetchSettings
 from sdxl.store.store import Store
 
 if TYPE_CHECKING:
-    from sdxl.train.training import TrainSettings
+    from sdxl.train.train_settings import TrainSettings
 
 
 @dataclass(frozen=True)
