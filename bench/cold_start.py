@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from sdxl.model.loading import load_models
 from sdxl.model.pipelines import pick_device, pick_dtype
-from sdxl.settings import Runtime
+from sdxl.settings.tree import RuntimeGroup
 
 
 def weight_files(root: Path) -> list[Path]:
@@ -52,7 +52,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     runtime = dataclasses.replace(
-        Runtime.from_env({"SDXL_WEIGHTS_DIR": str(args.weights)}), warmup="0", compile=False
+        RuntimeGroup.read({"SDXL_WEIGHTS_DIR": str(args.weights)}).build(),
+        warmup="0",
+        compile=False,
     )
     device = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, device)

@@ -117,8 +117,8 @@ def weights_or_tiny(weights: Path | None, folder: Path | None = None) -> Path:
 def loaded_engine(weights: Path):
     """The product's engine over `weights`, with the settings from the environment, loaded."""
     from sdxl.engine import Engine, EngineSettings
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import RuntimeGroup
 
-    engine = Engine(Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)}), EngineSettings())
+    engine = Engine(RuntimeGroup.read({"SDXL_WEIGHTS_DIR": str(weights)}).build(), EngineSettings())
     engine.load()
     return engine

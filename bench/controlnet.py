@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from common import loaded_engine, median, rss_peak_bytes, weights_or_tiny, write
-from hires import CallTimes, forward, per_step
+from hires import timed_rounds
 from PIL import Image, ImageDraw
 
 TARGET = 1.02
@@ -213,27 +213,14 @@ def measure(engine, size: int, steps: int, rounds: int) -> dict:
         return lambda: diffusers_call(engine.models, req, controlnets[:count], maps[:count])
 
     calls = {name: runner(*row) for name, row in ROWS.items()}
-    seconds: dict[str, list[float]] = {name: [] for name in ROWS}
-    inside: dict[str, list[float]] = {name: [] for name in ROWS}
-    counts: dict[str, int] = {}
-    times = CallTimes(engine.models.base.unet)
-    try:
-        for _ in range(rounds):
-            for name, call in calls.items():
-                call()
-                starts, ends = times.take()
-                counts[name] = len(starts)
-                inside[name].append(forward(starts[1:], ends[1:]))
-                seconds[name].append(per_step(starts[1:]))  # less the warm-up interval
-    finally:
-        times.close()
-    took = {name: median(values) for name, values in seconds.items()}
+    timed = timed_rounds(calls, engine.models.base.unet, rounds)
+    took = {name: median(row["each_round"]) for name, row in timed.items()}
     rows = {
         name: {
             "seconds_per_step": took[name],
-            "each_round": seconds[name],
-            "unet_forward_seconds": median(inside[name]),
-            "unet_calls": counts[name],
+            "each_round": timed[name]["each_round"],
+            "unet_forward_seconds": median(timed[name]["inside"]),
+            "unet_calls": timed[name]["unet_calls"],
             "controlnets": ROWS[name][0],
             "path": ROWS[name][1],
         }

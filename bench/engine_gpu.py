@@ -37,9 +37,9 @@ def engine_for(weights: Path, size: int, compile_mode: str | None, backend: str 
     from sdxl.engine import Engine, EngineSettings
     from sdxl.model.compiled import Compiled
     from sdxl.model.loading import load_models
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import RuntimeGroup
 
-    runtime = Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)})
+    runtime = RuntimeGroup.read({"SDXL_WEIGHTS_DIR": str(weights)}).build()
     models = load_models(runtime)
     if backend is not None:  # the path SDXL_COMPILE=1 takes, with this mode and backend
         models.compiled = Compiled(models, ((size, size),), mode=compile_mode, backend=backend)

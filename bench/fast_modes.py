@@ -129,12 +129,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     from sdxl.engine import Engine, EngineSettings
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import RuntimeGroup
 
     folder = Path(tempfile.mkdtemp())
     weights = weights_or_tiny(args.weights, folder)
     size = args.size if args.weights else 256
-    runtime = Runtime.from_env({"SDXL_WEIGHTS_DIR": str(weights)})
+    runtime = RuntimeGroup.read({"SDXL_WEIGHTS_DIR": str(weights)}).build()
     engine = Engine(runtime, EngineSettings(lora_dir=folder / "loras"))
     engine.load()
     random_lora(engine.models.base.unet, folder / "loras")

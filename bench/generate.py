@@ -23,7 +23,7 @@ from sdxl.config import REFINE_MODES
 from sdxl.generate.direct import generate
 from sdxl.inputs.request import Request
 from sdxl.model.loading import load_models
-from sdxl.settings import Runtime
+from sdxl.settings.tree import RuntimeGroup
 
 
 def time_request(models, req: Request, repeats: int) -> tuple[float, float]:
@@ -56,7 +56,7 @@ def main() -> int:
     baseline = None
     print(f"{'dtype':10} {'refine':26} {'seconds':>8} {'ratio':>6} {'peak GiB':>9}")
     for dtype in args.dtypes.split(","):
-        models = load_models(dataclasses.replace(Runtime.from_env(), dtype=dtype))
+        models = load_models(dataclasses.replace(RuntimeGroup.read().build(), dtype=dtype))
         for refine in REFINE_MODES:
             seconds, peak = time_request(
                 models, dataclasses.replace(base, refine=refine), args.repeats

@@ -60,11 +60,11 @@ CONFIGS = {
 def child(weights: Path, repeats: int, steps_list: list[int], fast_modes: bool) -> dict:
     from sdxl.engine import Engine, EngineSettings
     from sdxl.inputs.request import Request
-    from sdxl.settings import Runtime
+    from sdxl.settings.tree import RuntimeGroup
 
     loras = Path(tempfile.mkdtemp()) / "loras"
     started = time.perf_counter()
-    engine = Engine(Runtime.from_env(), EngineSettings(lora_dir=loras))
+    engine = Engine(RuntimeGroup.read().build(), EngineSettings(lora_dir=loras))
     engine.load()
     sync()
     out: dict = {"setup_s": time.perf_counter() - started, "per_image_s": {}}

@@ -67,6 +67,25 @@ def forward(starts: list[float], ends: list[float]) -> float:
     return median([end - start for start, end in zip(starts, ends, strict=True)])
 
 
+def timed_rounds(calls: dict, unet, rounds: int) -> dict[str, dict]:
+    """Each call run once a round, in order, for `rounds` rounds: per row its seconds per step
+    each round (the first interval, the warm-up, left out), its median UNet forward time and its
+    UNet calls (bench/controlnet.py, bench/ip_adapter.py)."""
+    rows = {name: {"each_round": [], "inside": [], "unet_calls": 0} for name in calls}
+    times = CallTimes(unet)
+    try:
+        for _ in range(rounds):
+            for name, call in calls.items():
+                call()
+                starts, ends = times.take()
+                rows[name]["unet_calls"] = len(starts)
+                rows[name]["inside"].append(forward(starts[1:], ends[1:]))
+                rows[name]["each_round"].append(per_step(starts[1:]))
+    finally:
+        times.close()
+    return rows
+
+
 def measure(engine, size: int, scale: float, steps: int, rounds: int) -> dict:
     """Each row's median seconds per step over rounds, its UNet calls, and its ratio to plain."""
     from sdxl.inputs.request import Request
