@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -122,3 +123,30 @@ def loaded_engine(weights: Path):
     engine = Engine(RuntimeGroup.read({"SDXL_WEIGHTS_DIR": str(weights)}).build(), EngineSettings())
     engine.load()
     return engine
+
+
+def generation(size: int, steps: int, **extra):
+    """The benchmarks' txt2img request: size x size, K_EULER, a fixed seed, no refiner, no
+    watermark or safety checker (bench/controlnet.py, bench/ip_adapter.py)."""
+    from sdxl.inputs.request import Request
+
+    return Request(
+        prompt="A studio portrait photo of a cat",
+        width=size,
+        height=size,
+        scheduler="K_EULER",
+        num_inference_steps=steps,
+        seed=1,
+        refine="no_refiner",
+        apply_watermark=False,
+        disable_safety_checker=True,
+        **extra,
+    )
+
+
+def safetensors_entries(path: Path) -> list[dict]:
+    """The tensors' entries (dtype, shape, data_offsets) of one safetensors file's header."""
+    with Path(path).open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return [entry for key, entry in header.items() if key != "__metadata__"]

@@ -29,13 +29,19 @@ at 256). Target: ours / diffusers' at most 1.02x, with one ControlNet and with t
 from __future__ import annotations
 
 import argparse
-import json
-import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from common import loaded_engine, median, rss_peak_bytes, weights_or_tiny, write
+from common import (
+    generation,
+    loaded_engine,
+    median,
+    rss_peak_bytes,
+    safetensors_entries,
+    weights_or_tiny,
+    write,
+)
 from hires import timed_rounds
 from PIL import Image, ImageDraw
 
@@ -90,19 +96,11 @@ def build_controlnet(weights: Path, folder: Path, seed: int) -> int:
 
 def file_tensor_bytes(folder: Path) -> int:
     """The bytes of the tensors in `folder`'s safetensors files (read from their headers)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with path.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        total += sum(end - start for key, (start, end) in _offsets(header))
-    return total
-
-
-def _offsets(header: dict):
-    for key, entry in header.items():
-        if key != "__metadata__":
-            yield key, entry["data_offsets"]
+    return sum(
+        end - start
+        for path in folder.glob("*.safetensors")
+        for (start, end) in (entry["data_offsets"] for entry in safetensors_entries(path))
+    )
 
 
 def resident_bytes(engine, units) -> dict:
@@ -153,20 +151,7 @@ def control_units(size: int) -> tuple:
 
 
 def request(size: int, steps: int, units: tuple = ()):
-    from sdxl.inputs.request import Request
-
-    return Request(
-        prompt="A studio portrait photo of a cat",
-        width=size,
-        height=size,
-        scheduler="K_EULER",
-        num_inference_steps=steps,
-        seed=1,
-        refine="no_refiner",
-        apply_watermark=False,
-        disable_safety_checker=True,
-        controls=units,
-    )
+    return generation(size, steps, controls=units)
 
 
 def diffusers_call(models, req, controlnets: list, maps: list) -> None:

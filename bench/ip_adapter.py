@@ -32,15 +32,21 @@ at 256). Target: ours / diffusers' at most 1.02x.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from common import loaded_engine, median, rss_peak_bytes, weights_or_tiny, write
+from common import (
+    generation,
+    loaded_engine,
+    median,
+    rss_peak_bytes,
+    safetensors_entries,
+    weights_or_tiny,
+    write,
+)
 from hires import timed_rounds
 from PIL import Image, ImageDraw
 
@@ -83,7 +89,7 @@ def resident_bytes(engine, weights: Path) -> dict:
     from sdxl.builders.tiny_ip_adapter import adapter_file
     from sdxl.model import fast
 
-    adapter = engine.runner.guides.ip_adapters._get(ADAPTER, engine.models.base.unet)
+    adapter = engine.runner.guides.ip_adapters.adapter(ADAPTER, engine.models.base.unet)
     modules = (adapter.projection, *adapter.processors.values())
     held = fast.parameter_bytes(*modules)
     dtypes, elements = safetensors_elements(adapter_file(weights, ADAPTER))
@@ -100,10 +106,7 @@ def resident_bytes(engine, weights: Path) -> dict:
 
 def safetensors_elements(path: Path) -> tuple[list[str], int]:
     """The dtypes and the element count of the tensors in one safetensors file (its header)."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    entries = [entry for key, entry in header.items() if key != "__metadata__"]
+    entries = safetensors_entries(path)
     count = sum(math.prod(entry["shape"]) for entry in entries)
     return sorted({entry["dtype"] for entry in entries}), count
 
@@ -121,22 +124,8 @@ def reference_image(size: int) -> Image.Image:
 
 
 def request(size: int, steps: int, images: tuple = ()):
-    from sdxl.inputs.request import Request
-
-    return Request(
-        prompt="A studio portrait photo of a cat",
-        width=size,
-        height=size,
-        scheduler="K_EULER",
-        num_inference_steps=steps,
-        seed=1,
-        refine="no_refiner",
-        apply_watermark=False,
-        disable_safety_checker=True,
-        ip_adapter_images=images,
-        ip_adapter_model=ADAPTER,
-        ip_adapter_scale=SCALE,
-    )
+    adapter = {"ip_adapter_model": ADAPTER, "ip_adapter_scale": SCALE}
+    return generation(size, steps, ip_adapter_images=images, **adapter)
 
 
 def diffusers_call(engine, weights: Path, req) -> None:
@@ -145,40 +134,37 @@ def diffusers_call(engine, weights: Path, req) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     from sdxl.config import IP_ADAPTER_DIR, IP_ADAPTER_MODELS, IP_ADAPTER_SUBFOLDER
+    from sdxl.control.ip_adapter import unet_kept
 
     models = engine.models
     unet = models.base.unet
-    encoder = engine.runner.guides.ip_adapters._components()  # the engine's, loaded once
+    encoder = engine.runner.guides.ip_adapters.components()  # the engine's, loaded once
     scheduler = EulerDiscreteScheduler.from_config(models.base.scheduler.config)
     pipe = StableDiffusionXLPipeline(
         **{**models.base.components, **encoder, "scheduler": scheduler}, add_watermarker=False
     )
     pipe.set_progress_bar_config(disable=True)
-    saved = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
-    try:
-        pipe.load_ip_adapter(
-            str(weights / IP_ADAPTER_DIR),
-            subfolder=IP_ADAPTER_SUBFOLDER,
-            weight_name=IP_ADAPTER_MODELS[ADAPTER],
-            image_encoder_folder=None,  # the engine's encoder, passed above
-        )
-        pipe.set_ip_adapter_scale(SCALE)
-        pipe(
-            prompt=req.prompt,
-            width=req.width,
-            height=req.height,
-            num_inference_steps=req.num_inference_steps,
-            guidance_scale=req.guidance_scale,
-            ip_adapter_image=list(req.ip_adapter_images),
-            generator=torch.Generator("cpu").manual_seed(req.seed),
-            output_type="np",
-        )
-    finally:
-        pipe.unload_ip_adapter()
-        processors, projection, hid_type = saved
-        unet.encoder_hid_proj = projection
-        unet.set_attn_processor(dict(processors))  # a copy: diffusers pops from it
-        unet.config.encoder_hid_dim_type = hid_type
+    with unet_kept(unet):  # the engine's processors, projection and config back after it
+        try:
+            pipe.load_ip_adapter(
+                str(weights / IP_ADAPTER_DIR),
+                subfolder=IP_ADAPTER_SUBFOLDER,
+                weight_name=IP_ADAPTER_MODELS[ADAPTER],
+                image_encoder_folder=None,  # the engine's encoder, passed above
+            )
+            pipe.set_ip_adapter_scale(SCALE)
+            pipe(
+                prompt=req.prompt,
+                width=req.width,
+                height=req.height,
+                num_inference_steps=req.num_inference_steps,
+                guidance_scale=req.guidance_scale,
+                ip_adapter_image=list(req.ip_adapter_images),
+                generator=torch.Generator("cpu").manual_seed(req.seed),
+                output_type="np",
+            )
+        finally:
+            pipe.unload_ip_adapter()
 
 
 def measure(engine, weights: Path, size: int, steps: int, rounds: int) -> dict:

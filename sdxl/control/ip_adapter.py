@@ -17,14 +17,15 @@ engine's lock.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from sdxl.control.ip_library import IpAdapterLibrary
+from sdxl.control.lru import Resident
 
 log = logging.getLogger(__name__)
 IP_PROJECTION = "ip_image_proj"  # diffusers' encoder_hid_dim_type for an IP-Adapter
@@ -56,15 +57,14 @@ class ResidentIpAdapters:
     ):
         self.library = library
         self.device, self.dtype = device, dtype
-        self.max_resident = max_resident
-        self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self._resident = Resident("IP-Adapter", max(1, max_resident))  # name -> LoadedAdapter
         self._encoder: Any = None
         self._feature_extractor: Any = None
 
     @property
     def names(self) -> list[str]:
         """The resident adapters, least recently used first."""
-        return list(self._loaded)
+        return self._resident.names
 
     @contextmanager
     def installed(self, unet, request):
@@ -73,31 +73,18 @@ class ResidentIpAdapters:
         if not request.ip_adapter_images:
             yield None
             return
-        adapter = self._get(request.ip_adapter_model, unet)
-        saved_processors = dict(unet.attn_processors)
-        saved_projection = unet.encoder_hid_proj
-        saved_type = unet.config.encoder_hid_dim_type
-        try:
+        adapter = self.adapter(request.ip_adapter_model, unet)
+        with unet_kept(unet) as saved_processors:
             _swap_in(unet, adapter, saved_processors)
             yield ImagePrompt(
-                self._components(),
+                self.components(),
                 list(request.ip_adapter_images),
                 request.image_prompt_scale,
             )
-        finally:
-            unet.encoder_hid_proj = saved_projection  # first: a Plus projection has processors
-            unet.set_attn_processor(dict(saved_processors))  # a copy: diffusers pops from it
-            unet.config.encoder_hid_dim_type = saved_type
 
-    def _get(self, name: str, unet) -> LoadedAdapter:
-        adapter = self._loaded.pop(name, None)
-        if adapter is None:
-            adapter = self._load(name, unet)
-        self._loaded[name] = adapter
-        while len(self._loaded) > max(1, self.max_resident):
-            evicted, _ = self._loaded.popitem(last=False)
-            log.info("IP-Adapter %s left the device (least recently used)", evicted)
-        return adapter
+    def adapter(self, name: str, unet) -> LoadedAdapter:
+        """Adapter `name`'s parts for `unet`'s layout, resident (built on first use)."""
+        return self._resident.get(name, partial(self._load, name, unet))
 
     def _load(self, name: str, unet) -> LoadedAdapter:
         """diffusers' own reading of h94's file and its converters, on the UNet's layout."""
@@ -119,7 +106,8 @@ class ResidentIpAdapters:
         log.info("loaded IP-Adapter %s on %s", name, self.device)
         return LoadedAdapter(projection, processors)
 
-    def _components(self) -> dict[str, Any]:
+    def components(self) -> dict[str, Any]:
+        """The image encoder and its feature extractor, as a pipeline takes them."""
         if self._encoder is None:
             from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -130,6 +118,22 @@ class ResidentIpAdapters:
             size = encoder.config.image_size  # as diffusers' load_ip_adapter makes it
             self._feature_extractor = CLIPImageProcessor(size=size, crop_size=size)
         return {"image_encoder": self._encoder, "feature_extractor": self._feature_extractor}
+
+
+@contextmanager
+def unet_kept(unet):
+    """The block may install an IP-Adapter in `unet`; afterwards, however it ends, the UNet's
+    own processors (fused ones too), projection and `encoder_hid_dim_type` are back. Yields
+    the processors as they were."""
+    saved_processors = dict(unet.attn_processors)
+    saved_projection = unet.encoder_hid_proj
+    saved_type = unet.config.encoder_hid_dim_type
+    try:
+        yield saved_processors
+    finally:
+        unet.encoder_hid_proj = saved_projection  # first: a Plus projection has processors
+        unet.set_attn_processor(dict(saved_processors))  # a copy: diffusers pops from it
+        unet.config.encoder_hid_dim_type = saved_type
 
 
 def _swap_in(unet, adapter: LoadedAdapter, saved: dict[str, Any]) -> None:

@@ -7,12 +7,13 @@ never changes a model (the pipelines read them), so the next request cannot tell
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import torch
 
 from sdxl.control.library import ControlLibrary, ControlModel
+from sdxl.control.lru import Resident
 from sdxl.inputs.control_units import ControlUnit
 from sdxl.model import fast
 
@@ -31,34 +32,30 @@ class ResidentControls:
     ):
         self.library = library
         self.device, self.dtype = device, dtype
-        self.max_resident = max_resident
         self.channels_last, self.fuse_qkv = channels_last, fuse_qkv
-        self._loaded: OrderedDict[str, Any] = OrderedDict()  # name -> module, oldest first
+        self._resident = Resident("control model", max_resident)
 
     @property
     def names(self) -> list[str]:
         """The resident models, least recently used first."""
-        return list(self._loaded)
+        return self._resident.names
 
     def for_units(self, units: tuple[ControlUnit, ...]) -> list[Any]:
-        """One module per unit (the union model once for all its units), loaded if need be."""
-        wanted = [self.library.resolve(unit) for unit in units]
+        """One module per unit (the union model once for all its units), loaded if need be; a
+        unit whose model is resident is served without reading the weights folder."""
         if units and units[0].union:
-            wanted = wanted[:1]
+            units = units[:1]
+        names = {unit.folder for unit in units}
         # Resident while this job runs, however small the bound: the job needs them all.
-        keep = max(self.max_resident, len({model.name for model in wanted}))
-        modules = [self._get(model, keep) for model in wanted]
-        return modules
+        keep = max(self._resident.bound, len(names))
+        return [self._get(unit, keep) for unit in units]
 
-    def _get(self, model: ControlModel, keep: int) -> Any:
-        module = self._loaded.pop(model.name, None)
-        if module is None:
-            module = self._load(model)
-        self._loaded[model.name] = module
-        while len(self._loaded) > keep:
-            evicted, _ = self._loaded.popitem(last=False)
-            log.info("control model %s left the device (least recently used)", evicted)
-        return module
+    def _get(self, unit: ControlUnit, keep: int) -> Any:
+        name, load = unit.folder, None
+        if name not in self._resident.names:  # the folder's config is read only to load it
+            model = self.library.resolve(unit)
+            name, load = model.name, partial(self._load, model)
+        return self._resident.get(name, load, keep)
 
     def _load(self, model: ControlModel) -> Any:
         from diffusers import ControlNetModel, ControlNetUnionModel
@@ -75,5 +72,4 @@ class ResidentControls:
 
     def trim(self) -> None:
         """Down to the bound (after a job that needed more)."""
-        while len(self._loaded) > self.max_resident:
-            self._loaded.popitem(last=False)
+        self._resident.trim()

@@ -57,10 +57,18 @@ class Guides:
             check_block_scales(self.models.base.unet, request.ip_adapter_block_scales)
         if not request.controls:
             return generation
-        self.control_library.check(request.controls)
+        units = tuple(self._resolved(unit) for unit in request.controls)
         width, height = generation.width, generation.height
-        maps = tuple(self.control_map(unit, width, height) for unit in request.controls)
-        return dataclasses.replace(generation, control_maps=maps)
+        maps = tuple(self.control_map(unit, width, height) for unit in units)
+        request = dataclasses.replace(request, controls=units)
+        return dataclasses.replace(generation, request=request, control_maps=maps)
+
+    def _resolved(self, unit):
+        """`unit` naming the model folder it runs on (read from the weights folder here, on a
+        preparation thread, so the GPU thread finds a resident model by name)."""
+        model = self.control_library.resolve(unit)
+        self.control_library.check_preprocessor(unit)
+        return dataclasses.replace(unit, model=model.name)
 
     def control_map(self, unit, width: int, height: int):
         """`unit`'s control map at width x height (CPU work; a depth map runs the depth model
